@@ -1,0 +1,1007 @@
+#!/usr/bin/env -S npx tsx
+/**
+ * deploy.ts — builds the images of a JupyterHub hub and deploys its chart with helm.
+ *
+ * A port of the Python deploy.py: same flags, same phases in the same order, same
+ * external commands and announcements (see docs/ and README.md). Runs unchanged under
+ * `tsx deploy.ts ...` (Node 20) and `deno run -A deploy.ts ...` (Deno 2).
+ *
+ * Reads top to bottom: plugin contract, config, logging, command runner, git/tags,
+ * setup, build, push, deploy, rollout, plugins, CLI.
+ */
+import process from 'node:process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import { $, YAML, type ProcessPromise } from 'zx'
+import minimist from 'minimist'
+import dotenv from 'dotenv'
+
+// ---------------------------------------------------------------------------------------
+// Plugin contract (docs/plugins.md)
+
+export type Phase = 'verify' | 'setup' | 'build' | 'push' | 'deploy' | 'rollout'
+
+export interface ImageInfo {
+  kind: 'user' | 'hub'
+  dir: string
+  name: string
+  tag: string
+  spec: string
+  /** Set by the build phase: whether this run built it and pushed it. */
+  built?: boolean
+  pushed?: boolean
+}
+
+export interface Logger {
+  info(message: string): void
+  warn(message: string): void
+  error(message: string): void
+}
+
+export interface CommandResult {
+  stdout: string
+  stderr: string
+  exitCode: number
+}
+
+export interface RunOptions {
+  /** Return the output instead of streaming it (default: stream). */
+  capture?: boolean
+  /** Text fed to stdin (how secrets reach a command: never in argv). */
+  input?: string
+  cwd?: string
+  /** Do not throw on a non-zero exit; the caller looks at exitCode. */
+  nothrow?: boolean
+  /** Prefix for every relayed output line (used when commands run concurrently). */
+  prefix?: string
+  /** Kill the command after this long (a Go-style duration such as `90s`). */
+  timeout?: string
+  /** `announce` prints the original's `Executing ...` line; `probe` shows it only with --verbose. */
+  show?: 'announce' | 'probe' | 'silent'
+  /** Read-only commands also run under --dry-run; others are only printed. */
+  readOnly?: boolean
+}
+
+export type Runner = (tool: string, args: string[], options?: RunOptions) => Promise<CommandResult>
+
+export interface HookContext {
+  chart: string
+  phases: { setup: boolean; build: boolean; push: boolean; deploy: boolean }
+  config: Readonly<Config>
+  helmMajor: 2 | 3
+  images: ImageInfo[]
+  /** Full hash of the commit being deployed. */
+  commit: string
+  dryRun: boolean
+  /** Milliseconds spent in each finished phase. */
+  timings: Partial<Record<Phase, number>>
+  log: Logger
+  run: Runner
+  /** Release revision after the deploy phase (Helm 3), when known. */
+  revision?: number
+  /** `fail` only: what went wrong and in which phase; `cancelled` on SIGINT/SIGTERM. */
+  error?: Error
+  failedPhase?: Phase
+  reason?: 'failed' | 'cancelled'
+}
+
+type MaybePromise<T> = T | Promise<T>
+type Hook = (ctx: HookContext) => MaybePromise<void>
+
+/**
+ * A plugin: the default export of plugins/<name>.ts. Every hook is optional and receives
+ * the run's context. Hooks up to `afterRollout` are blocking: a throw stops the run
+ * (exit 3 from `verify`, 1 otherwise) and the `fail` hooks run. `success` and `fail` are
+ * best effort: bounded by a timeout, their errors logged, the exit status unchanged.
+ */
+export interface Plugin {
+  name: string
+  verify?: Hook
+  beforeSetup?: Hook
+  afterSetup?: Hook
+  beforeBuild?: Hook
+  afterBuild?: Hook
+  beforePush?: Hook
+  afterPush?: Hook
+  /** May return extra arguments for `helm upgrade` (e.g. `--description`). */
+  beforeDeploy?: (ctx: HookContext) => MaybePromise<void | { helmArgs?: string[] }>
+  afterDeploy?: Hook
+  afterRollout?: Hook
+  success?: Hook
+  fail?: Hook
+}
+
+export const HOOKS = [
+  'verify', 'beforeSetup', 'afterSetup', 'beforeBuild', 'afterBuild', 'beforePush',
+  'afterPush', 'beforeDeploy', 'afterDeploy', 'afterRollout', 'success', 'fail',
+] as const
+export type HookName = (typeof HOOKS)[number]
+
+// ---------------------------------------------------------------------------------------
+// Errors and exit codes
+
+export const EXIT = { ok: 0, failed: 1, usage: 2, refused: 3, sigint: 130, sigterm: 143 } as const
+
+/** An error with the exit code it ends the run with; its message is one line. */
+export class DeployError extends Error {
+  constructor(message: string, readonly exitCode: number = EXIT.failed) {
+    super(message)
+  }
+}
+const usageError = (message: string) => new DeployError(message, EXIT.usage)
+
+// ---------------------------------------------------------------------------------------
+// Configuration: .env, then the environment (which wins); defaults are the original's values.
+
+export const DEFAULTS = {
+  GCLOUD_KEY_FILE: 'secrets/gke-auth-key.json',
+  GKE_CLUSTER: 'jhub',
+  GKE_ZONE: 'us-central1-b',
+  GCP_PROJECT: 'ea-jupyter',
+  DOCKER_USERNAME: 'earthlabcu',
+  DOCKER_PASSWORD_FILE: 'secrets/dockerhub',
+  DOCKER_REGISTRY: '',
+  USER_IMAGE_PREFIX: 'earthlabhubops/ea-k8s-user-',
+  HUB_IMAGE_PREFIX: 'earthlabhubops/ea-k8s-hub-',
+  HELM_TIMEOUT: '600',
+  ROLLOUT_TIMEOUT: '10m',
+  STAGING_CHART: 'staginghub',
+  DEPLOY_PLUGINS: '',
+}
+
+export type Config = typeof DEFAULTS & {
+  /** HELM_TIMEOUT and ROLLOUT_TIMEOUT in seconds. */
+  helmTimeoutSeconds: number
+  rolloutTimeoutSeconds: number
+  /** Everything from .env and the environment, for plugins' own keys. */
+  env: Record<string, string | undefined>
+}
+
+/** Seconds in a duration such as `600`, `90s`, `10m`, `1h30m`; NaN when it does not parse. */
+export function parseDuration(text: string): number {
+  const match = /^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(text.trim())
+  if (/^\d+$/.test(text.trim())) return Number(text.trim())
+  if (!match || !text.trim()) return NaN
+  const [, h = '0', m = '0', s = '0'] = match
+  return Number(h) * 3600 + Number(m) * 60 + Number(s)
+}
+
+/** Reads a .env file strictly: dotenv skips lines it cannot parse, we name them instead. */
+function readEnvFile(file: string, required: boolean): Record<string, string> {
+  if (!fs.existsSync(file)) {
+    if (required) throw usageError(`${file}: no such env file (check --env-file)`)
+    return {}
+  }
+  const text = fs.readFileSync(file, 'utf8')
+  let quote = ''
+  text.split('\n').forEach((line, i) => {
+    if (quote) {
+      if (line.includes(quote)) quote = ''
+      return
+    }
+    if (/^\s*(#.*)?$/.test(line)) return
+    const m = /^\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_.-]*\s*=\s*(["'`]?)(.*)$/.exec(line)
+    if (!m) throw usageError(`${file}:${i + 1}: not a KEY=VALUE line; fix or remove it`)
+    if (m[1] && !m[2].includes(m[1])) quote = m[1]
+  })
+  if (quote) throw usageError(`${file}: unterminated ${quote}-quoted value; close the quote`)
+  return dotenv.parse(text)
+}
+
+export function loadConfig(envFile: string | undefined, environment = process.env): Config {
+  const fromFile = readEnvFile(envFile ?? '.env', envFile !== undefined)
+  const env = { ...fromFile, ...environment }
+  const values = { ...DEFAULTS }
+  for (const key of Object.keys(DEFAULTS) as (keyof typeof DEFAULTS)[]) {
+    if (env[key] !== undefined && env[key] !== '') values[key] = env[key]!
+  }
+  const seconds = (key: 'HELM_TIMEOUT' | 'ROLLOUT_TIMEOUT') => {
+    const s = parseDuration(values[key])
+    if (!(s > 0)) throw usageError(`${key}=${values[key]}: not a duration; use seconds or e.g. 90s, 10m, 1h`)
+    return s
+  }
+  return { ...values, helmTimeoutSeconds: seconds('HELM_TIMEOUT'), rolloutTimeoutSeconds: seconds('ROLLOUT_TIMEOUT'), env }
+}
+
+// ---------------------------------------------------------------------------------------
+// Logging: every line we print or relay passes through redact().
+
+const secrets = new Set<string>()
+
+/** Registers a secret value: from now on it is printed as ***. */
+export function addSecret(value: string | undefined) {
+  const v = value?.trim()
+  if (!v || v.length < 4) return
+  secrets.add(v)
+  // Multi-line secrets (private keys) may be relayed line by line.
+  for (const line of v.split(/\\n|\n/)) if (line.trim().length >= 16) secrets.add(line.trim())
+}
+
+export function redact(text: string): string {
+  let out = text
+  for (const s of [...secrets].sort((a, b) => b.length - a.length)) out = out.split(s).join('***')
+  return out
+}
+
+const CI = {
+  travis: process.env.TRAVIS === 'true',
+  github: process.env.GITHUB_ACTIONS === 'true',
+}
+
+export const log: Logger & { raw(stream: 'stdout' | 'stderr', text: string): void; verbose: boolean } = {
+  verbose: false,
+  info: (m) => process.stderr.write(redact(`INFO:root:${m}`) + '\n'),
+  warn: (m) => process.stderr.write(redact(`WARNING: ${m}`) + '\n'),
+  error: (m) => process.stderr.write(redact(`ERROR: ${m}`) + '\n'),
+  raw: (stream, text) => process[stream].write(redact(text)),
+}
+
+/** Prints a phase header, runs it, prints its duration; a collapsible group in CI logs. */
+async function inGroup<T>(id: string, title: string, fn: () => Promise<T>): Promise<T> {
+  const start = Date.now()
+  if (CI.travis) process.stdout.write(`travis_fold:start:${id}\n`)
+  if (CI.github) process.stdout.write(`::group::${title}\n`)
+  process.stdout.write(`==> ${title}\n`)
+  try {
+    return await fn()
+  } finally {
+    process.stdout.write(`<== ${title} (${((Date.now() - start) / 1000).toFixed(1)}s)\n`)
+    if (CI.github) process.stdout.write('::endgroup::\n')
+    if (CI.travis) process.stdout.write(`travis_fold:end:${id}\n`)
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Command runner: the one place that starts processes.
+
+/** Processes running now, so a signal can be passed on to them. */
+const running = new Set<ProcessPromise>()
+
+/** zx log sink: relays a child's output line by line, redacted and optionally prefixed. */
+function relay(prefix: string) {
+  const pending: Record<'stdout' | 'stderr', string> = { stdout: '', stderr: '' }
+  const flush = (stream: 'stdout' | 'stderr', all: boolean) => {
+    const lines = pending[stream].split('\n')
+    pending[stream] = all ? '' : lines.pop()!
+    for (const line of all ? lines.filter((l, i) => l || i < lines.length - 1) : lines) {
+      log.raw(stream, `${prefix}${line}\n`)
+    }
+  }
+  return (entry: { kind: string; verbose?: boolean; data?: Buffer | string }) => {
+    if (entry.kind === 'stdout' || entry.kind === 'stderr') {
+      if (!entry.verbose) return
+      pending[entry.kind] += entry.data!.toString()
+      flush(entry.kind, false)
+    } else if (entry.kind === 'end') {
+      flush('stdout', true)
+      flush('stderr', true)
+    }
+  }
+}
+
+/** Last lines of a failed command's output, for the error message. */
+function tail(text: string, n = 5): string {
+  return text.trim().split('\n').slice(-n).join('\n')
+}
+
+export function makeRunner(env: NodeJS.ProcessEnv, dryRun: boolean, planned: string[]): Runner {
+  return async (tool, args, options = {}) => {
+    const { capture = false, show = 'announce', prefix = '' } = options
+    const line = `${tool} ${args.join(' ')}`
+    if (dryRun && !options.readOnly) {
+      const stdin = options.input !== undefined ? ' < (stdin)' : ''
+      const where = options.cwd ? ` (in ${options.cwd})` : ''
+      planned.push(redact(`${line}${stdin}${where}`))
+      process.stdout.write(redact(`+ ${line}${stdin}${where}\n`))
+      return { stdout: '', stderr: '', exitCode: 0 }
+    }
+    if (show === 'announce' || (show === 'probe' && log.verbose)) {
+      log.info(`${capture ? 'Executing and capturing' : 'Executing'} ${line}`)
+    }
+    const p = $({
+      cwd: options.cwd,
+      env,
+      input: options.input,
+      // A child that reads stdin must not wait on ours: it gets stdin only when we feed it.
+      stdio: options.input === undefined ? ['ignore', 'pipe', 'pipe'] : 'pipe',
+      quiet: capture,
+      verbose: !capture,
+      nothrow: true,
+      timeout: options.timeout as `${number}s`,
+      log: relay(prefix) as never,
+    })`${tool} ${args}`
+    running.add(p)
+    const out = await p.finally(() => running.delete(p))
+    const result = { stdout: out.stdout, stderr: out.stderr, exitCode: out.exitCode ?? 1 }
+    if (result.exitCode !== 0 && !options.nothrow) {
+      const why = out.signal ? `was stopped by ${out.signal}` : `exited with ${result.exitCode}`
+      const detail = capture ? `: ${tail(out.stderr || out.stdout, 1)}` : ''
+      throw new DeployError(redact(`${tool} ${args.slice(0, 3).join(' ')} ${why}${detail}`))
+    }
+    return result
+  }
+}
+
+/** Whether `tool` is an executable in one of the PATH directories. */
+function onPath(tool: string, env: NodeJS.ProcessEnv): boolean {
+  return (env.PATH ?? '').split(path.delimiter).some((dir) => {
+    try {
+      fs.accessSync(path.join(dir, tool), fs.constants.X_OK)
+      return true
+    } catch {
+      return false
+    }
+  })
+}
+
+const INSTALL_HINTS: Record<string, string> = {
+  git: 'install git (apt-get install git)',
+  docker: 'install Docker (https://docs.docker.com/engine/install/)',
+  helm: 'install Helm 3 (https://helm.sh/docs/intro/install/)',
+  kubectl: 'install kubectl (https://kubernetes.io/docs/tasks/tools/) or `gcloud components install kubectl`',
+  gcloud: 'install the Google Cloud SDK (https://cloud.google.com/sdk/docs/install)',
+}
+
+// ---------------------------------------------------------------------------------------
+// Git: image tags and the commit range
+
+/** Abbreviated hashes of the last `n` commits that touched `dir`, newest first. */
+async function gitModified(run: Runner, dir: string, n: number): Promise<string[]> {
+  const { stdout } = await run('git', ['log', '-n', String(n), '--pretty=format:%h', '--', dir], { capture: true, show: 'silent', readOnly: true })
+  return stdout.split('\n').filter(Boolean)
+}
+
+/** The original's last_git_modified(dir, n): the n-th most recent commit (or the oldest). */
+export async function lastGitModified(run: Runner, dir: string, n = 1): Promise<string> {
+  return (await gitModified(run, dir, n)).at(-1) ?? ''
+}
+
+/** The commit range CI built: Travis's variable, or the before..after of a GitHub push. */
+export function commitRange(env: NodeJS.ProcessEnv): string | undefined {
+  if (env.TRAVIS_COMMIT_RANGE) return env.TRAVIS_COMMIT_RANGE
+  if (env.GITHUB_EVENT_NAME === 'push' && env.GITHUB_EVENT_PATH) {
+    try {
+      const event = JSON.parse(fs.readFileSync(env.GITHUB_EVENT_PATH, 'utf8'))
+      if (event.before && event.after) return `${event.before}..${event.after}`
+    } catch {
+      return undefined
+    }
+  }
+  return undefined
+}
+
+/** Whether the commit range touched `dir`; a range git cannot read counts as touched. */
+async function rangeTouched(run: Runner, range: string, dir: string): Promise<boolean> {
+  const diff = await run('git', ['diff', '--name-only', range, '--', dir], { capture: true, nothrow: true, show: 'silent', readOnly: true })
+  if (diff.exitCode !== 0) {
+    log.warn(`commit range ${range} is not valid here (force push or first build?): treating ${dir} as changed`)
+    return true
+  }
+  return diff.stdout.trim() !== ''
+}
+
+// ---------------------------------------------------------------------------------------
+// Setup: credentials for gcloud, kubectl, helm and docker, in a private per-run directory.
+
+/** Reads a secret file, refusing one that git-crypt has not unlocked. */
+export function readSecretFile(file: string, what: string): string {
+  if (!fs.existsSync(file)) throw usageError(`${file}: ${what} not found; create it or set the key that names it in .env`)
+  const bytes = fs.readFileSync(file)
+  if (bytes.subarray(0, 9).toString('latin1') === '\0GITCRYPT') {
+    throw usageError(`${file} is encrypted: run \`git-crypt unlock\` first`)
+  }
+  return bytes.toString('utf8')
+}
+
+/** Points kubectl, helm, gcloud and docker at a fresh private directory for this run. */
+function privateConfigDir(env: NodeJS.ProcessEnv): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'deploy-'))
+  fs.chmodSync(dir, 0o700)
+  const docker = path.join(dir, 'docker')
+  fs.mkdirSync(docker)
+  // Docker finds CLI plugins (buildx) under DOCKER_CONFIG: keep the user's reachable.
+  const plugins = path.join(env.DOCKER_CONFIG ?? path.join(os.homedir(), '.docker'), 'cli-plugins')
+  if (fs.existsSync(plugins)) fs.symlinkSync(plugins, path.join(docker, 'cli-plugins'))
+  Object.assign(env, {
+    KUBECONFIG: path.join(dir, 'kubeconfig'),
+    CLOUDSDK_CONFIG: path.join(dir, 'gcloud'),
+    DOCKER_CONFIG: docker,
+  })
+  return dir
+}
+
+async function setup(run: Run) {
+  const { config, env, helmMajor } = run
+  const keyFile = config.GCLOUD_KEY_FILE
+  const password = run.dockerPassword!
+  run.privateDir = privateConfigDir(env)
+  const quietly = { show: 'silent', timeout: '5m' } as const
+  await run.run('gcloud', ['auth', 'activate-service-account', `--key-file=${keyFile}`], { ...quietly, capture: true })
+  await run.run('gcloud', ['container', 'clusters', 'get-credentials', config.GKE_CLUSTER, `--zone=${config.GKE_ZONE}`, `--project=${config.GCP_PROJECT}`], quietly)
+  if (helmMajor === 2) {
+    await run.run('helm', ['init', '--upgrade'], quietly)
+    await run.run('kubectl', ['rollout', 'status', '--namespace', 'kube-system', '--watch', 'deployment', 'tiller-deploy'], quietly)
+  }
+  const server = config.DOCKER_REGISTRY ? [config.DOCKER_REGISTRY] : []
+  await run.run('docker', ['login', '-u', config.DOCKER_USERNAME, '--password-stdin', ...server], { ...quietly, capture: true, input: password })
+}
+
+// ---------------------------------------------------------------------------------------
+// Build and push
+
+/** The images a chart has: its user image and hub image, when their dirs exist. */
+async function chartImages(run: Run): Promise<ImageInfo[]> {
+  const { chart, config } = run
+  const images: ImageInfo[] = []
+  const kinds = [['user', 'user-images', config.USER_IMAGE_PREFIX], ['hub', 'hub-images', config.HUB_IMAGE_PREFIX]] as const
+  for (const [kind, root, prefix] of kinds) {
+    const dir = `${root}/${chart}`
+    if (!fs.existsSync(dir)) continue
+    const tag = await lastGitModified(run.run, dir)
+    if (!tag) throw usageError(`${dir} has no commits: commit it before building or deploying`)
+    const name = `${prefix}${chart}`
+    images.push({ kind, dir, name, tag, spec: `${name}:${tag}` })
+  }
+  return images
+}
+
+/** A registry on this machine speaks plain HTTP; docker manifest needs --insecure for it. */
+function insecureFlag(name: string): string[] {
+  return /^(127\.\d+\.\d+\.\d+|localhost)(:\d+)?\//.test(name) ? ['--insecure'] : []
+}
+
+/** Whether the registry has `spec`, asked without pulling it. */
+async function imageExists(run: Run, name: string, tag: string): Promise<boolean> {
+  const r = await run.run('docker', ['manifest', 'inspect', ...insecureFlag(name), `${name}:${tag}`], { capture: true, nothrow: true, show: 'probe', readOnly: false })
+  return r.exitCode === 0
+}
+
+async function needsRebuild(run: Run, image: ImageInfo): Promise<boolean> {
+  const range = commitRange(run.env)
+  if (range && (await rangeTouched(run.run, range, image.dir))) return true
+  if (run.dryRun) {
+    process.stdout.write(`# ${image.spec}: built only if the registry lacks it\n`)
+    await imageExists(run, image.name, image.tag)
+    return true
+  }
+  if (await imageExists(run, image.name, image.tag)) return false
+  log.info(`${image.spec} is not in the registry: building it`)
+  return true
+}
+
+/** The newest of the dir's last five tags that the registry has, pulled for --cache-from. */
+async function findCacheImage(run: Run, image: ImageInfo): Promise<string | undefined> {
+  const candidates = [...new Set(await gitModified(run.run, image.dir, 5))]
+  for (const tag of candidates) {
+    if (!run.dryRun && !(await imageExists(run, image.name, tag))) continue
+    const spec = `${image.name}:${tag}`
+    const pull = await run.run('docker', ['pull', spec], { nothrow: true })
+    if (pull.exitCode === 0) return spec
+    log.warn(`could not pull ${spec}: building without a cache`)
+    return undefined
+  }
+  return undefined
+}
+
+async function buildImage(run: Run, image: ImageInfo) {
+  const label = image.kind === 'hub' ? 'hub image' : 'image'
+  if (!(await needsRebuild(run, image))) {
+    process.stdout.write(`Do not need to rebuild ${label}, using ${image.spec}\n`)
+    return
+  }
+  const cache = await findCacheImage(run, image)
+  const cacheArgs = cache ? ['--cache-from', cache] : []
+  await run.run('docker', ['build', ...cacheArgs, '-t', image.spec, image.dir])
+  image.built = true
+  if (run.phases.push) await pushImage(run, image)
+  process.stdout.write(`build completed for ${label} ${image.spec}\n`)
+}
+
+async function pushImage(run: Run, image: ImageInfo) {
+  await runHooks(run, 'beforePush', 'push')
+  const pushed = await run.run('docker', ['push', image.spec], { nothrow: true })
+  if (pushed.exitCode !== 0) {
+    throw new DeployError(`docker push ${image.spec} failed (exit ${pushed.exitCode}): is the registry reachable and are you logged in?`)
+  }
+  image.pushed = true
+  await runHooks(run, 'afterPush', 'push')
+}
+
+/** The original's build_user_image and build_hub_image, in that order; push follows each build. */
+async function build(run: Run) {
+  for (const image of run.images) await buildImage(run, image)
+}
+
+// ---------------------------------------------------------------------------------------
+// Deploy
+
+export function chartDir(chart: string): string {
+  return chart === 'monitoring' ? 'monitoring' : `hub-charts/${chart}`
+}
+
+/** The --set-string arguments that point the chart at this commit's images. */
+function imageArgs(run: Run): string[] {
+  return run.images.flatMap((image) => {
+    process.stdout.write(`Using ${image.spec} as ${image.kind} image for ${run.chart}\n`)
+    return ['--set-string', `jupyterhub.${image.kind === 'user' ? 'singleuser' : 'hub'}.image.tag=${image.tag}`]
+  })
+}
+
+interface ReleaseRevision {
+  revision: number
+  status: string
+  description?: string
+  chart?: string
+  app_version?: string
+}
+
+/** The release's history (Helm 3), oldest first; empty when there is no such release. */
+export async function releaseHistory(run: Runner, chart: string): Promise<ReleaseRevision[]> {
+  const r = await run('helm', ['history', chart, '--namespace', chart, '-o', 'json'], { capture: true, nothrow: true, show: 'probe', readOnly: true })
+  if (r.exitCode !== 0) return []
+  return JSON.parse(r.stdout || '[]')
+}
+
+/** Refuses to upgrade over a release an interrupted run left pending, or repairs it (--recover). */
+async function checkPendingRelease(run: Run) {
+  if (run.helmMajor !== 3 || run.dryRun) return
+  const history = await releaseHistory(run.run, run.chart)
+  const last = history.at(-1)
+  if (!last || !last.status.startsWith('pending-')) return
+  const deployed = [...history].reverse().find((r) => r.status === 'deployed' || r.status === 'superseded')
+  const ns = ['--namespace', run.chart]
+  const repair = deployed ? ['rollback', run.chart, String(deployed.revision), ...ns, '--wait'] : ['uninstall', run.chart, ...ns]
+  if (!run.recover) {
+    throw new DeployError(`release ${run.chart} is stuck in ${last.status} (revision ${last.revision}, an earlier run was interrupted): repair with \`helm ${repair.join(' ')}\` or rerun with --recover`)
+  }
+  log.warn(`release ${run.chart} is stuck in ${last.status}: recovering with helm ${repair.join(' ')}`)
+  await run.run('helm', repair)
+}
+
+function helmUpgradeArgs(run: Run, extra: string[]): string[] {
+  const { chart, config } = run
+  const common = ['upgrade', '--install', '--namespace', chart, chart, chartDir(chart)]
+  const secretsFile = ['-f', `secrets/${chart}.yaml`]
+  if (run.helmMajor === 2) {
+    return [...common, '--force', '--wait', '--timeout', String(config.helmTimeoutSeconds), '--cleanup-on-fail', ...secretsFile, ...extra]
+  }
+  return [...common, '--wait', '--timeout', `${config.helmTimeoutSeconds}s`, '--cleanup-on-fail', '--create-namespace', ...secretsFile, ...extra]
+}
+
+async function deploy(run: Run, pluginArgs: string[]) {
+  const extra = [...imageArgs(run), ...pluginArgs]
+  await run.run('helm', ['dep', 'up'], { cwd: chartDir(run.chart), timeout: '5m' })
+  await checkPendingRelease(run)
+  // helm stops waiting at its own --timeout; ours is only a backstop.
+  const backstop = `${run.config.helmTimeoutSeconds + 120}s`
+  await run.run('helm', helmUpgradeArgs(run, extra), { timeout: backstop })
+  if (run.helmMajor === 3 && !run.dryRun) run.revision = (await releaseHistory(run.run, run.chart)).at(-1)?.revision
+}
+
+/** What the cluster says about the namespace, printed after a failed upgrade or rollout. */
+async function printDiagnostics(run: Run) {
+  const ns = run.chart
+  log.error(`diagnostics for namespace ${ns}:`)
+  const opts = { nothrow: true, timeout: '60s' } as const
+  await run.run('kubectl', ['get', 'events', '--namespace', ns, '--sort-by=.lastTimestamp'], opts)
+  await run.run('kubectl', ['get', 'pods', '--namespace', ns], opts)
+  await run.run('helm', run.helmMajor === 2 ? ['status', ns] : ['status', ns, '--namespace', ns], opts)
+}
+
+// ---------------------------------------------------------------------------------------
+// Rollout
+
+async function rollout(run: Run) {
+  const ns = run.chart
+  log.info('Waiting for all deployments to be up and running')
+  const list = await run.run('kubectl', ['--namespace', ns, 'get', 'deployments', '-o', 'name'], { capture: true, timeout: '2m' })
+  const timeout = `--timeout=${run.config.rolloutTimeoutSeconds}s`
+  if (run.dryRun) {
+    process.stdout.write(`+ kubectl rollout status --namespace ${ns} --watch <each deployment> ${timeout} (all at once)\n`)
+    return
+  }
+  const deployments = list.stdout.split('\n').map((l) => l.trim()).filter(Boolean)
+  if (deployments.length === 0) {
+    log.info(`no deployments in namespace ${ns}: nothing to wait for`)
+    return
+  }
+  const results = await Promise.allSettled(deployments.map((d) =>
+    run.run('kubectl', ['rollout', 'status', '--namespace', ns, '--watch', d, timeout], {
+      prefix: `[${d.replace(/^.*\//, '')}] `,
+      timeout: `${run.config.rolloutTimeoutSeconds + 60}s`,
+    })))
+  const failed = deployments.filter((_, i) => results[i].status === 'rejected')
+  if (failed.length) throw new DeployError(`rollout of ${failed.join(', ')} did not finish within ${run.config.ROLLOUT_TIMEOUT}`)
+}
+
+// ---------------------------------------------------------------------------------------
+// Plugins
+
+/** Loads `--plugin` names and paths; a bare name means plugins/<name>.ts. */
+export async function loadPlugins(names: string[]): Promise<Plugin[]> {
+  const plugins: Plugin[] = []
+  for (const name of names) {
+    const file = /[/\\]|\.ts$/.test(name) ? name : `plugins/${name}.ts`
+    if (!fs.existsSync(file)) throw usageError(`${file}: plugin not found (check --plugin / DEPLOY_PLUGINS)`)
+    let mod: { default?: unknown }
+    try {
+      mod = await import(pathToFileURL(path.resolve(file)).href)
+    } catch (e) {
+      throw usageError(`${file}: plugin failed to load: ${String((e as Error).message ?? e).split('\n')[0]}`)
+    }
+    const plugin = mod.default as Plugin | undefined
+    const valid = plugin && typeof plugin === 'object' && typeof plugin.name === 'string' &&
+      Object.entries(plugin).every(([k, v]) => k === 'name' || !(HOOKS as readonly string[]).includes(k) || typeof v === 'function')
+    if (!valid) throw usageError(`${file}: default export is not a plugin (an object with a name and hook functions)`)
+    plugins.push(plugin)
+  }
+  return plugins
+}
+
+const BEST_EFFORT_TIMEOUT_MS = 10_000
+
+function hookContext(run: Run): HookContext {
+  return {
+    chart: run.chart,
+    phases: run.phases,
+    config: run.config,
+    helmMajor: run.helmMajor,
+    images: run.images,
+    commit: run.commit,
+    dryRun: run.dryRun,
+    timings: run.timings,
+    log: pluginLog,
+    run: run.run,
+    revision: run.revision,
+  }
+}
+
+const pluginLog: Logger = { info: (m) => log.info(m), warn: (m) => log.warn(m), error: (m) => log.error(m) }
+
+/** Runs a blocking hook of every plugin in order; a throw stops the run. */
+async function runHooks(run: Run, hook: Exclude<HookName, 'success' | 'fail' | 'beforeDeploy'>, phase: Phase) {
+  if (run.dryRun) return
+  for (const plugin of run.plugins) {
+    const fn = plugin[hook]
+    if (!fn) continue
+    try {
+      await fn.call(plugin, hookContext(run))
+    } catch (e) {
+      const code = hook === 'verify' ? EXIT.refused : EXIT.failed
+      throw Object.assign(new DeployError(`plugin ${plugin.name} ${hook}: ${(e as Error).message ?? e}`, code), { phase })
+    }
+  }
+}
+
+async function beforeDeployHooks(run: Run): Promise<string[]> {
+  const args: string[] = []
+  if (run.dryRun) return args
+  for (const plugin of run.plugins) {
+    if (!plugin.beforeDeploy) continue
+    try {
+      const result = await plugin.beforeDeploy(hookContext(run))
+      args.push(...(result?.helmArgs ?? []))
+    } catch (e) {
+      throw new DeployError(`plugin ${plugin.name} beforeDeploy: ${(e as Error).message ?? e}`)
+    }
+  }
+  return args
+}
+
+/** success/fail hooks: each bounded, errors logged, never changing the exit status. */
+async function runFinalHooks(run: Run, hook: 'success' | 'fail', extra: Partial<HookContext> = {}) {
+  if (run.dryRun) return
+  for (const plugin of run.plugins) {
+    const fn = plugin[hook]
+    if (!fn) continue
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${BEST_EFFORT_TIMEOUT_MS / 1000}s`)), BEST_EFFORT_TIMEOUT_MS)
+    })
+    try {
+      await Promise.race([fn.call(plugin, { ...hookContext(run), ...extra }), timeout])
+    } catch (e) {
+      log.warn(`plugin ${plugin.name} ${hook} failed: ${(e as Error).message ?? e}`)
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The run
+
+interface Run {
+  chart: string
+  phases: HookContext['phases']
+  config: Config
+  env: NodeJS.ProcessEnv
+  helmMajor: 2 | 3
+  dryRun: boolean
+  recover: boolean
+  run: Runner
+  images: ImageInfo[]
+  commit: string
+  timings: HookContext['timings']
+  plugins: Plugin[]
+  dockerPassword?: string
+  privateDir?: string
+  revision?: number
+  phase?: Phase
+}
+
+/** Every chart the repository has: hub-charts/<name>/ with a Chart.yaml, and monitoring. */
+export function discoverCharts(): string[] {
+  const hubs = fs.existsSync('hub-charts')
+    ? fs.readdirSync('hub-charts').filter((d) => fs.existsSync(`hub-charts/${d}/Chart.yaml`)).sort()
+    : []
+  return fs.existsSync('monitoring/Chart.yaml') ? [...hubs, 'monitoring'] : hubs
+}
+
+function checkChartYaml(chart: string) {
+  const file = `${chartDir(chart)}/Chart.yaml`
+  let doc: { name?: unknown; version?: unknown } | undefined
+  try {
+    doc = YAML.parse(fs.readFileSync(file, 'utf8'))
+  } catch (e) {
+    throw usageError(`${file}: not valid YAML (${String((e as Error).message).split('\n')[0]}); fix the chart`)
+  }
+  if (!doc || typeof doc !== 'object' || !doc.name || !doc.version) {
+    throw usageError(`${file}: needs at least a name and a version; fix the chart`)
+  }
+}
+
+/** Helm's major version from the client alone (Helm 2 would ask tiller without --client). */
+async function helmMajorVersion(run: Runner, env: NodeJS.ProcessEnv): Promise<2 | 3 | undefined> {
+  if (!onPath('helm', env)) return undefined
+  const r = await run('helm', ['version', '--client', '--short'], { capture: true, nothrow: true, show: 'probe', readOnly: true })
+  const major = /v(\d+)\./.exec(r.stdout)?.[1]
+  return major === '2' ? 2 : major === '3' ? 3 : undefined
+}
+
+/** Collects the values that must never be printed: loaded before anything runs. */
+function collectSecrets(run: Run) {
+  for (const key of ['SLACK_WEBHOOK_URL', 'NOTIFY_WEBHOOK_URL', 'GIT_CRYPT_KEY', 'GITHUB_TOKEN']) addSecret(run.config.env[key])
+  const secretsFile = `secrets/${run.chart}.yaml`
+  if (run.phases.deploy && fs.existsSync(secretsFile)) {
+    const leaves = (v: unknown): string[] =>
+      v && typeof v === 'object' ? Object.values(v).flatMap(leaves) : v === null || v === undefined ? [] : [String(v)]
+    for (const leaf of leaves(YAML.parse(readSecretFile(secretsFile, 'secrets file')))) addSecret(leaf)
+  }
+}
+
+/** Everything that can be checked before a command runs: bad input stops here with exit 2. */
+async function preflight(run: Run, charts: string[]) {
+  const { chart, phases, env } = run
+  if (!charts.includes(chart)) throw usageError(`unknown chart "${chart}"; valid charts: ${charts.join(', ') || '(none found)'}`)
+  checkChartYaml(chart)
+  if (!onPath('git', env)) throw usageError(`git not found on PATH: ${INSTALL_HINTS.git}`)
+  const rev = await run.run('git', ['rev-parse', '--is-shallow-repository', 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true })
+  if (rev.exitCode !== 0) throw usageError(`${process.cwd()} is not a git repository with commits: run deploy.ts from the root of the ops repository`)
+  const [shallow, commit] = rev.stdout.trim().split('\n')
+  run.commit = commit
+  if (shallow === 'true' && (phases.build || phases.deploy)) {
+    throw usageError('this is a shallow clone, so image tags would be wrong: run `git fetch --unshallow` (in CI, clone with full depth)')
+  }
+  if (phases.deploy) readSecretFile(`secrets/${chart}.yaml`, 'the chart\'s secret values file')
+  if (phases.setup) {
+    readSecretFile(run.config.GCLOUD_KEY_FILE, 'GCLOUD_KEY_FILE (the service account key)')
+    run.dockerPassword = readSecretFile(run.config.DOCKER_PASSWORD_FILE, 'DOCKER_PASSWORD_FILE (the Docker Hub password)').trim()
+    addSecret(run.dockerPassword)
+    try {
+      addSecret(JSON.parse(fs.readFileSync(run.config.GCLOUD_KEY_FILE, 'utf8')).private_key)
+    } catch {
+      // A key file gcloud cannot read fails in gcloud, with its own message.
+    }
+  }
+  collectSecrets(run)
+  if (!run.dryRun) {
+    const needed = new Set<string>()
+    if (phases.setup) ['gcloud', 'kubectl', 'helm', 'docker'].forEach((t) => needed.add(t))
+    if (phases.build) needed.add('docker')
+    if (phases.deploy) ['helm', 'kubectl'].forEach((t) => needed.add(t))
+    for (const tool of needed) if (!onPath(tool, env)) throw usageError(`${tool} not found on PATH: ${INSTALL_HINTS[tool]}`)
+  }
+  const major = await helmMajorVersion(run.run, env)
+  if (major) run.helmMajor = major
+  else if (run.dryRun) process.stdout.write('# helm not found: planning for Helm 3\n')
+  else if (phases.setup || phases.deploy) throw usageError('could not tell the Helm version from `helm version`: install Helm 2 or 3')
+}
+
+async function phase<T>(run: Run, name: Phase, fn: () => Promise<T>): Promise<T> {
+  run.phase = name
+  const start = Date.now()
+  const result = await inGroup(name, `${name} ${run.chart}`, fn)
+  run.timings[name] = Date.now() - start
+  return result
+}
+
+/** The phases in the original's order, with the plugin hooks around them. */
+async function runPhases(run: Run) {
+  const { phases } = run
+  await runHooks(run, 'verify', 'verify')
+  if (phases.setup) {
+    await runHooks(run, 'beforeSetup', 'setup')
+    await phase(run, 'setup', () => setup(run))
+    await runHooks(run, 'afterSetup', 'setup')
+  }
+  if (phases.build || phases.deploy) run.images = await chartImages(run)
+  if (phases.build) {
+    await runHooks(run, 'beforeBuild', 'build')
+    await phase(run, 'build', () => build(run))
+    await runHooks(run, 'afterBuild', 'build')
+  }
+  if (phases.deploy) {
+    const pluginArgs = await beforeDeployHooks(run)
+    await phase(run, 'deploy', () => deploy(run, pluginArgs).catch(async (e) => {
+      if (!run.dryRun) await printDiagnostics(run)
+      throw e
+    }))
+    await runHooks(run, 'afterDeploy', 'deploy')
+    await phase(run, 'rollout', () => rollout(run).catch(async (e) => {
+      await printDiagnostics(run)
+      throw e
+    }))
+    await runHooks(run, 'afterRollout', 'rollout')
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// CLI
+
+const USAGE = `usage: deploy.ts [--no-setup] [--build] [--push] [--deploy] [options] <chartname>
+
+Builds the chart's images and deploys it with helm, like deploy.py.
+
+  --no-setup        skip setup (use your own gcloud/kubectl/docker configuration)
+  --build           build the user and hub images that need it
+  --push            push what was built (only with --build)
+  --deploy          helm upgrade the chart, then wait for its deployments
+  --dry-run         print the commands the run would execute; runs nothing
+  --recover         repair a release an interrupted run left pending, then deploy
+  --plugin NAME     load plugins/NAME.ts (or a path); repeatable; also DEPLOY_PLUGINS
+  --env-file FILE   read configuration from FILE instead of .env
+  --dotenv FILE     the same; use it under Node 20, which claims --env-file for itself
+  --list            print the charts this repository has
+  --verbose         also show read-only probes (registry lookups, helm history)
+  --version, --help
+
+Exit codes: 0 success, 1 an external command failed, 2 usage or configuration error
+(nothing run), 3 refused by a plugin's verify hook, 130/143 interrupted (SIGINT/SIGTERM).`
+
+const FLAGS = { boolean: ['setup', 'build', 'push', 'deploy', 'dry-run', 'recover', 'list', 'verbose', 'version', 'help'], string: ['env-file', 'plugin'] }
+
+function parseArgs(argv: string[]) {
+  const unknown: string[] = []
+  const args = minimist(argv, {
+    ...FLAGS,
+    default: { setup: true },
+    alias: { 'env-file': 'dotenv' },
+    unknown: (a) => (a.startsWith('-') ? (unknown.push(a), false) : true),
+  })
+  if (unknown.length) throw usageError(`unknown option ${unknown[0]}; see deploy.ts --help`)
+  for (const key of ['env-file']) {
+    if (Array.isArray(args[key])) throw usageError(`--${key} given twice; give it once`)
+    if (args[key] === '') throw usageError(`--${key} needs a value`)
+  }
+  return args
+}
+
+function version(): string {
+  const pkg = fileURLToPath(new URL('./package.json', import.meta.url))
+  try {
+    return JSON.parse(fs.readFileSync(pkg, 'utf8')).version
+  } catch {
+    return 'unknown'
+  }
+}
+
+/** Passes SIGINT/SIGTERM on to the running commands and ends the run as cancelled. */
+function onSignal(handler: (signal: 'SIGINT' | 'SIGTERM') => void) {
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => handler(signal))
+}
+
+async function killRunning(signal: NodeJS.Signals) {
+  const all = [...running]
+  for (const p of all) p.kill(signal).catch(() => undefined)
+  const deadline = new Promise((resolve) => setTimeout(resolve, 30_000).unref())
+  await Promise.race([Promise.allSettled(all), deadline])
+  for (const p of running) p.kill('SIGKILL').catch(() => undefined)
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const args = parseArgs(argv)
+  if (args.help) {
+    process.stdout.write(USAGE + '\n')
+    return EXIT.ok
+  }
+  if (args.version) {
+    process.stdout.write(`deploy.ts ${version()}\n`)
+    return EXIT.ok
+  }
+  log.verbose = args.verbose
+  const config = loadConfig(args['env-file'])
+  const charts = discoverCharts()
+  if (args.list) {
+    process.stdout.write(charts.map((c) => c + '\n').join(''))
+    return EXIT.ok
+  }
+  const positional = args._.map(String)
+  if (positional.length !== 1) {
+    throw usageError(positional.length ? `one chart at a time; got ${positional.join(' ')}` : `no chart name given; valid charts: ${charts.join(', ')}`)
+  }
+  if (args.push && !args.build) log.warn('--push does nothing without --build (as in deploy.py): add --build to push images')
+  const env: NodeJS.ProcessEnv = { ...config.env }
+  const planned: string[] = []
+  const run: Run = {
+    chart: positional[0],
+    phases: { setup: args.setup, build: args.build, push: args.build && args.push, deploy: args.deploy },
+    config,
+    env,
+    helmMajor: 3,
+    dryRun: args['dry-run'],
+    recover: args.recover,
+    run: makeRunner(env, args['dry-run'], planned),
+    images: [],
+    commit: '',
+    timings: {},
+    plugins: [],
+  }
+  const pluginNames = [...[args.plugin ?? []].flat(), ...config.DEPLOY_PLUGINS.split(',')].map((s) => s.trim()).filter(Boolean)
+  run.plugins = await loadPlugins([...new Set(pluginNames)])
+  await preflight(run, charts)
+  if (run.dryRun) {
+    process.stdout.write(`# dry run: ${run.chart} at ${run.commit.slice(0, 12)}, Helm ${run.helmMajor}; nothing below is executed\n`)
+    for (const p of run.plugins) {
+      const hooks = HOOKS.filter((h) => typeof p[h] === 'function')
+      process.stdout.write(`# plugin ${p.name}: ${hooks.join(', ') || 'no hooks'} (not called in a dry run)\n`)
+    }
+  }
+  let cancelled: NodeJS.Signals | undefined
+  onSignal(async (signal) => {
+    if (cancelled) return
+    cancelled = signal
+    log.error(`${signal} received: stopping ${run.phase ?? 'the run'}`)
+    await killRunning(signal)
+    await runFinalHooks(run, 'fail', { error: new Error(`cancelled by ${signal}`), failedPhase: run.phase, reason: 'cancelled' })
+    cleanup(run)
+    process.exit(signal === 'SIGINT' ? EXIT.sigint : EXIT.sigterm)
+  })
+  try {
+    await runPhases(run)
+  } catch (e) {
+    if (cancelled) return new Promise(() => undefined)
+    const phaseName = (e as { phase?: Phase }).phase ?? run.phase
+    await runFinalHooks(run, 'fail', { error: e as Error, failedPhase: phaseName, reason: 'failed' })
+    throw e
+  } finally {
+    if (!cancelled) cleanup(run)
+  }
+  await runFinalHooks(run, 'success')
+  return EXIT.ok
+}
+
+function cleanup(run: Run) {
+  if (run.privateDir) fs.rmSync(run.privateDir, { recursive: true, force: true })
+}
+
+function isMain(): boolean {
+  if ((import.meta as { main?: boolean }).main) return true
+  const entry = process.argv[1]
+  return !!entry && path.resolve(entry) === fileURLToPath(import.meta.url)
+}
+
+if (isMain()) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (e: unknown) => {
+      const err = e instanceof DeployError ? e : new DeployError(String((e as Error)?.stack ?? e))
+      const message = redact(err.message)
+      process.stderr.write(`ERROR: ${message}\n`)
+      if (CI.github) process.stdout.write(`::error::${message.split('\n')[0]}\n`)
+      process.exit(err.exitCode)
+    },
+  )
+}

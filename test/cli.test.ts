@@ -1,0 +1,139 @@
+// The command line and bad input: each mistake is one clear line, exit 2, nothing run.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import path from 'node:path'
+import { makeRepo, runDeploy, git, tempDir, standinBin, HELM3, type RunResult } from './support/harness.ts'
+
+/** Exit 2 with exactly one ERROR line that mentions `text`, and no external command run. */
+function assertUsageError(r: RunResult, text: string | RegExp) {
+  assert.equal(r.code, 2, r.stderr)
+  const errors = r.stderr.split('\n').filter((l) => l.startsWith('ERROR:'))
+  assert.equal(errors.length, 1, r.stderr)
+  assert.match(errors[0], typeof text === 'string' ? new RegExp(text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : text)
+  assert.deepEqual(r.commands.filter((c) => !c.startsWith('helm version')), [], 'nothing may run')
+}
+
+test('--help lists the flags and the exit codes', async () => {
+  const r = await runDeploy(makeRepo(), ['--help'])
+  assert.equal(r.code, 0)
+  for (const flag of ['--no-setup', '--build', '--push', '--deploy', '--dry-run', '--env-file', '--list', '--plugin']) assert.match(r.stdout, new RegExp(flag))
+  assert.match(r.stdout, /2 usage or configuration error/)
+})
+
+test('--version prints the package version', async () => {
+  const r = await runDeploy(makeRepo(), ['--version'])
+  assert.equal(r.code, 0)
+  assert.match(r.stdout, /^deploy\.ts \d+\.\d+\.\d+/)
+})
+
+test('--list prints the discovered charts, monitoring last', async () => {
+  const repo = makeRepo({ hubs: ['staginghub', 'ea-hub'], monitoring: true })
+  fs.mkdirSync(path.join(repo, 'hub-charts/not-a-chart'))
+  const r = await runDeploy(repo, ['--list'])
+  assert.equal(r.code, 0)
+  assert.deepEqual(r.stdout.trim().split('\n'), ['ea-hub', 'staginghub', 'monitoring'])
+})
+
+test('no chart name: exit 2 listing the valid charts', async () => {
+  assertUsageError(await runDeploy(makeRepo(), ['--deploy']), /no chart name given; valid charts: staginghub/)
+})
+
+test('unknown chart: exit 2 listing the valid charts', async () => {
+  assertUsageError(await runDeploy(makeRepo({ hubs: ['staginghub', 'ea-hub'] }), ['--deploy', 'nope']), 'unknown chart "nope"; valid charts: ea-hub, staginghub')
+})
+
+test('unknown flag: exit 2 naming it', async () => {
+  assertUsageError(await runDeploy(makeRepo(), ['--deplyo', 'staginghub']), 'unknown option --deplyo')
+})
+
+test('--push without --build warns and pushes nothing', async () => {
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--push', 'staginghub'])
+  assert.equal(r.code, 0, r.stderr)
+  assert.match(r.stderr, /--push does nothing without --build/)
+  assert.ok(!r.commands.some((c) => c.startsWith('docker')))
+})
+
+test('missing secrets/<chart>.yaml for a deploy', async () => {
+  const repo = makeRepo()
+  git(repo, 'rm', '-q', 'secrets/staginghub.yaml')
+  assertUsageError(await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub']), 'secrets/staginghub.yaml: the chart\'s secret values file not found')
+})
+
+test('a git-crypt-locked secrets file names the file and git-crypt unlock', async () => {
+  const repo = makeRepo()
+  fs.writeFileSync(path.join(repo, 'secrets/staginghub.yaml'), Buffer.concat([Buffer.from('\0GITCRYPT\0'), Buffer.from([0x8f, 0x01, 0xff])]))
+  assertUsageError(await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub']), 'secrets/staginghub.yaml is encrypted: run `git-crypt unlock` first')
+})
+
+test('missing Docker password file when setup runs', async () => {
+  assertUsageError(await runDeploy(makeRepo({ noSetupSecrets: true }), ['staginghub']), /secrets\/gke-auth-key\.json: GCLOUD_KEY_FILE .* not found/)
+  const repo = makeRepo()
+  git(repo, 'rm', '-q', 'secrets/dockerhub')
+  assertUsageError(await runDeploy(repo, ['staginghub']), /secrets\/dockerhub: DOCKER_PASSWORD_FILE .* not found/)
+})
+
+test('a chart dir whose Chart.yaml is not valid', async () => {
+  const repo = makeRepo()
+  fs.writeFileSync(path.join(repo, 'hub-charts/staginghub/Chart.yaml'), 'name: [unclosed\n')
+  assertUsageError(await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub']), /hub-charts\/staginghub\/Chart\.yaml: not valid YAML/)
+  fs.writeFileSync(path.join(repo, 'hub-charts/staginghub/Chart.yaml'), 'apiVersion: v2\n')
+  assertUsageError(await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub']), /Chart\.yaml: needs at least a name and a version/)
+})
+
+test('not inside a git repository', async () => {
+  const dir = tempDir()
+  fs.mkdirSync(path.join(dir, 'hub-charts/staginghub'), { recursive: true })
+  fs.writeFileSync(path.join(dir, 'hub-charts/staginghub/Chart.yaml'), 'name: staginghub\nversion: 0.1.0\n')
+  assertUsageError(await runDeploy(dir, ['--no-setup', '--deploy', 'staginghub'], { env: { GIT_CEILING_DIRECTORIES: path.dirname(dir) } }), /is not a git repository/)
+})
+
+test('a shallow clone is refused before any build or deploy', async () => {
+  const origin = makeRepo()
+  const clone = tempDir()
+  git(clone, 'clone', '-q', '--depth', '1', `file://${origin}`, 'repo')
+  assertUsageError(await runDeploy(path.join(clone, 'repo'), ['--no-setup', '--build', 'staginghub']), /shallow clone.*git fetch --unshallow/)
+})
+
+test('a tool missing from PATH is named with how to install it', async () => {
+  const bin = standinBin(['gcloud', 'kubectl', 'docker'])
+  for (const tool of ['git', 'bash', 'node']) {
+    const real = (process.env.PATH ?? '').split(':').map((d) => path.join(d, tool)).find((p) => fs.existsSync(p))!
+    fs.symlinkSync(real, path.join(bin, tool))
+  }
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], { path: bin, noStandins: true })
+  assertUsageError(r, 'helm not found on PATH: install Helm 3')
+})
+
+test('a malformed .env names the file and line', async () => {
+  const repo = makeRepo()
+  fs.writeFileSync(path.join(repo, '.env'), 'GKE_ZONE=europe-west1-b\nthis is not an assignment\n')
+  assertUsageError(await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub']), '.env:2: not a KEY=VALUE line')
+})
+
+test('--env-file (--dotenv under Node 20) naming a missing file', async () => {
+  const flag = process.env.DEPLOY_RUNTIME === 'deno' ? '--env-file' : '--dotenv'
+  assertUsageError(await runDeploy(makeRepo(), [flag, 'prod.env', '--deploy', 'staginghub']), 'prod.env: no such env file')
+})
+
+test('--dotenv reads configuration from the named file; the environment still wins', async () => {
+  const repo = makeRepo()
+  fs.writeFileSync(path.join(repo, 'prod.env'), 'GKE_CLUSTER=prod-cluster\nGKE_ZONE=europe-west1-b\n')
+  const r = await runDeploy(repo, ['--dotenv', 'prod.env', 'staginghub'], { env: { GKE_ZONE: 'asia-east1-a' } })
+  assert.equal(r.code, 0, r.stderr)
+  assert.ok(r.commands.includes('gcloud container clusters get-credentials prod-cluster --zone=asia-east1-a --project=ea-jupyter'), r.commands.join('\n'))
+})
+
+test('a timeout that is not a duration is a configuration error', async () => {
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], { env: { ROLLOUT_TIMEOUT: 'soon' } })
+  assertUsageError(r, 'ROLLOUT_TIMEOUT=soon: not a duration')
+})
+
+test('an external command that fails exits 1 with the command named', async () => {
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
+    rules: [HELM3, { tool: 'helm', match: '^dep up', exit: 1, stderr: 'Error: no repository definition for https://hub.jupyter.org/helm-chart/\n' }],
+  })
+  assert.equal(r.code, 1)
+  assert.match(r.stderr, /ERROR: helm dep up exited with 1/)
+  assert.ok(!r.commands.some((c) => c.startsWith('helm upgrade')))
+})

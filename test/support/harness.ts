@@ -1,0 +1,166 @@
+// Test harness: real git repositories in temp dirs, recording stand-ins on PATH, and a
+// runner that starts deploy.ts the way users do (tsx, or Deno with DEPLOY_RUNTIME=deno).
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { spawn, execFileSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url))
+export const DEPLOY = path.join(ROOT, 'deploy.ts')
+const STANDIN = fileURLToPath(new URL('./standin.mjs', import.meta.url))
+const TSX_LOADER = path.join(ROOT, 'node_modules/tsx/dist/esm/index.mjs')
+
+export function tempDir(prefix = 'deploy-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+}
+
+export function git(cwd: string, ...args: string[]): string {
+  return execFileSync('git', args, {
+    cwd,
+    encoding: 'utf8',
+    env: { ...process.env, GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@example.org', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@example.org' },
+  }).trim()
+}
+
+export interface RepoOptions {
+  hubs?: string[]
+  userImages?: string[]
+  hubImages?: string[]
+  monitoring?: boolean
+  /** Contents of secrets/<name>: every hub gets `secrets/<hub>.yaml` unless listed here. */
+  secrets?: Record<string, string>
+  noSetupSecrets?: boolean
+}
+
+/** Writes files (relative path → content) into the repo and commits them. */
+export function commit(repo: string, files: Record<string, string>, message = 'change'): string {
+  for (const [file, content] of Object.entries(files)) {
+    fs.mkdirSync(path.dirname(path.join(repo, file)), { recursive: true })
+    fs.writeFileSync(path.join(repo, file), content)
+  }
+  git(repo, 'add', '-A')
+  git(repo, 'commit', '-q', '-m', message)
+  return git(repo, 'rev-parse', '--short=7', 'HEAD')
+}
+
+export const PASSWORD = 'dockerhub-pa55word-xyz'
+export const SECRET_TOKEN = 'proxy-secret-token-0123456789'
+export const PRIVATE_KEY_LINE = 'MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7'
+
+/** A real git repository shaped like the ops repo, one commit per part. */
+export function makeRepo(options: RepoOptions = {}): string {
+  const repo = tempDir('deploy-repo-')
+  git(repo, 'init', '-q', '-b', 'main')
+  const hubs = options.hubs ?? ['staginghub']
+  const files: Record<string, string> = {}
+  for (const hub of hubs) {
+    files[`hub-charts/${hub}/Chart.yaml`] = `apiVersion: v2\nname: ${hub}\nversion: 0.1.0\n`
+    files[`hub-charts/${hub}/values.yaml`] = `jupyterhub:\n  singleuser:\n    image:\n      tag: set-on-deployment\n`
+    files[`secrets/${hub}.yaml`] = `jupyterhub:\n  proxy:\n    secretToken: ${SECRET_TOKEN}\n`
+  }
+  if (options.monitoring) {
+    files['monitoring/Chart.yaml'] = 'apiVersion: v2\nname: monitoring\nversion: 0.1.0\n'
+    files['secrets/monitoring.yaml'] = 'grafana:\n  adminPassword: grafana-admin-pw\n'
+  }
+  if (!options.noSetupSecrets) {
+    files['secrets/dockerhub'] = `${PASSWORD}\n`
+    files['secrets/gke-auth-key.json'] = JSON.stringify({ type: 'service_account', private_key: `-----BEGIN PRIVATE KEY-----\n${PRIVATE_KEY_LINE}\n-----END PRIVATE KEY-----\n` })
+  }
+  Object.assign(files, options.secrets ?? {})
+  commit(repo, files, 'charts and secrets')
+  for (const hub of options.userImages ?? hubs) commit(repo, { [`user-images/${hub}/Dockerfile`]: `FROM scratch\nLABEL hub=${hub}\n` }, `user image ${hub}`)
+  for (const hub of options.hubImages ?? []) commit(repo, { [`hub-images/${hub}/Dockerfile`]: `FROM scratch\nLABEL hub-image=${hub}\n` }, `hub image ${hub}`)
+  return repo
+}
+
+export interface Rule {
+  tool: 'gcloud' | 'helm' | 'kubectl' | 'docker'
+  match?: string
+  stdout?: string
+  stderr?: string
+  exit?: number
+  sleepMs?: number
+  touch?: string
+}
+
+export interface Call {
+  tool: string
+  argv: string[]
+  cwd: string
+  stdinSha256: string | null
+  env: Record<string, string | null>
+}
+
+export const HELM3: Rule = { tool: 'helm', match: '^version', stdout: 'v3.17.2+gcc0bbbd\n' }
+export const HELM2: Rule = { tool: 'helm', match: '^version', stdout: 'Client: v2.16.12+g47f0b88\n' }
+
+/** A bin dir whose gcloud, helm, kubectl and docker are the recording stand-in. */
+export function standinBin(tools = ['gcloud', 'helm', 'kubectl', 'docker']): string {
+  const bin = tempDir('deploy-bin-')
+  for (const tool of tools) fs.symlinkSync(STANDIN, path.join(bin, tool))
+  return bin
+}
+
+export interface RunResult {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+  calls: Call[]
+  /** Every call as `tool arg arg ...`, in order. */
+  commands: string[]
+  home: string
+}
+
+export interface RunOptions {
+  rules?: Rule[]
+  env?: Record<string, string | undefined>
+  /** Replaces PATH entirely (the stand-in bin dir is still put first unless noStandins). */
+  path?: string
+  noStandins?: boolean
+  /** Called with the child once it started (to send signals). */
+  onSpawn?: (child: ReturnType<typeof spawn>) => void
+}
+
+/** The command that starts deploy.ts under the runtime the suite runs for. */
+export function deployCommand(): string[] {
+  if (process.env.DEPLOY_RUNTIME === 'deno') {
+    return [path.join(ROOT, 'node_modules/.bin/deno'), 'run', '-A', '--quiet', DEPLOY]
+  }
+  return [process.execPath, '--import', TSX_LOADER, DEPLOY]
+}
+
+/** Runs deploy.ts in `repo` with stand-ins first on PATH and a fresh HOME. */
+export function runDeploy(repo: string, args: string[], options: RunOptions = {}): Promise<RunResult> {
+  const work = tempDir('deploy-run-')
+  const home = path.join(work, 'home')
+  fs.mkdirSync(home)
+  const logFile = path.join(work, 'calls.jsonl')
+  const rulesFile = path.join(work, 'rules.json')
+  fs.writeFileSync(rulesFile, JSON.stringify(options.rules ?? [HELM3]))
+  const basePath = options.path ?? process.env.PATH ?? ''
+  const PATH = options.noStandins ? basePath : `${standinBin()}${path.delimiter}${basePath}`
+  const env: Record<string, string> = {}
+  for (const [k, v] of Object.entries({ ...process.env, HOME: home, PATH, STANDIN_LOG: logFile, STANDIN_RULES: rulesFile, ...options.env })) {
+    // CI variables of the machine running the tests must not leak into the run under test.
+    if (v !== undefined && !/^(TRAVIS|GITHUB_|CI$)/.test(k)) env[k] = v
+  }
+  for (const [k, v] of Object.entries(options.env ?? {})) if (v !== undefined) env[k] = v
+  const [cmd, ...pre] = deployCommand()
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, [...pre, ...args], { cwd: repo, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    child.on('error', reject)
+    options.onSpawn?.(child)
+    child.on('close', (code, signal) => {
+      const calls: Call[] = fs.existsSync(logFile)
+        ? fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l))
+        : []
+      resolve({ code, signal, stdout, stderr, calls, commands: calls.map((c) => [c.tool, ...c.argv].join(' ')), home })
+    })
+  })
+}

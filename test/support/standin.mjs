@@ -1,0 +1,38 @@
+#!/usr/bin/env node
+// Recording stand-in for gcloud, helm, kubectl and docker (symlinked under those names).
+// Appends one JSON line per call to $STANDIN_LOG: the tool, its argv, its cwd, the
+// sha256 of its stdin and the config dirs it was given; then answers from the first
+// rule in $STANDIN_RULES (a JSON array) whose tool matches and whose `match` (a regular
+// expression) matches the joined argv. Rule fields: stdout, stderr, exit, sleepMs,
+// touch (an env var naming a file to create, e.g. KUBECONFIG).
+import fs from 'node:fs'
+import path from 'node:path'
+import crypto from 'node:crypto'
+
+const tool = path.basename(process.argv[1])
+const argv = process.argv.slice(2)
+let stdin = null
+const st = fs.fstatSync(0)
+if (st.isFIFO() || st.isFile() || st.isSocket()) stdin = fs.readFileSync(0)
+const entry = {
+  tool,
+  argv,
+  cwd: process.cwd(),
+  stdinSha256: stdin && stdin.length ? crypto.createHash('sha256').update(stdin).digest('hex') : null,
+  env: Object.fromEntries(['KUBECONFIG', 'CLOUDSDK_CONFIG', 'DOCKER_CONFIG', 'DOCKER_BUILDKIT'].map((k) => [k, process.env[k] ?? null])),
+}
+if (process.env.STANDIN_LOG) fs.appendFileSync(process.env.STANDIN_LOG, JSON.stringify(entry) + '\n')
+const rules = process.env.STANDIN_RULES ? JSON.parse(fs.readFileSync(process.env.STANDIN_RULES, 'utf8')) : []
+const joined = argv.join(' ')
+const rule = rules.find((r) => r.tool === tool && (!r.match || new RegExp(r.match).test(joined))) ?? {}
+if (rule.touch && process.env[rule.touch]) {
+  fs.mkdirSync(path.dirname(process.env[rule.touch]), { recursive: true })
+  fs.writeFileSync(process.env[rule.touch], `written by ${tool}\n`)
+}
+const finish = () => {
+  if (rule.stdout) process.stdout.write(rule.stdout)
+  if (rule.stderr) process.stderr.write(rule.stderr)
+  process.exitCode = rule.exit ?? 0
+}
+if (rule.sleepMs) setTimeout(finish, rule.sleepMs)
+else finish()
