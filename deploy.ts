@@ -79,6 +79,10 @@ export interface HookContext {
   timings: Partial<Record<Phase, number>>
   log: Logger
   run: Runner
+  /** Masks every registered secret (webhook URLs, tokens, passwords) as ***: apply it to text sent elsewhere. */
+  redact: (text: string) => string
+  /** deploy.ts's duration parser (`600`, `90s`, `10m`, `1h30m` → seconds; NaN otherwise), for plugins' own keys. */
+  parseDuration: (text: string) => number
   /** Release revision after the deploy phase (Helm 3), when known. */
   revision?: number
   /** `fail` only: what went wrong and in which phase; `cancelled` on SIGINT/SIGTERM. */
@@ -654,6 +658,8 @@ function hookContext(run: Run): HookContext {
     timings: run.timings,
     log: pluginLog,
     run: run.run,
+    redact,
+    parseDuration,
     revision: run.revision,
   }
 }
@@ -669,7 +675,8 @@ async function runHooks(run: Run, hook: Exclude<HookName, 'success' | 'fail' | '
     try {
       await fn.call(plugin, hookContext(run))
     } catch (e) {
-      const code = hook === 'verify' ? EXIT.refused : EXIT.failed
+      // A later hook refuses (exit 3) by throwing an error whose exitCode is 3.
+      const code = hook === 'verify' || (e as { exitCode?: unknown })?.exitCode === EXIT.refused ? EXIT.refused : EXIT.failed
       throw Object.assign(new DeployError(`plugin ${plugin.name} ${hook}: ${(e as Error).message ?? e}`, code), { phase })
     }
   }

@@ -89,6 +89,7 @@ export interface Call {
   argv: string[]
   cwd: string
   stdinSha256: string | null
+  dockerPluginsLinked: boolean | null
   env: Record<string, string | null>
 }
 

@@ -19,6 +19,7 @@ const entry = {
   argv,
   cwd: process.cwd(),
   stdinSha256: stdin && stdin.length ? crypto.createHash('sha256').update(stdin).digest('hex') : null,
+  dockerPluginsLinked: process.env.DOCKER_CONFIG ? fs.existsSync(path.join(process.env.DOCKER_CONFIG, 'cli-plugins')) : null,
   env: Object.fromEntries(['KUBECONFIG', 'CLOUDSDK_CONFIG', 'DOCKER_CONFIG', 'DOCKER_BUILDKIT'].map((k) => [k, process.env[k] ?? null])),
 }
 if (process.env.STANDIN_LOG) fs.appendFileSync(process.env.STANDIN_LOG, JSON.stringify(entry) + '\n')

@@ -1,0 +1,151 @@
+// Build and push phases: image tags from git history, rebuild decisions, cache search.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import path from 'node:path'
+import { makeRepo, runDeploy, commit, git, tempDir, HELM3, type Rule } from './support/harness.ts'
+
+const USER = 'earthlabhubops/ea-k8s-user-staginghub'
+const HUB = 'earthlabhubops/ea-k8s-hub-staginghub'
+const present = (spec: string): Rule => ({ tool: 'docker', match: `^manifest inspect ${spec}$`, stdout: '{}' })
+const missing: Rule = { tool: 'docker', match: '^manifest inspect', exit: 1, stderr: 'no such manifest\n' }
+const dockerCalls = (commands: string[]) => commands.filter((c) => c.startsWith('docker'))
+
+/** A repo whose user image dir was touched by three commits; returns their tags, oldest first. */
+function repoWithHistory() {
+  const repo = makeRepo()
+  const t1 = git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', 'user-images/staginghub')
+  commit(repo, { 'README.md': 'unrelated\n' }, 'unrelated')
+  const t2 = commit(repo, { 'user-images/staginghub/Dockerfile': 'FROM scratch\nLABEL v=2\n' })
+  commit(repo, { 'hub-charts/staginghub/values.yaml': 'x: 1\n' }, 'chart only')
+  const t3 = commit(repo, { 'user-images/staginghub/Dockerfile': 'FROM scratch\nLABEL v=3\n' })
+  commit(repo, { 'docs.md': 'later\n' }, 'unrelated, after')
+  return { repo, t1, t2, t3 }
+}
+
+test('the image tag is the last commit that touched the image dir, not HEAD', async () => {
+  const { repo, t3 } = repoWithHistory()
+  const r = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], { rules: [HELM3, present(`${USER}:${t3}`)] })
+  assert.equal(r.code, 0, r.stderr)
+  assert.notEqual(t3, git(repo, 'rev-parse', '--short=7', 'HEAD'))
+  assert.match(r.stdout, new RegExp(`Do not need to rebuild image, using ${USER}:${t3}`))
+})
+
+test('range touched the dir: rebuild, cache image looked up without pulling, one pull, then push', async () => {
+  const { repo, t1, t2, t3 } = repoWithHistory()
+  const r = await runDeploy(repo, ['--no-setup', '--build', '--push', 'staginghub'], {
+    env: { TRAVIS_COMMIT_RANGE: `${t2}...${t3}` },
+    rules: [HELM3, present(`${USER}:${t2}`), missing],
+  })
+  assert.equal(r.code, 0, r.stderr)
+  assert.deepEqual(dockerCalls(r.commands), [
+    `docker manifest inspect ${USER}:${t3}`,
+    `docker manifest inspect ${USER}:${t2}`,
+    `docker pull ${USER}:${t2}`,
+    `docker build --cache-from ${USER}:${t2} -t ${USER}:${t3} user-images/staginghub`,
+    `docker push ${USER}:${t3}`,
+  ])
+  assert.ok(!r.commands.includes(`docker manifest inspect ${USER}:${t1}`), 'stops at the first hit')
+  assert.match(r.stdout, new RegExp(`build completed for image ${USER}:${t3}`))
+  assert.match(r.stderr, new RegExp(`INFO:root:Executing docker build --cache-from ${USER}:${t2}`))
+})
+
+test('range touched, no candidate in the registry: build without --cache-from and no pull', async () => {
+  const { repo, t1, t2, t3 } = repoWithHistory()
+  const r = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], { env: { TRAVIS_COMMIT_RANGE: `${t2}..${t3}` }, rules: [HELM3, missing] })
+  assert.equal(r.code, 0, r.stderr)
+  assert.deepEqual(dockerCalls(r.commands), [
+    `docker manifest inspect ${USER}:${t3}`,
+    `docker manifest inspect ${USER}:${t2}`,
+    `docker manifest inspect ${USER}:${t1}`,
+    `docker build -t ${USER}:${t3} user-images/staginghub`,
+  ])
+})
+
+test('range did not touch the dir and the image exists: no rebuild', async () => {
+  const { repo, t3 } = repoWithHistory()
+  const head = git(repo, 'rev-parse', 'HEAD')
+  const r = await runDeploy(repo, ['--no-setup', '--build', '--push', 'staginghub'], {
+    env: { TRAVIS_COMMIT_RANGE: `${head}~1...${head}` },
+    rules: [HELM3, present(`${USER}:${t3}`), missing],
+  })
+  assert.equal(r.code, 0, r.stderr)
+  assert.deepEqual(dockerCalls(r.commands), [`docker manifest inspect ${USER}:${t3}`])
+  assert.match(r.stdout, /Do not need to rebuild image/)
+})
+
+test('range did not touch the dir but the tag was never pushed: rebuild', async () => {
+  const { repo, t3 } = repoWithHistory()
+  const head = git(repo, 'rev-parse', 'HEAD')
+  const r = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], { env: { TRAVIS_COMMIT_RANGE: `${head}~1...${head}` }, rules: [HELM3, missing] })
+  assert.equal(r.code, 0, r.stderr)
+  assert.ok(r.commands.includes(`docker build -t ${USER}:${t3} user-images/staginghub`))
+  assert.match(r.stderr, /is not in the registry: building it/)
+})
+
+test('no commit range: rebuild only when the registry lacks the tag', async () => {
+  const { repo, t3 } = repoWithHistory()
+  const have = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], { rules: [HELM3, present(`${USER}:${t3}`), missing] })
+  assert.deepEqual(dockerCalls(have.commands), [`docker manifest inspect ${USER}:${t3}`])
+  const lack = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], { rules: [HELM3, missing] })
+  assert.ok(lack.commands.some((c) => c.startsWith('docker build')))
+})
+
+test('an invalid commit range warns and counts as touched', async () => {
+  const { repo, t3 } = repoWithHistory()
+  const r = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], {
+    env: { TRAVIS_COMMIT_RANGE: 'deadbeef0000...cafebabe1111' },
+    rules: [HELM3, present(`${USER}:${t3}`), missing],
+  })
+  assert.equal(r.code, 0, r.stderr)
+  assert.match(r.stderr, /WARNING: commit range deadbeef0000...cafebabe1111 is not valid here/)
+  assert.ok(r.commands.some((c) => c.startsWith('docker build')))
+})
+
+test('on GitHub Actions the range comes from the push event', async () => {
+  const { repo, t2, t3 } = repoWithHistory()
+  const event = path.join(tempDir(), 'event.json')
+  const before = git(repo, 'rev-parse', `${t3}~1`)
+  fs.writeFileSync(event, JSON.stringify({ before, after: git(repo, 'rev-parse', t3) }))
+  const r = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], {
+    env: { GITHUB_EVENT_NAME: 'push', GITHUB_EVENT_PATH: event },
+    rules: [HELM3, present(`${USER}:${t3}`), present(`${USER}:${t2}`), missing],
+  })
+  assert.equal(r.code, 0, r.stderr)
+  assert.ok(r.commands.includes(`docker build --cache-from ${USER}:${t3} -t ${USER}:${t3} user-images/staginghub`), r.commands.join('\n'))
+})
+
+test('the cache search skips duplicate candidate tags', async () => {
+  const repo = makeRepo()
+  const only = git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', 'user-images/staginghub')
+  const r = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], { env: { TRAVIS_COMMIT_RANGE: `${only}~1..${only}` }, rules: [HELM3, missing] })
+  assert.equal(r.code, 0, r.stderr)
+  assert.equal(r.commands.filter((c) => c === `docker manifest inspect ${USER}:${only}`).length, 1)
+})
+
+test('a hub image is built after the user image and named as such', async () => {
+  const repo = makeRepo({ hubImages: ['staginghub'] })
+  const hubTag = git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', 'hub-images/staginghub')
+  const r = await runDeploy(repo, ['--no-setup', '--build', '--push', 'staginghub'], { rules: [HELM3, missing] })
+  assert.equal(r.code, 0, r.stderr)
+  const builds = r.commands.filter((c) => c.startsWith('docker build') || c.startsWith('docker push'))
+  assert.deepEqual(builds.map((c) => c.split(' ').slice(0, 2).join(' ')), ['docker build', 'docker push', 'docker build', 'docker push'])
+  assert.ok(builds[2].includes(`${HUB}:${hubTag}`))
+  assert.match(r.stdout, new RegExp(`build completed for hub image ${HUB}:${hubTag}`))
+})
+
+test('a failed push exits 1 naming the image', async () => {
+  const { repo, t3 } = repoWithHistory()
+  const r = await runDeploy(repo, ['--no-setup', '--build', '--push', 'staginghub'], {
+    rules: [HELM3, missing, { tool: 'docker', match: '^push', exit: 1, stderr: 'dial tcp 127.0.0.1:5000: connection refused\n' }],
+  })
+  assert.equal(r.code, 1)
+  assert.match(r.stderr, new RegExp(`docker push ${USER}:${t3} failed`))
+})
+
+test('USER_IMAGE_PREFIX and HUB_IMAGE_PREFIX name the images', async () => {
+  const repo = makeRepo()
+  const r = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], { env: { USER_IMAGE_PREFIX: '127.0.0.1:5000/uni/user-' }, rules: [HELM3, missing] })
+  assert.equal(r.code, 0, r.stderr)
+  assert.ok(r.commands.some((c) => c.startsWith('docker manifest inspect --insecure 127.0.0.1:5000/uni/user-staginghub:')), r.commands.join('\n'))
+})

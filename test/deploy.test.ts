@@ -1,0 +1,167 @@
+// Deploy and rollout phases with stand-ins: exact helm and kubectl commands for Helm 2
+// and 3, concurrent bounded rollouts, diagnostics, stuck releases, the dry-run plan.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { makeRepo, runDeploy, commit, git, HELM2, HELM3, PASSWORD, SECRET_TOKEN, type Rule } from './support/harness.ts'
+
+const USER = 'earthlabhubops/ea-k8s-user-staginghub'
+const deployments: Rule = { tool: 'kubectl', match: 'get deployments -o name', stdout: 'deployment.apps/hub\ndeployment.apps/proxy\n' }
+const history = (...statuses: string[]): Rule => ({
+  tool: 'helm',
+  match: '^history',
+  stdout: JSON.stringify(statuses.map((status, i) => ({ revision: i + 1, status, chart: 'staginghub-0.1.0', description: '' }))),
+})
+const userTag = (repo: string) => git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', 'user-images/staginghub')
+
+test('Helm 2: the whole CI run matches the original command for command', async () => {
+  const repo = makeRepo()
+  const t1 = userTag(repo)
+  const t2 = commit(repo, { 'user-images/staginghub/Dockerfile': 'FROM scratch\nLABEL v=2\n' })
+  const r = await runDeploy(repo, ['--build', '--push', '--deploy', 'staginghub'], {
+    env: { TRAVIS_COMMIT_RANGE: `${t1}...${t2}` },
+    rules: [HELM2, deployments, { tool: 'docker', match: `manifest inspect ${USER}:${t1}$` }, { tool: 'docker', match: '^manifest', exit: 1 }],
+  })
+  assert.equal(r.code, 0, r.stderr)
+  const rollouts = r.commands.slice(-2).sort()
+  assert.deepEqual([...r.commands.slice(0, -2), ...rollouts], [
+    'helm version --client --short',
+    'gcloud auth activate-service-account --key-file=secrets/gke-auth-key.json',
+    'gcloud container clusters get-credentials jhub --zone=us-central1-b --project=ea-jupyter',
+    'helm init --upgrade',
+    'kubectl rollout status --namespace kube-system --watch deployment tiller-deploy',
+    'docker login -u earthlabcu --password-stdin',
+    `docker manifest inspect ${USER}:${t2}`,
+    `docker manifest inspect ${USER}:${t1}`,
+    `docker pull ${USER}:${t1}`,
+    `docker build --cache-from ${USER}:${t1} -t ${USER}:${t2} user-images/staginghub`,
+    `docker push ${USER}:${t2}`,
+    'helm dep up',
+    `helm upgrade --install --namespace staginghub staginghub hub-charts/staginghub --force --wait --timeout 600 --cleanup-on-fail -f secrets/staginghub.yaml --set-string jupyterhub.singleuser.image.tag=${t2}`,
+    'kubectl --namespace staginghub get deployments -o name',
+    'kubectl rollout status --namespace staginghub --watch deployment.apps/hub --timeout=600s',
+    'kubectl rollout status --namespace staginghub --watch deployment.apps/proxy --timeout=600s',
+  ])
+  assert.match(r.calls.find((c) => c.argv.join(' ') === 'dep up')!.cwd, /hub-charts\/staginghub$/)
+  assert.match(r.stderr, /INFO:root:Executing helm upgrade --install --namespace staginghub/)
+  assert.match(r.stderr, /INFO:root:Executing and capturing kubectl --namespace staginghub get deployments -o name/)
+  assert.match(r.stderr, /INFO:root:Waiting for all deployments to be up and running/)
+  assert.match(r.stdout, new RegExp(`Using ${USER}:${t2} as user image for staginghub`))
+})
+
+test('Helm 3: no --force, a timeout with a unit, --create-namespace, the release revision read back', async () => {
+  const repo = makeRepo()
+  const tag = userTag(repo)
+  const r = await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub'], { rules: [HELM3, deployments, history('deployed')], env: { HELM_TIMEOUT: '15m', ROLLOUT_TIMEOUT: '90s' } })
+  assert.equal(r.code, 0, r.stderr)
+  assert.deepEqual(r.commands.slice(0, 6), [
+    'helm version --client --short',
+    'helm dep up',
+    'helm history staginghub --namespace staginghub -o json',
+    `helm upgrade --install --namespace staginghub staginghub hub-charts/staginghub --wait --timeout 900s --cleanup-on-fail --create-namespace -f secrets/staginghub.yaml --set-string jupyterhub.singleuser.image.tag=${tag}`,
+    'helm history staginghub --namespace staginghub -o json',
+    'kubectl --namespace staginghub get deployments -o name',
+  ])
+  assert.ok(r.commands.includes('kubectl rollout status --namespace staginghub --watch deployment.apps/hub --timeout=90s'))
+})
+
+test('the monitoring chart deploys from monitoring/ with no image tags', async () => {
+  const r = await runDeploy(makeRepo({ monitoring: true }), ['--no-setup', '--deploy', 'monitoring'], { rules: [HELM3] })
+  assert.equal(r.code, 0, r.stderr)
+  const upgrade = r.commands.find((c) => c.startsWith('helm upgrade'))!
+  assert.equal(upgrade, 'helm upgrade --install --namespace monitoring monitoring monitoring --wait --timeout 600s --cleanup-on-fail --create-namespace -f secrets/monitoring.yaml')
+  assert.match(r.calls.find((c) => c.argv.join(' ') === 'dep up')!.cwd, /\/monitoring$/)
+})
+
+test('a hub image sets jupyterhub.hub.image.tag after the user image tag', async () => {
+  const repo = makeRepo({ hubImages: ['staginghub'] })
+  const hubTag = git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', 'hub-images/staginghub')
+  const r = await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub'], { rules: [HELM3] })
+  const upgrade = r.commands.find((c) => c.startsWith('helm upgrade'))!
+  assert.ok(upgrade.endsWith(`--set-string jupyterhub.singleuser.image.tag=${userTag(repo)} --set-string jupyterhub.hub.image.tag=${hubTag}`), upgrade)
+  assert.match(r.stdout, /as hub image for staginghub/)
+})
+
+test('an empty deployment list skips the wait with a message', async () => {
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], { rules: [HELM3, { tool: 'kubectl', match: 'get deployments', stdout: '\n' }] })
+  assert.equal(r.code, 0, r.stderr)
+  assert.match(r.stderr, /no deployments in namespace staginghub: nothing to wait for/)
+  assert.ok(!r.commands.some((c) => c.startsWith('kubectl rollout status')))
+})
+
+test('rollouts run at once, each output line prefixed with its deployment', async () => {
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
+    rules: [HELM3, deployments,
+      { tool: 'kubectl', match: 'rollout status .* deployment.apps/hub', sleepMs: 1500, stdout: 'deployment "hub" successfully rolled out\n' },
+      { tool: 'kubectl', match: 'rollout status .* deployment.apps/proxy', sleepMs: 1500, stdout: 'deployment "proxy" successfully rolled out\n' }],
+  })
+  assert.equal(r.code, 0, r.stderr)
+  assert.match(r.stdout, /^\[hub\] deployment "hub" successfully rolled out$/m)
+  assert.match(r.stdout, /^\[proxy\] deployment "proxy" successfully rolled out$/m)
+  const rollout = Number(/<== rollout staginghub \((\d+\.\d)s\)/.exec(r.stdout)![1])
+  assert.ok(rollout < 2.9, `two 1.5 s rollouts took ${rollout}s: not concurrent`)
+})
+
+test('a failed rollout prints events, pods and helm status, then exits 1', async () => {
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
+    rules: [HELM3, deployments,
+      { tool: 'kubectl', match: 'rollout status .* deployment.apps/proxy', exit: 1, stderr: 'error: timed out waiting for the condition\n' },
+      { tool: 'kubectl', match: '^get events', stdout: 'LAST SEEN   TYPE      REASON      OBJECT\n5s          Warning   BackOff     pod/proxy-1\n' }],
+  })
+  assert.equal(r.code, 1)
+  assert.deepEqual(r.commands.slice(-3), [
+    'kubectl get events --namespace staginghub --sort-by=.lastTimestamp',
+    'kubectl get pods --namespace staginghub',
+    'helm status staginghub --namespace staginghub',
+  ])
+  assert.match(r.stdout, /Warning   BackOff     pod\/proxy-1/)
+  assert.match(r.stderr, /ERROR: rollout of deployment.apps\/proxy did not finish within 10m/)
+})
+
+test('a failed helm upgrade prints the diagnostics too (Helm 2: helm status without namespace)', async () => {
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
+    rules: [HELM2, { tool: 'helm', match: '^upgrade', exit: 1, stderr: 'Error: UPGRADE FAILED: timed out waiting for the condition\n' }],
+  })
+  assert.equal(r.code, 1)
+  assert.deepEqual(r.commands.slice(-3), ['kubectl get events --namespace staginghub --sort-by=.lastTimestamp', 'kubectl get pods --namespace staginghub', 'helm status staginghub'])
+  assert.ok(!r.commands.some((c) => c.startsWith('kubectl rollout')))
+})
+
+for (const state of ['pending-install', 'pending-upgrade', 'pending-rollback']) {
+  test(`a release stuck in ${state} is refused with the repair, and --recover repairs it`, async () => {
+    const statuses = state === 'pending-install' ? [state] : ['superseded', 'deployed', state]
+    const repo = makeRepo()
+    const refused = await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub'], { rules: [HELM3, history(...statuses)] })
+    assert.equal(refused.code, 1)
+    const repair = state === 'pending-install' ? 'helm uninstall staginghub --namespace staginghub' : 'helm rollback staginghub 2 --namespace staginghub --wait'
+    assert.match(refused.stderr, new RegExp(`release staginghub is stuck in ${state} .*repair with \`${repair}\` or rerun with --recover`))
+    assert.ok(!refused.commands.some((c) => c.startsWith('helm upgrade')))
+    const recovered = await runDeploy(repo, ['--no-setup', '--deploy', '--recover', 'staginghub'], { rules: [HELM3, history(...statuses)] })
+    assert.equal(recovered.code, 0, recovered.stderr)
+    const i = recovered.commands.indexOf(repair)
+    assert.ok(i > 0 && recovered.commands[i + 1].startsWith('helm upgrade'), recovered.commands.join('\n'))
+  })
+}
+
+test('--dry-run prints every command in order, redacted, and runs nothing but read-only probes', async () => {
+  const repo = makeRepo()
+  const r = await runDeploy(repo, ['--dry-run', '--build', '--push', '--deploy', 'staginghub'], { rules: [HELM2] })
+  assert.equal(r.code, 0, r.stderr)
+  assert.deepEqual(r.commands, ['helm version --client --short'])
+  const plan = r.stdout.split('\n').filter((l) => l.startsWith('+ ')).map((l) => l.slice(2).split(' ').slice(0, 3).join(' '))
+  assert.deepEqual(plan, [
+    'gcloud auth activate-service-account', 'gcloud container clusters', 'helm init --upgrade', 'kubectl rollout status',
+    'docker login -u', 'docker manifest inspect', 'docker pull earthlabhubops/ea-k8s-user-staginghub:' + userTag(repo),
+    'docker build --cache-from', 'docker push earthlabhubops/ea-k8s-user-staginghub:' + userTag(repo),
+    'helm dep up', 'helm upgrade --install', 'kubectl --namespace staginghub', 'kubectl rollout status',
+  ])
+  assert.match(r.stdout, /Helm 2/)
+  assert.ok(!(r.stdout + r.stderr).includes(PASSWORD) && !(r.stdout + r.stderr).includes(SECRET_TOKEN))
+})
+
+test('--dry-run with no helm on PATH plans for Helm 3 and says so', async () => {
+  const repo = makeRepo()
+  const r = await runDeploy(repo, ['--dry-run', '--no-setup', '--deploy', 'staginghub'], { path: '/usr/bin:/bin', noStandins: true })
+  assert.equal(r.code, 0, r.stderr)
+  assert.match(r.stdout, /helm not found: planning for Helm 3/)
+  assert.match(r.stdout, /\+ helm upgrade --install .* --timeout 600s --cleanup-on-fail --create-namespace/)
+})
