@@ -1,0 +1,64 @@
+// Configuration: defaults are the original's values, .env then the environment, durations.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import path from 'node:path'
+import { loadConfig, parseDuration, DEFAULTS, DeployError, redact, addSecret } from '../deploy.ts'
+import { tempDir, ROOT } from './support/harness.ts'
+
+test('parseDuration reads seconds and Go-style durations', () => {
+  assert.equal(parseDuration('600'), 600)
+  assert.equal(parseDuration('90s'), 90)
+  assert.equal(parseDuration('10m'), 600)
+  assert.equal(parseDuration('1h30m'), 5400)
+  for (const bad of ['', 'soon', '10 m', '-5', '1.5m']) assert.ok(Number.isNaN(parseDuration(bad)), bad)
+})
+
+test('with no .env the configuration is the original\'s hard-coded values', () => {
+  const cwd = process.cwd()
+  process.chdir(tempDir())
+  try {
+    const config = loadConfig(undefined, {})
+    for (const [key, value] of Object.entries(DEFAULTS)) assert.equal(config[key as keyof typeof DEFAULTS], value, key)
+    assert.equal(config.helmTimeoutSeconds, 600)
+    assert.equal(config.rolloutTimeoutSeconds, 600)
+  } finally {
+    process.chdir(cwd)
+  }
+})
+
+test('.env sets keys and the environment wins', () => {
+  const file = path.join(tempDir(), 'x.env')
+  fs.writeFileSync(file, '# comment\nGKE_ZONE=europe-west1-b\nexport GKE_CLUSTER="hubs"\nROLLOUT_TIMEOUT=5m\n')
+  const config = loadConfig(file, { GKE_ZONE: 'asia-east1-a' })
+  assert.equal(config.GKE_ZONE, 'asia-east1-a')
+  assert.equal(config.GKE_CLUSTER, 'hubs')
+  assert.equal(config.rolloutTimeoutSeconds, 300)
+})
+
+test('a timeout that does not parse is a configuration error (exit 2)', () => {
+  const file = path.join(tempDir(), 'empty.env')
+  fs.writeFileSync(file, '')
+  assert.throws(() => loadConfig(file, { HELM_TIMEOUT: 'ten' }), (e: unknown) =>
+    e instanceof DeployError && e.exitCode === 2 && /HELM_TIMEOUT=ten: not a duration/.test(e.message))
+})
+
+test('a multi-line quoted value is not a malformed line; an unterminated quote is', () => {
+  const dir = tempDir()
+  fs.writeFileSync(path.join(dir, 'ok.env'), 'KEY="line one\nline two"\nGKE_ZONE=z\n')
+  assert.equal(loadConfig(path.join(dir, 'ok.env'), {}).GKE_ZONE, 'z')
+  fs.writeFileSync(path.join(dir, 'bad.env'), 'KEY="never closed\n')
+  assert.throws(() => loadConfig(path.join(dir, 'bad.env'), {}), /unterminated/)
+})
+
+test('.env.example documents every configuration key', () => {
+  const example = fs.readFileSync(path.join(ROOT, '.env.example'), 'utf8')
+  for (const key of Object.keys(DEFAULTS)) assert.match(example, new RegExp(`^#? ?${key}=`, 'm'), key)
+})
+
+test('redact replaces every registered secret, longest first', () => {
+  addSecret('abcd1234')
+  addSecret('abcd1234-longer')
+  addSecret('abc')
+  assert.equal(redact('x abcd1234-longer y abcd1234 abc'), 'x *** y *** abc')
+})
