@@ -130,6 +130,11 @@ export const EXIT = { ok: 0, failed: 1, usage: 2, refused: 3, sigint: 130, sigte
 
 /** An error with the exit code it ends the run with; its message is one line. */
 export class DeployError extends Error {
+  /** The failed command (redacted) and the last lines of its output, when a command failed. */
+  command?: string
+  output?: string
+  /** Already printed by the chart's run. */
+  reported?: boolean
   constructor(message: string, readonly exitCode: number = EXIT.failed) {
     super(message)
   }
@@ -151,6 +156,7 @@ export const DEFAULTS = {
   HUB_IMAGE_PREFIX: 'earthlabhubops/ea-k8s-hub-',
   HELM_TIMEOUT: '600',
   ROLLOUT_TIMEOUT: '10m',
+  HEARTBEAT_INTERVAL: '60s',
   STAGING_CHART: 'staginghub',
   DEPLOY_PLUGINS: '',
 }
@@ -159,6 +165,7 @@ export type Config = typeof DEFAULTS & {
   /** HELM_TIMEOUT and ROLLOUT_TIMEOUT in seconds. */
   helmTimeoutSeconds: number
   rolloutTimeoutSeconds: number
+  heartbeatSeconds: number
   /** Everything from .env and the environment, for plugins' own keys. */
   env: Record<string, string | undefined>
 }
@@ -201,12 +208,12 @@ export function loadConfig(envFile: string | undefined, environment = process.en
   for (const key of Object.keys(DEFAULTS) as (keyof typeof DEFAULTS)[]) {
     if (env[key] !== undefined && env[key] !== '') values[key] = env[key]!
   }
-  const seconds = (key: 'HELM_TIMEOUT' | 'ROLLOUT_TIMEOUT') => {
+  const seconds = (key: 'HELM_TIMEOUT' | 'ROLLOUT_TIMEOUT' | 'HEARTBEAT_INTERVAL') => {
     const s = parseDuration(values[key])
     if (!(s > 0)) throw usageError(`${key}=${values[key]}: not a duration; use seconds or e.g. 90s, 10m, 1h`)
     return s
   }
-  return { ...values, helmTimeoutSeconds: seconds('HELM_TIMEOUT'), rolloutTimeoutSeconds: seconds('ROLLOUT_TIMEOUT'), env }
+  return { ...values, helmTimeoutSeconds: seconds('HELM_TIMEOUT'), rolloutTimeoutSeconds: seconds('ROLLOUT_TIMEOUT'), heartbeatSeconds: seconds('HEARTBEAT_INTERVAL'), env }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -234,26 +241,76 @@ const CI = {
   github: process.env.GITHUB_ACTIONS === 'true',
 }
 
-export const log: Logger & { raw(stream: 'stdout' | 'stderr', text: string): void; verbose: boolean } = {
-  verbose: false,
-  info: (m) => process.stderr.write(redact(`INFO:root:${m}`) + '\n'),
-  warn: (m) => process.stderr.write(redact(`WARNING: ${m}`) + '\n'),
-  error: (m) => process.stderr.write(redact(`ERROR: ${m}`) + '\n'),
-  raw: (stream, text) => process[stream].write(redact(text)),
+/**
+ * Where one chart's lines go: redacted, each line prefixed (`[ea-hub] ` when several charts
+ * run), and, for a chart deployed alongside others, held back and printed as one block
+ * when it finishes. Heartbeats bypass the hold: CI must see output while it waits.
+ */
+export class Output implements Logger {
+  private held: Array<['stdout' | 'stderr', string]> | undefined
+  constructor(readonly prefix = '', hold = false, readonly ciGroups = true) {
+    if (hold) this.held = []
+  }
+
+  write(stream: 'stdout' | 'stderr', text: string, prefix = '') {
+    const lines = redact(text).split('\n')
+    const last = lines.pop()
+    const out = lines.map((l) => `${this.prefix}${prefix}${l}\n`).join('') + (last ? `${this.prefix}${prefix}${last}` : '')
+    if (this.held) this.held.push([stream, out])
+    else process[stream].write(out)
+  }
+
+  print(text: string) {
+    this.write('stdout', text.endsWith('\n') ? text : text + '\n')
+  }
+
+  info(m: string) {
+    this.write('stderr', `INFO:root:${m}\n`)
+  }
+
+  warn(m: string) {
+    this.write('stderr', `WARNING: ${m}\n`)
+  }
+
+  error(m: string) {
+    this.write('stderr', `ERROR: ${m}\n`)
+  }
+
+  live(text: string) {
+    process.stdout.write(redact(`${this.prefix}${text}\n`))
+  }
+
+  /** Prints what was held, as one collapsible group in CI logs. */
+  flush(title: string) {
+    const held = this.held
+    if (!held) return
+    this.held = undefined
+    groupMarkers('start', title.replace(/\W+/g, '-'), title)
+    for (const [stream, text] of held) process[stream].write(text)
+    groupMarkers('end', title.replace(/\W+/g, '-'), title)
+  }
 }
 
+/** Collapsible sections: travis_fold on Travis, ::group:: on GitHub Actions. */
+function groupMarkers(edge: 'start' | 'end', id: string, title: string) {
+  if (CI.travis) process.stdout.write(`travis_fold:${edge}:${id}\n`)
+  if (CI.github) process.stdout.write(edge === 'start' ? `::group::${title}\n` : '::endgroup::\n')
+}
+
+/** Messages that belong to no chart (bad input, the multi-chart summary). */
+export const log = new Output()
+let verbose = false
+
 /** Prints a phase header, runs it, prints its duration; a collapsible group in CI logs. */
-async function inGroup<T>(id: string, title: string, fn: () => Promise<T>): Promise<T> {
+async function inGroup<T>(out: Output, id: string, title: string, fn: () => Promise<T>): Promise<T> {
   const start = Date.now()
-  if (CI.travis) process.stdout.write(`travis_fold:start:${id}\n`)
-  if (CI.github) process.stdout.write(`::group::${title}\n`)
-  process.stdout.write(`==> ${title}\n`)
+  if (out.ciGroups) groupMarkers('start', id, title)
+  out.print(`==> ${title}`)
   try {
     return await fn()
   } finally {
-    process.stdout.write(`<== ${title} (${((Date.now() - start) / 1000).toFixed(1)}s)\n`)
-    if (CI.github) process.stdout.write('::endgroup::\n')
-    if (CI.travis) process.stdout.write(`travis_fold:end:${id}\n`)
+    out.print(`<== ${title} (${((Date.now() - start) / 1000).toFixed(1)}s)`)
+    if (out.ciGroups) groupMarkers('end', id, title)
   }
 }
 
@@ -263,19 +320,19 @@ async function inGroup<T>(id: string, title: string, fn: () => Promise<T>): Prom
 /** Processes running now, so a signal can be passed on to them. */
 const running = new Set<ProcessPromise>()
 
-/** zx log sink: relays a child's output line by line, redacted and optionally prefixed. */
-function relay(prefix: string) {
+/** zx log sink: relays a child's output line by line (so redaction sees whole lines). */
+function relay(out: Output, prefix: string, onOutput: () => void) {
   const pending: Record<'stdout' | 'stderr', string> = { stdout: '', stderr: '' }
   const flush = (stream: 'stdout' | 'stderr', all: boolean) => {
-    const lines = pending[stream].split('\n')
-    pending[stream] = all ? '' : lines.pop()!
-    for (const line of all ? lines.filter((l, i) => l || i < lines.length - 1) : lines) {
-      log.raw(stream, `${prefix}${line}\n`)
-    }
+    const cut = all ? pending[stream].length : pending[stream].lastIndexOf('\n') + 1
+    const text = pending[stream].slice(0, cut)
+    pending[stream] = pending[stream].slice(cut)
+    if (text) out.write(stream, text.endsWith('\n') ? text : text + '\n', prefix)
   }
   return (entry: { kind: string; verbose?: boolean; data?: Buffer | string }) => {
     if (entry.kind === 'stdout' || entry.kind === 'stderr') {
       if (!entry.verbose) return
+      onOutput()
       pending[entry.kind] += entry.data!.toString()
       flush(entry.kind, false)
     } else if (entry.kind === 'end') {
@@ -285,25 +342,49 @@ function relay(prefix: string) {
   }
 }
 
-/** Last lines of a failed command's output, for the error message. */
+/** Every `seconds` of silence, says what a long command is still waiting for. */
+function heartbeat(out: Output, what: string, seconds: number) {
+  const start = Date.now()
+  let timer: NodeJS.Timeout | undefined
+  const arm = () => {
+    clearTimeout(timer)
+    if (seconds > 0) timer = setTimeout(beat, seconds * 1000)
+  }
+  const beat = () => {
+    out.live(`... still waiting for ${what} (${Math.round((Date.now() - start) / 1000)}s)`)
+    arm()
+  }
+  arm()
+  return { reset: arm, stop: () => clearTimeout(timer) }
+}
+
+/** Last lines of a failed command's output, for the error message and notifications. */
 function tail(text: string, n = 5): string {
   return text.trim().split('\n').slice(-n).join('\n')
 }
 
-export function makeRunner(env: NodeJS.ProcessEnv, dryRun: boolean, planned: string[]): Runner {
+export interface RunnerOptions {
+  env: NodeJS.ProcessEnv
+  dryRun: boolean
+  out: Output
+  /** Silence after which a streamed command gets a heartbeat line; 0 turns them off. */
+  heartbeatSeconds: number
+}
+
+export function makeRunner({ env, dryRun, out, heartbeatSeconds }: RunnerOptions): Runner {
   return async (tool, args, options = {}) => {
     const { capture = false, show = 'announce', prefix = '' } = options
     const line = `${tool} ${args.join(' ')}`
     if (dryRun && !options.readOnly) {
       const stdin = options.input !== undefined ? ' < (stdin)' : ''
       const where = options.cwd ? ` (in ${options.cwd})` : ''
-      planned.push(redact(`${line}${stdin}${where}`))
-      process.stdout.write(redact(`+ ${line}${stdin}${where}\n`))
+      out.print(`+ ${line}${stdin}${where}`)
       return { stdout: '', stderr: '', exitCode: 0 }
     }
-    if (show === 'announce' || (show === 'probe' && log.verbose)) {
-      log.info(`${capture ? 'Executing and capturing' : 'Executing'} ${line}`)
+    if (show === 'announce' || (show === 'probe' && verbose)) {
+      out.info(`${capture ? 'Executing and capturing' : 'Executing'} ${line}`)
     }
+    const beat = heartbeat(out, `${prefix}${tool} ${args.slice(0, 2).join(' ')}`, capture ? 0 : heartbeatSeconds)
     const p = $({
       cwd: options.cwd,
       env,
@@ -314,15 +395,21 @@ export function makeRunner(env: NodeJS.ProcessEnv, dryRun: boolean, planned: str
       verbose: !capture,
       nothrow: true,
       timeout: options.timeout as `${number}s`,
-      log: relay(prefix) as never,
+      log: relay(out, prefix, beat.reset) as never,
     })`${tool} ${args}`
     running.add(p)
-    const out = await p.finally(() => running.delete(p))
-    const result = { stdout: out.stdout, stderr: out.stderr, exitCode: out.exitCode ?? 1 }
+    const done = await p.finally(() => {
+      running.delete(p)
+      beat.stop()
+    })
+    const result = { stdout: done.stdout, stderr: done.stderr, exitCode: done.exitCode ?? 1 }
     if (result.exitCode !== 0 && !options.nothrow) {
-      const why = out.signal ? `was stopped by ${out.signal}` : `exited with ${result.exitCode}`
-      const detail = capture ? `: ${tail(out.stderr || out.stdout, 1)}` : ''
-      throw new DeployError(redact(`${tool} ${args.slice(0, 3).join(' ')} ${why}${detail}`))
+      const why = done.signal ? `was stopped by ${done.signal}${options.timeout ? ` (limit ${options.timeout})` : ''}` : `exited with ${result.exitCode}`
+      const detail = capture ? `: ${tail(done.stderr || done.stdout, 1)}` : ''
+      throw Object.assign(new DeployError(redact(`${tool} ${args.slice(0, 3).join(' ')} ${why}${detail}`)), {
+        command: redact(line),
+        output: redact(tail(done.stdout + done.stderr, 20)),
+      })
     }
     return result
   }
@@ -377,10 +464,10 @@ export function commitRange(env: NodeJS.ProcessEnv): string | undefined {
 }
 
 /** Whether the commit range touched `dir`; a range git cannot read counts as touched. */
-async function rangeTouched(run: Runner, range: string, dir: string): Promise<boolean> {
-  const diff = await run('git', ['diff', '--name-only', range, '--', dir], { capture: true, nothrow: true, show: 'silent', readOnly: true })
+async function rangeTouched(run: Run, range: string, dir: string): Promise<boolean> {
+  const diff = await run.run('git', ['diff', '--name-only', range, '--', dir], { capture: true, nothrow: true, show: 'silent', readOnly: true })
   if (diff.exitCode !== 0) {
-    log.warn(`commit range ${range} is not valid here (force push or first build?): treating ${dir} as changed`)
+    run.out.warn(`commit range ${range} is not valid here (force push or first build?): treating ${dir} as changed`)
     return true
   }
   return diff.stdout.trim() !== ''
@@ -464,14 +551,14 @@ async function imageExists(run: Run, name: string, tag: string): Promise<boolean
 
 async function needsRebuild(run: Run, image: ImageInfo): Promise<boolean> {
   const range = commitRange(run.env)
-  if (range && (await rangeTouched(run.run, range, image.dir))) return true
+  if (range && (await rangeTouched(run, range, image.dir))) return true
   if (run.dryRun) {
-    process.stdout.write(`# ${image.spec}: built only if the registry lacks it\n`)
+    run.out.print(`# ${image.spec}: built only if the registry lacks it`)
     await imageExists(run, image.name, image.tag)
     return true
   }
   if (await imageExists(run, image.name, image.tag)) return false
-  log.info(`${image.spec} is not in the registry: building it`)
+  run.out.info(`${image.spec} is not in the registry: building it`)
   return true
 }
 
@@ -483,7 +570,7 @@ async function findCacheImage(run: Run, image: ImageInfo): Promise<string | unde
     const spec = `${image.name}:${tag}`
     const pull = await run.run('docker', ['pull', spec], { nothrow: true })
     if (pull.exitCode === 0) return spec
-    log.warn(`could not pull ${spec}: building without a cache`)
+    run.out.warn(`could not pull ${spec}: building without a cache`)
     return undefined
   }
   return undefined
@@ -492,7 +579,7 @@ async function findCacheImage(run: Run, image: ImageInfo): Promise<string | unde
 async function buildImage(run: Run, image: ImageInfo) {
   const label = image.kind === 'hub' ? 'hub image' : 'image'
   if (!(await needsRebuild(run, image))) {
-    process.stdout.write(`Do not need to rebuild ${label}, using ${image.spec}\n`)
+    run.out.print(`Do not need to rebuild ${label}, using ${image.spec}`)
     return
   }
   const cache = await findCacheImage(run, image)
@@ -500,7 +587,7 @@ async function buildImage(run: Run, image: ImageInfo) {
   await run.run('docker', ['build', ...cacheArgs, '-t', image.spec, image.dir])
   image.built = true
   if (run.phases.push) await pushImage(run, image)
-  process.stdout.write(`build completed for ${label} ${image.spec}\n`)
+  run.out.print(`build completed for ${label} ${image.spec}`)
 }
 
 async function pushImage(run: Run, image: ImageInfo) {
@@ -528,7 +615,7 @@ export function chartDir(chart: string): string {
 /** The --set-string arguments that point the chart at this commit's images. */
 function imageArgs(run: Run): string[] {
   return run.images.flatMap((image) => {
-    process.stdout.write(`Using ${image.spec} as ${image.kind} image for ${run.chart}\n`)
+    run.out.print(`Using ${image.spec} as ${image.kind} image for ${run.chart}`)
     return ['--set-string', `jupyterhub.${image.kind === 'user' ? 'singleuser' : 'hub'}.image.tag=${image.tag}`]
   })
 }
@@ -560,7 +647,7 @@ async function checkPendingRelease(run: Run) {
   if (!run.recover) {
     throw new DeployError(`release ${run.chart} is stuck in ${last.status} (revision ${last.revision}, an earlier run was interrupted): repair with \`helm ${repair.join(' ')}\` or rerun with --recover`)
   }
-  log.warn(`release ${run.chart} is stuck in ${last.status}: recovering with helm ${repair.join(' ')}`)
+  run.out.warn(`release ${run.chart} is stuck in ${last.status}: recovering with helm ${repair.join(' ')}`)
   await run.run('helm', repair)
 }
 
@@ -587,7 +674,7 @@ async function deploy(run: Run, pluginArgs: string[]) {
 /** What the cluster says about the namespace, printed after a failed upgrade or rollout. */
 async function printDiagnostics(run: Run) {
   const ns = run.chart
-  log.error(`diagnostics for namespace ${ns}:`)
+  run.out.error(`diagnostics for namespace ${ns}:`)
   const opts = { nothrow: true, timeout: '60s' } as const
   await run.run('kubectl', ['get', 'events', '--namespace', ns, '--sort-by=.lastTimestamp'], opts)
   await run.run('kubectl', ['get', 'pods', '--namespace', ns], opts)
@@ -599,16 +686,16 @@ async function printDiagnostics(run: Run) {
 
 async function rollout(run: Run) {
   const ns = run.chart
-  log.info('Waiting for all deployments to be up and running')
+  run.out.info('Waiting for all deployments to be up and running')
   const list = await run.run('kubectl', ['--namespace', ns, 'get', 'deployments', '-o', 'name'], { capture: true, timeout: '2m' })
   const timeout = `--timeout=${run.config.rolloutTimeoutSeconds}s`
   if (run.dryRun) {
-    process.stdout.write(`+ kubectl rollout status --namespace ${ns} --watch <each deployment> ${timeout} (all at once)\n`)
+    run.out.print(`+ kubectl rollout status --namespace ${ns} --watch <each deployment> ${timeout} (all at once)`)
     return
   }
   const deployments = list.stdout.split('\n').map((l) => l.trim()).filter(Boolean)
   if (deployments.length === 0) {
-    log.info(`no deployments in namespace ${ns}: nothing to wait for`)
+    run.out.info(`no deployments in namespace ${ns}: nothing to wait for`)
     return
   }
   const results = await Promise.allSettled(deployments.map((d) =>
@@ -656,15 +743,13 @@ function hookContext(run: Run): HookContext {
     commit: run.commit,
     dryRun: run.dryRun,
     timings: run.timings,
-    log: pluginLog,
+    log: run.out,
     run: run.run,
     redact,
     parseDuration,
     revision: run.revision,
   }
 }
-
-const pluginLog: Logger = { info: (m) => log.info(m), warn: (m) => log.warn(m), error: (m) => log.error(m) }
 
 /** Runs a blocking hook of every plugin in order; a throw stops the run. */
 async function runHooks(run: Run, hook: Exclude<HookName, 'success' | 'fail' | 'beforeDeploy'>, phase: Phase) {
@@ -677,7 +762,7 @@ async function runHooks(run: Run, hook: Exclude<HookName, 'success' | 'fail' | '
     } catch (e) {
       // A later hook refuses (exit 3) by throwing an error whose exitCode is 3.
       const code = hook === 'verify' || (e as { exitCode?: unknown })?.exitCode === EXIT.refused ? EXIT.refused : EXIT.failed
-      throw Object.assign(new DeployError(`plugin ${plugin.name} ${hook}: ${(e as Error).message ?? e}`, code), { phase })
+      throw Object.assign(new DeployError(`plugin ${plugin.name} ${hook}: ${(e as Error)?.message ?? e}`, code), { phase })
     }
   }
 }
@@ -689,9 +774,11 @@ async function beforeDeployHooks(run: Run): Promise<string[]> {
     if (!plugin.beforeDeploy) continue
     try {
       const result = await plugin.beforeDeploy(hookContext(run))
-      args.push(...(result?.helmArgs ?? []))
+      const helmArgs: unknown = result?.helmArgs ?? []
+      if (!Array.isArray(helmArgs) || helmArgs.some((a) => typeof a !== 'string')) throw new Error('helmArgs must be an array of strings')
+      args.push(...helmArgs)
     } catch (e) {
-      throw new DeployError(`plugin ${plugin.name} beforeDeploy: ${(e as Error).message ?? e}`)
+      throw Object.assign(new DeployError(`plugin ${plugin.name} beforeDeploy: ${(e as Error)?.message ?? e}`), { phase: 'deploy' })
     }
   }
   return args
@@ -710,7 +797,7 @@ async function runFinalHooks(run: Run, hook: 'success' | 'fail', extra: Partial<
     try {
       await Promise.race([fn.call(plugin, { ...hookContext(run), ...extra }), timeout])
     } catch (e) {
-      log.warn(`plugin ${plugin.name} ${hook} failed: ${(e as Error).message ?? e}`)
+      run.out.warn(`plugin ${plugin.name} ${hook} failed: ${(e as Error)?.message ?? e}`)
     } finally {
       clearTimeout(timer)
     }
@@ -737,6 +824,11 @@ interface Run {
   privateDir?: string
   revision?: number
   phase?: Phase
+  out: Output
+  /** How the run ended, for the multi-chart summary. */
+  result?: 'ok' | 'failed' | 'skipped'
+  error?: DeployError
+  seconds?: number
 }
 
 /** Every chart the repository has: hub-charts/<name>/ with a Chart.yaml, and monitoring. */
@@ -813,14 +905,14 @@ async function preflight(run: Run, charts: string[]) {
   }
   const major = await helmMajorVersion(run.run, env)
   if (major) run.helmMajor = major
-  else if (run.dryRun) process.stdout.write('# helm not found: planning for Helm 3\n')
+  else if (run.dryRun) run.out.print('# helm not found: planning for Helm 3')
   else if (phases.setup || phases.deploy) throw usageError('could not tell the Helm version from `helm version`: install Helm 2 or 3')
 }
 
 async function phase<T>(run: Run, name: Phase, fn: () => Promise<T>): Promise<T> {
   run.phase = name
   const start = Date.now()
-  const result = await inGroup(name, `${name} ${run.chart}`, fn)
+  const result = await inGroup(run.out, name, `${name} ${run.chart}`, fn)
   run.timings[name] = Date.now() - start
   return result
 }
@@ -856,11 +948,89 @@ async function runPhases(run: Run) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Several charts, changed charts
+
+/** Charts whose files the commit range changed; deploy.ts, plugins/ or package.json mean all. */
+export async function changedCharts(run: Runner, out: Output, range: string, charts: string[]): Promise<string[]> {
+  const diff = await run('git', ['diff', '--name-only', range], { capture: true, nothrow: true, show: 'silent', readOnly: true })
+  if (diff.exitCode !== 0) {
+    out.warn(`commit range ${range} is not valid here (force push or first build?): every chart counts as changed`)
+    return charts
+  }
+  const changed = new Set<string>()
+  for (const file of diff.stdout.split('\n').filter(Boolean)) {
+    if (file === 'deploy.ts' || file.startsWith('plugins/') || file === 'package.json' || file === 'package-lock.json') return charts
+    const hub = /^(?:hub-charts|user-images|hub-images)\/([^/]+)\//.exec(file)?.[1] ?? /^secrets\/([^/]+)\.yaml$/.exec(file)?.[1]
+    if (hub) changed.add(hub)
+    if (file.startsWith('monitoring/')) changed.add('monitoring')
+  }
+  return charts.filter((c) => changed.has(c))
+}
+
+/** Runs one chart's phases; records how it ended instead of throwing. */
+async function execute(run: Run) {
+  const start = Date.now()
+  try {
+    await runPhases(run)
+    run.result = 'ok'
+  } catch (e) {
+    run.result = 'failed'
+    run.error = e instanceof DeployError ? e : new DeployError(String((e as Error)?.stack ?? e))
+    if (cancelled) return
+    const failedPhase = (e as { phase?: Phase }).phase ?? run.phase
+    run.out.error(run.error.message)
+    run.error.reported = true
+    await runFinalHooks(run, 'fail', { error: run.error, failedPhase, reason: 'failed' })
+  } finally {
+    cleanup(run)
+    run.seconds = (Date.now() - start) / 1000
+  }
+  if (run.result === 'ok') await runFinalHooks(run, 'success')
+}
+
+/** The staging chart first (nothing else deploys if it fails), then the rest, `parallel` at a time. */
+async function executeAll(runs: Run[], parallel: number) {
+  const queue = [...runs]
+  if (queue[0].chart === queue[0].config.STAGING_CHART) {
+    const staging = queue.shift()!
+    await execute(staging)
+    if (staging.result !== 'ok') {
+      for (const run of queue) run.result = 'skipped'
+      return
+    }
+  }
+  const worker = async () => {
+    for (let run = queue.shift(); run && !cancelled; run = queue.shift()) {
+      await execute(run)
+      run.out.flush(`deploy ${run.chart}`)
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, worker))
+}
+
+function printSummary(runs: Run[]) {
+  const rows = [['chart', 'phase reached', 'result', 'duration', 'images', 'revision']]
+  for (const run of runs) {
+    rows.push([
+      run.chart,
+      run.phase ?? '-',
+      run.result ?? 'not run',
+      run.seconds === undefined ? '-' : `${run.seconds.toFixed(1)}s`,
+      run.images.map((i) => i.tag).join(',') || '-',
+      run.revision === undefined ? '-' : String(run.revision),
+    ])
+  }
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)))
+  log.print(rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n'))
+}
+
+// ---------------------------------------------------------------------------------------
 // CLI
 
-const USAGE = `usage: deploy.ts [--no-setup] [--build] [--push] [--deploy] [options] <chartname>
+const USAGE = `usage: deploy.ts [--no-setup] [--build] [--push] [--deploy] [options] <chartname>...
 
-Builds the chart's images and deploys it with helm, like deploy.py.
+Builds the chart's images and deploys it with helm, like deploy.py. With several charts,
+the staging chart goes first and the others follow only if it succeeds.
 
   --no-setup        skip setup (use your own gcloud/kubectl/docker configuration)
   --build           build the user and hub images that need it
@@ -869,6 +1039,9 @@ Builds the chart's images and deploys it with helm, like deploy.py.
   --dry-run         print the commands the run would execute; runs nothing
   --recover         repair a release an interrupted run left pending, then deploy
   --plugin NAME     load plugins/NAME.ts (or a path); repeatable; also DEPLOY_PLUGINS
+  --parallel N      charts deployed at once after the staging chart (default 3)
+  --changed RANGE   print the charts whose files RANGE changed, one per line
+  --json            with --changed: print them as a JSON array (a CI matrix)
   --env-file FILE   read configuration from FILE instead of .env
   --dotenv FILE     the same; use it under Node 20, which claims --env-file for itself
   --list            print the charts this repository has
@@ -878,7 +1051,10 @@ Builds the chart's images and deploys it with helm, like deploy.py.
 Exit codes: 0 success, 1 an external command failed, 2 usage or configuration error
 (nothing run), 3 refused by a plugin's verify hook, 130/143 interrupted (SIGINT/SIGTERM).`
 
-const FLAGS = { boolean: ['setup', 'build', 'push', 'deploy', 'dry-run', 'recover', 'list', 'verbose', 'version', 'help'], string: ['env-file', 'plugin'] }
+const FLAGS = {
+  boolean: ['setup', 'build', 'push', 'deploy', 'dry-run', 'recover', 'list', 'verbose', 'version', 'help', 'json'],
+  string: ['env-file', 'plugin', 'parallel', 'changed'],
+}
 
 function parseArgs(argv: string[]) {
   const unknown: string[] = []
@@ -889,10 +1065,11 @@ function parseArgs(argv: string[]) {
     unknown: (a) => (a.startsWith('-') ? (unknown.push(a), false) : true),
   })
   if (unknown.length) throw usageError(`unknown option ${unknown[0]}; see deploy.ts --help`)
-  for (const key of ['env-file']) {
+  for (const key of ['env-file', 'parallel', 'changed']) {
     if (Array.isArray(args[key])) throw usageError(`--${key} given twice; give it once`)
     if (args[key] === '') throw usageError(`--${key} needs a value`)
   }
+  if (args.parallel !== undefined && !/^[1-9]\d*$/.test(args.parallel)) throw usageError(`--parallel ${args.parallel}: give a whole number of charts, 1 or more`)
   return args
 }
 
@@ -905,11 +1082,10 @@ function version(): string {
   }
 }
 
-/** Passes SIGINT/SIGTERM on to the running commands and ends the run as cancelled. */
-function onSignal(handler: (signal: 'SIGINT' | 'SIGTERM') => void) {
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => handler(signal))
-}
+/** Set once SIGINT or SIGTERM arrived: the run is ending as cancelled. */
+let cancelled: NodeJS.Signals | undefined
 
+/** Passes the signal on to the running commands, waits for them (30 s at most), then kills. */
 async function killRunning(signal: NodeJS.Signals) {
   const all = [...running]
   for (const p of all) p.kill(signal).catch(() => undefined)
@@ -918,80 +1094,102 @@ async function killRunning(signal: NodeJS.Signals) {
   for (const p of running) p.kill('SIGKILL').catch(() => undefined)
 }
 
-export async function main(argv: string[]): Promise<number> {
-  const args = parseArgs(argv)
-  if (args.help) {
-    process.stdout.write(USAGE + '\n')
-    return EXIT.ok
+function onSignals(runs: Run[]) {
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(signal, async () => {
+      if (cancelled) return
+      cancelled = signal
+      log.error(`${signal} received: stopping`)
+      await killRunning(signal)
+      for (const run of runs.filter((r) => r.phase && !r.result)) {
+        run.result = 'failed'
+        await runFinalHooks(run, 'fail', { error: new Error(`cancelled by ${signal}`), failedPhase: run.phase, reason: 'cancelled' })
+        cleanup(run)
+      }
+      for (const run of runs) run.out.flush(`deploy ${run.chart}`)
+      process.exit(signal === 'SIGINT' ? EXIT.sigint : EXIT.sigterm)
+    })
   }
-  if (args.version) {
-    process.stdout.write(`deploy.ts ${version()}\n`)
-    return EXIT.ok
-  }
-  log.verbose = args.verbose
-  const config = loadConfig(args['env-file'])
-  const charts = discoverCharts()
-  if (args.list) {
-    process.stdout.write(charts.map((c) => c + '\n').join(''))
-    return EXIT.ok
-  }
-  const positional = args._.map(String)
-  if (positional.length !== 1) {
-    throw usageError(positional.length ? `one chart at a time; got ${positional.join(' ')}` : `no chart name given; valid charts: ${charts.join(', ')}`)
-  }
-  if (args.push && !args.build) log.warn('--push does nothing without --build (as in deploy.py): add --build to push images')
+}
+
+function newRun(chart: string, args: ReturnType<typeof parseArgs>, config: Config, plugins: Plugin[], out: Output): Run {
   const env: NodeJS.ProcessEnv = { ...config.env }
-  const planned: string[] = []
-  const run: Run = {
-    chart: positional[0],
+  const dryRun = args['dry-run']
+  const heartbeatSeconds = process.stdout.isTTY ? 0 : config.heartbeatSeconds
+  return {
+    chart,
     phases: { setup: args.setup, build: args.build, push: args.build && args.push, deploy: args.deploy },
     config,
     env,
     helmMajor: 3,
-    dryRun: args['dry-run'],
+    dryRun,
     recover: args.recover,
-    run: makeRunner(env, args['dry-run'], planned),
+    run: makeRunner({ env, dryRun, out, heartbeatSeconds }),
     images: [],
     commit: '',
     timings: {},
-    plugins: [],
+    plugins,
+    out,
   }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const args = parseArgs(argv)
+  if (args.help) {
+    log.print(USAGE)
+    return EXIT.ok
+  }
+  if (args.version) {
+    log.print(`deploy.ts ${version()}`)
+    return EXIT.ok
+  }
+  verbose = args.verbose
+  const config = loadConfig(args['env-file'])
+  const charts = discoverCharts()
+  if (args.list) {
+    log.print(charts.join('\n'))
+    return EXIT.ok
+  }
+  if (args.changed !== undefined) {
+    const runner = makeRunner({ env: config.env, dryRun: false, out: log, heartbeatSeconds: 0 })
+    const changed = await changedCharts(runner, log, args.changed, charts)
+    process.stdout.write(args.json ? JSON.stringify(changed) + '\n' : changed.map((c) => c + '\n').join(''))
+    return EXIT.ok
+  }
+  const names = [...new Set(args._.map(String))]
+  if (names.length === 0) throw usageError(`no chart name given; valid charts: ${charts.join(', ')}`)
+  const unknown = names.filter((n) => !charts.includes(n))
+  if (unknown.length) throw usageError(`unknown chart "${unknown[0]}"; valid charts: ${charts.join(', ') || '(none found)'}`)
+  if (args.push && !args.build) log.warn('--push does nothing without --build (as in deploy.py): add --build to push images')
+  // Staging first: production charts follow only when it succeeded.
+  names.sort((a, b) => Number(b === config.STAGING_CHART) - Number(a === config.STAGING_CHART))
   const pluginNames = [...[args.plugin ?? []].flat(), ...config.DEPLOY_PLUGINS.split(',')].map((s) => s.trim()).filter(Boolean)
-  run.plugins = await loadPlugins([...new Set(pluginNames)])
-  await preflight(run, charts)
-  if (run.dryRun) {
-    process.stdout.write(`# dry run: ${run.chart} at ${run.commit.slice(0, 12)}, Helm ${run.helmMajor}; nothing below is executed\n`)
-    for (const p of run.plugins) {
-      const hooks = HOOKS.filter((h) => typeof p[h] === 'function')
-      process.stdout.write(`# plugin ${p.name}: ${hooks.join(', ') || 'no hooks'} (not called in a dry run)\n`)
+  const plugins = await loadPlugins([...new Set(pluginNames)])
+  const many = names.length > 1
+  const runs = names.map((chart, i) =>
+    newRun(chart, args, config, plugins, many ? new Output(`[${chart}] `, i > 0, false) : new Output()))
+  for (const run of runs) await preflight(run, charts)
+  if (args['dry-run']) {
+    for (const run of runs) {
+      run.out.print(`# dry run: ${run.chart} at ${run.commit.slice(0, 12)}, Helm ${run.helmMajor}; nothing below is executed`)
+      for (const p of plugins) {
+        const hooks = HOOKS.filter((h) => typeof p[h] === 'function')
+        run.out.print(`# plugin ${p.name}: ${hooks.join(', ') || 'no hooks'} (not called in a dry run)`)
+      }
     }
   }
-  let cancelled: NodeJS.Signals | undefined
-  onSignal(async (signal) => {
-    if (cancelled) return
-    cancelled = signal
-    log.error(`${signal} received: stopping ${run.phase ?? 'the run'}`)
-    await killRunning(signal)
-    await runFinalHooks(run, 'fail', { error: new Error(`cancelled by ${signal}`), failedPhase: run.phase, reason: 'cancelled' })
-    cleanup(run)
-    process.exit(signal === 'SIGINT' ? EXIT.sigint : EXIT.sigterm)
-  })
-  try {
-    await runPhases(run)
-  } catch (e) {
-    if (cancelled) return new Promise(() => undefined)
-    const phaseName = (e as { phase?: Phase }).phase ?? run.phase
-    await runFinalHooks(run, 'fail', { error: e as Error, failedPhase: phaseName, reason: 'failed' })
-    throw e
-  } finally {
-    if (!cancelled) cleanup(run)
-  }
-  await runFinalHooks(run, 'success')
-  return EXIT.ok
+  onSignals(runs)
+  await executeAll(runs, Number(args.parallel ?? 3))
+  if (cancelled) return new Promise(() => undefined)
+  printSummary(runs)
+  const failed = runs.find((r) => r.result === 'failed')
+  if (!many && failed) throw failed.error
+  return failed ? failed.error!.exitCode : EXIT.ok
 }
 
 function cleanup(run: Run) {
   if (run.privateDir) fs.rmSync(run.privateDir, { recursive: true, force: true })
+  run.privateDir = undefined
 }
 
 function isMain(): boolean {
@@ -1006,7 +1204,7 @@ if (isMain()) {
     (e: unknown) => {
       const err = e instanceof DeployError ? e : new DeployError(String((e as Error)?.stack ?? e))
       const message = redact(err.message)
-      process.stderr.write(`ERROR: ${message}\n`)
+      if (!err.reported) process.stderr.write(`ERROR: ${message}\n`)
       if (CI.github) process.stdout.write(`::error::${message.split('\n')[0]}\n`)
       process.exit(err.exitCode)
     },
