@@ -47,13 +47,17 @@ export function commit(repo: string, files: Record<string, string>, message = 'c
 export const PASSWORD = 'dockerhub-pa55word-xyz'
 export const SECRET_TOKEN = 'proxy-secret-token-0123456789'
 export const PRIVATE_KEY_LINE = 'MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7'
+export const GRAFANA_PASSWORD = 'grafana-admin-pw'
+/** Secret values planted in every fixture: no run may print them or pass them in argv. */
+export const PLANTED = [PASSWORD, SECRET_TOKEN, PRIVATE_KEY_LINE, GRAFANA_PASSWORD]
 
 /** A real git repository shaped like the ops repo, one commit per part. */
 export function makeRepo(options: RepoOptions = {}): string {
   const repo = tempDir('deploy-repo-')
   git(repo, 'init', '-q', '-b', 'main')
   const hubs = options.hubs ?? ['staginghub']
-  const files: Record<string, string> = {}
+  // Like the ops repo: plugins/*.ts are ES modules.
+  const files: Record<string, string> = { 'package.json': '{ "type": "module" }\n' }
   for (const hub of hubs) {
     files[`hub-charts/${hub}/Chart.yaml`] = `apiVersion: v2\nname: ${hub}\nversion: 0.1.0\n`
     files[`hub-charts/${hub}/values.yaml`] = `jupyterhub:\n  singleuser:\n    image:\n      tag: set-on-deployment\n`
@@ -61,7 +65,7 @@ export function makeRepo(options: RepoOptions = {}): string {
   }
   if (options.monitoring) {
     files['monitoring/Chart.yaml'] = 'apiVersion: v2\nname: monitoring\nversion: 0.1.0\n'
-    files['secrets/monitoring.yaml'] = 'grafana:\n  adminPassword: grafana-admin-pw\n'
+    files['secrets/monitoring.yaml'] = `grafana:\n  adminPassword: ${GRAFANA_PASSWORD}\n`
   }
   if (!options.noSetupSecrets) {
     files['secrets/dockerhub'] = `${PASSWORD}\n`
@@ -86,6 +90,8 @@ export interface Rule {
 
 export interface Call {
   tool: string
+  pid: number
+  startedAt: number
   argv: string[]
   cwd: string
   stdinSha256: string | null
@@ -120,8 +126,20 @@ export interface RunOptions {
   /** Replaces PATH entirely (the stand-in bin dir is still put first unless noStandins). */
   path?: string
   noStandins?: boolean
+  /** More secret values this scenario plants (webhook URLs, tokens): scanned like PLANTED. */
+  secrets?: string[]
   /** Called with the child once it started (to send signals). */
   onSpawn?: (child: ReturnType<typeof spawn>) => void
+}
+
+/** The secret scan every scenario gets: output and every recorded argv. */
+export function findLeak(r: Pick<RunResult, 'stdout' | 'stderr' | 'calls'>, secrets: string[]): string | undefined {
+  for (const secret of secrets) {
+    if (r.stdout.includes(secret) || r.stderr.includes(secret)) return `${secret.slice(0, 4)}... in the output`
+    const call = r.calls.find((c) => c.argv.some((a) => a.includes(secret)))
+    if (call) return `${secret.slice(0, 4)}... in the argv of ${call.tool}`
+  }
+  return undefined
 }
 
 /** The command that starts deploy.ts under the runtime the suite runs for. */
@@ -161,7 +179,10 @@ export function runDeploy(repo: string, args: string[], options: RunOptions = {}
       const calls: Call[] = fs.existsSync(logFile)
         ? fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l))
         : []
-      resolve({ code, signal, stdout, stderr, calls, commands: calls.map((c) => [c.tool, ...c.argv].join(' ')), home })
+      const result = { code, signal, stdout, stderr, calls, commands: calls.map((c) => [c.tool, ...c.argv].join(' ')), home }
+      const leak = findLeak(result, [...PLANTED, ...(options.secrets ?? [])])
+      if (leak) reject(new Error(`secret leaked: ${leak}`))
+      else resolve(result)
     })
   })
 }

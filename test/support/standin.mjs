@@ -16,6 +16,8 @@ const st = fs.fstatSync(0)
 if (st.isFIFO() || st.isFile() || st.isSocket()) stdin = fs.readFileSync(0)
 const entry = {
   tool,
+  pid: process.pid,
+  startedAt: Date.now(),
   argv,
   cwd: process.cwd(),
   stdinSha256: stdin && stdin.length ? crypto.createHash('sha256').update(stdin).digest('hex') : null,

@@ -1,0 +1,91 @@
+// Failing safely: signals, heartbeats, CI log groups, secrets kept out of every output.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import path from 'node:path'
+import { makeRepo, runDeploy, commit, tempDir, findLeak, HELM3, SECRET_TOKEN, PASSWORD, type RunResult } from './support/harness.ts'
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** A plugin, written into the repo, that records the fail hook's reason and phase. */
+function recordingPlugin(repo: string): string {
+  const file = path.join(tempDir(), 'fail-hooks.txt')
+  commit(repo, {
+    'plugins/record.ts': `import fs from 'node:fs'\nexport default { name: 'record', fail(ctx: { reason?: string; failedPhase?: string }) { fs.appendFileSync(${JSON.stringify(file)}, \`\${ctx.reason} \${ctx.failedPhase}\\n\`) } }\n`,
+  })
+  return file
+}
+
+for (const [signal, code] of [['SIGTERM', 143], ['SIGINT', 130]] as const) {
+  test(`${signal} during helm upgrade: passed to the child, fail hooks run with cancelled, exit ${code}, no orphan`, async () => {
+    const repo = makeRepo()
+    const failFile = recordingPlugin(repo)
+    let sent = false
+    const r: RunResult = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'record', 'staginghub'], {
+      rules: [HELM3, { tool: 'helm', match: '^upgrade', sleepMs: 60_000 }],
+      onSpawn: (child) => child.stderr!.on('data', (d: Buffer) => {
+        if (!sent && d.toString().includes('Executing helm upgrade')) {
+          sent = true
+          setTimeout(() => child.kill(signal), 700)
+        }
+      }),
+    })
+    assert.equal(r.code, code, r.stderr)
+    assert.match(r.stderr, new RegExp(`${signal} received: stopping`))
+    const upgrade = r.calls.find((c) => c.argv[0] === 'upgrade')!
+    assert.ok(upgrade, 'the upgrade was running')
+    assert.equal(alive(upgrade.pid), false, 'the helm child was stopped with the run')
+    assert.equal(fs.readFileSync(failFile, 'utf8'), 'cancelled deploy\n')
+  })
+}
+
+test('in CI, a silent long command gets heartbeat lines naming what it waits for', async () => {
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
+    env: { HEARTBEAT_INTERVAL: '1s' },
+    rules: [HELM3, { tool: 'helm', match: '^upgrade', sleepMs: 2600 }],
+  })
+  assert.equal(r.code, 0, r.stderr)
+  const beats = r.stdout.split('\n').filter((l) => l.startsWith('... still waiting for helm upgrade --install'))
+  assert.ok(beats.length >= 2, r.stdout)
+  assert.match(beats[0], /\(1s\)$/)
+})
+
+test('Travis: each phase is a fold', async () => {
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], { env: { TRAVIS: 'true' }, rules: [HELM3] })
+  assert.equal(r.code, 0, r.stderr)
+  const folds = r.stdout.split('\n').filter((l) => l.startsWith('travis_fold:'))
+  assert.deepEqual(folds, ['travis_fold:start:deploy', 'travis_fold:end:deploy', 'travis_fold:start:rollout', 'travis_fold:end:rollout'])
+})
+
+test('GitHub Actions: each phase is a group, a failure an ::error:: annotation', async () => {
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
+    env: { GITHUB_ACTIONS: 'true' },
+    rules: [HELM3, { tool: 'helm', match: '^upgrade', exit: 1 }],
+  })
+  assert.equal(r.code, 1)
+  assert.match(r.stdout, /^::group::deploy staginghub\n==> deploy staginghub$/m)
+  assert.match(r.stdout, /^::endgroup::$/m)
+  assert.match(r.stdout, /^::error::helm upgrade --install --namespace exited with 1$/m)
+})
+
+test('secrets a failing tool prints are redacted from the output and the error', async () => {
+  const r = await runDeploy(makeRepo(), ['--deploy', 'staginghub'], {
+    rules: [HELM3, { tool: 'helm', match: '^upgrade', exit: 1, stderr: `Error: values: secretToken=${SECRET_TOKEN} password=${PASSWORD}\n` }],
+  })
+  assert.equal(r.code, 1)
+  assert.match(r.stderr, /secretToken=\*\*\* password=\*\*\*/)
+})
+
+test('the secret scan every scenario gets does find a leak', () => {
+  const call = { tool: 'docker', argv: ['login', '-p', PASSWORD], cwd: '', stdinSha256: null, dockerPluginsLinked: null, env: {}, pid: 1, startedAt: 0 }
+  assert.match(findLeak({ stdout: '', stderr: '', calls: [call] }, [PASSWORD])!, /argv of docker/)
+  assert.match(findLeak({ stdout: `x ${SECRET_TOKEN}`, stderr: '', calls: [] }, [SECRET_TOKEN])!, /output/)
+  assert.equal(findLeak({ stdout: '***', stderr: '', calls: [] }, [PASSWORD]), undefined)
+})

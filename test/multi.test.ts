@@ -1,0 +1,91 @@
+// Several charts in one run, and --changed for CI matrices.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { makeRepo, runDeploy, commit, git, HELM3, type Rule } from './support/harness.ts'
+
+const HUBS = ['staginghub', 'ea-hub', 'edsc-hub', 'nbgrader-hub']
+const slowUpgrade = (ms: number): Rule => ({ tool: 'helm', match: '^upgrade', sleepMs: ms })
+const upgradeOf = (commands: string[], chart: string) => commands.findIndex((c) => c.startsWith(`helm upgrade --install --namespace ${chart} `))
+
+test('staging deploys first, then the others, each output prefixed, with a summary', async () => {
+  const r = await runDeploy(makeRepo({ hubs: HUBS }), ['--no-setup', '--deploy', 'ea-hub', 'staginghub', 'edsc-hub'], { rules: [HELM3] })
+  assert.equal(r.code, 0, r.stderr)
+  const staging = upgradeOf(r.commands, 'staginghub')
+  assert.ok(staging >= 0 && staging < upgradeOf(r.commands, 'ea-hub') && staging < upgradeOf(r.commands, 'edsc-hub'))
+  assert.ok(!r.commands.some((c) => c.includes('nbgrader-hub')))
+  assert.match(r.stdout, /^\[ea-hub\] ==> deploy ea-hub$/m)
+  assert.match(r.stderr, /^\[edsc-hub\] INFO:root:Executing helm upgrade --install --namespace edsc-hub/m)
+  assert.match(r.stdout, /^chart\s+phase reached\s+result\s+duration/m)
+  for (const hub of ['staginghub', 'ea-hub', 'edsc-hub']) assert.match(r.stdout, new RegExp(`^${hub}\\s+rollout\\s+ok\\s+\\d+\\.\\ds`, 'm'))
+})
+
+test('a failed staging deploy stops the production charts', async () => {
+  const r = await runDeploy(makeRepo({ hubs: HUBS }), ['--no-setup', '--deploy', 'staginghub', 'ea-hub', 'edsc-hub'], {
+    rules: [HELM3, { tool: 'helm', match: '^upgrade --install --namespace staginghub', exit: 1, stderr: 'Error: UPGRADE FAILED\n' }],
+  })
+  assert.equal(r.code, 1)
+  assert.equal(upgradeOf(r.commands, 'ea-hub'), -1)
+  assert.equal(upgradeOf(r.commands, 'edsc-hub'), -1)
+  assert.match(r.stdout, /^staginghub\s+deploy\s+failed/m)
+  assert.match(r.stdout, /^ea-hub\s+-\s+skipped/m)
+})
+
+test('one failed production chart does not stop the others; the exit status says it failed', async () => {
+  const r = await runDeploy(makeRepo({ hubs: HUBS }), ['--no-setup', '--deploy', 'staginghub', 'ea-hub', 'edsc-hub', 'nbgrader-hub'], {
+    rules: [HELM3, { tool: 'helm', match: '^upgrade --install --namespace edsc-hub', exit: 1 }],
+  })
+  assert.equal(r.code, 1)
+  assert.ok(upgradeOf(r.commands, 'ea-hub') > 0 && upgradeOf(r.commands, 'nbgrader-hub') > 0)
+  assert.match(r.stdout, /^edsc-hub\s+deploy\s+failed/m)
+  assert.match(r.stdout, /^nbgrader-hub\s+rollout\s+ok/m)
+})
+
+test('production charts deploy concurrently, at most --parallel at once', async () => {
+  const overlapping = (r: Awaited<ReturnType<typeof runDeploy>>) => {
+    const upgrades = r.calls.filter((c) => c.tool === 'helm' && c.argv[0] === 'upgrade' && c.argv[3] !== 'staginghub').map((c) => c.startedAt).sort()
+    return upgrades.filter((t, i) => i > 0 && t - upgrades[i - 1] < 1000).length
+  }
+  const repo = makeRepo({ hubs: HUBS })
+  const args = ['--no-setup', '--deploy', 'staginghub', 'ea-hub', 'edsc-hub', 'nbgrader-hub']
+  const parallel = await runDeploy(repo, args, { rules: [HELM3, slowUpgrade(2000)] })
+  assert.equal(parallel.code, 0, parallel.stderr)
+  assert.equal(overlapping(parallel), 2, 'three production upgrades started together')
+  const serial = await runDeploy(repo, ['--parallel', '1', ...args], { rules: [HELM3, slowUpgrade(1200)] })
+  assert.equal(overlapping(serial), 0, '--parallel 1 runs them one after another')
+})
+
+test('--parallel must be a positive whole number', async () => {
+  const r = await runDeploy(makeRepo(), ['--parallel', 'lots', '--deploy', 'staginghub'])
+  assert.equal(r.code, 2)
+  assert.match(r.stderr, /--parallel lots: give a whole number/)
+})
+
+test('--changed prints the charts a range touched; --json for a CI matrix', async () => {
+  const repo = makeRepo({ hubs: HUBS, monitoring: true })
+  const base = git(repo, 'rev-parse', 'HEAD')
+  commit(repo, { 'user-images/ea-hub/Dockerfile': 'FROM scratch\nLABEL v=2\n', 'secrets/edsc-hub.yaml': 'x: y\n', 'docs/x.md': 'doc\n' })
+  const r = await runDeploy(repo, ['--changed', `${base}..HEAD`])
+  assert.equal(r.code, 0, r.stderr)
+  assert.deepEqual(r.stdout.trim().split('\n'), ['ea-hub', 'edsc-hub'])
+  const json = await runDeploy(repo, ['--changed', `${base}..HEAD`, '--json'])
+  assert.deepEqual(JSON.parse(json.stdout), ['ea-hub', 'edsc-hub'])
+  const mid = git(repo, 'rev-parse', 'HEAD')
+  commit(repo, { 'hub-charts/nbgrader-hub/values.yaml': 'a: 1\n', 'monitoring/values.yaml': 'b: 2\n' })
+  assert.deepEqual(JSON.parse((await runDeploy(repo, ['--changed', `${mid}..HEAD`, '--json'])).stdout), ['nbgrader-hub', 'monitoring'])
+  const none = await runDeploy(repo, ['--changed', 'HEAD..HEAD', '--json'])
+  assert.deepEqual(JSON.parse(none.stdout), [])
+})
+
+test('--changed: a change to deploy.ts, plugins/ or package.json means every chart; an invalid range too', async () => {
+  const repo = makeRepo({ hubs: HUBS })
+  const all = ['ea-hub', 'edsc-hub', 'nbgrader-hub', 'staginghub']
+  for (const file of ['deploy.ts', 'plugins/notify.ts', 'package.json']) {
+    const base = git(repo, 'rev-parse', 'HEAD')
+    commit(repo, { [file]: `// ${Math.random()}\n` })
+    assert.deepEqual(JSON.parse((await runDeploy(repo, ['--changed', `${base}..HEAD`, '--json'])).stdout), all, file)
+  }
+  const bad = await runDeploy(repo, ['--changed', 'deadbeef..HEAD', '--json'])
+  assert.equal(bad.code, 0)
+  assert.deepEqual(JSON.parse(bad.stdout), all)
+  assert.match(bad.stderr, /not valid here.*every chart counts as changed/)
+})
