@@ -562,12 +562,21 @@ async function needsRebuild(run: Run, image: ImageInfo): Promise<boolean> {
   return true
 }
 
-/** The newest of the dir's last five tags that the registry has, pulled for --cache-from. */
+/** BuildKit reads --cache-from straight from the registry when images carry inline cache. */
+function buildKit(run: Run): boolean {
+  return run.env.DOCKER_BUILDKIT === '1'
+}
+
+/**
+ * The newest of the dir's last five tags that the registry has, for --cache-from: pulled
+ * for the legacy builder (which ignores an image it does not have), not for BuildKit.
+ */
 async function findCacheImage(run: Run, image: ImageInfo): Promise<string | undefined> {
   const candidates = [...new Set(await gitModified(run.run, image.dir, 5))]
   for (const tag of candidates) {
     if (!run.dryRun && !(await imageExists(run, image.name, tag))) continue
     const spec = `${image.name}:${tag}`
+    if (buildKit(run)) return spec
     const pull = await run.run('docker', ['pull', spec], { nothrow: true })
     if (pull.exitCode === 0) return spec
     run.out.warn(`could not pull ${spec}: building without a cache`)
@@ -584,7 +593,8 @@ async function buildImage(run: Run, image: ImageInfo) {
   }
   const cache = await findCacheImage(run, image)
   const cacheArgs = cache ? ['--cache-from', cache] : []
-  await run.run('docker', ['build', ...cacheArgs, '-t', image.spec, image.dir])
+  const inlineCache = buildKit(run) ? ['--build-arg', 'BUILDKIT_INLINE_CACHE=1'] : []
+  await run.run('docker', ['build', ...cacheArgs, ...inlineCache, '-t', image.spec, image.dir])
   image.built = true
   if (run.phases.push) await pushImage(run, image)
   run.out.print(`build completed for ${label} ${image.spec}`)

@@ -149,3 +149,17 @@ test('USER_IMAGE_PREFIX and HUB_IMAGE_PREFIX name the images', async () => {
   assert.equal(r.code, 0, r.stderr)
   assert.ok(r.commands.some((c) => c.startsWith('docker manifest inspect --insecure 127.0.0.1:5000/uni/user-staginghub:')), r.commands.join('\n'))
 })
+
+test('with BuildKit (DOCKER_BUILDKIT=1) the cache is read from the registry: inline cache, no pull', async () => {
+  const { repo, t2, t3 } = repoWithHistory()
+  const r = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], {
+    env: { DOCKER_BUILDKIT: '1', TRAVIS_COMMIT_RANGE: `${t2}..${t3}` },
+    rules: [HELM3, present(`${USER}:${t2}`), missing],
+  })
+  assert.equal(r.code, 0, r.stderr)
+  assert.deepEqual(dockerCalls(r.commands), [
+    `docker manifest inspect ${USER}:${t3}`,
+    `docker manifest inspect ${USER}:${t2}`,
+    `docker build --cache-from ${USER}:${t2} --build-arg BUILDKIT_INLINE_CACHE=1 -t ${USER}:${t3} user-images/staginghub`,
+  ])
+})
