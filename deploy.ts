@@ -677,8 +677,9 @@ async function deploy(run: Run, pluginArgs: string[]) {
   await checkPendingRelease(run)
   // helm stops waiting at its own --timeout; ours is only a backstop.
   const backstop = `${run.config.helmTimeoutSeconds + 120}s`
-  await run.run('helm', helmUpgradeArgs(run, extra), { timeout: backstop })
-  if (run.helmMajor === 3 && !run.dryRun) run.revision = (await releaseHistory(run.run, run.chart)).at(-1)?.revision
+  const upgrade = await run.run('helm', helmUpgradeArgs(run, extra), { timeout: backstop })
+  const revision = /^REVISION: (\d+)$/m.exec(upgrade.stdout)?.[1]
+  if (revision) run.revision = Number(revision)
 }
 
 /** What the cluster says about the namespace, printed after a failed upgrade or rollout. */
