@@ -946,12 +946,12 @@ async function runPhases(run: Run) {
   if (phases.deploy) {
     const pluginArgs = await beforeDeployHooks(run)
     await phase(run, 'deploy', () => deploy(run, pluginArgs).catch(async (e) => {
-      if (!run.dryRun) await printDiagnostics(run)
+      if (!run.dryRun && !cancelled) await printDiagnostics(run)
       throw e
     }))
     await runHooks(run, 'afterDeploy', 'deploy')
     await phase(run, 'rollout', () => rollout(run).catch(async (e) => {
-      await printDiagnostics(run)
+      if (!cancelled) await printDiagnostics(run)
       throw e
     }))
     await runHooks(run, 'afterRollout', 'rollout')
@@ -1098,11 +1098,22 @@ let cancelled: NodeJS.Signals | undefined
 
 /** Passes the signal on to the running commands, waits for them (30 s at most), then kills. */
 async function killRunning(signal: NodeJS.Signals) {
+  // The shell zx starts execs the tool, so the child's pid is the tool's. zx's own kill
+  // signals a process group, which under Deno takes this process down too.
+  const signalAll = (sig: NodeJS.Signals) => {
+    for (const p of running) {
+      try {
+        if (p.pid) process.kill(p.pid, sig)
+      } catch {
+        // Already gone.
+      }
+    }
+  }
   const all = [...running]
-  for (const p of all) p.kill(signal).catch(() => undefined)
+  signalAll(signal)
   const deadline = new Promise((resolve) => setTimeout(resolve, 30_000).unref())
   await Promise.race([Promise.allSettled(all), deadline])
-  for (const p of running) p.kill('SIGKILL').catch(() => undefined)
+  signalAll('SIGKILL')
 }
 
 function onSignals(runs: Run[]) {

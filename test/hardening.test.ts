@@ -33,7 +33,7 @@ for (const [signal, code] of [['SIGTERM', 143], ['SIGINT', 130]] as const) {
       onSpawn: (child) => child.stderr!.on('data', (d: Buffer) => {
         if (!sent && d.toString().includes('Executing helm upgrade')) {
           sent = true
-          setTimeout(() => child.kill(signal), 700)
+          setTimeout(() => process.kill(child.pid!, signal), 700)
         }
       }),
     })

@@ -145,7 +145,10 @@ export function findLeak(r: Pick<RunResult, 'stdout' | 'stderr' | 'calls'>, secr
 /** The command that starts deploy.ts under the runtime the suite runs for. */
 export function deployCommand(): string[] {
   if (process.env.DEPLOY_RUNTIME === 'deno') {
-    return [path.join(ROOT, 'node_modules/.bin/deno'), 'run', '-A', '--quiet', DEPLOY]
+    // The binary itself: node_modules/.bin/deno is a Node shim that would swallow signals.
+    const binary = ['node_modules/deno/deno', `node_modules/@deno/${process.platform}-${process.arch}-glibc/deno`]
+      .map((p) => path.join(ROOT, p)).find((p) => fs.existsSync(p)) ?? path.join(ROOT, 'node_modules/.bin/deno')
+    return [binary, 'run', '-A', '--quiet', DEPLOY]
   }
   return [process.execPath, '--import', TSX_LOADER, DEPLOY]
 }
