@@ -896,6 +896,7 @@ async function preflight(run: Run, charts: string[]) {
     throw usageError('this is a shallow clone, so image tags would be wrong: run `git fetch --unshallow` (in CI, clone with full depth)')
   }
   if (phases.deploy) readSecretFile(`secrets/${chart}.yaml`, 'the chart\'s secret values file')
+  if (phases.build || phases.deploy) run.images = await chartImages(run)
   if (phases.setup) {
     readSecretFile(run.config.GCLOUD_KEY_FILE, 'GCLOUD_KEY_FILE (the service account key)')
     run.dockerPassword = readSecretFile(run.config.DOCKER_PASSWORD_FILE, 'DOCKER_PASSWORD_FILE (the Docker Hub password)').trim()
@@ -937,7 +938,6 @@ async function runPhases(run: Run) {
     await phase(run, 'setup', () => setup(run))
     await runHooks(run, 'afterSetup', 'setup')
   }
-  if (phases.build || phases.deploy) run.images = await chartImages(run)
   if (phases.build) {
     await runHooks(run, 'beforeBuild', 'build')
     await phase(run, 'build', () => build(run))

@@ -137,3 +137,10 @@ test('an external command that fails exits 1 with the command named', async () =
   assert.match(r.stderr, /ERROR: helm dep up exited with 1/)
   assert.ok(!r.commands.some((c) => c.startsWith('helm upgrade')))
 })
+
+test('an image dir with no commits is refused before anything runs', async () => {
+  const repo = makeRepo()
+  fs.mkdirSync(path.join(repo, 'hub-images/staginghub'), { recursive: true })
+  fs.writeFileSync(path.join(repo, 'hub-images/staginghub/Dockerfile'), 'FROM scratch\n')
+  assertUsageError(await runDeploy(repo, ['--build', 'staginghub']), 'hub-images/staginghub has no commits: commit it before building or deploying')
+})
