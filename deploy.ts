@@ -157,6 +157,7 @@ export const DEFAULTS = {
   HELM_TIMEOUT: '600',
   ROLLOUT_TIMEOUT: '10m',
   HEARTBEAT_INTERVAL: '60s',
+  BUILD_TIMEOUT: '60m',
   STAGING_CHART: 'staginghub',
   DEPLOY_PLUGINS: '',
 }
@@ -166,6 +167,7 @@ export type Config = typeof DEFAULTS & {
   helmTimeoutSeconds: number
   rolloutTimeoutSeconds: number
   heartbeatSeconds: number
+  buildTimeoutSeconds: number
   /** Everything from .env and the environment, for plugins' own keys. */
   env: Record<string, string | undefined>
 }
@@ -208,12 +210,19 @@ export function loadConfig(envFile: string | undefined, environment = process.en
   for (const key of Object.keys(DEFAULTS) as (keyof typeof DEFAULTS)[]) {
     if (env[key] !== undefined && env[key] !== '') values[key] = env[key]!
   }
-  const seconds = (key: 'HELM_TIMEOUT' | 'ROLLOUT_TIMEOUT' | 'HEARTBEAT_INTERVAL') => {
+  const seconds = (key: 'HELM_TIMEOUT' | 'ROLLOUT_TIMEOUT' | 'HEARTBEAT_INTERVAL' | 'BUILD_TIMEOUT') => {
     const s = parseDuration(values[key])
     if (!(s > 0)) throw usageError(`${key}=${values[key]}: not a duration; use seconds or e.g. 90s, 10m, 1h`)
     return s
   }
-  return { ...values, helmTimeoutSeconds: seconds('HELM_TIMEOUT'), rolloutTimeoutSeconds: seconds('ROLLOUT_TIMEOUT'), heartbeatSeconds: seconds('HEARTBEAT_INTERVAL'), env }
+  return {
+    ...values,
+    helmTimeoutSeconds: seconds('HELM_TIMEOUT'),
+    rolloutTimeoutSeconds: seconds('ROLLOUT_TIMEOUT'),
+    heartbeatSeconds: seconds('HEARTBEAT_INTERVAL'),
+    buildTimeoutSeconds: seconds('BUILD_TIMEOUT'),
+    env,
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -545,7 +554,7 @@ function insecureFlag(name: string): string[] {
 
 /** Whether the registry has `spec`, asked without pulling it. */
 async function imageExists(run: Run, name: string, tag: string): Promise<boolean> {
-  const r = await run.run('docker', ['manifest', 'inspect', ...insecureFlag(name), `${name}:${tag}`], { capture: true, nothrow: true, show: 'probe', readOnly: false })
+  const r = await run.run('docker', ['manifest', 'inspect', ...insecureFlag(name), `${name}:${tag}`], { capture: true, nothrow: true, show: 'probe', readOnly: false, timeout: '60s' })
   return r.exitCode === 0
 }
 
@@ -577,7 +586,7 @@ async function findCacheImage(run: Run, image: ImageInfo): Promise<string | unde
     if (!run.dryRun && !(await imageExists(run, image.name, tag))) continue
     const spec = `${image.name}:${tag}`
     if (buildKit(run)) return spec
-    const pull = await run.run('docker', ['pull', spec], { nothrow: true })
+    const pull = await run.run('docker', ['pull', spec], { nothrow: true, timeout: `${run.config.buildTimeoutSeconds}s` })
     if (pull.exitCode === 0) return spec
     run.out.warn(`could not pull ${spec}: building without a cache`)
     return undefined
@@ -594,7 +603,7 @@ async function buildImage(run: Run, image: ImageInfo) {
   const cache = await findCacheImage(run, image)
   const cacheArgs = cache ? ['--cache-from', cache] : []
   const inlineCache = buildKit(run) ? ['--build-arg', 'BUILDKIT_INLINE_CACHE=1'] : []
-  await run.run('docker', ['build', ...cacheArgs, ...inlineCache, '-t', image.spec, image.dir])
+  await run.run('docker', ['build', ...cacheArgs, ...inlineCache, '-t', image.spec, image.dir], { timeout: `${run.config.buildTimeoutSeconds}s` })
   image.built = true
   if (run.phases.push) await pushImage(run, image)
   run.out.print(`build completed for ${label} ${image.spec}`)
@@ -602,7 +611,7 @@ async function buildImage(run: Run, image: ImageInfo) {
 
 async function pushImage(run: Run, image: ImageInfo) {
   await runHooks(run, 'beforePush', 'push')
-  const pushed = await run.run('docker', ['push', image.spec], { nothrow: true })
+  const pushed = await run.run('docker', ['push', image.spec], { nothrow: true, timeout: `${run.config.buildTimeoutSeconds}s` })
   if (pushed.exitCode !== 0) {
     throw new DeployError(`docker push ${image.spec} failed (exit ${pushed.exitCode}): is the registry reachable and are you logged in?`)
   }
@@ -640,7 +649,7 @@ interface ReleaseRevision {
 
 /** The release's history (Helm 3), oldest first; empty when there is no such release. */
 export async function releaseHistory(run: Runner, chart: string): Promise<ReleaseRevision[]> {
-  const r = await run('helm', ['history', chart, '--namespace', chart, '-o', 'json'], { capture: true, nothrow: true, show: 'probe', readOnly: true })
+  const r = await run('helm', ['history', chart, '--namespace', chart, '-o', 'json'], { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: '60s' })
   if (r.exitCode !== 0) return []
   return JSON.parse(r.stdout || '[]')
 }

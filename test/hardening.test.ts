@@ -89,3 +89,12 @@ test('the secret scan every scenario gets does find a leak', () => {
   assert.match(findLeak({ stdout: `x ${SECRET_TOKEN}`, stderr: '', calls: [] }, [SECRET_TOKEN])!, /output/)
   assert.equal(findLeak({ stdout: '***', stderr: '', calls: [] }, [PASSWORD]), undefined)
 })
+
+test('a bound that is hit names what was being waited for', async () => {
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--build', 'staginghub'], {
+    env: { BUILD_TIMEOUT: '1s' },
+    rules: [HELM3, { tool: 'docker', match: '^manifest', exit: 1 }, { tool: 'docker', match: '^build', sleepMs: 20_000 }],
+  })
+  assert.equal(r.code, 1)
+  assert.match(r.stderr, /ERROR: docker build -t earthlabhubops\/ea-k8s-user-staginghub:\w+ was stopped by SIGTERM \(limit 1s\)/)
+})
