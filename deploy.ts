@@ -14,9 +14,14 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { $, YAML, type ProcessPromise } from 'zx'
+import type { ProcessPromise } from 'zx/core'
+import type YAMLModule from 'yaml'
 import minimist from 'minimist'
 import dotenv from 'dotenv'
+// zx and yaml are imported on first use, so --help, --version and --list start without them
+// (they are most of deploy.ts's own start-up: docs/performance.md, P3).
+let zx: typeof import('zx/core') | undefined
+let YAML: typeof YAMLModule
 
 // ---------------------------------------------------------------------------------------
 // Plugin contract (docs/plugins.md)
@@ -394,7 +399,8 @@ export function makeRunner({ env, dryRun, out, heartbeatSeconds }: RunnerOptions
       out.info(`${capture ? 'Executing and capturing' : 'Executing'} ${line}`)
     }
     const beat = heartbeat(out, `${prefix}${tool} ${args.slice(0, 2).join(' ')}`, capture ? 0 : heartbeatSeconds)
-    const p = $({
+    zx ??= await import('zx/core')
+    const p = zx.$({
       cwd: options.cwd,
       env,
       input: options.input,
@@ -415,7 +421,8 @@ export function makeRunner({ env, dryRun, out, heartbeatSeconds }: RunnerOptions
     if (result.exitCode !== 0 && !options.nothrow) {
       const why = done.signal ? `was stopped by ${done.signal}${options.timeout ? ` (limit ${options.timeout})` : ''}` : `exited with ${result.exitCode}`
       const detail = capture ? `: ${tail(done.stderr || done.stdout, 1)}` : ''
-      throw Object.assign(new DeployError(redact(`${tool} ${args.slice(0, 3).join(' ')} ${why}${detail}`)), {
+      const shown = line.length > 100 ? `${line.slice(0, 99)}…` : line
+      throw Object.assign(new DeployError(redact(`${shown} ${why}${detail}`)), {
         command: redact(line),
         output: redact(tail(done.stdout + done.stderr, 20)),
       })
@@ -552,9 +559,12 @@ function insecureFlag(name: string): string[] {
   return /^(127\.\d+\.\d+\.\d+|localhost)(:\d+)?\//.test(name) ? ['--insecure'] : []
 }
 
-/** Whether the registry has `spec`, asked without pulling it. */
+/** Whether the registry has `spec`, asked without pulling it; a registry that cannot be asked says no. */
 async function imageExists(run: Run, name: string, tag: string): Promise<boolean> {
   const r = await run.run('docker', ['manifest', 'inspect', ...insecureFlag(name), `${name}:${tag}`], { capture: true, nothrow: true, show: 'probe', readOnly: false, timeout: '60s' })
+  if (r.exitCode !== 0 && !/no such manifest|manifest unknown|not found/i.test(r.stderr)) {
+    run.out.warn(`could not ask the registry about ${name}:${tag} (${tail(r.stderr, 1)}): treating it as missing`)
+  }
   return r.exitCode === 0
 }
 
@@ -662,7 +672,7 @@ async function checkPendingRelease(run: Run) {
   if (!last || !last.status.startsWith('pending-')) return
   const deployed = [...history].reverse().find((r) => r.status === 'deployed' || r.status === 'superseded')
   const ns = ['--namespace', run.chart]
-  const repair = deployed ? ['rollback', run.chart, String(deployed.revision), ...ns, '--wait'] : ['uninstall', run.chart, ...ns]
+  const repair = deployed ? ['rollback', run.chart, String(deployed.revision), ...ns, '--wait', '--timeout', `${run.config.helmTimeoutSeconds}s`] : ['uninstall', run.chart, ...ns]
   if (!run.recover) {
     throw new DeployError(`release ${run.chart} is stuck in ${last.status} (revision ${last.revision}, an earlier run was interrupted): repair with \`helm ${repair.join(' ')}\` or rerun with --recover`)
   }
@@ -686,7 +696,10 @@ async function deploy(run: Run, pluginArgs: string[]) {
   await checkPendingRelease(run)
   // helm stops waiting at its own --timeout; ours is only a backstop.
   const backstop = `${run.config.helmTimeoutSeconds + 120}s`
-  const upgrade = await run.run('helm', helmUpgradeArgs(run, extra), { timeout: backstop })
+  const upgrade = await run.run('helm', helmUpgradeArgs(run, extra), { timeout: backstop }).catch(async (e) => {
+    if (!cancelled) await printDiagnostics(run)
+    throw e
+  })
   const revision = /^REVISION: (\d+)$/m.exec(upgrade.stdout)?.[1]
   if (revision) run.revision = Number(revision)
 }
@@ -746,7 +759,8 @@ export async function loadPlugins(names: string[]): Promise<Plugin[]> {
     const valid = plugin && typeof plugin === 'object' && typeof plugin.name === 'string' &&
       Object.entries(plugin).every(([k, v]) => k === 'name' || !(HOOKS as readonly string[]).includes(k) || typeof v === 'function')
     if (!valid) throw usageError(`${file}: default export is not a plugin (an object with a name and hook functions)`)
-    plugins.push(plugin)
+    // The same file named twice (`x`, `plugins/x.ts`) is the same module: load it once.
+    if (!plugins.includes(plugin)) plugins.push(plugin)
   }
   return plugins
 }
@@ -895,6 +909,7 @@ function collectSecrets(run: Run) {
 async function preflight(run: Run, charts: string[]) {
   const { chart, phases, env } = run
   if (!charts.includes(chart)) throw usageError(`unknown chart "${chart}"; valid charts: ${charts.join(', ') || '(none found)'}`)
+  YAML ??= (await import('yaml')).default
   checkChartYaml(chart)
   if (!onPath('git', env)) throw usageError(`git not found on PATH: ${INSTALL_HINTS.git}`)
   const rev = await run.run('git', ['rev-parse', '--is-shallow-repository', 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true })
@@ -954,10 +969,7 @@ async function runPhases(run: Run) {
   }
   if (phases.deploy) {
     const pluginArgs = await beforeDeployHooks(run)
-    await phase(run, 'deploy', () => deploy(run, pluginArgs).catch(async (e) => {
-      if (!run.dryRun && !cancelled) await printDiagnostics(run)
-      throw e
-    }))
+    await phase(run, 'deploy', () => deploy(run, pluginArgs))
     await runHooks(run, 'afterDeploy', 'deploy')
     await phase(run, 'rollout', () => rollout(run).catch(async (e) => {
       if (!cancelled) await printDiagnostics(run)

@@ -163,3 +163,11 @@ test('with BuildKit (DOCKER_BUILDKIT=1) the cache is read from the registry: inl
     `docker build --cache-from ${USER}:${t2} --build-arg BUILDKIT_INLINE_CACHE=1 -t ${USER}:${t3} user-images/staginghub`,
   ])
 })
+
+test('a registry that cannot be asked is said so, not passed off as a missing image', async () => {
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--build', 'staginghub'], {
+    rules: [HELM3, { tool: 'docker', match: '^manifest', exit: 1, stderr: 'Get "https://registry-1.docker.io/v2/": dial tcp: lookup registry-1.docker.io: no such host\n' }],
+  })
+  assert.equal(r.code, 0, r.stderr)
+  assert.match(r.stderr, /WARNING: could not ask the registry about earthlabhubops\/ea-k8s-user-staginghub:\w+ \(Get .*no such host\): treating it as missing/)
+})

@@ -135,7 +135,7 @@ for (const state of ['pending-install', 'pending-upgrade', 'pending-rollback']) 
     const repo = makeRepo()
     const refused = await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub'], { rules: [HELM3, history(...statuses)] })
     assert.equal(refused.code, 1)
-    const repair = state === 'pending-install' ? 'helm uninstall staginghub --namespace staginghub' : 'helm rollback staginghub 2 --namespace staginghub --wait'
+    const repair = state === 'pending-install' ? 'helm uninstall staginghub --namespace staginghub' : 'helm rollback staginghub 2 --namespace staginghub --wait --timeout 600s'
     assert.match(refused.stderr, new RegExp(`release staginghub is stuck in ${state} .*repair with \`${repair}\` or rerun with --recover`))
     assert.ok(!refused.commands.some((c) => c.startsWith('helm upgrade')))
     const recovered = await runDeploy(repo, ['--no-setup', '--deploy', '--recover', 'staginghub'], { rules: [HELM3, history(...statuses)] })

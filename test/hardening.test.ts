@@ -72,7 +72,7 @@ test('GitHub Actions: each phase is a group, a failure an ::error:: annotation',
   assert.equal(r.code, 1)
   assert.match(r.stdout, /^::group::deploy staginghub\n==> deploy staginghub$/m)
   assert.match(r.stdout, /^::endgroup::$/m)
-  assert.match(r.stdout, /^::error::helm upgrade --install --namespace exited with 1$/m)
+  assert.match(r.stdout, /^::error::helm upgrade --install --namespace staginghub staginghub hub-charts\/staginghub .*… exited with 1$/m)
 })
 
 test('secrets a failing tool prints are redacted from the output and the error', async () => {
@@ -93,8 +93,8 @@ test('the secret scan every scenario gets does find a leak', () => {
 test('a bound that is hit names what was being waited for', async () => {
   const r = await runDeploy(makeRepo(), ['--no-setup', '--build', 'staginghub'], {
     env: { BUILD_TIMEOUT: '1s' },
-    rules: [HELM3, { tool: 'docker', match: '^manifest', exit: 1 }, { tool: 'docker', match: '^build', sleepMs: 20_000 }],
+    rules: [HELM3, { tool: 'docker', match: '^manifest', exit: 1, stderr: 'no such manifest\n' }, { tool: 'docker', match: '^build', sleepMs: 20_000 }],
   })
   assert.equal(r.code, 1)
-  assert.match(r.stderr, /ERROR: docker build -t earthlabhubops\/ea-k8s-user-staginghub:\w+ was stopped by SIGTERM \(limit 1s\)/)
+  assert.match(r.stderr, /ERROR: docker build -t earthlabhubops\/ea-k8s-user-staginghub:\w+ user-images\/staginghub was stopped by SIGTERM \(limit 1s\)/)
 })
