@@ -1,0 +1,132 @@
+/**
+ * promote-from-staging: a production chart (PRODUCTION_CHARTS) is deployed only when the
+ * staging chart (STAGING_CHART) is healthy and already runs the chart dependency
+ * versions production is about to get. See docs/plugins.md.
+ *
+ * Every deploy of any chart records what it deployed in the release itself, as JSON in
+ * `helm upgrade --description`: {"commit":…,"images":{kind:tag},"deps":{name:version}}.
+ * The check reads the latest revision of the staging release with `helm history`.
+ */
+import fs from 'node:fs'
+import YAML from 'yaml'
+import type { HookContext, Plugin } from '../deploy.ts'
+
+/** What a deploy records in its release description. */
+interface DeployRecord {
+  commit: string
+  images: Record<string, string>
+  deps: Record<string, string>
+  override?: true
+}
+
+interface Revision {
+  revision: number
+  status: string
+  description?: string
+}
+
+const list = (value: string | undefined) => (value ?? '').split(',').map((s) => s.trim()).filter(Boolean)
+const overridden = (ctx: HookContext) => /^(1|true|yes|on)$/i.test(ctx.config.env.PROMOTION_OVERRIDE?.trim() ?? '')
+
+function chartDir(chart: string): string {
+  return chart === 'monitoring' ? 'monitoring' : `hub-charts/${chart}`
+}
+
+/** The chart's dependencies, name → version: Chart.yaml (Helm 3) or requirements.yaml (Helm 2 charts). */
+function dependencies(chart: string): Record<string, string> {
+  const deps: Record<string, string> = {}
+  for (const file of ['Chart.yaml', 'requirements.yaml']) {
+    const full = `${chartDir(chart)}/${file}`
+    if (!fs.existsSync(full)) continue
+    const doc = YAML.parse(fs.readFileSync(full, 'utf8')) as { dependencies?: { name?: unknown; version?: unknown; alias?: unknown }[] } | null
+    for (const dep of doc?.dependencies ?? []) {
+      if (typeof dep?.name === 'string') deps[typeof dep.alias === 'string' ? dep.alias : dep.name] = String(dep.version ?? '')
+    }
+  }
+  return deps
+}
+
+function record(ctx: HookContext): DeployRecord {
+  const r: DeployRecord = {
+    commit: ctx.commit.slice(0, 12),
+    images: Object.fromEntries(ctx.images.map((i) => [i.kind, i.tag])),
+    deps: dependencies(ctx.chart),
+  }
+  if (overridden(ctx) && isProduction(ctx)) r.override = true
+  return r
+}
+
+function parseRecord(description: string | undefined): DeployRecord | undefined {
+  try {
+    const r = JSON.parse(description ?? '')
+    return r && typeof r === 'object' && r.deps && typeof r.deps === 'object' ? r : undefined
+  } catch {
+    return undefined
+  }
+}
+
+function isProduction(ctx: HookContext): boolean {
+  return list(ctx.config.env.PRODUCTION_CHARTS).includes(ctx.chart) && ctx.chart !== ctx.config.STAGING_CHART
+}
+
+/** Why production may not be deployed now; empty when staging is ahead of it. */
+async function problems(ctx: HookContext): Promise<string[]> {
+  const staging = ctx.config.STAGING_CHART
+  // Helm 2 has no --namespace here (releases live in tiller); both print JSON with -o json.
+  const args = ctx.helmMajor === 2 ? ['history', staging, '-o', 'json'] : ['history', staging, '--namespace', staging, '-o', 'json']
+  const r = await ctx.run('helm', args, { capture: true, nothrow: true, readOnly: true, show: 'probe' })
+  if (r.exitCode !== 0) {
+    const why = (r.stderr || r.stdout).trim().split('\n').at(-1) || `exit ${r.exitCode}`
+    return [`could not read the history of ${staging} (${why})`]
+  }
+  let history: Revision[]
+  try {
+    history = JSON.parse(r.stdout || '[]')
+    if (!Array.isArray(history)) throw new Error('not a list')
+  } catch {
+    return [`\`helm ${args.join(' ')}\` did not print a JSON list`]
+  }
+  const latest = history.reduce<Revision | undefined>((a, b) => (!a || Number(b.revision) > Number(a.revision) ? b : a), undefined)
+  if (!latest) return [`${staging} has never been deployed`]
+  const status = String(latest.status).toLowerCase().replace(/_/g, '-')
+  if (status !== 'deployed') return [`${staging} revision ${latest.revision} is ${status}, not deployed`]
+  const theirs = parseRecord(latest.description)?.deps
+  if (!theirs) return [`${staging} revision ${latest.revision} records no chart versions (not deployed with this plugin)`]
+  const ours = dependencies(ctx.chart)
+  const differ: string[] = []
+  for (const name of [...new Set([...Object.keys(theirs), ...Object.keys(ours)])].sort()) {
+    if (theirs[name] === ours[name]) continue
+    differ.push(`${name} ${theirs[name] ?? '(none)'} on ${staging} vs ${ours[name] ?? '(none)'} here`)
+  }
+  return differ
+}
+
+async function check(ctx: HookContext) {
+  if (!ctx.phases.deploy || !isProduction(ctx)) return
+  const staging = ctx.config.STAGING_CHART
+  const found = await problems(ctx)
+  if (!found.length) {
+    ctx.log.info(`promote-from-staging: ${staging} runs what ${ctx.chart} is about to get`)
+    return
+  }
+  if (overridden(ctx)) {
+    ctx.log.warn('!'.repeat(72))
+    ctx.log.warn(`PROMOTION_OVERRIDE is set: deploying ${ctx.chart} although ${found.join('; ')}`)
+    ctx.log.warn('!'.repeat(72))
+    return
+  }
+  const message = `${found.join('; ')}: deploy ${staging} first (or set PROMOTION_OVERRIDE=1 to deploy ${ctx.chart} anyway)`
+  // exitCode 3 makes deploy.ts end with "refused" from afterSetup too.
+  throw Object.assign(new Error(message), { exitCode: 3 })
+}
+
+const plugin: Plugin = {
+  name: 'promote-from-staging',
+  // The staging release is read with the run's cluster credentials: when setup runs,
+  // they exist only after it, so the check waits for afterSetup (still before any build).
+  verify: (ctx) => (ctx.phases.setup ? undefined : check(ctx)),
+  afterSetup: (ctx) => check(ctx),
+  beforeDeploy: (ctx) => ({ helmArgs: ['--description', JSON.stringify(record(ctx))] }),
+}
+
+export default plugin
