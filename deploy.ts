@@ -79,6 +79,8 @@ export interface HookContext {
   images: ImageInfo[]
   /** Full hash of the commit being deployed. */
   commit: string
+  /** The chart's directory: hub-charts/<chart>, or monitoring. */
+  chartDir: string
   dryRun: boolean
   /** Milliseconds spent in each finished phase. */
   timings: Partial<Record<Phase, number>>
@@ -88,10 +90,10 @@ export interface HookContext {
   redact: (text: string) => string
   /** deploy.ts's duration parser (`600`, `90s`, `10m`, `1h30m` → seconds; NaN otherwise), for plugins' own keys. */
   parseDuration: (text: string) => number
-  /** Release revision after the deploy phase (Helm 3), when known. */
+  /** Release revision after the deploy phase, read from helm's output. */
   revision?: number
-  /** `fail` only: what went wrong and in which phase; `cancelled` on SIGINT/SIGTERM. */
-  error?: Error
+  /** `fail` only: what went wrong (with the failed command and its last output lines when a command failed) and in which phase; `cancelled` on SIGINT/SIGTERM. */
+  error?: Error & { command?: string; output?: string }
   failedPhase?: Phase
   reason?: 'failed' | 'cancelled'
 }
@@ -101,9 +103,10 @@ type Hook = (ctx: HookContext) => MaybePromise<void>
 
 /**
  * A plugin: the default export of plugins/<name>.ts. Every hook is optional and receives
- * the run's context. Hooks up to `afterRollout` are blocking: a throw stops the run
- * (exit 3 from `verify`, 1 otherwise) and the `fail` hooks run. `success` and `fail` are
- * best effort: bounded by a timeout, their errors logged, the exit status unchanged.
+ * the run's context. Hooks up to `afterRollout` are blocking, each bounded by HOOK_TIMEOUT:
+ * a throw stops the run (exit 3 from `verify` or for an error with `exitCode: 3`, 1
+ * otherwise) and the `fail` hooks run. `success` and `fail` are best effort: bounded by
+ * 10 s, their errors logged, the exit status unchanged.
  */
 export interface Plugin {
   name: string
@@ -163,6 +166,7 @@ export const DEFAULTS = {
   ROLLOUT_TIMEOUT: '10m',
   HEARTBEAT_INTERVAL: '60s',
   BUILD_TIMEOUT: '60m',
+  HOOK_TIMEOUT: '15m',
   STAGING_CHART: 'staginghub',
   DEPLOY_PLUGINS: '',
 }
@@ -173,6 +177,7 @@ export type Config = typeof DEFAULTS & {
   rolloutTimeoutSeconds: number
   heartbeatSeconds: number
   buildTimeoutSeconds: number
+  hookTimeoutSeconds: number
   /** Everything from .env and the environment, for plugins' own keys. */
   env: Record<string, string | undefined>
 }
@@ -215,7 +220,7 @@ export function loadConfig(envFile: string | undefined, environment = process.en
   for (const key of Object.keys(DEFAULTS) as (keyof typeof DEFAULTS)[]) {
     if (env[key] !== undefined && env[key] !== '') values[key] = env[key]!
   }
-  const seconds = (key: 'HELM_TIMEOUT' | 'ROLLOUT_TIMEOUT' | 'HEARTBEAT_INTERVAL' | 'BUILD_TIMEOUT') => {
+  const seconds = (key: 'HELM_TIMEOUT' | 'ROLLOUT_TIMEOUT' | 'HEARTBEAT_INTERVAL' | 'BUILD_TIMEOUT' | 'HOOK_TIMEOUT') => {
     const s = parseDuration(values[key])
     if (!(s > 0)) throw usageError(`${key}=${values[key]}: not a duration; use seconds or e.g. 90s, 10m, 1h`)
     return s
@@ -226,6 +231,7 @@ export function loadConfig(envFile: string | undefined, environment = process.en
     rolloutTimeoutSeconds: seconds('ROLLOUT_TIMEOUT'),
     heartbeatSeconds: seconds('HEARTBEAT_INTERVAL'),
     buildTimeoutSeconds: seconds('BUILD_TIMEOUT'),
+    hookTimeoutSeconds: seconds('HOOK_TIMEOUT'),
     env,
   }
 }
@@ -765,7 +771,7 @@ export async function loadPlugins(names: string[]): Promise<Plugin[]> {
   return plugins
 }
 
-const BEST_EFFORT_TIMEOUT_MS = 10_000
+const BEST_EFFORT_TIMEOUT_SECONDS = 10
 
 function hookContext(run: Run): HookContext {
   return {
@@ -775,6 +781,7 @@ function hookContext(run: Run): HookContext {
     helmMajor: run.helmMajor,
     images: run.images,
     commit: run.commit,
+    chartDir: chartDir(run.chart),
     dryRun: run.dryRun,
     timings: run.timings,
     log: run.out,
@@ -785,55 +792,50 @@ function hookContext(run: Run): HookContext {
   }
 }
 
-/** Runs a blocking hook of every plugin in order; a throw stops the run. */
-async function runHooks(run: Run, hook: Exclude<HookName, 'success' | 'fail' | 'beforeDeploy'>, phase: Phase) {
-  if (run.dryRun) return
-  for (const plugin of run.plugins) {
-    const fn = plugin[hook]
-    if (!fn) continue
+/** Calls one plugin's hook, bounded: a hook that does not finish in time is an error naming it. */
+async function callHook(run: Run, plugin: Plugin, hook: HookName, seconds: number, extra: Partial<HookContext> = {}) {
+  let timer: NodeJS.Timeout | undefined
+  const bound = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`did not finish within ${seconds}s`)), seconds * 1000)
+  })
+  const fn = plugin[hook] as (ctx: HookContext) => unknown
+  try {
+    return await Promise.race([fn.call(plugin, { ...hookContext(run), ...extra }), bound])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/**
+ * Runs a blocking hook of every plugin in order; a throw stops the run. Returns the extra
+ * `helm upgrade` arguments `beforeDeploy` hooks give.
+ */
+async function runHooks(run: Run, hook: Exclude<HookName, 'success' | 'fail'>, phase: Phase): Promise<string[]> {
+  const helmArgs: string[] = []
+  if (run.dryRun) return helmArgs
+  for (const plugin of run.plugins.filter((p) => p[hook])) {
     try {
-      await fn.call(plugin, hookContext(run))
+      const result = await callHook(run, plugin, hook, run.config.hookTimeoutSeconds) as { helmArgs?: unknown } | undefined
+      const args = hook === 'beforeDeploy' ? result?.helmArgs ?? [] : []
+      if (!Array.isArray(args) || args.some((a) => typeof a !== 'string')) throw new Error('helmArgs must be an array of strings')
+      helmArgs.push(...args)
     } catch (e) {
       // A later hook refuses (exit 3) by throwing an error whose exitCode is 3.
       const code = hook === 'verify' || (e as { exitCode?: unknown })?.exitCode === EXIT.refused ? EXIT.refused : EXIT.failed
       throw Object.assign(new DeployError(`plugin ${plugin.name} ${hook}: ${(e as Error)?.message ?? e}`, code), { phase })
     }
   }
-}
-
-async function beforeDeployHooks(run: Run): Promise<string[]> {
-  const args: string[] = []
-  if (run.dryRun) return args
-  for (const plugin of run.plugins) {
-    if (!plugin.beforeDeploy) continue
-    try {
-      const result = await plugin.beforeDeploy(hookContext(run))
-      const helmArgs: unknown = result?.helmArgs ?? []
-      if (!Array.isArray(helmArgs) || helmArgs.some((a) => typeof a !== 'string')) throw new Error('helmArgs must be an array of strings')
-      args.push(...helmArgs)
-    } catch (e) {
-      throw Object.assign(new DeployError(`plugin ${plugin.name} beforeDeploy: ${(e as Error)?.message ?? e}`), { phase: 'deploy' })
-    }
-  }
-  return args
+  return helmArgs
 }
 
 /** success/fail hooks: each bounded, errors logged, never changing the exit status. */
 async function runFinalHooks(run: Run, hook: 'success' | 'fail', extra: Partial<HookContext> = {}) {
   if (run.dryRun) return
-  for (const plugin of run.plugins) {
-    const fn = plugin[hook]
-    if (!fn) continue
-    let timer: NodeJS.Timeout | undefined
-    const timeout = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${BEST_EFFORT_TIMEOUT_MS / 1000}s`)), BEST_EFFORT_TIMEOUT_MS)
-    })
+  for (const plugin of run.plugins.filter((p) => p[hook])) {
     try {
-      await Promise.race([fn.call(plugin, { ...hookContext(run), ...extra }), timeout])
+      await callHook(run, plugin, hook, BEST_EFFORT_TIMEOUT_SECONDS, extra)
     } catch (e) {
       run.out.warn(`plugin ${plugin.name} ${hook} failed: ${(e as Error)?.message ?? e}`)
-    } finally {
-      clearTimeout(timer)
     }
   }
 }
@@ -968,7 +970,7 @@ async function runPhases(run: Run) {
     await runHooks(run, 'afterBuild', 'build')
   }
   if (phases.deploy) {
-    const pluginArgs = await beforeDeployHooks(run)
+    const pluginArgs = await runHooks(run, 'beforeDeploy', 'deploy')
     await phase(run, 'deploy', () => deploy(run, pluginArgs))
     await runHooks(run, 'afterDeploy', 'deploy')
     await phase(run, 'rollout', () => rollout(run).catch(async (e) => {
@@ -1081,7 +1083,8 @@ the staging chart goes first and the others follow only if it succeeds.
   --version, --help
 
 Exit codes: 0 success, 1 an external command failed, 2 usage or configuration error
-(nothing run), 3 refused by a plugin's verify hook, 130/143 interrupted (SIGINT/SIGTERM).`
+(nothing run), 3 refused by a plugin (its verify hook, or a check such as the staging
+promotion), 130/143 interrupted (SIGINT/SIGTERM).`
 
 const FLAGS = {
   boolean: ['setup', 'build', 'push', 'deploy', 'dry-run', 'recover', 'list', 'verbose', 'version', 'help', 'json'],
@@ -1193,6 +1196,8 @@ export async function main(argv: string[]): Promise<number> {
     log.print(charts.join('\n'))
     return EXIT.ok
   }
+  // Loaded before any signal handler exists, so a signal never finds a command between import and spawn.
+  zx ??= await import('zx/core')
   if (args.changed !== undefined) {
     const runner = makeRunner({ env: config.env, dryRun: false, out: log, heartbeatSeconds: 0 })
     const changed = await changedCharts(runner, log, args.changed, charts)

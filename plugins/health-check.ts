@@ -22,7 +22,7 @@ function hubUrl(ctx: HookContext): { url: string; from: string } | undefined {
   const key = urlKey(ctx.chart)
   const fromEnv = ctx.config.env[key]?.trim()
   if (fromEnv) return { url: fromEnv, from: key }
-  const file = `${ctx.chart === 'monitoring' ? 'monitoring' : `hub-charts/${ctx.chart}`}/values.yaml`
+  const file = `${ctx.chartDir}/values.yaml`
   if (!fs.existsSync(file)) return undefined
   const values = YAML.parse(fs.readFileSync(file, 'utf8')) as
     | { jupyterhub?: { ingress?: { enabled?: boolean; hosts?: unknown[] }; hub?: { baseUrl?: string } } }

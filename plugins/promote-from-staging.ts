@@ -28,15 +28,11 @@ interface Revision {
 const list = (value: string | undefined) => (value ?? '').split(',').map((s) => s.trim()).filter(Boolean)
 const overridden = (ctx: HookContext) => /^(1|true|yes|on)$/i.test(ctx.config.env.PROMOTION_OVERRIDE?.trim() ?? '')
 
-function chartDir(chart: string): string {
-  return chart === 'monitoring' ? 'monitoring' : `hub-charts/${chart}`
-}
-
 /** The chart's dependencies, name → version: Chart.yaml (Helm 3) or requirements.yaml (Helm 2 charts). */
-function dependencies(chart: string): Record<string, string> {
+function dependencies(chartDir: string): Record<string, string> {
   const deps: Record<string, string> = {}
   for (const file of ['Chart.yaml', 'requirements.yaml']) {
-    const full = `${chartDir(chart)}/${file}`
+    const full = `${chartDir}/${file}`
     if (!fs.existsSync(full)) continue
     const doc = YAML.parse(fs.readFileSync(full, 'utf8')) as { dependencies?: { name?: unknown; version?: unknown; alias?: unknown }[] } | null
     for (const dep of doc?.dependencies ?? []) {
@@ -50,7 +46,7 @@ function record(ctx: HookContext): DeployRecord {
   const r: DeployRecord = {
     commit: ctx.commit.slice(0, 12),
     images: Object.fromEntries(ctx.images.map((i) => [i.kind, i.tag])),
-    deps: dependencies(ctx.chart),
+    deps: dependencies(ctx.chartDir),
   }
   if (overridden(ctx) && isProduction(ctx)) r.override = true
   return r
@@ -92,7 +88,7 @@ async function problems(ctx: HookContext): Promise<string[]> {
   if (status !== 'deployed') return [`${staging} revision ${latest.revision} is ${status}, not deployed`]
   const theirs = parseRecord(latest.description)?.deps
   if (!theirs) return [`${staging} revision ${latest.revision} records no chart versions (not deployed with this plugin)`]
-  const ours = dependencies(ctx.chart)
+  const ours = dependencies(ctx.chartDir)
   const differ: string[] = []
   for (const name of [...new Set([...Object.keys(theirs), ...Object.keys(ours)])].sort()) {
     if (theirs[name] === ours[name]) continue

@@ -98,3 +98,12 @@ test('a bound that is hit names what was being waited for', async () => {
   assert.equal(r.code, 1)
   assert.match(r.stderr, /ERROR: docker build -t earthlabhubops\/ea-k8s-user-staginghub:\w+ user-images\/staginghub was stopped by SIGTERM \(limit 1s\)/)
 })
+
+test('a blocking plugin hook that hangs is bounded by HOOK_TIMEOUT and named', async () => {
+  const repo = makeRepo()
+  commit(repo, { 'plugins/stuck.ts': "export default { name: 'stuck', afterDeploy: () => new Promise(() => {}) }\n" })
+  const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'stuck', 'staginghub'], { env: { HOOK_TIMEOUT: '1s' } })
+  assert.equal(r.code, 1)
+  assert.match(r.stderr, /ERROR: plugin stuck afterDeploy: did not finish within 1s/)
+  assert.ok(!r.commands.some((c) => c.startsWith('kubectl rollout')))
+})
