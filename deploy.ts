@@ -528,7 +528,7 @@ function privateConfigDir(env: NodeJS.ProcessEnv): string {
 async function setup(run: Run) {
   const { config, env, helmMajor } = run
   const keyFile = config.GCLOUD_KEY_FILE
-  const password = run.dockerPassword!
+  const password = run.dockerPassword ?? ''
   run.privateDir = privateConfigDir(env)
   const quietly = { show: 'silent', timeout: '5m' } as const
   await run.run('gcloud', ['auth', 'activate-service-account', `--key-file=${keyFile}`], { ...quietly, capture: true })
@@ -897,13 +897,25 @@ async function helmMajorVersion(run: Runner, env: NodeJS.ProcessEnv): Promise<2 
 }
 
 /** Collects the values that must never be printed: loaded before anything runs. */
-function collectSecrets(run: Run) {
+function collectEnvSecrets(run: Run) {
   for (const key of ['SLACK_WEBHOOK_URL', 'NOTIFY_WEBHOOK_URL', 'GIT_CRYPT_KEY', 'GITHUB_TOKEN']) addSecret(run.config.env[key])
-  const secretsFile = `secrets/${run.chart}.yaml`
-  if (run.phases.deploy && fs.existsSync(secretsFile)) {
-    const leaves = (v: unknown): string[] =>
-      v && typeof v === 'object' ? Object.values(v).flatMap(leaves) : v === null || v === undefined ? [] : [String(v)]
-    for (const leaf of leaves(YAML.parse(readSecretFile(secretsFile, 'secrets file')))) addSecret(leaf)
+}
+
+/** Registers every leaf of a secrets/<chart>.yaml as a secret. */
+function addSecretLeaves(yamlText: string) {
+  const leaves = (v: unknown): string[] =>
+    v && typeof v === 'object' ? Object.values(v).flatMap(leaves) : v === null || v === undefined ? [] : [String(v)]
+  for (const leaf of leaves(YAML.parse(yamlText))) addSecret(leaf)
+}
+
+/** Reads a secret file the run needs; a dry run notes a missing or locked one and goes on. */
+function secretFileFor(run: Run, file: string, what: string): string | undefined {
+  try {
+    return readSecretFile(file, what)
+  } catch (e) {
+    if (!run.dryRun) throw e
+    run.out.print(`# ${(e as Error).message} (a real run stops here, exit 2)`)
+    return undefined
   }
 }
 
@@ -921,19 +933,22 @@ async function preflight(run: Run, charts: string[]) {
   if (shallow === 'true' && (phases.build || phases.deploy)) {
     throw usageError('this is a shallow clone, so image tags would be wrong: run `git fetch --unshallow` (in CI, clone with full depth)')
   }
-  if (phases.deploy) readSecretFile(`secrets/${chart}.yaml`, 'the chart\'s secret values file')
+  if (phases.deploy) {
+    const values = secretFileFor(run, `secrets/${chart}.yaml`, 'the chart\'s secret values file')
+    if (values) addSecretLeaves(values)
+  }
   if (phases.build || phases.deploy) run.images = await chartImages(run)
   if (phases.setup) {
-    readSecretFile(run.config.GCLOUD_KEY_FILE, 'GCLOUD_KEY_FILE (the service account key)')
-    run.dockerPassword = readSecretFile(run.config.DOCKER_PASSWORD_FILE, 'DOCKER_PASSWORD_FILE (the Docker Hub password)').trim()
-    addSecret(run.dockerPassword)
+    const key = secretFileFor(run, run.config.GCLOUD_KEY_FILE, 'GCLOUD_KEY_FILE (the service account key)')
     try {
-      addSecret(JSON.parse(fs.readFileSync(run.config.GCLOUD_KEY_FILE, 'utf8')).private_key)
+      addSecret(JSON.parse(key ?? '{}').private_key)
     } catch {
       // A key file gcloud cannot read fails in gcloud, with its own message.
     }
+    run.dockerPassword = secretFileFor(run, run.config.DOCKER_PASSWORD_FILE, 'DOCKER_PASSWORD_FILE (the Docker Hub password)')?.trim()
+    addSecret(run.dockerPassword)
   }
-  collectSecrets(run)
+  collectEnvSecrets(run)
   if (!run.dryRun) {
     const needed = new Set<string>()
     if (phases.setup) ['gcloud', 'kubectl', 'helm', 'docker'].forEach((t) => needed.add(t))

@@ -168,3 +168,14 @@ test('--dry-run with no helm on PATH plans for Helm 3 and says so', async () => 
   assert.match(r.stdout, /helm not found: planning for Helm 3/)
   assert.match(r.stdout, /\+ helm upgrade --install .* --timeout 600s --cleanup-on-fail --create-namespace/)
 })
+
+test('--dry-run on a fresh clone (secrets still locked or absent) notes them and plans the whole run', async () => {
+  const repo = makeRepo({ noSetupSecrets: true })
+  git(repo, 'rm', '-q', 'secrets/staginghub.yaml')
+  const r = await runDeploy(repo, ['--dry-run', '--build', '--push', '--deploy', 'staginghub'], { path: '/usr/bin:/bin', noStandins: true })
+  assert.equal(r.code, 0, r.stderr)
+  assert.match(r.stdout, /^# secrets\/staginghub\.yaml: the chart's secret values file not found.*\(a real run stops here, exit 2\)$/m)
+  assert.match(r.stdout, /^# secrets\/gke-auth-key\.json: GCLOUD_KEY_FILE .* not found/m)
+  assert.match(r.stdout, /^\+ docker login -u earthlabcu --password-stdin < \(stdin\)$/m)
+  assert.match(r.stdout, /^\+ helm upgrade --install /m)
+})
