@@ -1063,7 +1063,7 @@ function printSummary(runs: Run[]) {
     rows.push([
       run.chart,
       run.phase ?? '-',
-      run.result ?? 'not run',
+      run.dryRun && run.result === 'ok' ? 'planned' : run.result ?? 'not run',
       run.seconds === undefined ? '-' : `${run.seconds.toFixed(1)}s`,
       run.images.map((i) => i.tag).join(',') || '-',
       run.revision === undefined ? '-' : String(run.revision),
