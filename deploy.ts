@@ -897,8 +897,11 @@ async function helmMajorVersion(run: Runner, env: NodeJS.ProcessEnv): Promise<2 
 }
 
 /** Collects the values that must never be printed: loaded before anything runs. */
+/** Keys of .env and the environment whose values are secrets: webhook URLs, tokens, keys, passwords. */
+const SECRET_KEY = /(WEBHOOK_URL|TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CRYPT_KEY)$/i
+
 function collectEnvSecrets(run: Run) {
-  for (const key of ['SLACK_WEBHOOK_URL', 'NOTIFY_WEBHOOK_URL', 'GIT_CRYPT_KEY', 'GITHUB_TOKEN']) addSecret(run.config.env[key])
+  for (const [key, value] of Object.entries(run.config.env)) if (SECRET_KEY.test(key)) addSecret(value)
 }
 
 /** Registers every leaf of a secrets/<chart>.yaml as a secret. */

@@ -107,3 +107,17 @@ test('a blocking plugin hook that hangs is bounded by HOOK_TIMEOUT and named', a
   assert.match(r.stderr, /ERROR: plugin stuck afterDeploy: did not finish within 1s/)
   assert.ok(!r.commands.some((c) => c.startsWith('kubectl rollout')))
 })
+
+test('secret-looking values of the environment and .env are redacted from relayed output', async () => {
+  const repo = makeRepo()
+  const token = 'ghp_0123456789abcdefTOKEN'
+  const hook = 'https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXX'
+  commit(repo, { '.env': `SLACK_WEBHOOK_URL=${hook}\n` })
+  const r = await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub'], {
+    env: { CI_DEPLOY_TOKEN: token },
+    secrets: [token, hook],
+    rules: [HELM3, { tool: 'helm', match: '^dep up', stdout: `token ${token} hook ${hook}\n` }],
+  })
+  assert.equal(r.code, 0, r.stderr)
+  assert.match(r.stdout, /token \*\*\* hook \*\*\*/)
+})
