@@ -670,12 +670,15 @@ export async function releaseHistory(run: Runner, chart: string): Promise<Releas
   return JSON.parse(r.stdout || '[]')
 }
 
-/** Refuses to upgrade over a release an interrupted run left pending, or repairs it (--recover). */
-async function checkPendingRelease(run: Run) {
-  if (run.helmMajor !== 3 || run.dryRun) return
+/**
+ * A release an interrupted run left pending-*: with --recover, rolled back to the last
+ * deployed revision (or uninstalled if it never deployed); otherwise an error naming the
+ * state and the repair. Returns whether the release was pending.
+ */
+async function handlePendingRelease(run: Run): Promise<boolean> {
   const history = await releaseHistory(run.run, run.chart)
   const last = history.at(-1)
-  if (!last || !last.status.startsWith('pending-')) return
+  if (!last || !last.status.startsWith('pending-')) return false
   const deployed = [...history].reverse().find((r) => r.status === 'deployed' || r.status === 'superseded')
   const ns = ['--namespace', run.chart]
   const repair = deployed ? ['rollback', run.chart, String(deployed.revision), ...ns, '--wait', '--timeout', `${run.config.helmTimeoutSeconds}s`] : ['uninstall', run.chart, ...ns]
@@ -684,7 +687,11 @@ async function checkPendingRelease(run: Run) {
   }
   run.out.warn(`release ${run.chart} is stuck in ${last.status}: recovering with helm ${repair.join(' ')}`)
   await run.run('helm', repair)
+  return true
 }
+
+/** How helm 3 refuses to upgrade a release that is pending-install/upgrade/rollback. */
+const PENDING = /another operation \(install\/upgrade\/rollback\) is in progress/
 
 function helmUpgradeArgs(run: Run, extra: string[]): string[] {
   const { chart, config } = run
@@ -699,10 +706,12 @@ function helmUpgradeArgs(run: Run, extra: string[]): string[] {
 async function deploy(run: Run, pluginArgs: string[]) {
   const extra = [...imageArgs(run), ...pluginArgs]
   await run.run('helm', ['dep', 'up'], { cwd: chartDir(run.chart), timeout: '5m' })
-  await checkPendingRelease(run)
+  if (run.recover && run.helmMajor === 3 && !run.dryRun) await handlePendingRelease(run)
   // helm stops waiting at its own --timeout; ours is only a backstop.
   const backstop = `${run.config.helmTimeoutSeconds + 120}s`
-  const upgrade = await run.run('helm', helmUpgradeArgs(run, extra), { timeout: backstop }).catch(async (e) => {
+  const upgrade = await run.run('helm', helmUpgradeArgs(run, extra), { timeout: backstop }).catch(async (e: DeployError) => {
+    // A pending release is refused by helm before it changes anything: name the state and the repair.
+    if (run.helmMajor === 3 && PENDING.test(e.output ?? '') && (await handlePendingRelease(run))) throw e
     if (!cancelled) await printDiagnostics(run)
     throw e
   })
