@@ -598,15 +598,15 @@ function buildKit(run: Run): boolean {
  */
 async function findCacheImage(run: Run, image: ImageInfo): Promise<string | undefined> {
   const candidates = [...new Set(await gitModified(run.run, image.dir, 5))]
-  for (const tag of candidates) {
-    if (!run.dryRun && !(await imageExists(run, image.name, tag))) continue
-    const spec = `${image.name}:${tag}`
-    if (buildKit(run)) return spec
-    const pull = await run.run('docker', ['pull', spec], { nothrow: true, timeout: `${run.config.buildTimeoutSeconds}s` })
-    if (pull.exitCode === 0) return spec
-    run.out.warn(`could not pull ${spec}: building without a cache`)
-    return undefined
-  }
+  // All lookups at once: each costs a registry round trip, whatever the image's size.
+  const found = run.dryRun ? candidates.map(() => true) : await Promise.all(candidates.map((tag) => imageExists(run, image.name, tag)))
+  const tag = candidates[found.indexOf(true)]
+  if (!tag) return undefined
+  const spec = `${image.name}:${tag}`
+  if (buildKit(run)) return spec
+  const pull = await run.run('docker', ['pull', spec], { nothrow: true, timeout: `${run.config.buildTimeoutSeconds}s` })
+  if (pull.exitCode === 0) return spec
+  run.out.warn(`could not pull ${spec}: building without a cache`)
   return undefined
 }
 
