@@ -905,7 +905,6 @@ async function helmMajorVersion(run: Runner, env: NodeJS.ProcessEnv): Promise<2 
   return major === '2' ? 2 : major === '3' ? 3 : undefined
 }
 
-/** Collects the values that must never be printed: loaded before anything runs. */
 /** Keys of .env and the environment whose values are secrets: webhook URLs, tokens, keys, passwords. */
 const SECRET_KEY = /(WEBHOOK_URL|TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CRYPT_KEY)$/i
 
@@ -931,25 +930,28 @@ function secretFileFor(run: Run, file: string, what: string): string | undefined
   }
 }
 
-/** Everything that can be checked before a command runs: bad input stops here with exit 2. */
-async function preflight(run: Run, charts: string[]) {
-  const { chart, phases, env } = run
-  if (!charts.includes(chart)) throw usageError(`unknown chart "${chart}"; valid charts: ${charts.join(', ') || '(none found)'}`)
+/** What every chart of one invocation shares, checked once. */
+interface Shared {
+  commit: string
+  helmMajor: 2 | 3
+  dockerPassword?: string
+}
+
+/**
+ * Checks that hold for the whole invocation before a command runs (bad input stops here
+ * with exit 2): git and the repository, the tools on PATH, Helm's version, setup's files.
+ */
+async function checkRepository(run: Run): Promise<Shared> {
+  const { phases, env } = run
   YAML ??= (await import('yaml')).default
-  checkChartYaml(chart)
   if (!onPath('git', env)) throw usageError(`git not found on PATH: ${INSTALL_HINTS.git}`)
   const rev = await run.run('git', ['rev-parse', '--is-shallow-repository', 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true })
   if (rev.exitCode !== 0) throw usageError(`${process.cwd()} is not a git repository with commits: run deploy.ts from the root of the ops repository`)
   const [shallow, commit] = rev.stdout.trim().split('\n')
-  run.commit = commit
   if (shallow === 'true' && (phases.build || phases.deploy)) {
     throw usageError('this is a shallow clone, so image tags would be wrong: run `git fetch --unshallow` (in CI, clone with full depth)')
   }
-  if (phases.deploy) {
-    const values = secretFileFor(run, `secrets/${chart}.yaml`, 'the chart\'s secret values file')
-    if (values) addSecretLeaves(values)
-  }
-  if (phases.build || phases.deploy) run.images = await chartImages(run)
+  const shared: Shared = { commit, helmMajor: 3 }
   if (phases.setup) {
     const key = secretFileFor(run, run.config.GCLOUD_KEY_FILE, 'GCLOUD_KEY_FILE (the service account key)')
     try {
@@ -957,8 +959,8 @@ async function preflight(run: Run, charts: string[]) {
     } catch {
       // A key file gcloud cannot read fails in gcloud, with its own message.
     }
-    run.dockerPassword = secretFileFor(run, run.config.DOCKER_PASSWORD_FILE, 'DOCKER_PASSWORD_FILE (the Docker Hub password)')?.trim()
-    addSecret(run.dockerPassword)
+    shared.dockerPassword = secretFileFor(run, run.config.DOCKER_PASSWORD_FILE, 'DOCKER_PASSWORD_FILE (the Docker Hub password)')?.trim()
+    addSecret(shared.dockerPassword)
   }
   collectEnvSecrets(run)
   if (!run.dryRun) {
@@ -969,9 +971,21 @@ async function preflight(run: Run, charts: string[]) {
     for (const tool of needed) if (!onPath(tool, env)) throw usageError(`${tool} not found on PATH: ${INSTALL_HINTS[tool]}`)
   }
   const major = await helmMajorVersion(run.run, env)
-  if (major) run.helmMajor = major
+  if (major) shared.helmMajor = major
   else if (run.dryRun) run.out.print('# helm not found: planning for Helm 3')
   else if (phases.setup || phases.deploy) throw usageError('could not tell the Helm version from `helm version`: install Helm 2 or 3')
+  return shared
+}
+
+/** The chart's own checks: its Chart.yaml, its secret values, its image tags. */
+async function checkChart(run: Run, shared: Shared) {
+  Object.assign(run, shared)
+  checkChartYaml(run.chart)
+  if (run.phases.deploy) {
+    const values = secretFileFor(run, `secrets/${run.chart}.yaml`, 'the chart\'s secret values file')
+    if (values) addSecretLeaves(values)
+  }
+  if (run.phases.build || run.phases.deploy) run.images = await chartImages(run)
 }
 
 async function phase<T>(run: Run, name: Phase, fn: () => Promise<T>): Promise<T> {
@@ -1243,7 +1257,8 @@ export async function main(argv: string[]): Promise<number> {
   const many = names.length > 1
   const runs = names.map((chart, i) =>
     newRun(chart, args, config, plugins, many ? new Output(`[${chart}] `, i > 0, false) : new Output()))
-  for (const run of runs) await preflight(run, charts)
+  const shared = await checkRepository(runs[0])
+  await Promise.all(runs.map((run) => checkChart(run, shared)))
   if (args['dry-run']) {
     for (const run of runs) {
       run.out.print(`# dry run: ${run.chart} at ${run.commit.slice(0, 12)}, Helm ${run.helmMajor}; nothing below is executed`)
