@@ -460,15 +460,24 @@ const INSTALL_HINTS: Record<string, string> = {
 // ---------------------------------------------------------------------------------------
 // Git: image tags and the commit range
 
-/** Abbreviated hashes of the last `n` commits that touched `dir`, newest first. */
-async function gitModified(run: Runner, dir: string, n: number): Promise<string[]> {
-  const { stdout } = await run('git', ['log', '-n', String(n), '--pretty=format:%h', '--', dir], { capture: true, show: 'silent', readOnly: true })
-  return stdout.split('\n').filter(Boolean)
-}
-
-/** The original's last_git_modified(dir, n): the n-th most recent commit (or the oldest). */
-export async function lastGitModified(run: Runner, dir: string, n = 1): Promise<string> {
-  return (await gitModified(run, dir, n)).at(-1) ?? ''
+/**
+ * For each dir, the abbreviated hashes of the last five commits that touched it, newest
+ * first, from one `git log` for all dirs: element n-1 is the original's
+ * last_git_modified(dir, n) (`git log -n n --pretty=format:%h dir`, last line).
+ */
+export async function gitModified(run: Runner, dirs: string[]): Promise<Map<string, string[]>> {
+  const found = new Map(dirs.map((dir) => [dir, [] as string[]]))
+  if (dirs.length === 0) return found
+  // --cc: a merge git lists (one that differs from every parent) names the files it resolved.
+  const args = ['log', '--pretty=format:%x00%h', '--name-only', '--cc', '--', ...dirs]
+  const { stdout } = await run('git', args, { capture: true, show: 'silent', readOnly: true })
+  for (const commit of stdout.split('\0').slice(1)) {
+    const [hash, ...files] = commit.split('\n').filter(Boolean)
+    for (const [dir, hashes] of found) {
+      if (hashes.length < 5 && files.some((f) => f.startsWith(`${dir}/`))) hashes.push(hash)
+    }
+  }
+  return found
 }
 
 /** The commit range CI built: Travis's variable, or the before..after of a GitHub push. */
@@ -485,14 +494,15 @@ export function commitRange(env: NodeJS.ProcessEnv): string | undefined {
   return undefined
 }
 
-/** Whether the commit range touched `dir`; a range git cannot read counts as touched. */
-async function rangeTouched(run: Run, range: string, dir: string): Promise<boolean> {
-  const diff = await run.run('git', ['diff', '--name-only', range, '--', dir], { capture: true, nothrow: true, show: 'silent', readOnly: true })
+/** The dirs the commit range touched; a range git cannot read touched them all. */
+async function touchedDirs(run: Run, range: string, dirs: string[]): Promise<Set<string>> {
+  const diff = await run.run('git', ['diff', '--name-only', range, '--', ...dirs], { capture: true, nothrow: true, show: 'silent', readOnly: true })
   if (diff.exitCode !== 0) {
-    run.out.warn(`commit range ${range} is not valid here (force push or first build?): treating ${dir} as changed`)
-    return true
+    run.out.warn(`commit range ${range} is not valid here (force push or first build?): treating ${dirs.join(', ')} as changed`)
+    return new Set(dirs)
   }
-  return diff.stdout.trim() !== ''
+  const files = diff.stdout.split('\n')
+  return new Set(dirs.filter((dir) => files.some((f) => f.startsWith(`${dir}/`))))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -547,17 +557,16 @@ async function setup(run: Run) {
 /** The images a chart has: its user image and hub image, when their dirs exist. */
 async function chartImages(run: Run): Promise<ImageInfo[]> {
   const { chart, config } = run
-  const images: ImageInfo[] = []
   const kinds = [['user', 'user-images', config.USER_IMAGE_PREFIX], ['hub', 'hub-images', config.HUB_IMAGE_PREFIX]] as const
-  for (const [kind, root, prefix] of kinds) {
+  const present = kinds.filter(([, root]) => fs.existsSync(`${root}/${chart}`))
+  run.history = await gitModified(run.run, present.map(([, root]) => `${root}/${chart}`))
+  return present.map(([kind, root, prefix]) => {
     const dir = `${root}/${chart}`
-    if (!fs.existsSync(dir)) continue
-    const tag = await lastGitModified(run.run, dir)
+    const tag = run.history.get(dir)![0]
     if (!tag) throw usageError(`${dir} has no commits: commit it before building or deploying`)
     const name = `${prefix}${chart}`
-    images.push({ kind, dir, name, tag, spec: `${name}:${tag}` })
-  }
-  return images
+    return { kind, dir, name, tag, spec: `${name}:${tag}` }
+  })
 }
 
 /** A registry on this machine speaks plain HTTP; docker manifest needs --insecure for it. */
@@ -574,9 +583,8 @@ async function imageExists(run: Run, name: string, tag: string): Promise<boolean
   return r.exitCode === 0
 }
 
-async function needsRebuild(run: Run, image: ImageInfo): Promise<boolean> {
-  const range = commitRange(run.env)
-  if (range && (await rangeTouched(run, range, image.dir))) return true
+async function needsRebuild(run: Run, image: ImageInfo, touched: Set<string> | undefined): Promise<boolean> {
+  if (touched?.has(image.dir)) return true
   if (run.dryRun) {
     run.out.print(`# ${image.spec}: built only if the registry lacks it`)
     await imageExists(run, image.name, image.tag)
@@ -597,7 +605,7 @@ function buildKit(run: Run): boolean {
  * for the legacy builder (which ignores an image it does not have), not for BuildKit.
  */
 async function findCacheImage(run: Run, image: ImageInfo): Promise<string | undefined> {
-  const candidates = [...new Set(await gitModified(run.run, image.dir, 5))]
+  const candidates = run.history.get(image.dir) ?? []
   // All lookups at once: each costs a registry round trip, whatever the image's size.
   const found = run.dryRun ? candidates.map(() => true) : await Promise.all(candidates.map((tag) => imageExists(run, image.name, tag)))
   const tag = candidates[found.indexOf(true)]
@@ -610,9 +618,9 @@ async function findCacheImage(run: Run, image: ImageInfo): Promise<string | unde
   return undefined
 }
 
-async function buildImage(run: Run, image: ImageInfo) {
+async function buildImage(run: Run, image: ImageInfo, touched: Set<string> | undefined) {
   const label = image.kind === 'hub' ? 'hub image' : 'image'
-  if (!(await needsRebuild(run, image))) {
+  if (!(await needsRebuild(run, image, touched))) {
     run.out.print(`Do not need to rebuild ${label}, using ${image.spec}`)
     return
   }
@@ -637,7 +645,9 @@ async function pushImage(run: Run, image: ImageInfo) {
 
 /** The original's build_user_image and build_hub_image, in that order; push follows each build. */
 async function build(run: Run) {
-  for (const image of run.images) await buildImage(run, image)
+  const range = commitRange(run.env)
+  const touched = range && run.images.length ? await touchedDirs(run, range, run.images.map((i) => i.dir)) : undefined
+  for (const image of run.images) await buildImage(run, image, touched)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -862,6 +872,8 @@ interface Run {
   recover: boolean
   run: Runner
   images: ImageInfo[]
+  /** Each image dir's last five commits, newest first (tags and cache candidates). */
+  history: Map<string, string[]>
   commit: string
   timings: HookContext['timings']
   plugins: Plugin[]
@@ -1213,6 +1225,7 @@ function newRun(chart: string, args: ReturnType<typeof parseArgs>, config: Confi
     recover: args.recover,
     run: makeRunner({ env, dryRun, out, heartbeatSeconds }),
     images: [],
+    history: new Map(),
     commit: '',
     timings: {},
     plugins,
