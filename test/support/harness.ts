@@ -11,8 +11,16 @@ export const DEPLOY = path.join(ROOT, 'deploy.ts')
 const STANDIN = fileURLToPath(new URL('./standin.mjs', import.meta.url))
 const TSX_LOADER = path.join(ROOT, 'node_modules/tsx/dist/esm/index.mjs')
 
+/** Temp dirs made by this test process: removed when it exits. */
+const made: string[] = []
+process.on('exit', () => {
+  for (const dir of made) fs.rmSync(dir, { recursive: true, force: true })
+})
+
 export function tempDir(prefix = 'deploy-test-'): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+  made.push(dir)
+  return dir
 }
 
 export function git(cwd: string, ...args: string[]): string {
