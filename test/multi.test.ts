@@ -41,16 +41,18 @@ test('one failed production chart does not stop the others; the exit status says
 })
 
 test('production charts deploy concurrently, at most --parallel at once', async () => {
+  const UPGRADE_MS = 2000
+  /** Production upgrades that started while the one before was still running (each lasts at least UPGRADE_MS). */
   const overlapping = (r: Awaited<ReturnType<typeof runDeploy>>) => {
     const upgrades = r.calls.filter((c) => c.tool === 'helm' && c.argv[0] === 'upgrade' && c.argv[3] !== 'staginghub').map((c) => c.startedAt).sort()
-    return upgrades.filter((t, i) => i > 0 && t - upgrades[i - 1] < 1000).length
+    return upgrades.filter((t, i) => i > 0 && t - upgrades[i - 1] < UPGRADE_MS).length
   }
   const repo = makeRepo({ hubs: HUBS })
   const args = ['--no-setup', '--deploy', 'staginghub', 'ea-hub', 'edsc-hub', 'nbgrader-hub']
-  const parallel = await runDeploy(repo, args, { rules: [HELM3, slowUpgrade(2000)] })
+  const parallel = await runDeploy(repo, args, { rules: [HELM3, slowUpgrade(UPGRADE_MS)] })
   assert.equal(parallel.code, 0, parallel.stderr)
-  assert.equal(overlapping(parallel), 2, 'three production upgrades started together')
-  const serial = await runDeploy(repo, ['--parallel', '1', ...args], { rules: [HELM3, slowUpgrade(1200)] })
+  assert.equal(overlapping(parallel), 2, 'three production upgrades ran at once')
+  const serial = await runDeploy(repo, ['--parallel', '1', ...args], { rules: [HELM3, slowUpgrade(UPGRADE_MS)] })
   assert.equal(overlapping(serial), 0, '--parallel 1 runs them one after another')
 })
 
