@@ -318,7 +318,7 @@ function groupMarkers(edge: 'start' | 'end', id: string, title: string) {
 }
 
 /** Messages that belong to no chart (bad input, the multi-chart summary). */
-export const log = new Output()
+const log = new Output()
 let verbose = false
 
 /** Prints a phase header, runs it, prints its duration; a collapsible group in CI logs. */
@@ -481,7 +481,7 @@ export async function gitModified(run: Runner, dirs: string[]): Promise<Map<stri
 }
 
 /** The commit range CI built: Travis's variable, or the before..after of a GitHub push. */
-export function commitRange(env: NodeJS.ProcessEnv): string | undefined {
+function commitRange(env: NodeJS.ProcessEnv): string | undefined {
   if (env.TRAVIS_COMMIT_RANGE) return env.TRAVIS_COMMIT_RANGE
   if (env.GITHUB_EVENT_NAME === 'push' && env.GITHUB_EVENT_PATH) {
     try {
@@ -509,7 +509,7 @@ async function touchedDirs(run: Run, range: string, dirs: string[]): Promise<Set
 // Setup: credentials for gcloud, kubectl, helm and docker, in a private per-run directory.
 
 /** Reads a secret file, refusing one that git-crypt has not unlocked. */
-export function readSecretFile(file: string, what: string): string {
+function readSecretFile(file: string, what: string): string {
   if (!fs.existsSync(file)) throw usageError(`${file}: ${what} not found; create it or set the key that names it in .env`)
   const bytes = fs.readFileSync(file)
   if (bytes.subarray(0, 9).toString('latin1') === '\0GITCRYPT') {
@@ -653,7 +653,7 @@ async function build(run: Run) {
 // ---------------------------------------------------------------------------------------
 // Deploy
 
-export function chartDir(chart: string): string {
+function chartDir(chart: string): string {
   return chart === 'monitoring' ? 'monitoring' : `hub-charts/${chart}`
 }
 
@@ -674,7 +674,7 @@ interface ReleaseRevision {
 }
 
 /** The release's history (Helm 3), oldest first; empty when there is no such release. */
-export async function releaseHistory(run: Runner, chart: string): Promise<ReleaseRevision[]> {
+async function releaseHistory(run: Runner, chart: string): Promise<ReleaseRevision[]> {
   const r = await run('helm', ['history', chart, '--namespace', chart, '-o', 'json'], { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: '60s' })
   if (r.exitCode !== 0) return []
   return JSON.parse(r.stdout || '[]')
@@ -722,15 +722,16 @@ async function deploy(run: Run, pluginArgs: string[]) {
   const upgrade = await run.run('helm', helmUpgradeArgs(run, extra), { timeout: backstop }).catch(async (e: DeployError) => {
     // A pending release is refused by helm before it changes anything: name the state and the repair.
     if (run.helmMajor === 3 && PENDING.test(e.output ?? '') && (await handlePendingRelease(run))) throw e
-    if (!cancelled) await printDiagnostics(run)
+    await printDiagnostics(run)
     throw e
   })
   const revision = /^REVISION: (\d+)$/m.exec(upgrade.stdout)?.[1]
   if (revision) run.revision = Number(revision)
 }
 
-/** What the cluster says about the namespace, printed after a failed upgrade or rollout. */
+/** What the cluster says about the namespace, printed after a failed upgrade or rollout (not when cancelled). */
 async function printDiagnostics(run: Run) {
+  if (cancelled) return
   const ns = run.chart
   run.out.error(`diagnostics for namespace ${ns}:`)
   const opts = { nothrow: true, timeout: '60s' } as const
@@ -769,7 +770,7 @@ async function rollout(run: Run) {
 // Plugins
 
 /** Loads `--plugin` names and paths; a bare name means plugins/<name>.ts. */
-export async function loadPlugins(names: string[]): Promise<Plugin[]> {
+async function loadPlugins(names: string[]): Promise<Plugin[]> {
   const plugins: Plugin[] = []
   for (const name of names) {
     const file = /[/\\]|\.ts$/.test(name) ? name : `plugins/${name}.ts`
@@ -889,7 +890,7 @@ interface Run {
 }
 
 /** Every chart the repository has: hub-charts/<name>/ with a Chart.yaml, and monitoring. */
-export function discoverCharts(): string[] {
+function discoverCharts(): string[] {
   const hubs = fs.existsSync('hub-charts')
     ? fs.readdirSync('hub-charts').filter((d) => fs.existsSync(`hub-charts/${d}/Chart.yaml`)).sort()
     : []
@@ -1027,7 +1028,7 @@ async function runPhases(run: Run) {
     await phase(run, 'deploy', () => deploy(run, pluginArgs))
     await runHooks(run, 'afterDeploy', 'deploy')
     await phase(run, 'rollout', () => rollout(run).catch(async (e) => {
-      if (!cancelled) await printDiagnostics(run)
+      await printDiagnostics(run)
       throw e
     }))
     await runHooks(run, 'afterRollout', 'rollout')
@@ -1038,7 +1039,7 @@ async function runPhases(run: Run) {
 // Several charts, changed charts
 
 /** Charts whose files the commit range changed; deploy.ts, plugins/ or package.json mean all. */
-export async function changedCharts(run: Runner, out: Output, range: string, charts: string[]): Promise<string[]> {
+async function changedCharts(run: Runner, out: Output, range: string, charts: string[]): Promise<string[]> {
   const diff = await run('git', ['diff', '--name-only', range], { capture: true, nothrow: true, show: 'silent', readOnly: true })
   if (diff.exitCode !== 0) {
     out.warn(`commit range ${range} is not valid here (force push or first build?): every chart counts as changed`)
@@ -1233,7 +1234,7 @@ function newRun(chart: string, args: ReturnType<typeof parseArgs>, config: Confi
   }
 }
 
-export async function main(argv: string[]): Promise<number> {
+async function main(argv: string[]): Promise<number> {
   const args = parseArgs(argv)
   if (args.help) {
     log.print(USAGE)
