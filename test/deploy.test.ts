@@ -2,7 +2,7 @@
 // and 3, concurrent bounded rollouts, diagnostics, stuck releases, the dry-run plan.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { makeRepo, runDeploy, commit, git, HELM2, HELM3, PASSWORD, SECRET_TOKEN, type Rule } from './support/harness.ts'
+import { makeRepo, runDeploy, commit, git, HELM2, HELM3, PASSWORD, SECRET_TOKEN, SETUP_COMMANDS, type Rule } from './support/harness.ts'
 
 const USER = 'earthlabhubops/ea-k8s-user-staginghub'
 const deployments: Rule = { tool: 'kubectl', match: 'get deployments -o name', stdout: 'deployment.apps/hub\ndeployment.apps/proxy\n' }
@@ -26,11 +26,7 @@ test('Helm 2: the whole CI run matches the original command for command', async 
   const commands = [...r.commands.slice(0, 6), ...r.commands.slice(6, 8).sort(), ...r.commands.slice(8, -2), ...r.commands.slice(-2).sort()]
   assert.deepEqual(commands, [
     'helm version --client --short',
-    'gcloud auth activate-service-account --key-file=secrets/gke-auth-key.json',
-    'gcloud container clusters get-credentials jhub --zone=us-central1-b --project=ea-jupyter',
-    'helm init --upgrade',
-    'kubectl rollout status --namespace kube-system --watch deployment tiller-deploy',
-    'docker login -u earthlabcu --password-stdin',
+    ...SETUP_COMMANDS[2],
     ...[`docker manifest inspect ${USER}:${t2}`, `docker manifest inspect ${USER}:${t1}`].sort(),
     `docker pull ${USER}:${t1}`,
     `docker build --cache-from ${USER}:${t1} -t ${USER}:${t2} user-images/staginghub`,

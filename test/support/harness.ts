@@ -107,6 +107,18 @@ export interface Call {
   env: Record<string, string | null>
 }
 
+/** The setup phase as the spec lists it (docker login fixed to --password-stdin); Helm 3 has no tiller. */
+const GCLOUD_SETUP = [
+  'gcloud auth activate-service-account --key-file=secrets/gke-auth-key.json',
+  'gcloud container clusters get-credentials jhub --zone=us-central1-b --project=ea-jupyter',
+]
+const TILLER_SETUP = ['helm init --upgrade', 'kubectl rollout status --namespace kube-system --watch deployment tiller-deploy']
+const DOCKER_LOGIN = 'docker login -u earthlabcu --password-stdin'
+export const SETUP_COMMANDS = {
+  2: [...GCLOUD_SETUP, ...TILLER_SETUP, DOCKER_LOGIN],
+  3: [...GCLOUD_SETUP, DOCKER_LOGIN],
+}
+
 export const HELM3: Rule = { tool: 'helm', match: '^version', stdout: 'v3.17.2+gcc0bbbd\n' }
 export const HELM2: Rule = { tool: 'helm', match: '^version', stdout: 'Client: v2.16.12+g47f0b88\n' }
 
