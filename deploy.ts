@@ -6,15 +6,16 @@
  * external commands and announcements (see docs/ and README.md). Runs unchanged under
  * `tsx deploy.ts ...` (Node 20) and `deno run -A deploy.ts ...` (Deno 2).
  *
- * Reads top to bottom: plugin contract, config, logging, command runner, git/tags,
- * setup, build, push, deploy, rollout, plugins, CLI.
+ * Reads top to bottom: errors, config, plugin contract and hook table, secrets and
+ * logging, the invocation, exec (the one process primitive), helm adapter, git,
+ * plan and state, preflight, setup, build and push, deploy, rollout, plugins and hooks,
+ * orchestration, CLI and main.
  */
 import process from 'node:process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import type { ProcessPromise } from 'zx/core'
 import type YAMLModule from 'yaml'
 import minimist from 'minimist'
 import dotenv from 'dotenv'
@@ -24,130 +25,44 @@ let zx: typeof import('zx/core') | undefined
 let YAML: typeof YAMLModule
 
 // ---------------------------------------------------------------------------------------
-// Plugin contract (docs/plugins.md)
-
-export type Phase = 'verify' | 'setup' | 'build' | 'push' | 'deploy' | 'rollout'
-
-export interface ImageInfo {
-  kind: 'user' | 'hub'
-  dir: string
-  name: string
-  tag: string
-  spec: string
-  /** Set by the build phase: whether this run built it and pushed it. */
-  built?: boolean
-  pushed?: boolean
-}
-
-export interface Logger {
-  info(message: string): void
-  warn(message: string): void
-  error(message: string): void
-}
-
-export interface CommandResult {
-  stdout: string
-  stderr: string
-  exitCode: number
-}
-
-export interface RunOptions {
-  /** Return the output instead of streaming it (default: stream). */
-  capture?: boolean
-  /** Text fed to stdin (how secrets reach a command: never in argv). */
-  input?: string
-  cwd?: string
-  /** Do not throw on a non-zero exit; the caller looks at exitCode. */
-  nothrow?: boolean
-  /** Prefix for every relayed output line (used when commands run concurrently). */
-  prefix?: string
-  /** Kill the command after this long (a Go-style duration such as `90s`). */
-  timeout?: string
-  /** `announce` prints the original's `Executing ...` line; `probe` shows it only with --verbose. */
-  show?: 'announce' | 'probe' | 'silent'
-  /** Read-only commands also run under --dry-run; others are only printed. */
-  readOnly?: boolean
-}
-
-export type Runner = (tool: string, args: string[], options?: RunOptions) => Promise<CommandResult>
-
-export interface HookContext {
-  chart: string
-  phases: { setup: boolean; build: boolean; push: boolean; deploy: boolean }
-  config: Readonly<Config>
-  helmMajor: 2 | 3
-  images: ImageInfo[]
-  /** Full hash of the commit being deployed. */
-  commit: string
-  /** The chart's directory: hub-charts/<chart>, or monitoring. */
-  chartDir: string
-  dryRun: boolean
-  /** Milliseconds spent in each finished phase. */
-  timings: Partial<Record<Phase, number>>
-  log: Logger
-  run: Runner
-  /** Masks every registered secret (webhook URLs, tokens, passwords) as ***: apply it to text sent elsewhere. */
-  redact: (text: string) => string
-  /** deploy.ts's duration parser (`600`, `90s`, `10m`, `1h30m` → seconds; NaN otherwise), for plugins' own keys. */
-  parseDuration: (text: string) => number
-  /** Release revision after the deploy phase, read from helm's output. */
-  revision?: number
-  /** `fail` only: what went wrong (with the failed command and its last output lines when a command failed) and in which phase; `cancelled` on SIGINT/SIGTERM. */
-  error?: Error & { command?: string; output?: string }
-  failedPhase?: Phase
-  reason?: 'failed' | 'cancelled'
-}
-
-type MaybePromise<T> = T | Promise<T>
-type Hook = (ctx: HookContext) => MaybePromise<void>
-
-/**
- * A plugin: the default export of plugins/<name>.ts. Every hook is optional and receives
- * the run's context. Hooks up to `afterRollout` are blocking, each bounded by HOOK_TIMEOUT:
- * a throw stops the run (exit 3 from `verify` or for an error with `exitCode: 3`, 1
- * otherwise) and the `fail` hooks run. `success` and `fail` are best effort: bounded by
- * 10 s, their errors logged, the exit status unchanged.
- */
-export interface Plugin {
-  name: string
-  verify?: Hook
-  beforeSetup?: Hook
-  afterSetup?: Hook
-  beforeBuild?: Hook
-  afterBuild?: Hook
-  beforePush?: Hook
-  afterPush?: Hook
-  /** May return extra arguments for `helm upgrade` (e.g. `--description`). */
-  beforeDeploy?: (ctx: HookContext) => MaybePromise<void | { helmArgs?: string[] }>
-  afterDeploy?: Hook
-  afterRollout?: Hook
-  success?: Hook
-  fail?: Hook
-}
-
-export const HOOKS = [
-  'verify', 'beforeSetup', 'afterSetup', 'beforeBuild', 'afterBuild', 'beforePush',
-  'afterPush', 'beforeDeploy', 'afterDeploy', 'afterRollout', 'success', 'fail',
-] as const
-export type HookName = (typeof HOOKS)[number]
-
-// ---------------------------------------------------------------------------------------
 // Errors and exit codes
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, refused: 3, sigint: 130, sigterm: 143 } as const
 
+export type Phase = 'verify' | 'setup' | 'build' | 'push' | 'deploy' | 'rollout'
+
+interface DeployErrorDetails {
+  /** The phase the run was in, when it is not the one the run recorded (a hook's). */
+  phase?: Phase
+  /** The failed command (redacted) and the last lines of its output, when a command failed. */
+  command?: string
+  output?: string
+}
+
 /** An error with the exit code it ends the run with; its message is one line. */
 export class DeployError extends Error {
-  /** The failed command (redacted) and the last lines of its output, when a command failed. */
+  phase?: Phase
   command?: string
   output?: string
   /** Already printed by the chart's run. */
   reported?: boolean
-  constructor(message: string, readonly exitCode: number = EXIT.failed) {
+  constructor(message: string, readonly exitCode: number = EXIT.failed, details: DeployErrorDetails = {}) {
     super(message)
+    Object.assign(this, details)
   }
 }
+
+/** A plugin's refusal (exit 3): thrown by `ctx.refuse(message)`, or by a plugin itself. */
+export class RefusedError extends DeployError {
+  constructor(message: string) {
+    super(message, EXIT.refused)
+  }
+}
+
 const usageError = (message: string) => new DeployError(message, EXIT.usage)
+
+/** A refusal: a RefusedError, or the older form, any error with `exitCode: 3`. */
+const isRefusal = (e: unknown) => e instanceof RefusedError || (e as { exitCode?: unknown })?.exitCode === EXIT.refused
 
 // ---------------------------------------------------------------------------------------
 // Configuration: .env, then the environment (which wins); defaults are the original's values.
@@ -237,23 +152,232 @@ export function loadConfig(envFile: string | undefined, environment = process.en
 }
 
 // ---------------------------------------------------------------------------------------
-// Logging: every line we print or relay passes through redact().
+// Plugin contract (docs/plugins.md) and the table of hook steps
 
-const secrets = new Set<string>()
-
-/** Registers a secret value: from now on it is printed as ***. */
-export function addSecret(value: string | undefined) {
-  const v = value?.trim()
-  if (!v || v.length < 4) return
-  secrets.add(v)
-  // Multi-line secrets (private keys) may be relayed line by line.
-  for (const line of v.split(/\\n|\n/)) if (line.trim().length >= 16) secrets.add(line.trim())
+export interface ImageInfo {
+  kind: 'user' | 'hub'
+  dir: string
+  name: string
+  tag: string
+  spec: string
+  /** Set by the build phase: whether this run built it and pushed it. */
+  built?: boolean
+  pushed?: boolean
 }
 
-export function redact(text: string): string {
-  let out = text
-  for (const s of [...secrets].sort((a, b) => b.length - a.length)) out = out.split(s).join('***')
-  return out
+export interface Logger {
+  info(message: string): void
+  warn(message: string): void
+  error(message: string): void
+}
+
+export interface CommandResult {
+  stdout: string
+  stderr: string
+  exitCode: number
+}
+
+export interface ExecOptions {
+  /** Return the output instead of streaming it (default: stream). */
+  capture?: boolean
+  /** Text fed to stdin (how secrets reach a command: never in argv). */
+  input?: string
+  cwd?: string
+  /** Do not throw on a non-zero exit; the caller looks at exitCode. */
+  nothrow?: boolean
+  /** Prefix for every relayed output line (used when commands run concurrently). */
+  prefix?: string
+  /** Kill the command after this long (a Go-style duration such as `90s`). */
+  timeout?: string
+  /** `announce` prints the original's `Executing ...` line; `probe` shows it only with --verbose. */
+  show?: 'announce' | 'probe' | 'silent'
+  /** Read-only commands also run under --dry-run; others are only printed. */
+  readOnly?: boolean
+}
+
+/** Runs one command: the only way deploy.ts and its plugins start a process. */
+export type Exec = (tool: string, args: string[], options?: ExecOptions) => Promise<CommandResult>
+
+export interface Phases {
+  setup: boolean
+  build: boolean
+  push: boolean
+  deploy: boolean
+}
+
+export interface ReleaseRevision {
+  revision: number
+  /** Lower case with dashes (`deployed`, `pending-upgrade`) whatever the Helm version printed. */
+  status: string
+  description?: string
+  chart?: string
+  app_version?: string
+}
+
+/** What differs between Helm 2 and Helm 3, in one place: flags, output formats, commands. */
+export interface Helm {
+  readonly major: 2 | 3
+  /** Whether a release can be left pending-* and repaired by deploy.ts (--recover). */
+  readonly tracksPending: boolean
+  upgradeArgs(release: string, chartDir: string, timeoutSeconds: number, extra: string[]): string[]
+  statusArgs(release: string): string[]
+  /** `helm rollback` to `revision`, or, with none deployed, uninstall. */
+  repairArgs(release: string, revision: number | undefined, timeoutSeconds: number): string[]
+  /** The release's revisions, oldest first, or why helm could not list them. */
+  history(release: string): Promise<{ revisions: ReleaseRevision[] } | { error: string }>
+  /** The revision `helm upgrade` printed. */
+  revision(upgradeOutput: string): number | undefined
+  /** Whether a failed upgrade's output says another operation holds the release. */
+  isPendingRefusal(output: string): boolean
+}
+
+export interface HookContext {
+  chart: string
+  phases: Phases
+  config: Readonly<Config>
+  helmMajor: 2 | 3
+  /** Helm 2/3 flags and output formats (history, status, rollback) for plugins' own helm calls. */
+  helm: Helm
+  images: ImageInfo[]
+  /** Full hash of the commit being deployed. */
+  commit: string
+  /** The chart's directory: hub-charts/<chart>, or monitoring. */
+  chartDir: string
+  dryRun: boolean
+  /** Milliseconds spent in each finished phase. */
+  timings: Partial<Record<Phase, number>>
+  log: Logger
+  run: Exec
+  /** Aborted when the hook runs out of time and on SIGINT/SIGTERM: pass it to fetch and waits. */
+  signal: AbortSignal
+  /** Refuses the run (exit 3) with this one-line reason; never returns. */
+  refuse: (message: string) => never
+  /** Masks every registered secret (webhook URLs, tokens, passwords) as ***: apply it to text sent elsewhere. */
+  redact: (text: string) => string
+  /** deploy.ts's duration parser (`600`, `90s`, `10m`, `1h30m` → seconds; NaN otherwise), for plugins' own keys. */
+  parseDuration: (text: string) => number
+  /** Release revision after the deploy phase, read from helm's output. */
+  revision?: number
+  /** `fail` only: what went wrong (with the failed command and its last output lines when a command failed) and in which phase; `cancelled` on SIGINT/SIGTERM. */
+  error?: DeployError
+  failedPhase?: Phase
+  reason?: 'failed' | 'cancelled'
+}
+
+type MaybePromise<T> = T | Promise<T>
+type Hook = (ctx: HookContext) => MaybePromise<void>
+
+/**
+ * A plugin: the default export of plugins/<name>.ts. Every hook is optional and receives
+ * the run's context; HOOK_STEPS says when each is called and what a throw means.
+ */
+export interface Plugin {
+  name: string
+  verify?: Hook
+  beforeSetup?: Hook
+  afterSetup?: Hook
+  beforeBuild?: Hook
+  afterBuild?: Hook
+  beforePush?: Hook
+  afterPush?: Hook
+  /** May return extra arguments for `helm upgrade` (e.g. `--description`). */
+  beforeDeploy?: (ctx: HookContext) => MaybePromise<void | { helmArgs?: string[] }>
+  afterDeploy?: Hook
+  afterRollout?: Hook
+  success?: Hook
+  fail?: Hook
+}
+
+export const HOOKS = [
+  'verify', 'beforeSetup', 'afterSetup', 'beforeBuild', 'afterBuild', 'beforePush',
+  'afterPush', 'beforeDeploy', 'afterDeploy', 'afterRollout', 'success', 'fail',
+] as const
+export type HookName = (typeof HOOKS)[number]
+
+/** How long a best-effort hook may take, whatever HOOK_TIMEOUT says. */
+const BEST_EFFORT_SECONDS = 10
+
+/** One hook's contract. */
+interface HookStep {
+  /** The phase a failure of the hook is reported in (`failedPhase`). */
+  phase?: Phase
+  /** Blocking: a throw stops the run and the `fail` hooks run. Best effort: a throw is one warning. */
+  blocking: boolean
+  /** Seconds the hook may take: HOOK_TIMEOUT, or the best-effort bound. */
+  timeout: 'HOOK_TIMEOUT' | typeof BEST_EFFORT_SECONDS
+  /** Exit code of a blocking hook's throw, and of a refusal (`ctx.refuse`, RefusedError, `exitCode: 3`). */
+  throws?: number
+  refusal?: number
+  /** What the hook may return. */
+  returns?: 'helmArgs'
+}
+
+const blocking = (phase: Phase, throws: number = EXIT.failed): HookStep =>
+  ({ phase, blocking: true, timeout: 'HOOK_TIMEOUT', throws, refusal: EXIT.refused })
+const bestEffort: HookStep = { blocking: false, timeout: BEST_EFFORT_SECONDS }
+
+/** Every hook's step, in the order a run calls them (push hooks around each push). */
+export const HOOK_STEPS: Record<HookName, HookStep> = {
+  verify: blocking('verify', EXIT.refused),
+  beforeSetup: blocking('setup'),
+  afterSetup: blocking('setup'),
+  beforeBuild: blocking('build'),
+  afterBuild: blocking('build'),
+  beforePush: blocking('push'),
+  afterPush: blocking('push'),
+  beforeDeploy: { ...blocking('deploy'), returns: 'helmArgs' },
+  afterDeploy: blocking('deploy'),
+  afterRollout: blocking('rollout'),
+  success: bestEffort,
+  fail: bestEffort,
+}
+
+// ---------------------------------------------------------------------------------------
+// Secrets and logging: every line we print or relay passes through redact().
+
+/** The secret values of one invocation: each is printed as ***. */
+export class Secrets {
+  private readonly values = new Set<string>()
+
+  /** Registers a secret value: from now on it is printed as ***. */
+  add(value: string | undefined) {
+    const v = value?.trim()
+    if (!v || v.length < 4) return
+    this.values.add(v)
+    // Multi-line secrets (private keys) may be relayed line by line.
+    for (const line of v.split(/\\n|\n/)) if (line.trim().length >= 16) this.values.add(line.trim())
+  }
+
+  redact = (text: string): string => {
+    let out = text
+    for (const s of [...this.values].sort((a, b) => b.length - a.length)) out = out.split(s).join('***')
+    return out
+  }
+
+  /** Registers the values of .env and environment keys that name secrets. */
+  addFromEnv(env: Record<string, string | undefined>) {
+    for (const [key, value] of Object.entries(env)) if (SECRET_KEY.test(key)) this.add(value)
+  }
+
+  /** Registers every leaf of a secrets/<chart>.yaml. */
+  addLeaves(yamlText: string) {
+    const leaves = (v: unknown): string[] =>
+      v && typeof v === 'object' ? Object.values(v).flatMap(leaves) : v === null || v === undefined ? [] : [String(v)]
+    for (const leaf of leaves(YAML.parse(yamlText))) this.add(leaf)
+  }
+}
+
+/** Keys of .env and the environment whose values are secrets: webhook URLs, tokens, keys, passwords. */
+const SECRET_KEY = /(WEBHOOK_URL|TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CRYPT_KEY)$/i
+
+/** Reads a secret file, refusing one that git-crypt has not unlocked. */
+function readSecretFile(file: string, what: string): string {
+  if (!fs.existsSync(file)) throw usageError(`${file}: ${what} not found; create it or set the key that names it in .env`)
+  const bytes = fs.readFileSync(file)
+  if (bytes.subarray(0, 9).toString('latin1') === '\0GITCRYPT') {
+    throw usageError(`${file} is encrypted: run \`git-crypt unlock\` first`)
+  }
+  return bytes.toString('utf8')
 }
 
 const CI = {
@@ -268,12 +392,12 @@ const CI = {
  */
 export class Output implements Logger {
   private held: Array<['stdout' | 'stderr', string]> | undefined
-  constructor(readonly prefix = '', hold = false, readonly ciGroups = true) {
+  constructor(readonly secrets: Secrets, readonly prefix = '', hold = false, readonly ciGroups = true) {
     if (hold) this.held = []
   }
 
   write(stream: 'stdout' | 'stderr', text: string, prefix = '') {
-    const lines = redact(text).split('\n')
+    const lines = this.secrets.redact(text).split('\n')
     const last = lines.pop()
     const out = lines.map((l) => `${this.prefix}${prefix}${l}\n`).join('') + (last ? `${this.prefix}${prefix}${last}` : '')
     if (this.held) this.held.push([stream, out])
@@ -297,7 +421,7 @@ export class Output implements Logger {
   }
 
   live(text: string) {
-    process.stdout.write(redact(`${this.prefix}${text}\n`))
+    process.stdout.write(this.secrets.redact(`${this.prefix}${text}\n`))
   }
 
   /** Prints what was held, as one collapsible group in CI logs. */
@@ -317,10 +441,6 @@ function groupMarkers(edge: 'start' | 'end', id: string, title: string) {
   if (CI.github) process.stdout.write(edge === 'start' ? `::group::${title}\n` : '::endgroup::\n')
 }
 
-/** Messages that belong to no chart (bad input, the multi-chart summary). */
-const log = new Output()
-let verbose = false
-
 /** Prints a phase header, runs it, prints its duration; a collapsible group in CI logs. */
 async function inGroup<T>(out: Output, id: string, title: string, fn: () => Promise<T>): Promise<T> {
   const start = Date.now()
@@ -335,10 +455,39 @@ async function inGroup<T>(out: Output, id: string, title: string, fn: () => Prom
 }
 
 // ---------------------------------------------------------------------------------------
-// Command runner: the one place that starts processes.
+// The invocation: what one `deploy.ts ...` owns, from its secrets to its cancellation.
 
-/** Processes running now, so a signal can be passed on to them. */
-const running = new Set<ProcessPromise>()
+export class Invocation {
+  readonly secrets = new Secrets()
+  /** Messages that belong to no chart (bad input, the multi-chart summary). */
+  readonly log = new Output(this.secrets)
+  /** Aborted on SIGINT/SIGTERM: running commands are stopped, waits and hooks end. */
+  private readonly controller = new AbortController()
+  readonly signal = this.controller.signal
+  /** Whether read-only probes are announced (--verbose). */
+  verbose = false
+  /** The signal that cancelled the run. */
+  cancelled: NodeJS.Signals | undefined
+
+  cancel(signal: NodeJS.Signals) {
+    if (this.cancelled) return
+    this.cancelled = signal
+    this.log.error(`${signal} received: stopping`)
+    this.controller.abort(new DeployError(`cancelled by ${signal}`))
+  }
+
+  /** Cancels on SIGINT and SIGTERM until the returned function is called. */
+  trapSignals(): () => void {
+    const handlers = (['SIGINT', 'SIGTERM'] as const).map((signal) => [signal, () => this.cancel(signal)] as const)
+    for (const [signal, handler] of handlers) process.on(signal, handler)
+    return () => {
+      for (const [signal, handler] of handlers) process.off(signal, handler)
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Exec: the one place that starts processes.
 
 /** zx log sink: relays a child's output line by line (so redaction sees whole lines). */
 function relay(out: Output, prefix: string, onOutput: () => void) {
@@ -378,20 +527,48 @@ function heartbeat(out: Output, what: string, seconds: number) {
   return { reset: arm, stop: () => clearTimeout(timer) }
 }
 
+/**
+ * On cancellation, passes the signal on to the child, and kills it if it is still there
+ * 30 s later. The shell zx starts execs the tool, so the child's pid is the tool's; zx's
+ * own kill signals a process group, which under Deno takes this process down too.
+ */
+function stopOnCancel(invocation: Invocation, pid: number | undefined): () => void {
+  let timer: NodeJS.Timeout | undefined
+  const send = (sig: NodeJS.Signals) => {
+    try {
+      if (pid) process.kill(pid, sig)
+    } catch {
+      // Already gone.
+    }
+  }
+  const stop = () => {
+    send(invocation.cancelled ?? 'SIGTERM')
+    timer = setTimeout(() => send('SIGKILL'), 30_000).unref()
+  }
+  if (invocation.signal.aborted) stop()
+  else invocation.signal.addEventListener('abort', stop, { once: true })
+  return () => {
+    invocation.signal.removeEventListener('abort', stop)
+    clearTimeout(timer)
+  }
+}
+
 /** Last lines of a failed command's output, for the error message and notifications. */
 function tail(text: string, n = 5): string {
   return text.trim().split('\n').slice(-n).join('\n')
 }
 
-export interface RunnerOptions {
+export interface ExecSettings {
   env: NodeJS.ProcessEnv
   dryRun: boolean
   out: Output
   /** Silence after which a streamed command gets a heartbeat line; 0 turns them off. */
   heartbeatSeconds: number
+  invocation: Invocation
 }
 
-export function makeRunner({ env, dryRun, out, heartbeatSeconds }: RunnerOptions): Runner {
+export function makeExec({ env, dryRun, out, heartbeatSeconds, invocation }: ExecSettings): Exec {
+  const { redact } = invocation.secrets
   return async (tool, args, options = {}) => {
     const { capture = false, show = 'announce', prefix = '' } = options
     const line = `${tool} ${args.join(' ')}`
@@ -401,7 +578,8 @@ export function makeRunner({ env, dryRun, out, heartbeatSeconds }: RunnerOptions
       out.print(`+ ${line}${stdin}${where}`)
       return { stdout: '', stderr: '', exitCode: 0 }
     }
-    if (show === 'announce' || (show === 'probe' && verbose)) {
+    if (invocation.signal.aborted) throw invocation.signal.reason
+    if (show === 'announce' || (show === 'probe' && invocation.verbose)) {
       out.info(`${capture ? 'Executing and capturing' : 'Executing'} ${line}`)
     }
     const beat = heartbeat(out, `${prefix}${tool} ${args.slice(0, 2).join(' ')}`, capture ? 0 : heartbeatSeconds)
@@ -418,23 +596,26 @@ export function makeRunner({ env, dryRun, out, heartbeatSeconds }: RunnerOptions
       timeout: options.timeout as `${number}s`,
       log: relay(out, prefix, beat.reset) as never,
     })`${tool} ${args}`
-    running.add(p)
+    const release = stopOnCancel(invocation, p.pid)
     const done = await p.finally(() => {
-      running.delete(p)
+      release()
       beat.stop()
     })
     const result = { stdout: done.stdout, stderr: done.stderr, exitCode: done.exitCode ?? 1 }
-    if (result.exitCode !== 0 && !options.nothrow) {
-      const why = done.signal ? `was stopped by ${done.signal}${options.timeout ? ` (limit ${options.timeout})` : ''}` : `exited with ${result.exitCode}`
-      const detail = capture ? `: ${tail(done.stderr || done.stdout, 1)}` : ''
-      const shown = line.length > 100 ? `${line.slice(0, 99)}…` : line
-      throw Object.assign(new DeployError(redact(`${shown} ${why}${detail}`)), {
-        command: redact(line),
-        output: redact(tail(done.stdout + done.stderr, 20)),
-      })
-    }
+    if (result.exitCode !== 0 && !options.nothrow) throw commandError(line, { ...result, signal: done.signal }, options, redact)
     return result
   }
+}
+
+/** A failed command as one line (what, how it ended, with captured output its last line), plus its output's tail. */
+function commandError(line: string, done: CommandResult & { signal: NodeJS.Signals | null }, options: ExecOptions, redact: Secrets['redact']): DeployError {
+  const why = done.signal ? `was stopped by ${done.signal}${options.timeout ? ` (limit ${options.timeout})` : ''}` : `exited with ${done.exitCode}`
+  const detail = options.capture ? `: ${tail(done.stderr || done.stdout, 1)}` : ''
+  const shown = line.length > 100 ? `${line.slice(0, 99)}…` : line
+  return new DeployError(redact(`${shown} ${why}${detail}`), EXIT.failed, {
+    command: redact(line),
+    output: redact(tail(done.stdout + done.stderr, 20)),
+  })
 }
 
 /** Whether `tool` is an executable in one of the PATH directories. */
@@ -458,6 +639,62 @@ const INSTALL_HINTS: Record<string, string> = {
 }
 
 // ---------------------------------------------------------------------------------------
+// Helm adapter: Helm 2 and Helm 3 as data and two small formats, not branches.
+
+/** Helm 2 keeps releases in tiller and takes no --namespace for them; its statuses are upper case. */
+export function makeHelm(major: 2 | 3, exec: Exec): Helm {
+  const ns = (release: string) => (major === 2 ? [] : ['--namespace', release])
+  return {
+    major,
+    tracksPending: major === 3,
+    upgradeArgs(release, chartDir, timeoutSeconds, extra) {
+      const common = ['upgrade', '--install', '--namespace', release, release, chartDir]
+      const secretsFile = ['-f', `secrets/${release}.yaml`]
+      return major === 2
+        ? [...common, '--force', '--wait', '--timeout', String(timeoutSeconds), '--cleanup-on-fail', ...secretsFile, ...extra]
+        : [...common, '--wait', '--timeout', `${timeoutSeconds}s`, '--cleanup-on-fail', '--create-namespace', ...secretsFile, ...extra]
+    },
+    statusArgs: (release) => ['status', release, ...ns(release)],
+    repairArgs(release, revision, timeoutSeconds) {
+      return revision === undefined
+        ? ['uninstall', release, ...ns(release)]
+        : ['rollback', release, String(revision), ...ns(release), '--wait', '--timeout', `${timeoutSeconds}s`]
+    },
+    async history(release) {
+      const args = ['history', release, ...ns(release), '-o', 'json']
+      const r = await exec('helm', args, { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: '60s' })
+      if (r.exitCode !== 0) {
+        const why = (r.stderr || r.stdout).trim().split('\n').at(-1) || `exit ${r.exitCode}`
+        return { error: `could not read the history of ${release} (${why})` }
+      }
+      let list: unknown
+      try {
+        list = JSON.parse(r.stdout || '[]')
+      } catch {
+        list = undefined
+      }
+      if (!Array.isArray(list)) return { error: `\`helm ${args.join(' ')}\` did not print a JSON list` }
+      const revisions = (list as ReleaseRevision[]).map((r) => ({ ...r, revision: Number(r.revision), status: String(r.status).toLowerCase().replace(/_/g, '-') }))
+      return { revisions: revisions.sort((a, b) => a.revision - b.revision) }
+    },
+    revision: (output) => {
+      const found = /^REVISION: (\d+)$/m.exec(output)?.[1]
+      return found ? Number(found) : undefined
+    },
+    // How helm 3 refuses to upgrade a release that is pending-install/upgrade/rollback.
+    isPendingRefusal: (output) => major === 3 && /another operation \(install\/upgrade\/rollback\) is in progress/.test(output),
+  }
+}
+
+/** Helm's major version from the client alone (Helm 2 would ask tiller without --client). */
+async function helmMajorVersion(exec: Exec, env: NodeJS.ProcessEnv): Promise<2 | 3 | undefined> {
+  if (!onPath('helm', env)) return undefined
+  const r = await exec('helm', ['version', '--client', '--short'], { capture: true, nothrow: true, show: 'probe', readOnly: true })
+  const major = /v(\d+)\./.exec(r.stdout)?.[1]
+  return major === '2' ? 2 : major === '3' ? 3 : undefined
+}
+
+// ---------------------------------------------------------------------------------------
 // Git: image tags and the commit range
 
 /**
@@ -465,12 +702,12 @@ const INSTALL_HINTS: Record<string, string> = {
  * first, from one `git log` for all dirs: element n-1 is the original's
  * last_git_modified(dir, n) (`git log -n n --pretty=format:%h dir`, last line).
  */
-export async function gitModified(run: Runner, dirs: string[]): Promise<Map<string, string[]>> {
+export async function gitModified(exec: Exec, dirs: string[]): Promise<Map<string, string[]>> {
   const found = new Map(dirs.map((dir) => [dir, [] as string[]]))
   if (dirs.length === 0) return found
   // --cc: a merge git lists (one that differs from every parent) names the files it resolved.
   const args = ['log', '--pretty=format:%x00%h', '--name-only', '--cc', '--', ...dirs]
-  const { stdout } = await run('git', args, { capture: true, show: 'silent', readOnly: true })
+  const { stdout } = await exec('git', args, { capture: true, show: 'silent', readOnly: true })
   for (const commit of stdout.split('\0').slice(1)) {
     const [hash, ...files] = commit.split('\n').filter(Boolean)
     for (const [dir, hashes] of found) {
@@ -494,29 +731,212 @@ function commitRange(env: NodeJS.ProcessEnv): string | undefined {
   return undefined
 }
 
+/**
+ * The files `range` changed (below `paths`, if given); undefined, after a warning ending
+ * in `fallback`, when git cannot read the range (a force push or a first build).
+ */
+async function changedFiles(exec: Exec, out: Output, range: string, fallback: string, paths: string[] = []): Promise<string[] | undefined> {
+  const only = paths.length ? ['--', ...paths] : []
+  const diff = await exec('git', ['diff', '--name-only', range, ...only], { capture: true, nothrow: true, show: 'silent', readOnly: true })
+  if (diff.exitCode === 0) return diff.stdout.split('\n').filter(Boolean)
+  out.warn(`commit range ${range} is not valid here (force push or first build?): ${fallback}`)
+  return undefined
+}
+
 /** The dirs the commit range touched; a range git cannot read touched them all. */
-async function touchedDirs(run: Run, range: string, dirs: string[]): Promise<Set<string>> {
-  const diff = await run.run('git', ['diff', '--name-only', range, '--', ...dirs], { capture: true, nothrow: true, show: 'silent', readOnly: true })
-  if (diff.exitCode !== 0) {
-    run.out.warn(`commit range ${range} is not valid here (force push or first build?): treating ${dirs.join(', ')} as changed`)
-    return new Set(dirs)
-  }
-  const files = diff.stdout.split('\n')
+async function touchedDirs(exec: Exec, out: Output, range: string, dirs: string[]): Promise<Set<string>> {
+  const files = await changedFiles(exec, out, range, `treating ${dirs.join(', ')} as changed`, dirs)
+  if (!files) return new Set(dirs)
   return new Set(dirs.filter((dir) => files.some((f) => f.startsWith(`${dir}/`))))
+}
+
+/** Charts whose files the commit range changed; deploy.ts, plugins/ or package.json mean all. */
+async function changedCharts(exec: Exec, out: Output, range: string, charts: string[]): Promise<string[]> {
+  const files = await changedFiles(exec, out, range, 'every chart counts as changed')
+  if (!files) return charts
+  const changed = new Set<string>()
+  for (const file of files) {
+    if (file === 'deploy.ts' || file.startsWith('plugins/') || file === 'package.json' || file === 'package-lock.json') return charts
+    const hub = /^(?:hub-charts|user-images|hub-images)\/([^/]+)\//.exec(file)?.[1] ?? /^secrets\/([^/]+)\.yaml$/.exec(file)?.[1]
+    if (hub) changed.add(hub)
+    if (file.startsWith('monitoring/')) changed.add('monitoring')
+  }
+  return charts.filter((c) => changed.has(c))
+}
+
+// ---------------------------------------------------------------------------------------
+// Plan and state of a chart's run
+
+/** What the command line asks of every chart. */
+interface Request {
+  readonly phases: Readonly<Phases>
+  readonly config: Config
+  readonly dryRun: boolean
+  readonly recover: boolean
+  readonly plugins: readonly Plugin[]
+}
+
+/** What every chart of one invocation shares, checked once by preflight. */
+interface RepositoryFacts {
+  readonly commit: string
+  readonly helmMajor: 2 | 3
+  readonly dockerPassword?: string
+}
+
+/** One chart's run as preflight fixed it: read-only from then on. */
+interface ChartPlan extends Request, RepositoryFacts {
+  readonly chart: string
+  readonly chartDir: string
+  /** The build phase marks each image built and pushed. */
+  readonly images: readonly ImageInfo[]
+  /** Each image dir's last five commits, newest first (tags and cache candidates). */
+  readonly history: ReadonlyMap<string, string[]>
+}
+
+/** What changes while a chart's run goes on. */
+interface ChartState {
+  phase?: Phase
+  timings: Partial<Record<Phase, number>>
+  revision?: number
+  privateDir?: string
+  /** How the run ended, for the multi-chart summary. */
+  result?: 'ok' | 'failed' | 'skipped'
+  error?: DeployError
+  seconds?: number
+}
+
+/** Where a chart's run writes and what it runs commands with. */
+interface Tools {
+  readonly exec: Exec
+  readonly out: Output
+  /** The children's environment: setup points it at the run's private config directory. */
+  readonly env: NodeJS.ProcessEnv
+  readonly invocation: Invocation
+}
+
+interface ChartRun extends Tools {
+  readonly plan: ChartPlan
+  readonly state: ChartState
+  readonly helm: Helm
+}
+
+function chartDir(chart: string): string {
+  return chart === 'monitoring' ? 'monitoring' : `hub-charts/${chart}`
+}
+
+// ---------------------------------------------------------------------------------------
+// Preflight: bad input stops here with exit 2, before any command with an effect runs.
+
+/** Every chart the repository has: hub-charts/<name>/ with a Chart.yaml, and monitoring. */
+function discoverCharts(): string[] {
+  const hubs = fs.existsSync('hub-charts')
+    ? fs.readdirSync('hub-charts').filter((d) => fs.existsSync(`hub-charts/${d}/Chart.yaml`)).sort()
+    : []
+  return fs.existsSync('monitoring/Chart.yaml') ? [...hubs, 'monitoring'] : hubs
+}
+
+function checkChartYaml(chart: string) {
+  const file = `${chartDir(chart)}/Chart.yaml`
+  let doc: { name?: unknown; version?: unknown } | undefined
+  try {
+    doc = YAML.parse(fs.readFileSync(file, 'utf8'))
+  } catch (e) {
+    throw usageError(`${file}: not valid YAML (${String((e as Error).message).split('\n')[0]}); fix the chart`)
+  }
+  if (!doc || typeof doc !== 'object' || !doc.name || !doc.version) {
+    throw usageError(`${file}: needs at least a name and a version; fix the chart`)
+  }
+}
+
+/** Reads a secret file the run needs; a dry run notes a missing or locked one and goes on. */
+function secretFileFor(request: Request, out: Output, file: string, what: string): string | undefined {
+  try {
+    return readSecretFile(file, what)
+  } catch (e) {
+    if (!request.dryRun) throw e
+    out.print(`# ${(e as Error).message} (a real run stops here, exit 2)`)
+    return undefined
+  }
+}
+
+/** The git repository and its commit; a shallow clone would give wrong image tags. */
+async function checkGit(request: Request, { exec, env }: Tools): Promise<string> {
+  if (!onPath('git', env)) throw usageError(`git not found on PATH: ${INSTALL_HINTS.git}`)
+  const rev = await exec('git', ['rev-parse', '--is-shallow-repository', 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true })
+  if (rev.exitCode !== 0) throw usageError(`${process.cwd()} is not a git repository with commits: run deploy.ts from the root of the ops repository`)
+  const [shallow, commit] = rev.stdout.trim().split('\n')
+  if (shallow === 'true' && (request.phases.build || request.phases.deploy)) {
+    throw usageError('this is a shallow clone, so image tags would be wrong: run `git fetch --unshallow` (in CI, clone with full depth)')
+  }
+  return commit
+}
+
+/** Setup's files: the service account key and the Docker password, both registered as secrets. */
+function setupSecrets(request: Request, { out, invocation }: Tools): string | undefined {
+  const key = secretFileFor(request, out, request.config.GCLOUD_KEY_FILE, 'GCLOUD_KEY_FILE (the service account key)')
+  try {
+    invocation.secrets.add(JSON.parse(key ?? '{}').private_key)
+  } catch {
+    // A key file gcloud cannot read fails in gcloud, with its own message.
+  }
+  const password = secretFileFor(request, out, request.config.DOCKER_PASSWORD_FILE, 'DOCKER_PASSWORD_FILE (the Docker Hub password)')?.trim()
+  invocation.secrets.add(password)
+  return password
+}
+
+/** Every tool the run's phases need is on PATH (a dry run needs none). */
+function checkTools({ phases }: Request, env: NodeJS.ProcessEnv) {
+  const needed = new Set<string>()
+  if (phases.setup) ['gcloud', 'kubectl', 'helm', 'docker'].forEach((t) => needed.add(t))
+  if (phases.build) needed.add('docker')
+  if (phases.deploy) ['helm', 'kubectl'].forEach((t) => needed.add(t))
+  for (const tool of needed) if (!onPath(tool, env)) throw usageError(`${tool} not found on PATH: ${INSTALL_HINTS[tool]}`)
+}
+
+/** Checks that hold for the whole invocation: git and the repository, setup's files, the tools, Helm's version. */
+async function checkRepository(request: Request, tools: Tools): Promise<RepositoryFacts> {
+  YAML ??= (await import('yaml')).default
+  const commit = await checkGit(request, tools)
+  const dockerPassword = request.phases.setup ? setupSecrets(request, tools) : undefined
+  tools.invocation.secrets.addFromEnv(request.config.env)
+  if (!request.dryRun) checkTools(request, tools.env)
+  const major = await helmMajorVersion(tools.exec, tools.env)
+  if (!major) {
+    if (request.dryRun) tools.out.print('# helm not found: planning for Helm 3')
+    else if (request.phases.setup || request.phases.deploy) throw usageError('could not tell the Helm version from `helm version`: install Helm 2 or 3')
+  }
+  return { commit, helmMajor: major ?? 3, dockerPassword }
+}
+
+/** The chart's own checks (its Chart.yaml, its secret values, its image tags), giving its plan. */
+async function planChart(chart: string, request: Request, facts: RepositoryFacts, tools: Tools): Promise<ChartPlan> {
+  checkChartYaml(chart)
+  if (request.phases.deploy) {
+    const values = secretFileFor(request, tools.out, `secrets/${chart}.yaml`, 'the chart\'s secret values file')
+    if (values) tools.invocation.secrets.addLeaves(values)
+  }
+  const needsImages = request.phases.build || request.phases.deploy
+  const { images, history } = needsImages ? await chartImages(tools.exec, chart, request.config) : { images: [], history: new Map() }
+  return { ...request, ...facts, chart, chartDir: chartDir(chart), images, history }
+}
+
+/** The images a chart has (its user image and hub image, when their dirs exist) and their dirs' history. */
+async function chartImages(exec: Exec, chart: string, config: Config) {
+  const kinds = [['user', 'user-images', config.USER_IMAGE_PREFIX], ['hub', 'hub-images', config.HUB_IMAGE_PREFIX]] as const
+  const present = kinds.filter(([, root]) => fs.existsSync(`${root}/${chart}`))
+  const history = await gitModified(exec, present.map(([, root]) => `${root}/${chart}`))
+  const images = present.map(([kind, root, prefix]): ImageInfo => {
+    const dir = `${root}/${chart}`
+    const tag = history.get(dir)![0]
+    if (!tag) throw usageError(`${dir} has no commits: commit it before building or deploying`)
+    const name = `${prefix}${chart}`
+    return { kind, dir, name, tag, spec: `${name}:${tag}` }
+  })
+  return { images, history }
 }
 
 // ---------------------------------------------------------------------------------------
 // Setup: credentials for gcloud, kubectl, helm and docker, in a private per-run directory.
-
-/** Reads a secret file, refusing one that git-crypt has not unlocked. */
-function readSecretFile(file: string, what: string): string {
-  if (!fs.existsSync(file)) throw usageError(`${file}: ${what} not found; create it or set the key that names it in .env`)
-  const bytes = fs.readFileSync(file)
-  if (bytes.subarray(0, 9).toString('latin1') === '\0GITCRYPT') {
-    throw usageError(`${file} is encrypted: run \`git-crypt unlock\` first`)
-  }
-  return bytes.toString('utf8')
-}
 
 /** Points kubectl, helm, gcloud and docker at a fresh private directory for this run. */
 function privateConfigDir(env: NodeJS.ProcessEnv): string {
@@ -535,39 +955,25 @@ function privateConfigDir(env: NodeJS.ProcessEnv): string {
   return dir
 }
 
-async function setup(run: Run) {
-  const { config, env, helmMajor } = run
-  const keyFile = config.GCLOUD_KEY_FILE
-  const password = run.dockerPassword ?? ''
-  run.privateDir = privateConfigDir(env)
+async function setup({ plan, state, exec, env, helm }: ChartRun) {
+  const { config } = plan
+  state.privateDir = privateConfigDir(env)
   const quietly = { show: 'silent', timeout: '5m' } as const
-  await run.run('gcloud', ['auth', 'activate-service-account', `--key-file=${keyFile}`], { ...quietly, capture: true })
-  await run.run('gcloud', ['container', 'clusters', 'get-credentials', config.GKE_CLUSTER, `--zone=${config.GKE_ZONE}`, `--project=${config.GCP_PROJECT}`], quietly)
-  if (helmMajor === 2) {
-    await run.run('helm', ['init', '--upgrade'], quietly)
-    await run.run('kubectl', ['rollout', 'status', '--namespace', 'kube-system', '--watch', 'deployment', 'tiller-deploy'], quietly)
-  }
+  await exec('gcloud', ['auth', 'activate-service-account', `--key-file=${config.GCLOUD_KEY_FILE}`], { ...quietly, capture: true })
+  await exec('gcloud', ['container', 'clusters', 'get-credentials', config.GKE_CLUSTER, `--zone=${config.GKE_ZONE}`, `--project=${config.GCP_PROJECT}`], quietly)
+  for (const [tool, ...args] of helm.major === 2 ? TILLER_SETUP : []) await exec(tool, args, quietly)
   const server = config.DOCKER_REGISTRY ? [config.DOCKER_REGISTRY] : []
-  await run.run('docker', ['login', '-u', config.DOCKER_USERNAME, '--password-stdin', ...server], { ...quietly, capture: true, input: password })
+  await exec('docker', ['login', '-u', config.DOCKER_USERNAME, '--password-stdin', ...server], { ...quietly, capture: true, input: plan.dockerPassword ?? '' })
 }
+
+/** Helm 2 only: install or upgrade tiller, then wait for it. */
+const TILLER_SETUP = [
+  ['helm', 'init', '--upgrade'],
+  ['kubectl', 'rollout', 'status', '--namespace', 'kube-system', '--watch', 'deployment', 'tiller-deploy'],
+]
 
 // ---------------------------------------------------------------------------------------
 // Build and push
-
-/** The images a chart has: its user image and hub image, when their dirs exist. */
-async function chartImages(run: Run): Promise<ImageInfo[]> {
-  const { chart, config } = run
-  const kinds = [['user', 'user-images', config.USER_IMAGE_PREFIX], ['hub', 'hub-images', config.HUB_IMAGE_PREFIX]] as const
-  const present = kinds.filter(([, root]) => fs.existsSync(`${root}/${chart}`))
-  run.history = await gitModified(run.run, present.map(([, root]) => `${root}/${chart}`))
-  return present.map(([kind, root, prefix]) => {
-    const dir = `${root}/${chart}`
-    const tag = run.history.get(dir)![0]
-    if (!tag) throw usageError(`${dir} has no commits: commit it before building or deploying`)
-    const name = `${prefix}${chart}`
-    return { kind, dir, name, tag, spec: `${name}:${tag}` }
-  })
-}
 
 /** A registry on this machine speaks plain HTTP; docker manifest needs --insecure for it. */
 function insecureFlag(name: string): string[] {
@@ -575,109 +981,94 @@ function insecureFlag(name: string): string[] {
 }
 
 /** Whether the registry has `spec`, asked without pulling it; a registry that cannot be asked says no. */
-async function imageExists(run: Run, name: string, tag: string): Promise<boolean> {
-  const r = await run.run('docker', ['manifest', 'inspect', ...insecureFlag(name), `${name}:${tag}`], { capture: true, nothrow: true, show: 'probe', readOnly: false, timeout: '60s' })
+async function imageExists({ exec, out }: ChartRun, name: string, tag: string): Promise<boolean> {
+  const r = await exec('docker', ['manifest', 'inspect', ...insecureFlag(name), `${name}:${tag}`], { capture: true, nothrow: true, show: 'probe', readOnly: false, timeout: '60s' })
   if (r.exitCode !== 0 && !/no such manifest|manifest unknown|not found/i.test(r.stderr)) {
-    run.out.warn(`could not ask the registry about ${name}:${tag} (${tail(r.stderr, 1)}): treating it as missing`)
+    out.warn(`could not ask the registry about ${name}:${tag} (${tail(r.stderr, 1)}): treating it as missing`)
   }
   return r.exitCode === 0
 }
 
-async function needsRebuild(run: Run, image: ImageInfo, touched: Set<string> | undefined): Promise<boolean> {
+async function needsRebuild(r: ChartRun, image: ImageInfo, touched: Set<string> | undefined): Promise<boolean> {
   if (touched?.has(image.dir)) return true
-  if (run.dryRun) {
-    run.out.print(`# ${image.spec}: built only if the registry lacks it`)
-    await imageExists(run, image.name, image.tag)
+  if (r.plan.dryRun) {
+    r.out.print(`# ${image.spec}: built only if the registry lacks it`)
+    await imageExists(r, image.name, image.tag)
     return true
   }
-  if (await imageExists(run, image.name, image.tag)) return false
-  run.out.info(`${image.spec} is not in the registry: building it`)
+  if (await imageExists(r, image.name, image.tag)) return false
+  r.out.info(`${image.spec} is not in the registry: building it`)
   return true
 }
 
 /** BuildKit reads --cache-from straight from the registry when images carry inline cache. */
-function buildKit(run: Run): boolean {
-  return run.env.DOCKER_BUILDKIT === '1'
+function buildKit(r: ChartRun): boolean {
+  return r.env.DOCKER_BUILDKIT === '1'
 }
 
 /**
  * The newest of the dir's last five tags that the registry has, for --cache-from: pulled
  * for the legacy builder (which ignores an image it does not have), not for BuildKit.
  */
-async function findCacheImage(run: Run, image: ImageInfo): Promise<string | undefined> {
-  const candidates = run.history.get(image.dir) ?? []
+async function findCacheImage(r: ChartRun, image: ImageInfo): Promise<string | undefined> {
+  const candidates = r.plan.history.get(image.dir) ?? []
   // All lookups at once: each costs a registry round trip, whatever the image's size.
-  const found = run.dryRun ? candidates.map(() => true) : await Promise.all(candidates.map((tag) => imageExists(run, image.name, tag)))
+  const found = r.plan.dryRun ? candidates.map(() => true) : await Promise.all(candidates.map((tag) => imageExists(r, image.name, tag)))
   const tag = candidates[found.indexOf(true)]
   if (!tag) return undefined
   const spec = `${image.name}:${tag}`
-  if (buildKit(run)) return spec
-  const pull = await run.run('docker', ['pull', spec], { nothrow: true, timeout: `${run.config.buildTimeoutSeconds}s` })
+  if (buildKit(r)) return spec
+  const pull = await r.exec('docker', ['pull', spec], { nothrow: true, timeout: `${r.plan.config.buildTimeoutSeconds}s` })
   if (pull.exitCode === 0) return spec
-  run.out.warn(`could not pull ${spec}: building without a cache`)
+  r.out.warn(`could not pull ${spec}: building without a cache`)
   return undefined
 }
 
-async function buildImage(run: Run, image: ImageInfo, touched: Set<string> | undefined) {
+/** Fires the push hooks around each push. */
+type FireHook = (hook: 'beforePush' | 'afterPush') => Promise<unknown>
+
+async function buildImage(r: ChartRun, image: ImageInfo, touched: Set<string> | undefined, fire: FireHook) {
   const label = image.kind === 'hub' ? 'hub image' : 'image'
-  if (!(await needsRebuild(run, image, touched))) {
-    run.out.print(`Do not need to rebuild ${label}, using ${image.spec}`)
+  if (!(await needsRebuild(r, image, touched))) {
+    r.out.print(`Do not need to rebuild ${label}, using ${image.spec}`)
     return
   }
-  const cache = await findCacheImage(run, image)
+  const cache = await findCacheImage(r, image)
   const cacheArgs = cache ? ['--cache-from', cache] : []
-  const inlineCache = buildKit(run) ? ['--build-arg', 'BUILDKIT_INLINE_CACHE=1'] : []
-  await run.run('docker', ['build', ...cacheArgs, ...inlineCache, '-t', image.spec, image.dir], { timeout: `${run.config.buildTimeoutSeconds}s` })
+  const inlineCache = buildKit(r) ? ['--build-arg', 'BUILDKIT_INLINE_CACHE=1'] : []
+  await r.exec('docker', ['build', ...cacheArgs, ...inlineCache, '-t', image.spec, image.dir], { timeout: `${r.plan.config.buildTimeoutSeconds}s` })
   image.built = true
-  if (run.phases.push) await pushImage(run, image)
-  run.out.print(`build completed for ${label} ${image.spec}`)
+  if (r.plan.phases.push) await pushImage(r, image, fire)
+  r.out.print(`build completed for ${label} ${image.spec}`)
 }
 
-async function pushImage(run: Run, image: ImageInfo) {
-  await runHooks(run, 'beforePush', 'push')
-  const pushed = await run.run('docker', ['push', image.spec], { nothrow: true, timeout: `${run.config.buildTimeoutSeconds}s` })
+async function pushImage(r: ChartRun, image: ImageInfo, fire: FireHook) {
+  await fire('beforePush')
+  const pushed = await r.exec('docker', ['push', image.spec], { nothrow: true, timeout: `${r.plan.config.buildTimeoutSeconds}s` })
   if (pushed.exitCode !== 0) {
     throw new DeployError(`docker push ${image.spec} failed (exit ${pushed.exitCode}): is the registry reachable and are you logged in?`)
   }
   image.pushed = true
-  await runHooks(run, 'afterPush', 'push')
+  await fire('afterPush')
 }
 
 /** The original's build_user_image and build_hub_image, in that order; push follows each build. */
-async function build(run: Run) {
-  const range = commitRange(run.env)
-  const touched = range && run.images.length ? await touchedDirs(run, range, run.images.map((i) => i.dir)) : undefined
-  for (const image of run.images) await buildImage(run, image, touched)
+async function build(r: ChartRun, fire: FireHook) {
+  const range = commitRange(r.env)
+  const dirs = r.plan.images.map((i) => i.dir)
+  const touched = range && dirs.length ? await touchedDirs(r.exec, r.out, range, dirs) : undefined
+  for (const image of r.plan.images) await buildImage(r, image, touched, fire)
 }
 
 // ---------------------------------------------------------------------------------------
 // Deploy
 
-function chartDir(chart: string): string {
-  return chart === 'monitoring' ? 'monitoring' : `hub-charts/${chart}`
-}
-
 /** The --set-string arguments that point the chart at this commit's images. */
-function imageArgs(run: Run): string[] {
-  return run.images.flatMap((image) => {
-    run.out.print(`Using ${image.spec} as ${image.kind} image for ${run.chart}`)
+function imageArgs({ plan, out }: ChartRun): string[] {
+  return plan.images.flatMap((image) => {
+    out.print(`Using ${image.spec} as ${image.kind} image for ${plan.chart}`)
     return ['--set-string', `jupyterhub.${image.kind === 'user' ? 'singleuser' : 'hub'}.image.tag=${image.tag}`]
   })
-}
-
-interface ReleaseRevision {
-  revision: number
-  status: string
-  description?: string
-  chart?: string
-  app_version?: string
-}
-
-/** The release's history (Helm 3), oldest first; empty when there is no such release. */
-async function releaseHistory(run: Runner, chart: string): Promise<ReleaseRevision[]> {
-  const r = await run('helm', ['history', chart, '--namespace', chart, '-o', 'json'], { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: '60s' })
-  if (r.exitCode !== 0) return []
-  return JSON.parse(r.stdout || '[]')
 }
 
 /**
@@ -685,89 +1076,79 @@ async function releaseHistory(run: Runner, chart: string): Promise<ReleaseRevisi
  * deployed revision (or uninstalled if it never deployed); otherwise an error naming the
  * state and the repair. Returns whether the release was pending.
  */
-async function handlePendingRelease(run: Run): Promise<boolean> {
-  const history = await releaseHistory(run.run, run.chart)
-  const last = history.at(-1)
+async function handlePendingRelease({ plan, exec, out, helm }: ChartRun): Promise<boolean> {
+  const { chart } = plan
+  const history = await helm.history(chart)
+  const revisions = 'revisions' in history ? history.revisions : []
+  const last = revisions.at(-1)
   if (!last || !last.status.startsWith('pending-')) return false
-  const deployed = [...history].reverse().find((r) => r.status === 'deployed' || r.status === 'superseded')
-  const ns = ['--namespace', run.chart]
-  const repair = deployed ? ['rollback', run.chart, String(deployed.revision), ...ns, '--wait', '--timeout', `${run.config.helmTimeoutSeconds}s`] : ['uninstall', run.chart, ...ns]
-  if (!run.recover) {
-    throw new DeployError(`release ${run.chart} is stuck in ${last.status} (revision ${last.revision}, an earlier run was interrupted): repair with \`helm ${repair.join(' ')}\` or rerun with --recover`)
+  const deployed = [...revisions].reverse().find((r) => r.status === 'deployed' || r.status === 'superseded')
+  const repair = helm.repairArgs(chart, deployed?.revision, plan.config.helmTimeoutSeconds)
+  if (!plan.recover) {
+    throw new DeployError(`release ${chart} is stuck in ${last.status} (revision ${last.revision}, an earlier run was interrupted): repair with \`helm ${repair.join(' ')}\` or rerun with --recover`)
   }
-  run.out.warn(`release ${run.chart} is stuck in ${last.status}: recovering with helm ${repair.join(' ')}`)
-  await run.run('helm', repair)
+  out.warn(`release ${chart} is stuck in ${last.status}: recovering with helm ${repair.join(' ')}`)
+  await exec('helm', repair)
   return true
 }
 
-/** How helm 3 refuses to upgrade a release that is pending-install/upgrade/rollback. */
-const PENDING = /another operation \(install\/upgrade\/rollback\) is in progress/
-
-function helmUpgradeArgs(run: Run, extra: string[]): string[] {
-  const { chart, config } = run
-  const common = ['upgrade', '--install', '--namespace', chart, chart, chartDir(chart)]
-  const secretsFile = ['-f', `secrets/${chart}.yaml`]
-  if (run.helmMajor === 2) {
-    return [...common, '--force', '--wait', '--timeout', String(config.helmTimeoutSeconds), '--cleanup-on-fail', ...secretsFile, ...extra]
-  }
-  return [...common, '--wait', '--timeout', `${config.helmTimeoutSeconds}s`, '--cleanup-on-fail', '--create-namespace', ...secretsFile, ...extra]
-}
-
-async function deploy(run: Run, pluginArgs: string[]) {
-  const extra = [...imageArgs(run), ...pluginArgs]
-  await run.run('helm', ['dep', 'up'], { cwd: chartDir(run.chart), timeout: '5m' })
-  if (run.recover && run.helmMajor === 3 && !run.dryRun) await handlePendingRelease(run)
+async function deploy(r: ChartRun, pluginArgs: string[]) {
+  const { plan, state, exec, helm } = r
+  const extra = [...imageArgs(r), ...pluginArgs]
+  await exec('helm', ['dep', 'up'], { cwd: plan.chartDir, timeout: '5m' })
+  if (plan.recover && helm.tracksPending && !plan.dryRun) await handlePendingRelease(r)
   // helm stops waiting at its own --timeout; ours is only a backstop.
-  const backstop = `${run.config.helmTimeoutSeconds + 120}s`
-  const upgrade = await run.run('helm', helmUpgradeArgs(run, extra), { timeout: backstop }).catch(async (e: DeployError) => {
+  const backstop = `${plan.config.helmTimeoutSeconds + 120}s`
+  const args = helm.upgradeArgs(plan.chart, plan.chartDir, plan.config.helmTimeoutSeconds, extra)
+  const upgrade = await exec('helm', args, { timeout: backstop }).catch(async (e: DeployError) => {
     // A pending release is refused by helm before it changes anything: name the state and the repair.
-    if (run.helmMajor === 3 && PENDING.test(e.output ?? '') && (await handlePendingRelease(run))) throw e
-    await printDiagnostics(run)
+    if (helm.isPendingRefusal(e.output ?? '') && (await handlePendingRelease(r))) throw e
+    await printDiagnostics(r)
     throw e
   })
-  const revision = /^REVISION: (\d+)$/m.exec(upgrade.stdout)?.[1]
-  if (revision) run.revision = Number(revision)
+  state.revision = helm.revision(upgrade.stdout) ?? state.revision
 }
 
 /** What the cluster says about the namespace, printed after a failed upgrade or rollout (not when cancelled). */
-async function printDiagnostics(run: Run) {
-  if (cancelled) return
-  const ns = run.chart
-  run.out.error(`diagnostics for namespace ${ns}:`)
+async function printDiagnostics({ plan, exec, out, helm, invocation }: ChartRun) {
+  if (invocation.cancelled) return
+  const ns = plan.chart
+  out.error(`diagnostics for namespace ${ns}:`)
   const opts = { nothrow: true, timeout: '60s' } as const
-  await run.run('kubectl', ['get', 'events', '--namespace', ns, '--sort-by=.lastTimestamp'], opts)
-  await run.run('kubectl', ['get', 'pods', '--namespace', ns], opts)
-  await run.run('helm', run.helmMajor === 2 ? ['status', ns] : ['status', ns, '--namespace', ns], opts)
+  await exec('kubectl', ['get', 'events', '--namespace', ns, '--sort-by=.lastTimestamp'], opts)
+  await exec('kubectl', ['get', 'pods', '--namespace', ns], opts)
+  await exec('helm', helm.statusArgs(ns), opts)
 }
 
 // ---------------------------------------------------------------------------------------
 // Rollout
 
-async function rollout(run: Run) {
-  const ns = run.chart
-  run.out.info('Waiting for all deployments to be up and running')
-  const list = await run.run('kubectl', ['--namespace', ns, 'get', 'deployments', '-o', 'name'], { capture: true, timeout: '2m' })
-  const timeout = `--timeout=${run.config.rolloutTimeoutSeconds}s`
-  if (run.dryRun) {
-    run.out.print(`+ kubectl rollout status --namespace ${ns} --watch <each deployment> ${timeout} (all at once)`)
+async function rollout({ plan, exec, out }: ChartRun) {
+  const ns = plan.chart
+  const { config } = plan
+  out.info('Waiting for all deployments to be up and running')
+  const list = await exec('kubectl', ['--namespace', ns, 'get', 'deployments', '-o', 'name'], { capture: true, timeout: '2m' })
+  const timeout = `--timeout=${config.rolloutTimeoutSeconds}s`
+  if (plan.dryRun) {
+    out.print(`+ kubectl rollout status --namespace ${ns} --watch <each deployment> ${timeout} (all at once)`)
     return
   }
   const deployments = list.stdout.split('\n').map((l) => l.trim()).filter(Boolean)
   if (deployments.length === 0) {
-    run.out.info(`no deployments in namespace ${ns}: nothing to wait for`)
+    out.info(`no deployments in namespace ${ns}: nothing to wait for`)
     return
   }
   const results = await Promise.allSettled(deployments.map((d) =>
-    run.run('kubectl', ['rollout', 'status', '--namespace', ns, '--watch', d, timeout], {
+    exec('kubectl', ['rollout', 'status', '--namespace', ns, '--watch', d, timeout], {
       prefix: `[${d.replace(/^.*\//, '')}] `,
-      timeout: `${run.config.rolloutTimeoutSeconds + 60}s`,
+      timeout: `${config.rolloutTimeoutSeconds + 60}s`,
     })))
   const failed = deployments.filter((_, i) => results[i].status === 'rejected')
-  if (failed.length) throw new DeployError(`rollout of ${failed.join(', ')} did not finish within ${run.config.ROLLOUT_TIMEOUT}`)
+  if (failed.length) throw new DeployError(`rollout of ${failed.join(', ')} did not finish within ${config.ROLLOUT_TIMEOUT}`)
 }
 
 // ---------------------------------------------------------------------------------------
-// Plugins
+// Plugins and the hook runner
 
 /** Loads `--plugin` names and paths; a bare name means plugins/<name>.ts. */
 async function loadPlugins(names: string[]): Promise<Plugin[]> {
@@ -791,321 +1172,188 @@ async function loadPlugins(names: string[]): Promise<Plugin[]> {
   return plugins
 }
 
-const BEST_EFFORT_TIMEOUT_SECONDS = 10
+/** What a `fail` hook learns about the failure. */
+type FailureFacts = Pick<HookContext, 'error' | 'failedPhase' | 'reason'>
 
-function hookContext(run: Run): HookContext {
+function hookContext({ plan, state, exec, out, helm, invocation }: ChartRun, signal: AbortSignal, failure: FailureFacts): HookContext {
   return {
-    chart: run.chart,
-    phases: run.phases,
-    config: run.config,
-    helmMajor: run.helmMajor,
-    images: run.images,
-    commit: run.commit,
-    chartDir: chartDir(run.chart),
-    dryRun: run.dryRun,
-    timings: run.timings,
-    log: run.out,
-    run: run.run,
-    redact,
+    chart: plan.chart,
+    phases: plan.phases,
+    config: plan.config,
+    helmMajor: plan.helmMajor,
+    helm,
+    images: plan.images as ImageInfo[],
+    commit: plan.commit,
+    chartDir: plan.chartDir,
+    dryRun: plan.dryRun,
+    timings: state.timings,
+    log: out,
+    run: exec,
+    signal,
+    refuse: (message) => {
+      throw new RefusedError(message)
+    },
+    redact: invocation.secrets.redact,
     parseDuration,
-    revision: run.revision,
+    revision: state.revision,
+    ...failure,
   }
 }
 
-/** Calls one plugin's hook, bounded: a hook that does not finish in time is an error naming it. */
-async function callHook(run: Run, plugin: Plugin, hook: HookName, seconds: number, extra: Partial<HookContext> = {}) {
-  let timer: NodeJS.Timeout | undefined
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`did not finish within ${seconds}s`)), seconds * 1000)
-  })
+/**
+ * Calls one plugin's hook, bounded by `seconds` and, for a blocking hook, by the
+ * invocation's cancellation: either aborts `ctx.signal` and rejects.
+ */
+async function callHook(r: ChartRun, plugin: Plugin, hook: HookName, step: HookStep, failure: FailureFacts) {
+  const seconds = step.timeout === 'HOOK_TIMEOUT' ? r.plan.config.hookTimeoutSeconds : step.timeout
+  const bound = new AbortController()
+  const timer = setTimeout(() => bound.abort(new Error(`did not finish within ${seconds}s`)), seconds * 1000)
+  const signal = step.blocking ? AbortSignal.any([bound.signal, r.invocation.signal]) : bound.signal
+  const stopped = new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }))
   const fn = plugin[hook] as (ctx: HookContext) => unknown
   try {
-    return await Promise.race([fn.call(plugin, { ...hookContext(run), ...extra }), bound])
+    return await Promise.race([fn.call(plugin, hookContext(r, signal, failure)), stopped])
   } finally {
     clearTimeout(timer)
   }
 }
 
-/**
- * Runs a blocking hook of every plugin in order; a throw stops the run. Returns the extra
- * `helm upgrade` arguments `beforeDeploy` hooks give.
- */
-async function runHooks(run: Run, hook: Exclude<HookName, 'success' | 'fail'>, phase: Phase): Promise<string[]> {
-  const helmArgs: string[] = []
-  if (run.dryRun) return helmArgs
-  for (const plugin of run.plugins.filter((p) => p[hook])) {
-    try {
-      const result = await callHook(run, plugin, hook, run.config.hookTimeoutSeconds) as { helmArgs?: unknown } | undefined
-      const args = hook === 'beforeDeploy' ? result?.helmArgs ?? [] : []
-      if (!Array.isArray(args) || args.some((a) => typeof a !== 'string')) throw new Error('helmArgs must be an array of strings')
-      helmArgs.push(...args)
-    } catch (e) {
-      // A later hook refuses (exit 3) by throwing an error whose exitCode is 3.
-      const code = hook === 'verify' || (e as { exitCode?: unknown })?.exitCode === EXIT.refused ? EXIT.refused : EXIT.failed
-      throw Object.assign(new DeployError(`plugin ${plugin.name} ${hook}: ${(e as Error)?.message ?? e}`, code), { phase })
-    }
-  }
-  return helmArgs
+/** The `helm upgrade` arguments a beforeDeploy hook returned: only an array of strings. */
+function helmArgsOf(result: unknown): string[] {
+  const args = (result as { helmArgs?: unknown } | undefined)?.helmArgs ?? []
+  if (!Array.isArray(args) || args.some((a) => typeof a !== 'string')) throw new Error('helmArgs must be an array of strings')
+  return args
 }
 
-/** success/fail hooks: each bounded, errors logged, never changing the exit status. */
-async function runFinalHooks(run: Run, hook: 'success' | 'fail', extra: Partial<HookContext> = {}) {
-  if (run.dryRun) return
-  for (const plugin of run.plugins.filter((p) => p[hook])) {
+/**
+ * Runs `hook` of every plugin in load order, as HOOK_STEPS says: a blocking hook's throw
+ * stops the run, a best-effort hook's is one warning. Returns what the hooks gave (helmArgs).
+ */
+async function runHook(r: ChartRun, hook: HookName, failure: FailureFacts = {}): Promise<string[]> {
+  const step = HOOK_STEPS[hook]
+  const given: string[] = []
+  if (r.plan.dryRun) return given
+  for (const plugin of r.plan.plugins.filter((p) => p[hook])) {
     try {
-      await callHook(run, plugin, hook, BEST_EFFORT_TIMEOUT_SECONDS, extra)
+      const result = await callHook(r, plugin, hook, step, failure)
+      if (step.returns === 'helmArgs') given.push(...helmArgsOf(result))
     } catch (e) {
-      run.out.warn(`plugin ${plugin.name} ${hook} failed: ${(e as Error)?.message ?? e}`)
+      const message = (e as Error)?.message ?? e
+      if (!step.blocking) {
+        r.out.warn(`plugin ${plugin.name} ${hook} failed: ${message}`)
+        continue
+      }
+      if (r.invocation.cancelled) throw e
+      const code = isRefusal(e) ? step.refusal : step.throws
+      throw new DeployError(`plugin ${plugin.name} ${hook}: ${message}`, code, { phase: step.phase })
     }
   }
+  return given
 }
 
 // ---------------------------------------------------------------------------------------
-// The run
+// Orchestration: one chart's phases, then several charts.
 
-interface Run {
-  chart: string
-  phases: HookContext['phases']
-  config: Config
-  env: NodeJS.ProcessEnv
-  helmMajor: 2 | 3
-  dryRun: boolean
-  recover: boolean
-  run: Runner
-  images: ImageInfo[]
-  /** Each image dir's last five commits, newest first (tags and cache candidates). */
-  history: Map<string, string[]>
-  commit: string
-  timings: HookContext['timings']
-  plugins: Plugin[]
-  dockerPassword?: string
-  privateDir?: string
-  revision?: number
-  phase?: Phase
-  out: Output
-  /** How the run ended, for the multi-chart summary. */
-  result?: 'ok' | 'failed' | 'skipped'
-  error?: DeployError
-  seconds?: number
-}
-
-/** Every chart the repository has: hub-charts/<name>/ with a Chart.yaml, and monitoring. */
-function discoverCharts(): string[] {
-  const hubs = fs.existsSync('hub-charts')
-    ? fs.readdirSync('hub-charts').filter((d) => fs.existsSync(`hub-charts/${d}/Chart.yaml`)).sort()
-    : []
-  return fs.existsSync('monitoring/Chart.yaml') ? [...hubs, 'monitoring'] : hubs
-}
-
-function checkChartYaml(chart: string) {
-  const file = `${chartDir(chart)}/Chart.yaml`
-  let doc: { name?: unknown; version?: unknown } | undefined
-  try {
-    doc = YAML.parse(fs.readFileSync(file, 'utf8'))
-  } catch (e) {
-    throw usageError(`${file}: not valid YAML (${String((e as Error).message).split('\n')[0]}); fix the chart`)
-  }
-  if (!doc || typeof doc !== 'object' || !doc.name || !doc.version) {
-    throw usageError(`${file}: needs at least a name and a version; fix the chart`)
-  }
-}
-
-/** Helm's major version from the client alone (Helm 2 would ask tiller without --client). */
-async function helmMajorVersion(run: Runner, env: NodeJS.ProcessEnv): Promise<2 | 3 | undefined> {
-  if (!onPath('helm', env)) return undefined
-  const r = await run('helm', ['version', '--client', '--short'], { capture: true, nothrow: true, show: 'probe', readOnly: true })
-  const major = /v(\d+)\./.exec(r.stdout)?.[1]
-  return major === '2' ? 2 : major === '3' ? 3 : undefined
-}
-
-/** Keys of .env and the environment whose values are secrets: webhook URLs, tokens, keys, passwords. */
-const SECRET_KEY = /(WEBHOOK_URL|TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CRYPT_KEY)$/i
-
-function collectEnvSecrets(run: Run) {
-  for (const [key, value] of Object.entries(run.config.env)) if (SECRET_KEY.test(key)) addSecret(value)
-}
-
-/** Registers every leaf of a secrets/<chart>.yaml as a secret. */
-function addSecretLeaves(yamlText: string) {
-  const leaves = (v: unknown): string[] =>
-    v && typeof v === 'object' ? Object.values(v).flatMap(leaves) : v === null || v === undefined ? [] : [String(v)]
-  for (const leaf of leaves(YAML.parse(yamlText))) addSecret(leaf)
-}
-
-/** Reads a secret file the run needs; a dry run notes a missing or locked one and goes on. */
-function secretFileFor(run: Run, file: string, what: string): string | undefined {
-  try {
-    return readSecretFile(file, what)
-  } catch (e) {
-    if (!run.dryRun) throw e
-    run.out.print(`# ${(e as Error).message} (a real run stops here, exit 2)`)
-    return undefined
-  }
-}
-
-/** What every chart of one invocation shares, checked once. */
-interface Shared {
-  commit: string
-  helmMajor: 2 | 3
-  dockerPassword?: string
-}
-
-/**
- * Checks that hold for the whole invocation before a command runs (bad input stops here
- * with exit 2): git and the repository, the tools on PATH, Helm's version, setup's files.
- */
-async function checkRepository(run: Run): Promise<Shared> {
-  const { phases, env } = run
-  YAML ??= (await import('yaml')).default
-  if (!onPath('git', env)) throw usageError(`git not found on PATH: ${INSTALL_HINTS.git}`)
-  const rev = await run.run('git', ['rev-parse', '--is-shallow-repository', 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true })
-  if (rev.exitCode !== 0) throw usageError(`${process.cwd()} is not a git repository with commits: run deploy.ts from the root of the ops repository`)
-  const [shallow, commit] = rev.stdout.trim().split('\n')
-  if (shallow === 'true' && (phases.build || phases.deploy)) {
-    throw usageError('this is a shallow clone, so image tags would be wrong: run `git fetch --unshallow` (in CI, clone with full depth)')
-  }
-  const shared: Shared = { commit, helmMajor: 3 }
-  if (phases.setup) {
-    const key = secretFileFor(run, run.config.GCLOUD_KEY_FILE, 'GCLOUD_KEY_FILE (the service account key)')
-    try {
-      addSecret(JSON.parse(key ?? '{}').private_key)
-    } catch {
-      // A key file gcloud cannot read fails in gcloud, with its own message.
-    }
-    shared.dockerPassword = secretFileFor(run, run.config.DOCKER_PASSWORD_FILE, 'DOCKER_PASSWORD_FILE (the Docker Hub password)')?.trim()
-    addSecret(shared.dockerPassword)
-  }
-  collectEnvSecrets(run)
-  if (!run.dryRun) {
-    const needed = new Set<string>()
-    if (phases.setup) ['gcloud', 'kubectl', 'helm', 'docker'].forEach((t) => needed.add(t))
-    if (phases.build) needed.add('docker')
-    if (phases.deploy) ['helm', 'kubectl'].forEach((t) => needed.add(t))
-    for (const tool of needed) if (!onPath(tool, env)) throw usageError(`${tool} not found on PATH: ${INSTALL_HINTS[tool]}`)
-  }
-  const major = await helmMajorVersion(run.run, env)
-  if (major) shared.helmMajor = major
-  else if (run.dryRun) run.out.print('# helm not found: planning for Helm 3')
-  else if (phases.setup || phases.deploy) throw usageError('could not tell the Helm version from `helm version`: install Helm 2 or 3')
-  return shared
-}
-
-/** The chart's own checks: its Chart.yaml, its secret values, its image tags. */
-async function checkChart(run: Run, shared: Shared) {
-  Object.assign(run, shared)
-  checkChartYaml(run.chart)
-  if (run.phases.deploy) {
-    const values = secretFileFor(run, `secrets/${run.chart}.yaml`, 'the chart\'s secret values file')
-    if (values) addSecretLeaves(values)
-  }
-  if (run.phases.build || run.phases.deploy) run.images = await chartImages(run)
-}
-
-async function phase<T>(run: Run, name: Phase, fn: () => Promise<T>): Promise<T> {
-  run.phase = name
+async function phase<T>({ plan, state, out }: ChartRun, name: Phase, fn: () => Promise<T>): Promise<T> {
+  state.phase = name
   const start = Date.now()
-  const result = await inGroup(run.out, name, `${name} ${run.chart}`, fn)
-  run.timings[name] = Date.now() - start
+  const result = await inGroup(out, name, `${name} ${plan.chart}`, fn)
+  state.timings[name] = Date.now() - start
   return result
 }
 
-/** The phases in the original's order, with the plugin hooks around them. */
-async function runPhases(run: Run) {
-  const { phases } = run
-  await runHooks(run, 'verify', 'verify')
+/** The phases in the original's order, each between its hooks. */
+async function runPhases(r: ChartRun) {
+  const { phases } = r.plan
+  await runHook(r, 'verify')
   if (phases.setup) {
-    await runHooks(run, 'beforeSetup', 'setup')
-    await phase(run, 'setup', () => setup(run))
-    await runHooks(run, 'afterSetup', 'setup')
+    await runHook(r, 'beforeSetup')
+    await phase(r, 'setup', () => setup(r))
+    await runHook(r, 'afterSetup')
   }
   if (phases.build) {
-    await runHooks(run, 'beforeBuild', 'build')
-    await phase(run, 'build', () => build(run))
-    await runHooks(run, 'afterBuild', 'build')
+    await runHook(r, 'beforeBuild')
+    await phase(r, 'build', () => build(r, (hook) => runHook(r, hook)))
+    await runHook(r, 'afterBuild')
   }
   if (phases.deploy) {
-    const pluginArgs = await runHooks(run, 'beforeDeploy', 'deploy')
-    await phase(run, 'deploy', () => deploy(run, pluginArgs))
-    await runHooks(run, 'afterDeploy', 'deploy')
-    await phase(run, 'rollout', () => rollout(run).catch(async (e) => {
-      await printDiagnostics(run)
+    const pluginArgs = await runHook(r, 'beforeDeploy')
+    await phase(r, 'deploy', () => deploy(r, pluginArgs))
+    await runHook(r, 'afterDeploy')
+    await phase(r, 'rollout', () => rollout(r).catch(async (e) => {
+      await printDiagnostics(r)
       throw e
     }))
-    await runHooks(run, 'afterRollout', 'rollout')
+    await runHook(r, 'afterRollout')
   }
 }
 
-// ---------------------------------------------------------------------------------------
-// Several charts, changed charts
-
-/** Charts whose files the commit range changed; deploy.ts, plugins/ or package.json mean all. */
-async function changedCharts(run: Runner, out: Output, range: string, charts: string[]): Promise<string[]> {
-  const diff = await run('git', ['diff', '--name-only', range], { capture: true, nothrow: true, show: 'silent', readOnly: true })
-  if (diff.exitCode !== 0) {
-    out.warn(`commit range ${range} is not valid here (force push or first build?): every chart counts as changed`)
-    return charts
-  }
-  const changed = new Set<string>()
-  for (const file of diff.stdout.split('\n').filter(Boolean)) {
-    if (file === 'deploy.ts' || file.startsWith('plugins/') || file === 'package.json' || file === 'package-lock.json') return charts
-    const hub = /^(?:hub-charts|user-images|hub-images)\/([^/]+)\//.exec(file)?.[1] ?? /^secrets\/([^/]+)\.yaml$/.exec(file)?.[1]
-    if (hub) changed.add(hub)
-    if (file.startsWith('monitoring/')) changed.add('monitoring')
-  }
-  return charts.filter((c) => changed.has(c))
-}
-
-/** Runs one chart's phases; records how it ended instead of throwing. */
-async function execute(run: Run) {
+/** Runs one chart's phases; records how it ended instead of throwing; always cleans up. */
+async function execute(r: ChartRun) {
+  const { state, invocation } = r
   const start = Date.now()
   try {
-    await runPhases(run)
-    run.result = 'ok'
+    await runPhases(r)
+    state.result = 'ok'
   } catch (e) {
-    run.result = 'failed'
-    run.error = e instanceof DeployError ? e : new DeployError(String((e as Error)?.stack ?? e))
-    if (cancelled) return
-    const failedPhase = (e as { phase?: Phase }).phase ?? run.phase
-    run.out.error(run.error.message)
-    run.error.reported = true
-    await runFinalHooks(run, 'fail', { error: run.error, failedPhase, reason: 'failed' })
+    state.result = 'failed'
+    state.error = e instanceof DeployError ? e : new DeployError(String((e as Error)?.stack ?? e))
+    await reportFailure(r, invocation.cancelled ? undefined : (e as DeployError).phase)
   } finally {
-    cleanup(run)
-    run.seconds = (Date.now() - start) / 1000
+    cleanup(r)
+    state.seconds = (Date.now() - start) / 1000
   }
-  if (run.result === 'ok') await runFinalHooks(run, 'success')
+  if (state.result === 'ok') await runHook(r, 'success')
+}
+
+/** Prints the error and calls the `fail` hooks; cancelled, only a run that reached a phase gets them. */
+async function reportFailure(run: ChartRun, hookPhase: Phase | undefined) {
+  const { state, out, invocation } = run
+  if (invocation.cancelled) {
+    if (state.phase) await runHook(run, 'fail', { error: new DeployError(`cancelled by ${invocation.cancelled}`), failedPhase: state.phase, reason: 'cancelled' })
+    return
+  }
+  out.error(state.error!.message)
+  state.error!.reported = true
+  await runHook(run, 'fail', { error: state.error, failedPhase: hookPhase ?? state.phase, reason: 'failed' })
+}
+
+/** Removes the run's private config directory (its credentials). */
+function cleanup({ state }: ChartRun) {
+  if (state.privateDir) fs.rmSync(state.privateDir, { recursive: true, force: true })
+  state.privateDir = undefined
 }
 
 /** The staging chart first (nothing else deploys if it fails), then the rest, `parallel` at a time. */
-async function executeAll(runs: Run[], parallel: number) {
+async function executeAll(runs: ChartRun[], parallel: number, signal: AbortSignal) {
   const queue = [...runs]
-  if (queue[0].chart === queue[0].config.STAGING_CHART) {
+  if (queue[0].plan.chart === queue[0].plan.config.STAGING_CHART) {
     const staging = queue.shift()!
     await execute(staging)
-    if (staging.result !== 'ok') {
-      for (const run of queue) run.result = 'skipped'
+    if (staging.state.result !== 'ok') {
+      for (const r of queue) r.state.result = 'skipped'
       return
     }
   }
   const worker = async () => {
-    for (let run = queue.shift(); run && !cancelled; run = queue.shift()) {
-      await execute(run)
-      run.out.flush(`deploy ${run.chart}`)
+    for (let r = queue.shift(); r && !signal.aborted; r = queue.shift()) {
+      await execute(r)
+      r.out.flush(`deploy ${r.plan.chart}`)
     }
   }
   await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, worker))
 }
 
-function printSummary(runs: Run[]) {
+function printSummary(log: Output, runs: ChartRun[]) {
   const rows = [['chart', 'phase reached', 'result', 'duration', 'images', 'revision']]
-  for (const run of runs) {
+  for (const { plan, state } of runs) {
     rows.push([
-      run.chart,
-      run.phase ?? '-',
-      run.dryRun && run.result === 'ok' ? 'planned' : run.result ?? 'not run',
-      run.seconds === undefined ? '-' : `${run.seconds.toFixed(1)}s`,
-      run.images.map((i) => i.tag).join(',') || '-',
-      run.revision === undefined ? '-' : String(run.revision),
+      plan.chart,
+      state.phase ?? '-',
+      plan.dryRun && state.result === 'ok' ? 'planned' : state.result ?? 'not run',
+      state.seconds === undefined ? '-' : `${state.seconds.toFixed(1)}s`,
+      plan.images.map((i) => i.tag).join(',') || '-',
+      state.revision === undefined ? '-' : String(state.revision),
     ])
   }
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)))
@@ -1113,7 +1361,7 @@ function printSummary(runs: Run[]) {
 }
 
 // ---------------------------------------------------------------------------------------
-// CLI
+// CLI and main
 
 const USAGE = `usage: deploy.ts [--no-setup] [--build] [--push] [--deploy] [options] <chartname>...
 
@@ -1171,129 +1419,108 @@ function version(): string {
   }
 }
 
-/** Set once SIGINT or SIGTERM arrived: the run is ending as cancelled. */
-let cancelled: NodeJS.Signals | undefined
+type Args = ReturnType<typeof parseArgs>
 
-/** Passes the signal on to the running commands, waits for them (30 s at most), then kills. */
-async function killRunning(signal: NodeJS.Signals) {
-  // The shell zx starts execs the tool, so the child's pid is the tool's. zx's own kill
-  // signals a process group, which under Deno takes this process down too.
-  const signalAll = (sig: NodeJS.Signals) => {
-    for (const p of running) {
-      try {
-        if (p.pid) process.kill(p.pid, sig)
-      } catch {
-        // Already gone.
-      }
-    }
-  }
-  const all = [...running]
-  signalAll(signal)
-  const deadline = new Promise((resolve) => setTimeout(resolve, 30_000).unref())
-  await Promise.race([Promise.allSettled(all), deadline])
-  signalAll('SIGKILL')
+/** The plugins `--plugin` and DEPLOY_PLUGINS name, in that order, each once. */
+function pluginNames(args: Args, config: Config): string[] {
+  const names = [...[args.plugin ?? []].flat(), ...config.DEPLOY_PLUGINS.split(',')].map((s) => s.trim()).filter(Boolean)
+  return [...new Set(names)]
 }
 
-function onSignals(runs: Run[]) {
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.on(signal, async () => {
-      if (cancelled) return
-      cancelled = signal
-      log.error(`${signal} received: stopping`)
-      await killRunning(signal)
-      for (const run of runs.filter((r) => r.phase && !r.result)) {
-        run.result = 'failed'
-        await runFinalHooks(run, 'fail', { error: new Error(`cancelled by ${signal}`), failedPhase: run.phase, reason: 'cancelled' })
-        cleanup(run)
-      }
-      for (const run of runs) run.out.flush(`deploy ${run.chart}`)
-      process.exit(signal === 'SIGINT' ? EXIT.sigint : EXIT.sigterm)
-    })
-  }
-}
-
-function newRun(chart: string, args: ReturnType<typeof parseArgs>, config: Config, plugins: Plugin[], out: Output): Run {
-  const env: NodeJS.ProcessEnv = { ...config.env }
-  const dryRun = args['dry-run']
-  const heartbeatSeconds = process.stdout.isTTY ? 0 : config.heartbeatSeconds
-  return {
-    chart,
-    phases: { setup: args.setup, build: args.build, push: args.build && args.push, deploy: args.deploy },
-    config,
-    env,
-    helmMajor: 3,
-    dryRun,
-    recover: args.recover,
-    run: makeRunner({ env, dryRun, out, heartbeatSeconds }),
-    images: [],
-    history: new Map(),
-    commit: '',
-    timings: {},
-    plugins,
-    out,
-  }
-}
-
-async function main(argv: string[]): Promise<number> {
-  const args = parseArgs(argv)
-  if (args.help) {
-    log.print(USAGE)
-    return EXIT.ok
-  }
-  if (args.version) {
-    log.print(`deploy.ts ${version()}`)
-    return EXIT.ok
-  }
-  verbose = args.verbose
-  const config = loadConfig(args['env-file'])
-  const charts = discoverCharts()
-  if (args.list) {
-    log.print(charts.join('\n'))
-    return EXIT.ok
-  }
-  // Loaded before any signal handler exists, so a signal never finds a command between import and spawn.
-  zx ??= await import('zx/core')
-  if (args.changed !== undefined) {
-    const runner = makeRunner({ env: config.env, dryRun: false, out: log, heartbeatSeconds: 0 })
-    const changed = await changedCharts(runner, log, args.changed, charts)
-    process.stdout.write(args.json ? JSON.stringify(changed) + '\n' : changed.map((c) => c + '\n').join(''))
-    return EXIT.ok
-  }
+/** The chart names asked for, checked, the staging chart first (production charts follow only when it succeeded). */
+function chartNames(args: Args, config: Config, charts: string[]): string[] {
   const names = [...new Set(args._.map(String))]
   if (names.length === 0) throw usageError(`no chart name given; valid charts: ${charts.join(', ')}`)
   const unknown = names.filter((n) => !charts.includes(n))
   if (unknown.length) throw usageError(`unknown chart "${unknown[0]}"; valid charts: ${charts.join(', ') || '(none found)'}`)
-  if (args.push && !args.build) log.warn('--push does nothing without --build (as in deploy.py): add --build to push images')
-  // Staging first: production charts follow only when it succeeded.
-  names.sort((a, b) => Number(b === config.STAGING_CHART) - Number(a === config.STAGING_CHART))
-  const pluginNames = [...[args.plugin ?? []].flat(), ...config.DEPLOY_PLUGINS.split(',')].map((s) => s.trim()).filter(Boolean)
-  const plugins = await loadPlugins([...new Set(pluginNames)])
-  const many = names.length > 1
-  const runs = names.map((chart, i) =>
-    newRun(chart, args, config, plugins, many ? new Output(`[${chart}] `, i > 0, false) : new Output()))
-  const shared = await checkRepository(runs[0])
-  await Promise.all(runs.map((run) => checkChart(run, shared)))
-  if (args['dry-run']) {
-    for (const run of runs) {
-      run.out.print(`# dry run: ${run.chart} at ${run.commit.slice(0, 12)}, Helm ${run.helmMajor}; nothing below is executed`)
-      for (const p of plugins) {
-        const hooks = HOOKS.filter((h) => typeof p[h] === 'function')
-        run.out.print(`# plugin ${p.name}: ${hooks.join(', ') || 'no hooks'} (not called in a dry run)`)
-      }
-    }
-  }
-  onSignals(runs)
-  await executeAll(runs, Number(args.parallel ?? 3))
-  if (cancelled) return new Promise(() => undefined)
-  printSummary(runs)
-  const failed = runs.find((r) => r.result === 'failed')
-  if (!many && failed) throw failed.error
-  return failed ? failed.error!.exitCode : EXIT.ok
+  return names.sort((a, b) => Number(b === config.STAGING_CHART) - Number(a === config.STAGING_CHART))
 }
 
-function cleanup(run: Run) {
-  if (run.privateDir) fs.rmSync(run.privateDir, { recursive: true, force: true })
-  run.privateDir = undefined
+/** A chart's output and command runner; with several charts, prefixed and (after the first) held. */
+function chartTools(invocation: Invocation, request: Request, config: Config, index: number, chart: string, many: boolean): Tools {
+  const env: NodeJS.ProcessEnv = { ...config.env }
+  const out = many ? new Output(invocation.secrets, `[${chart}] `, index > 0, false) : new Output(invocation.secrets)
+  const heartbeatSeconds = process.stdout.isTTY ? 0 : config.heartbeatSeconds
+  return { env, out, invocation, exec: makeExec({ env, dryRun: request.dryRun, out, heartbeatSeconds, invocation }) }
+}
+
+/** The dry run's header: what is planned, and which plugins would be called. */
+function printPlan({ plan, out }: ChartRun) {
+  out.print(`# dry run: ${plan.chart} at ${plan.commit.slice(0, 12)}, Helm ${plan.helmMajor}; nothing below is executed`)
+  for (const p of plan.plugins) {
+    const hooks = HOOKS.filter((h) => typeof p[h] === 'function')
+    out.print(`# plugin ${p.name}: ${hooks.join(', ') || 'no hooks'} (not called in a dry run)`)
+  }
+}
+
+/** `--changed RANGE`: the charts the range changed, as lines or a JSON array. */
+async function printChanged(invocation: Invocation, args: Args, config: Config, charts: string[]) {
+  const exec = makeExec({ env: config.env, dryRun: false, out: invocation.log, heartbeatSeconds: 0, invocation })
+  const changed = await changedCharts(exec, invocation.log, args.changed, charts)
+  process.stdout.write(args.json ? JSON.stringify(changed) + '\n' : changed.map((c) => c + '\n').join(''))
+}
+
+/** Preflight for every chart, then the runs; signals cancel the invocation from here on. */
+async function deployCharts(invocation: Invocation, args: Args, config: Config, charts: string[]): Promise<number> {
+  const { log } = invocation
+  const names = chartNames(args, config, charts)
+  if (args.push && !args.build) log.warn('--push does nothing without --build (as in deploy.py): add --build to push images')
+  const request: Request = {
+    phases: { setup: args.setup, build: args.build, push: args.build && args.push, deploy: args.deploy },
+    config,
+    dryRun: args['dry-run'],
+    recover: args.recover,
+    plugins: await loadPlugins(pluginNames(args, config)),
+  }
+  const tools = names.map((chart, i) => chartTools(invocation, request, config, i, chart, names.length > 1))
+  const facts = await checkRepository(request, tools[0])
+  const runs = await Promise.all(names.map(async (chart, i): Promise<ChartRun> => {
+    const plan = await planChart(chart, request, facts, tools[i])
+    return { ...tools[i], plan, state: { timings: {} }, helm: makeHelm(plan.helmMajor, tools[i].exec) }
+  }))
+  if (request.dryRun) runs.forEach(printPlan)
+  const untrap = invocation.trapSignals()
+  try {
+    await executeAll(runs, Number(args.parallel ?? 3), invocation.signal)
+  } finally {
+    untrap()
+    if (invocation.cancelled) for (const r of runs) r.out.flush(`deploy ${r.plan.chart}`)
+  }
+  if (invocation.cancelled) return invocation.cancelled === 'SIGINT' ? EXIT.sigint : EXIT.sigterm
+  printSummary(log, runs)
+  const failed = runs.find((r) => r.state.result === 'failed')
+  if (runs.length === 1 && failed) throw failed.state.error
+  return failed ? failed.state.error!.exitCode : EXIT.ok
+}
+
+/** One invocation: returns its exit code; an error ends it with one `ERROR:` line. */
+export async function main(argv: string[], invocation = new Invocation()): Promise<number> {
+  const { log } = invocation
+  try {
+    const args = parseArgs(argv)
+    if (args.help || args.version) {
+      log.print(args.help ? USAGE : `deploy.ts ${version()}`)
+      return EXIT.ok
+    }
+    invocation.verbose = args.verbose
+    const config = loadConfig(args['env-file'])
+    const charts = discoverCharts()
+    if (args.list) {
+      log.print(charts.join('\n'))
+      return EXIT.ok
+    }
+    // Loaded before signals are trapped, so a signal never finds a command between import and spawn.
+    zx ??= await import('zx/core')
+    if (args.changed === undefined) return await deployCharts(invocation, args, config, charts)
+    await printChanged(invocation, args, config, charts)
+    return EXIT.ok
+  } catch (e) {
+    const err = e instanceof DeployError ? e : new DeployError(String((e as Error)?.stack ?? e))
+    const message = invocation.secrets.redact(err.message)
+    if (!err.reported) process.stderr.write(`ERROR: ${message}\n`)
+    if (CI.github) process.stdout.write(`::error::${message.split('\n')[0]}\n`)
+    return err.exitCode
+  }
 }
 
 function isMain(): boolean {
@@ -1302,15 +1529,4 @@ function isMain(): boolean {
   return !!entry && path.resolve(entry) === fileURLToPath(import.meta.url)
 }
 
-if (isMain()) {
-  main(process.argv.slice(2)).then(
-    (code) => process.exit(code),
-    (e: unknown) => {
-      const err = e instanceof DeployError ? e : new DeployError(String((e as Error)?.stack ?? e))
-      const message = redact(err.message)
-      if (!err.reported) process.stderr.write(`ERROR: ${message}\n`)
-      if (CI.github) process.stdout.write(`::error::${message.split('\n')[0]}\n`)
-      process.exit(err.exitCode)
-    },
-  )
-}
+if (isMain()) main(process.argv.slice(2)).then((code) => process.exit(code))

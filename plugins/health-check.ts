@@ -41,7 +41,7 @@ function apiUrl(url: string): string {
 function timeoutOf(ctx: HookContext): { text: string; ms: number } {
   const text = ctx.config.env.HEALTH_CHECK_TIMEOUT?.trim() || DEFAULT_TIMEOUT
   const seconds = ctx.parseDuration(text)
-  if (!(seconds > 0)) throw new Error(`HEALTH_CHECK_TIMEOUT=${text}: not a duration; use e.g. 90s or 5m`)
+  if (!(seconds > 0)) ctx.refuse(`HEALTH_CHECK_TIMEOUT=${text}: not a duration; use e.g. 90s or 5m`)
   return { text, ms: seconds * 1000 }
 }
 
@@ -53,12 +53,22 @@ function failure(e: unknown): string {
   return `request failed (${String(detail).replace(/^error sending request for url \([^)]*\): /, '').split('\n')[0]})`
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+/** Waits `ms`, or less when the run is cancelled or the hook's time is up. */
+const sleep = (ms: number, signal: AbortSignal) => new Promise<void>((resolve) => {
+  const done = () => {
+    clearTimeout(timer)
+    signal.removeEventListener('abort', done)
+    resolve()
+  }
+  const timer = setTimeout(done, ms)
+  signal.addEventListener('abort', done, { once: true })
+})
 
 /** One probe: undefined when healthy (with the version), else what it got. */
-async function probe(url: string, timeoutMs: number): Promise<{ version?: string; problem?: string }> {
+async function probe(url: string, timeoutMs: number, stop: AbortSignal): Promise<{ version?: string; problem?: string }> {
   try {
-    const res = await fetch(url, { headers: { accept: 'application/json' }, signal: AbortSignal.timeout(timeoutMs) })
+    const signal = AbortSignal.any([stop, AbortSignal.timeout(timeoutMs)])
+    const res = await fetch(url, { headers: { accept: 'application/json' }, signal })
     const body = await res.text()
     if (res.status !== 200) return { problem: `HTTP ${res.status}` }
     try {
@@ -94,7 +104,7 @@ const plugin: Plugin = {
     let last = 'no answer'
     for (let attempt = 1; ; attempt++) {
       const left = deadline - Date.now()
-      const result = await probe(url, Math.min(REQUEST_TIMEOUT_MS, Math.max(1_000, left)))
+      const result = await probe(url, Math.min(REQUEST_TIMEOUT_MS, Math.max(1_000, left)), ctx.signal)
       if (result.version !== undefined) {
         ctx.log.info(`health-check: ${url} answers: JupyterHub ${result.version} (after ${((Date.now() - start) / 1000).toFixed(1)}s, ${attempt} attempt${attempt > 1 ? 's' : ''})`)
         return
@@ -104,7 +114,8 @@ const plugin: Plugin = {
       if (remaining <= 0) break
       const wait = Math.min(delay, remaining)
       ctx.log.info(`health-check: ${last}; next try in ${Math.ceil(wait / 1000)}s`)
-      await sleep(wait)
+      await sleep(wait, ctx.signal)
+      if (ctx.signal.aborted) return
       delay = Math.min(delay * 2, MAX_DELAY_MS)
     }
     throw new Error(`${url} did not answer with the hub's version within ${timeout.text}; last: ${last}`)

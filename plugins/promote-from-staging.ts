@@ -5,7 +5,7 @@
  *
  * Every deploy of any chart records what it deployed in the release itself, as JSON in
  * `helm upgrade --description`: {"commit":…,"images":{kind:tag},"deps":{name:version}}.
- * The check reads the latest revision of the staging release with `helm history`.
+ * The check reads the latest revision of the staging release with `helm history` (ctx.helm).
  */
 import fs from 'node:fs'
 import YAML from 'yaml'
@@ -17,12 +17,6 @@ interface DeployRecord {
   images: Record<string, string>
   deps: Record<string, string>
   override?: true
-}
-
-interface Revision {
-  revision: number
-  status: string
-  description?: string
 }
 
 const list = (value: string | undefined) => (value ?? '').split(',').map((s) => s.trim()).filter(Boolean)
@@ -68,24 +62,12 @@ function isProduction(ctx: HookContext): boolean {
 /** Why production may not be deployed now; empty when staging is ahead of it. */
 async function problems(ctx: HookContext): Promise<string[]> {
   const staging = ctx.config.STAGING_CHART
-  // Helm 2 has no --namespace here (releases live in tiller); both print JSON with -o json.
-  const args = ctx.helmMajor === 2 ? ['history', staging, '-o', 'json'] : ['history', staging, '--namespace', staging, '-o', 'json']
-  const r = await ctx.run('helm', args, { capture: true, nothrow: true, readOnly: true, show: 'probe' })
-  if (r.exitCode !== 0) {
-    const why = (r.stderr || r.stdout).trim().split('\n').at(-1) || `exit ${r.exitCode}`
-    return [`could not read the history of ${staging} (${why})`]
-  }
-  let history: Revision[]
-  try {
-    history = JSON.parse(r.stdout || '[]')
-    if (!Array.isArray(history)) throw new Error('not a list')
-  } catch {
-    return [`\`helm ${args.join(' ')}\` did not print a JSON list`]
-  }
-  const latest = history.reduce<Revision | undefined>((a, b) => (!a || Number(b.revision) > Number(a.revision) ? b : a), undefined)
+  // ctx.helm knows each Helm version's history command and status spelling.
+  const history = await ctx.helm.history(staging)
+  if ('error' in history) return [history.error]
+  const latest = history.revisions.at(-1)
   if (!latest) return [`${staging} has never been deployed`]
-  const status = String(latest.status).toLowerCase().replace(/_/g, '-')
-  if (status !== 'deployed') return [`${staging} revision ${latest.revision} is ${status}, not deployed`]
+  if (latest.status !== 'deployed') return [`${staging} revision ${latest.revision} is ${latest.status}, not deployed`]
   const theirs = parseRecord(latest.description)?.deps
   if (!theirs) return [`${staging} revision ${latest.revision} records no chart versions (not deployed with this plugin)`]
   const ours = dependencies(ctx.chartDir)
@@ -112,8 +94,8 @@ async function check(ctx: HookContext) {
     return
   }
   const message = `${found.join('; ')}: deploy ${staging} first (or set PROMOTION_OVERRIDE=1 to deploy ${ctx.chart} anyway)`
-  // exitCode 3 makes deploy.ts end with "refused" from afterSetup too.
-  throw Object.assign(new Error(message), { exitCode: 3 })
+  // A refusal ends the run with exit 3 from afterSetup too.
+  ctx.refuse(message)
 }
 
 const plugin: Plugin = {

@@ -3,7 +3,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import { loadConfig, parseDuration, DEFAULTS, DeployError, redact, addSecret } from '../deploy.ts'
+import { loadConfig, parseDuration, DEFAULTS, DeployError, Secrets } from '../deploy.ts'
 import { tempDir, ROOT } from './support/harness.ts'
 
 test('parseDuration reads seconds and Go-style durations', () => {
@@ -57,8 +57,9 @@ test('.env.example documents every configuration key', () => {
 })
 
 test('redact replaces every registered secret, longest first', () => {
-  addSecret('abcd1234')
-  addSecret('abcd1234-longer')
-  addSecret('abc')
-  assert.equal(redact('x abcd1234-longer y abcd1234 abc'), 'x *** y *** abc')
+  const secrets = new Secrets()
+  secrets.add('abcd1234')
+  secrets.add('abcd1234-longer')
+  secrets.add('abc')
+  assert.equal(secrets.redact('x abcd1234-longer y abcd1234 abc'), 'x *** y *** abc')
 })

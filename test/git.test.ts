@@ -2,7 +2,7 @@
 // original's `git log -n N --pretty=format:%h <dir>` gives for each dir, merges included.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { gitModified, makeRunner, Output } from '../deploy.ts'
+import { gitModified, makeExec, Invocation } from '../deploy.ts'
 import { makeRepo, commit, git } from './support/harness.ts'
 
 /** The original's last_git_modified(dir, n) for n = 1..5, newest first. */
@@ -38,9 +38,10 @@ test('one git log gives each dir the last five commits the original would find',
   const cwd = process.cwd()
   process.chdir(repo)
   try {
-    const run = makeRunner({ env: process.env, dryRun: false, out: new Output(), heartbeatSeconds: 0 })
+    const invocation = new Invocation()
+    const exec = makeExec({ env: process.env, dryRun: false, out: invocation.log, heartbeatSeconds: 0, invocation })
     const dirs = ['user-images/staginghub', 'hub-images/staginghub']
-    const found = await gitModified(run, dirs)
+    const found = await gitModified(exec, dirs)
     for (const dir of dirs) assert.deepEqual(found.get(dir), original(repo, dir), dir)
   } finally {
     process.chdir(cwd)
