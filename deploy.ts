@@ -219,6 +219,8 @@ export interface Helm {
   readonly major: 2 | 3
   /** Whether a release can be left pending-* and repaired by deploy.ts (--recover). */
   readonly tracksPending: boolean
+  /** Commands setup runs for this version, after the cluster credentials (Helm 2: tiller). */
+  readonly setup: readonly (readonly string[])[]
   upgradeArgs(release: string, chartDir: string, timeoutSeconds: number, extra: string[]): string[]
   statusArgs(release: string): string[]
   /** `helm rollback` to `revision`, or, with none deployed, uninstall. */
@@ -639,51 +641,75 @@ const INSTALL_HINTS: Record<string, string> = {
 }
 
 // ---------------------------------------------------------------------------------------
-// Helm adapter: Helm 2 and Helm 3 as data and two small formats, not branches.
+// Helm adapter: what differs between Helm 2 and Helm 3, as data.
 
-/** Helm 2 keeps releases in tiller and takes no --namespace for them; its statuses are upper case. */
+/** What each Helm version does its own way. */
+const HELM_VERSIONS = {
+  2: {
+    // Releases live in tiller: no --namespace for them.
+    namespaced: false,
+    upgradeFlags: ['--force'],
+    createNamespace: [],
+    seconds: (s: number) => String(s),
+    // Setup installs or upgrades tiller, then waits for it.
+    setup: [
+      ['helm', 'init', '--upgrade'],
+      ['kubectl', 'rollout', 'status', '--namespace', 'kube-system', '--watch', 'deployment', 'tiller-deploy'],
+    ],
+    pendingRefusal: undefined,
+  },
+  3: {
+    namespaced: true,
+    upgradeFlags: [],
+    createNamespace: ['--create-namespace'],
+    seconds: (s: number) => `${s}s`,
+    setup: [],
+    // How helm refuses to upgrade a release that is pending-install/upgrade/rollback.
+    pendingRefusal: /another operation \(install\/upgrade\/rollback\) is in progress/,
+  },
+} as const
+
 export function makeHelm(major: 2 | 3, exec: Exec): Helm {
-  const ns = (release: string) => (major === 2 ? [] : ['--namespace', release])
+  const v = HELM_VERSIONS[major]
+  const ns = (release: string) => (v.namespaced ? ['--namespace', release] : [])
   return {
     major,
-    tracksPending: major === 3,
-    upgradeArgs(release, chartDir, timeoutSeconds, extra) {
-      const common = ['upgrade', '--install', '--namespace', release, release, chartDir]
-      const secretsFile = ['-f', `secrets/${release}.yaml`]
-      return major === 2
-        ? [...common, '--force', '--wait', '--timeout', String(timeoutSeconds), '--cleanup-on-fail', ...secretsFile, ...extra]
-        : [...common, '--wait', '--timeout', `${timeoutSeconds}s`, '--cleanup-on-fail', '--create-namespace', ...secretsFile, ...extra]
-    },
+    tracksPending: v.pendingRefusal !== undefined,
+    setup: v.setup,
+    upgradeArgs: (release, chartDir, timeoutSeconds, extra) => [
+      'upgrade', '--install', '--namespace', release, release, chartDir, ...v.upgradeFlags,
+      '--wait', '--timeout', v.seconds(timeoutSeconds), '--cleanup-on-fail', ...v.createNamespace,
+      '-f', `secrets/${release}.yaml`, ...extra,
+    ],
     statusArgs: (release) => ['status', release, ...ns(release)],
-    repairArgs(release, revision, timeoutSeconds) {
-      return revision === undefined
-        ? ['uninstall', release, ...ns(release)]
-        : ['rollback', release, String(revision), ...ns(release), '--wait', '--timeout', `${timeoutSeconds}s`]
-    },
-    async history(release) {
-      const args = ['history', release, ...ns(release), '-o', 'json']
-      const r = await exec('helm', args, { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: '60s' })
-      if (r.exitCode !== 0) {
-        const why = (r.stderr || r.stdout).trim().split('\n').at(-1) || `exit ${r.exitCode}`
-        return { error: `could not read the history of ${release} (${why})` }
-      }
-      let list: unknown
-      try {
-        list = JSON.parse(r.stdout || '[]')
-      } catch {
-        list = undefined
-      }
-      if (!Array.isArray(list)) return { error: `\`helm ${args.join(' ')}\` did not print a JSON list` }
-      const revisions = (list as ReleaseRevision[]).map((r) => ({ ...r, revision: Number(r.revision), status: String(r.status).toLowerCase().replace(/_/g, '-') }))
-      return { revisions: revisions.sort((a, b) => a.revision - b.revision) }
-    },
+    repairArgs: (release, revision, timeoutSeconds) => revision === undefined
+      ? ['uninstall', release, ...ns(release)]
+      : ['rollback', release, String(revision), ...ns(release), '--wait', '--timeout', v.seconds(timeoutSeconds)],
+    history: (release) => releaseHistory(exec, ['history', release, ...ns(release), '-o', 'json'], release),
     revision: (output) => {
       const found = /^REVISION: (\d+)$/m.exec(output)?.[1]
       return found ? Number(found) : undefined
     },
-    // How helm 3 refuses to upgrade a release that is pending-install/upgrade/rollback.
-    isPendingRefusal: (output) => major === 3 && /another operation \(install\/upgrade\/rollback\) is in progress/.test(output),
+    isPendingRefusal: (output) => v.pendingRefusal?.test(output) ?? false,
   }
+}
+
+/** `helm history -o json` of either version, oldest first, statuses as Helm 3 spells them. */
+async function releaseHistory(exec: Exec, args: string[], release: string): ReturnType<Helm['history']> {
+  const r = await exec('helm', args, { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: '60s' })
+  if (r.exitCode !== 0) {
+    const why = (r.stderr || r.stdout).trim().split('\n').at(-1) || `exit ${r.exitCode}`
+    return { error: `could not read the history of ${release} (${why})` }
+  }
+  let list: unknown
+  try {
+    list = JSON.parse(r.stdout || '[]')
+  } catch {
+    list = undefined
+  }
+  if (!Array.isArray(list)) return { error: `\`helm ${args.join(' ')}\` did not print a JSON list` }
+  const revisions = (list as ReleaseRevision[]).map((rev) => ({ ...rev, revision: Number(rev.revision), status: String(rev.status).toLowerCase().replace(/_/g, '-') }))
+  return { revisions: revisions.sort((a, b) => a.revision - b.revision) }
 }
 
 /** Helm's major version from the client alone (Helm 2 would ask tiller without --client). */
@@ -961,16 +987,10 @@ async function setup({ plan, state, exec, env, helm }: ChartRun) {
   const quietly = { show: 'silent', timeout: '5m' } as const
   await exec('gcloud', ['auth', 'activate-service-account', `--key-file=${config.GCLOUD_KEY_FILE}`], { ...quietly, capture: true })
   await exec('gcloud', ['container', 'clusters', 'get-credentials', config.GKE_CLUSTER, `--zone=${config.GKE_ZONE}`, `--project=${config.GCP_PROJECT}`], quietly)
-  for (const [tool, ...args] of helm.major === 2 ? TILLER_SETUP : []) await exec(tool, args, quietly)
+  for (const [tool, ...args] of helm.setup) await exec(tool, args, quietly)
   const server = config.DOCKER_REGISTRY ? [config.DOCKER_REGISTRY] : []
   await exec('docker', ['login', '-u', config.DOCKER_USERNAME, '--password-stdin', ...server], { ...quietly, capture: true, input: plan.dockerPassword ?? '' })
 }
-
-/** Helm 2 only: install or upgrade tiller, then wait for it. */
-const TILLER_SETUP = [
-  ['helm', 'init', '--upgrade'],
-  ['kubectl', 'rollout', 'status', '--namespace', 'kube-system', '--watch', 'deployment', 'tiller-deploy'],
-]
 
 // ---------------------------------------------------------------------------------------
 // Build and push
