@@ -300,7 +300,7 @@ export type HookName = (typeof HOOKS)[number]
 const BEST_EFFORT_SECONDS = 10
 
 /** One hook's contract. */
-interface HookStep {
+export interface HookStep {
   /** The phase a failure of the hook is reported in (`failedPhase`). */
   phase?: Phase
   /** Blocking: a throw stops the run and the `fail` hooks run. Best effort: a throw is one warning. */
@@ -669,7 +669,7 @@ const HELM_VERSIONS = {
   },
 } as const
 
-export function makeHelm(major: 2 | 3, exec: Exec): Helm {
+function makeHelm(major: 2 | 3, exec: Exec): Helm {
   const v = HELM_VERSIONS[major]
   const ns = (release: string) => (v.namespaced ? ['--namespace', release] : [])
   return {
@@ -1514,7 +1514,8 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
 }
 
 /** One invocation: returns its exit code; an error ends it with one `ERROR:` line. */
-export async function main(argv: string[], invocation = new Invocation()): Promise<number> {
+async function main(argv: string[]): Promise<number> {
+  const invocation = new Invocation()
   const { log } = invocation
   try {
     const args = parseArgs(argv)
