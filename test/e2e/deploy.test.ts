@@ -12,7 +12,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { after, describe, test, type TestContext } from 'node:test'
 import { commit, git, runDeploy, tempDir, type RunResult } from '../support/harness.ts'
-import { startKubeApi, type KubeApi, type KubeApiOptions, type KubeObject } from '../support/kube-api.ts'
+import { startKubeApi, type KubeApi, type KubeApiOptions } from '../support/kube-api.ts'
 import { realKubeTools } from '../support/tools.ts'
 
 const tools = await realKubeTools()
@@ -171,7 +171,7 @@ const all = (r: RunResult) => `${r.stdout}\n${r.stderr}`
 function exits(r: RunResult, code: number) {
   assert.equal(r.code, code, `expected exit ${code}: ${show(r)}`)
 }
-const revisions = (api: KubeApi, f: Fixture) => api.helmReleases(f.hub, f.hub).map((r: KubeObject) => [r.version, r.info.status])
+const revisions = (api: KubeApi, f: Fixture) => api.helmReleases(f.hub, f.hub).map((r) => [r.version, r.info.status])
 const image = (api: KubeApi, f: Fixture, name: string) => api.get('deployments', f.hub, name)?.spec.template.spec.containers[0].image
 /** The run's final error line (deploy.ts prints `ERROR: <one line>` last). */
 const finalError = (r: RunResult) => r.stderr.trim().split('\n').at(-1) ?? ''
@@ -201,7 +201,7 @@ if (!tools) {
       assert.equal(image(api, f, 'user-placeholder'), `example/user-${f.hub}:${tag1}`)
       assert.equal(image(api, f, 'hub'), 'example/hub:4.1')
       assert.ok(api.get('services', f.hub, 'hub')?.spec.clusterIP)
-      assert.equal(api.get('configmaps', f.hub, 'hub-config')?.data['cookie-secret'], f.secret, 'secrets/<hub>.yaml reached the chart')
+      assert.equal(api.get('configmaps', f.hub, 'hub-config')?.data?.['cookie-secret'], f.secret, 'secrets/<hub>.yaml reached the chart')
       assert.ok(!all(first).includes(f.secret), 'the secret value is never printed')
 
       // the deployments were listed, then both rollouts waited for at once, output prefixed
@@ -220,7 +220,7 @@ if (!tools) {
       exits(second, 0)
       assert.deepEqual(revisions(api, f), [[1, 'superseded'], [2, 'deployed']])
       assert.equal(image(api, f, 'user-placeholder'), `example/user-${f.hub}:${tag2}`)
-      assert.equal(api.get('configmaps', f.hub, 'hub-config')?.data['singleuser-tag'], tag2)
+      assert.equal(api.get('configmaps', f.hub, 'hub-config')?.data?.['singleuser-tag'], tag2)
       assert.match(second.stdout, /^\[user-placeholder\] deployment "user-placeholder" successfully rolled out$/m)
     })
 

@@ -180,7 +180,7 @@ if (!tools) {
       assert.equal(image(api, 'hubns', 'hub'), 'example/hub:abc1234');
       assert.equal(image(api, 'hubns', 'proxy'), 'example/proxy:4.7', '-f values file applied');
       assert.ok(api.get('services', 'hubns', 'proxy-public')?.spec.clusterIP);
-      assert.equal(api.get('configmaps', 'hubns', 'hub-config')?.data['hub-tag'], 'abc1234');
+      assert.equal(api.get('configmaps', 'hubns', 'hub-config')?.data?.['hub-tag'], 'abc1234');
 
       // an all-digit tag stays a string thanks to --set-string
       const upgrade2 = ok(await upgrade('hubns', 'hub', '1234567', ['--wait', '--timeout', '60s', '--description', '{"commit":"def"}']), 'upgrade');
@@ -190,7 +190,7 @@ if (!tools) {
       assert.deepEqual(hub.spec.template.spec.containers[0].env, [{ name: 'HUB_TAG', value: '1234567' }]);
       assert.equal(hub.metadata.generation, 2);
       assert.equal(hub.status.availableReplicas, 1, '--wait waited for the rollout');
-      assert.equal(api.get('configmaps', 'hubns', 'hub-config')?.data['hub-tag'], '1234567');
+      assert.equal(api.get('configmaps', 'hubns', 'hub-config')?.data?.['hub-tag'], '1234567');
       assert.ok(api.requests.some((r) => r.method === 'PATCH'), 'helm patched the changed objects');
 
       const status = json(ok(await helm('status', 'hub', '-n', 'hubns', '-o', 'json'), 'helm status'));
