@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { after, describe, test, type TestContext } from 'node:test'
+import { deploymentsTemplate } from '../support/charts.ts'
 import { commit, git, runDeploy, tempDir, type RunResult } from '../support/harness.ts'
 import { startKubeApi, type KubeApi, type KubeApiOptions } from '../support/kube-api.ts'
 import { realKubeTools } from '../support/tools.ts'
@@ -38,32 +39,12 @@ interface Fixture {
   secret: string
 }
 
-const DEP_DEPLOYMENTS = `{{- $user := printf "%s:%s" .Values.singleuser.image.name .Values.singleuser.image.tag }}
-{{- range $name, $image := dict "hub" .Values.hub.image "user-placeholder" $user }}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {{ $name }}
-  labels: {app: jupyterhub, component: {{ $name }}, release: {{ $.Release.Name }}}
-spec:
-  replicas: 1
-  {{- with index $.Values.maxUnavailable $name }}
-  strategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: {{ . }}}}
-  {{- end }}
-  selector:
-    matchLabels: {app: jupyterhub, component: {{ $name }}, release: {{ $.Release.Name }}}
-  template:
-    metadata:
-      labels: {app: jupyterhub, component: {{ $name }}, release: {{ $.Release.Name }}}
-    spec:
-      containers:
-        - name: {{ $name }}
-          image: {{ $image | quote }}
-          env:
-            - {name: SINGLEUSER_IMAGE, value: {{ $user | quote }}}
-{{- end }}
-`
+const DEP_DEPLOYMENTS = deploymentsTemplate({
+  vars: { user: 'printf "%s:%s" .Values.singleuser.image.name .Values.singleuser.image.tag' },
+  images: { hub: '.Values.hub.image', 'user-placeholder': '$user' },
+  env: { SINGLEUSER_IMAGE: '$user' },
+  maxUnavailableFromValues: true,
+})
 
 const DEP_SERVICE = `apiVersion: v1
 kind: Service

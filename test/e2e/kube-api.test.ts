@@ -10,6 +10,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
+import { deploymentsTemplate } from '../support/charts.ts';
 import { type KubeApi, type KubeApiOptions, startKubeApi } from '../support/kube-api.ts';
 import { realKubeTools } from '../support/tools.ts';
 
@@ -67,31 +68,11 @@ async function writeChart() {
   await writeFile(path.join(chartDir, 'values.yaml'), 'jupyterhub:\n  hub:\n    image:\n      tag: latest\n');
   await writeFile(path.join(depDir, 'Chart.yaml'), 'apiVersion: v2\nname: jupyterhub\nversion: 0.1.0\n');
   await writeFile(path.join(depDir, 'values.yaml'), 'hub:\n  image:\n    name: example/hub\n    tag: latest\nproxy:\n  image: example/proxy:4.6\n');
-  await writeFile(path.join(depDir, 'templates', 'deployments.yaml'), `
-{{- range $name, $image := dict "hub" (printf "%s:%s" .Values.hub.image.name .Values.hub.image.tag) "proxy" .Values.proxy.image }}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {{ $name }}
-  labels: {app: jupyterhub, component: {{ $name }}, release: {{ $.Release.Name }}}
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {app: jupyterhub, component: {{ $name }}, release: {{ $.Release.Name }}}
-  template:
-    metadata:
-      labels: {app: jupyterhub, component: {{ $name }}, release: {{ $.Release.Name }}}
-    spec:
-      containers:
-        - name: {{ $name }}
-          image: {{ $image | quote }}
-          ports:
-            - {containerPort: 8000, name: http}
-          env:
-            - {name: HUB_TAG, value: {{ $.Values.hub.image.tag | quote }}}
-{{- end }}
-`);
+  await writeFile(path.join(depDir, 'templates', 'deployments.yaml'), deploymentsTemplate({
+    images: { hub: '(printf "%s:%s" .Values.hub.image.name .Values.hub.image.tag)', proxy: '.Values.proxy.image' },
+    env: { HUB_TAG: '$.Values.hub.image.tag' },
+    port: 8000,
+  }));
   await writeFile(path.join(depDir, 'templates', 'service.yaml'), `apiVersion: v1
 kind: Service
 metadata:
@@ -278,6 +259,60 @@ if (!tools) {
       assert.notEqual(blocked.code, 0);
       assert.match(blocked.stderr, /Error: UPGRADE FAILED: another operation \(install\/upgrade\/rollback\) is in progress/);
       assert.equal(image(api, 'ns', 'hub'), 'example/hub:abc1234', 'nothing was applied');
+    });
+
+    test('server-side dry runs (helm --dry-run=server, kubectl apply/delete/diff) answer but change nothing', async (t) => {
+      const { api, helm, kubectl, upgrade } = await cluster(t);
+      ok(await upgrade('ns', 'hub', 'abc1234'), 'install');
+      const mark = api.requests.length;
+
+      const dry = ok(await upgrade('ns', 'hub', 'def5678', ['--dry-run=server']), 'helm upgrade --dry-run=server');
+      assert.match(dry.stdout, /STATUS: pending-upgrade\nREVISION: 2\n/);
+      assert.match(dry.stdout, /image: "example\/hub:def5678"/, 'the manifest rendered against the cluster');
+      const manifest = path.join(root, `changed-${process.pid}.yaml`);
+      await writeFile(manifest, [
+        'apiVersion: v1', 'kind: ConfigMap', 'metadata: {name: hub-config, namespace: ns}', 'data: {hub-tag: changed}', '---',
+        'apiVersion: v1', 'kind: ConfigMap', 'metadata: {name: added, namespace: ns}', 'data: {x: "1"}', '',
+      ].join('\n'));
+      const applied = ok(await kubectl('apply', '--dry-run=server', '-f', manifest), 'kubectl apply --dry-run=server');
+      assert.match(applied.stdout, /configmap\/hub-config configured \(server dry run\)\nconfigmap\/added created \(server dry run\)/);
+      const diff = await kubectl('diff', '-f', manifest);
+      assert.equal(diff.code, 1, `kubectl diff finds differences: ${show(diff)}`);
+      assert.match(diff.stdout, /^-  hub-tag: abc1234\n\+  hub-tag: changed$/m);
+      const deleted = ok(await kubectl('delete', '--dry-run=server', '-n', 'ns', 'deployment', 'hub'), 'kubectl delete --dry-run=server');
+      assert.match(deleted.stdout, /deployment.apps "hub" deleted \(server dry run\)/);
+
+      const dryWrites = api.requests.slice(mark).filter((r) => r.write);
+      assert.deepEqual([...new Set(dryWrites.map((r) => r.method))].sort(), ['DELETE', 'PATCH', 'POST'], 'the dry runs reached the server');
+      assert.ok(dryWrites.every((r) => r.dryRun), 'every write was a dry run');
+      assert.deepEqual(api.writes(mark), [], 'no write verb changed anything');
+      assert.equal(image(api, 'ns', 'hub'), 'example/hub:abc1234');
+      assert.equal(api.get('configmaps', 'ns', 'hub-config')?.data?.['hub-tag'], 'abc1234');
+      assert.equal(api.get('configmaps', 'ns', 'added'), undefined);
+      const history = json(ok(await helm('history', 'hub', '-n', 'ns', '-o', 'json'), 'helm history'));
+      assert.deepEqual(history.map((h: { revision: number; status: string }) => [h.revision, h.status]), [[1, 'deployed']]);
+    });
+
+    test('a failed upgrade rolled back: helm rollback REL 1 --wait deploys revision 3 with the manifest of 1', async (t) => {
+      // pods of the new image never become ready; those of the old one do
+      const { api, helm, upgrade } = await cluster(t, { neverReady: (_, pod) => pod.spec.containers.some((c) => c.image === 'example/hub:bad') });
+      ok(await upgrade('ns', 'hub', 'abc1234'), 'install');
+      const failed = await upgrade('ns', 'hub', 'bad', ['--wait', '--timeout', '2s']);
+      assert.match(failed.stderr, /Error: UPGRADE FAILED: context deadline exceeded/, show(failed));
+      assert.equal(image(api, 'ns', 'hub'), 'example/hub:bad');
+      assert.equal(api.get('deployments', 'ns', 'hub')?.status.availableReplicas, undefined, 'no pod of the new image is ready');
+
+      ok(await helm('rollback', 'hub', '1', '-n', 'ns', '--wait', '--timeout', '60s'), 'helm rollback --wait');
+      const releases = api.helmReleases('hub', 'ns');
+      assert.deepEqual(releases.map((r) => [r.version, r.info.status]), [[1, 'superseded'], [2, 'failed'], [3, 'deployed']]);
+      assert.equal(releases[2].info.description, 'Rollback to 1');
+      assert.equal(releases[2].manifest, releases[0].manifest, 'revision 3 carries the manifest of revision 1');
+      assert.equal(ok(await helm('get', 'manifest', 'hub', '-n', 'ns'), 'helm get manifest').stdout.trim(), releases[0].manifest.trim());
+      const hub = api.get('deployments', 'ns', 'hub');
+      assert.equal(hub?.spec.template.spec.containers[0].image, 'example/hub:abc1234', 'the image is back');
+      assert.equal(hub?.status.updatedReplicas, 1);
+      assert.equal(hub?.status.availableReplicas, 1, '--wait waited for the rolled-back pods');
+      assert.deepEqual(api.list('pods', 'ns').filter((p) => p.metadata.name.startsWith('hub-')).map((p) => p.spec.containers[0].image), ['example/hub:abc1234']);
     });
   });
 }

@@ -29,7 +29,8 @@
  * anything but Secret (so typed writers like `kubectl create deployment` get 415), aggregated
  * discovery, subresources (status, scale, logs, exec), pagination (`limit` is ignored), watch
  * bookmarks, finalizers or graceful deletion (deletes are immediate), other kinds (CRDs,
- * Ingress, RBAC, StatefulSet...).
+ * Ingress, RBAC, StatefulSet...), surge in rollouts (a new pod template replaces all old
+ * pods at once, so a failed rollout leaves no ready pod).
  */
 export { startKubeApi, WRITE_METHODS, type KubeApi, type KubeApiOptions, type RequestRecord } from './kube-api/server.ts'
 export type { NeverReady } from './kube-api/controllers.ts'

@@ -27,7 +27,7 @@ export interface RequestRecord {
   params: URLSearchParams
   /** A write verb (POST, PUT, PATCH, DELETE). */
   write: boolean
-  /** Sent with `?dryRun=All`: answered, nothing stored. */
+  /** A server-side dry run (`?dryRun=All`, or in a DELETE's options): answered, nothing stored. Set once the body is read. */
   dryRun: boolean
   /** Filled in when the response ends. */
   status?: number
@@ -38,8 +38,8 @@ export interface KubeApi {
   token: string
   /** Every request received, in order. */
   requests: RequestRecord[]
-  /** The requests that changed or would change state: write verbs, dry runs excluded. */
-  writes(): RequestRecord[]
+  /** The requests that changed state (write verbs, dry runs excluded), from index `from` of `requests`. */
+  writes(from?: number): RequestRecord[]
   close(): Promise<void>
   /** Writes a kubeconfig (mode 0600) with one cluster/user/context, set as current. */
   writeKubeconfig(path: string, opts?: { namespace?: string }): Promise<void>
@@ -141,11 +141,7 @@ const VERBS: Record<string, Verb> = {
     send(c.res, 200, store.update(c.type.resource, c.namespace, c.name!, obj, { dryRun: c.dryRun }))
   },
   'DELETE item'(c, store) {
-    let options: unknown = {}
-    try {
-      options = c.body.length ? JSON.parse(c.body.toString('utf8')) : {}
-    } catch { /* no options */ }
-    const policy = (isObj(options) ? options.propagationPolicy : undefined) ?? c.q.get('propagationPolicy')
+    const policy = deleteOptions(c.body).propagationPolicy ?? c.q.get('propagationPolicy')
     const obj = store.remove(c.type.resource, c.namespace, c.name!, { cascade: policy !== 'Orphan', dryRun: c.dryRun })
     const details = { name: c.name, group: c.type.group, kind: c.type.resource, uid: obj.metadata.uid }
     send(c.res, 200, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details })
@@ -175,6 +171,20 @@ const VERBS: Record<string, Verb> = {
   },
 }
 
+/** DeleteOptions come in the body (kubectl) or as query parameters (helm). */
+function deleteOptions(body: Buffer): { propagationPolicy?: string; dryRun?: string[] } {
+  try {
+    const options: unknown = body.length ? JSON.parse(body.toString('utf8')) : {}
+    return isObj(options) ? options : {}
+  } catch {
+    return {}
+  }
+}
+
+/** `?dryRun=All`, or for a DELETE also `{"dryRun": ["All"]}` in its DeleteOptions (kubectl's way). */
+const isDryRun = (method: string, q: URLSearchParams, body: Buffer) =>
+  q.get('dryRun') === 'All' || (method === 'DELETE' && !!deleteOptions(body).dryRun?.includes('All'))
+
 const throwError = (e: Error): never => {
   throw e
 }
@@ -185,7 +195,7 @@ function route(req: http.IncomingMessage, res: http.ServerResponse, url: URL, bo
   const q = url.searchParams
   return {
     req, res, url, body, ...target, q,
-    dryRun: q.get('dryRun') === 'All',
+    dryRun: isDryRun(req.method ?? 'GET', q, body),
     wantsTable: /as=Table/.test(req.headers.accept ?? ''),
   }
 }
@@ -205,7 +215,7 @@ async function readBody(req: http.IncomingMessage): Promise<Buffer> {
 function record(req: http.IncomingMessage, url: URL): RequestRecord {
   const method = req.method ?? 'GET'
   const params = new URLSearchParams(url.searchParams)
-  return { method, path: url.pathname, query: url.search, params, write: WRITE_METHODS.includes(method), dryRun: params.get('dryRun') === 'All' }
+  return { method, path: url.pathname, query: url.search, params, write: WRITE_METHODS.includes(method), dryRun: false }
 }
 
 function kubeconfig(url: string, token: string, namespace: string) {
@@ -218,22 +228,18 @@ function kubeconfig(url: string, token: string, namespace: string) {
   ].join('\n')
 }
 
-/** Starts the simulated API on 127.0.0.1 (random port). KUBE_API_DEBUG=1 logs every request to stderr. */
-export async function startKubeApi(opts: KubeApiOptions = {}): Promise<KubeApi> {
-  const debug = !!process.env.KUBE_API_DEBUG
-  const log = (line: string) => process.stderr.write(`[kube-api] ${line}\n`)
-  const token = 'sim-token' // written to the kubeconfig; see the auth note in the handler
-  const store = new Store()
-  const controllers = new Controllers(store, opts)
-  const requests: RequestRecord[] = []
-  const watches = new Set<http.ServerResponse>()
+const log = (line: string) => process.stderr.write(`[kube-api] ${line}\n`)
 
-  async function handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL) {
+/** The HTTP server: logs each request in `requests`, answers discovery, then the verbs. */
+function createServer(store: Store, token: string, requests: RequestRecord[], watches: Set<http.ServerResponse>) {
+  const debug = !!process.env.KUBE_API_DEBUG
+  async function handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL, entry: RequestRecord) {
     // client-go never sends credentials over plain http (kubernetes/kubectl#744), so the
     // token in the kubeconfig is decorative; only a wrong one is refused.
     const auth = req.headers.authorization
     if (auth && auth !== `Bearer ${token}`) throw new ApiError(401, 'Unauthorized', 'Unauthorized')
     const body = await readBody(req)
+    entry.dryRun = isDryRun(entry.method, url.searchParams, body)
     if (debug && body.length && !req.headers['content-type']?.includes('protobuf')) log(`  body ${body.toString('utf8').slice(0, 2000)}`)
     const doc = req.method === 'GET' ? discovery(url.pathname, req.headers.host ?? '') : undefined
     if (doc) return send(res, 200, doc)
@@ -242,7 +248,7 @@ export async function startKubeApi(opts: KubeApiOptions = {}): Promise<KubeApi> 
     verbOf(call)(call, store, watches)
   }
 
-  const server = http.createServer(async (req, res) => {
+  return http.createServer(async (req, res) => {
     const url = new URL(req.url ?? '/', 'http://localhost')
     const entry = record(req, url)
     requests.push(entry)
@@ -252,7 +258,7 @@ export async function startKubeApi(opts: KubeApiOptions = {}): Promise<KubeApi> 
       if (debug) log(`${entry.method} ${url.pathname}${url.search} -> ${res.statusCode} (${type}; accept ${accept})`)
     })
     try {
-      await handle(req, res, url)
+      await handle(req, res, url, entry)
     } catch (e) {
       const err = e instanceof ApiError ? e : new ApiError(500, 'InternalError', `simulated API server bug: ${(e as Error).stack ?? e}`)
       if (debug) log(`  ${err.code} ${err.message}`)
@@ -260,7 +266,16 @@ export async function startKubeApi(opts: KubeApiOptions = {}): Promise<KubeApi> 
       else res.end()
     }
   })
+}
 
+/** Starts the simulated API on 127.0.0.1 (random port). KUBE_API_DEBUG=1 logs every request to stderr. */
+export async function startKubeApi(opts: KubeApiOptions = {}): Promise<KubeApi> {
+  const token = 'sim-token' // written to the kubeconfig; see the auth note in createServer
+  const store = new Store()
+  const controllers = new Controllers(store, opts)
+  const requests: RequestRecord[] = []
+  const watches = new Set<http.ServerResponse>()
+  const server = createServer(store, token, requests, watches)
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
   const helmReleases = (name: string, namespace: string) =>
@@ -270,7 +285,7 @@ export async function startKubeApi(opts: KubeApiOptions = {}): Promise<KubeApi> 
     url,
     token,
     requests,
-    writes: () => requests.filter((r) => r.write && !r.dryRun),
+    writes: (from = 0) => requests.slice(from).filter((r) => r.write && !r.dryRun),
     async close() {
       controllers.stop()
       for (const res of watches) res.end()
