@@ -10,6 +10,7 @@
 #   HUBOPS_SERVICES_DIR   state dir (default ${TMPDIR:-/tmp}/hubops-services):
 #                         PIDs we started, logs, registry config + storage path
 #   HUBOPS_START_TIMEOUT  seconds to wait for both services (default 60)
+#   HUBOPS_REGISTRY       address of the registry (default 127.0.0.1:5000)
 #
 # Notes (measured on the Debian 12 CI/dev machines, see docs/notes-docker-testbed.md):
 # - Packages: docker.io (dockerd + /usr/bin/docker 20.10, the client that can
@@ -39,7 +40,7 @@ set -euo pipefail
 
 STATE_DIR=${HUBOPS_SERVICES_DIR:-${TMPDIR:-/tmp}/hubops-services}
 START_TIMEOUT=${HUBOPS_START_TIMEOUT:-60}
-REGISTRY_ADDR=127.0.0.1:5000
+REGISTRY_ADDR=${HUBOPS_REGISTRY:-127.0.0.1:5000}
 REGISTRY_URL="http://${REGISTRY_ADDR}/v2/"
 PACKAGES=(docker.io docker-registry busybox-static)
 
@@ -64,9 +65,9 @@ registry_answers() {
   else
     # bash /dev/tcp: send a minimal request and look for an HTTP 200.
     timeout 3 bash -c '
-      exec 3<>/dev/tcp/127.0.0.1/5000 || exit 1
-      printf "GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1:5000\r\n\r\n" >&3
-      IFS= read -r line <&3 && [[ $line == *" 200 "* ]]' 2>/dev/null
+      exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || exit 1
+      printf "GET /v2/ HTTP/1.0\r\nHost: %s\r\n\r\n" "$1" >&3
+      IFS= read -r line <&3 && [[ $line == *" 200 "* ]]' _ "$REGISTRY_ADDR" 2>/dev/null
   fi
 }
 
@@ -146,6 +147,7 @@ ensure_packages() {
 # ---- start ---------------------------------------------------------------------
 
 deadline=0
+started= # pid of the last spawn_and_wait
 time_left() { (($(date +%s) < deadline)); }
 
 move_stale_containerd_socket() {
@@ -194,58 +196,63 @@ clear_stale_pidfile() { # file expected-comm if-alive(die|keep)
   rm -f -- "$f"
 }
 
-start_dockerd() {
-  if engine_answers; then
-    if pid=$(recorded_pid dockerd); then
-      echo "docker: running (started earlier by us, pid $pid)"
-    else
-      rm -f "$STATE_DIR/dockerd.pid"
-      echo "docker: running (already answering, not started by us)"
-    fi
-    return 0
+# A service that answers already is used as is: ours from an earlier `start`, or not ours
+# (then it is never stopped by us).
+already_running() { # name label answers-fn
+  local pid
+  "$3" || return 1
+  if pid=$(recorded_pid "$1"); then
+    echo "$2 (started earlier by us, pid $pid)"
+  else
+    rm -f "$STATE_DIR/$1.pid"
+    echo "$2 (already answering, not started by us)"
   fi
-  local dockerd
+}
+
+# Starts a daemon in its own session (not killed with the caller's terminal or process
+# group; fd 9, our lock, closed so it does not hold the lock), records its PID and waits
+# until answers-fn succeeds. If it exits, or does not answer by the deadline (then it is
+# stopped again, SIGKILL after grace seconds), shows its log tail and fails. Sets $started.
+spawn_and_wait() { # name answers-fn grace command...
+  local name=$1 answers=$2 grace=$3 log="$STATE_DIR/$1.log" pid
+  shift 3
+  : >"$log"
+  setsid "$@" </dev/null >>"$log" 2>&1 9>&- &
+  pid=$!
+  record_pid "$name" "$pid"
+  while ! "$answers"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$log" >&2 || true
+      rm -f "$STATE_DIR/$name.pid"
+      die "$name exited during startup (log: $log)"
+    fi
+    if ! time_left; then
+      tail -n 20 "$log" >&2 || true
+      stop_recorded "$name" "$grace" >/dev/null
+      die "$name did not answer within ${START_TIMEOUT}s (log: $log)"
+    fi
+    sleep 0.2
+  done
+  started=$pid
+}
+
+start_dockerd() {
+  already_running dockerd "docker: running" engine_answers && return 0
+  local dockerd child
   if [[ -x /usr/sbin/dockerd ]]; then dockerd=/usr/sbin/dockerd; else dockerd=$(command -v dockerd) || die "dockerd not found"; fi
   move_stale_containerd_socket
   clear_stale_pidfile /var/run/docker.pid dockerd die
   clear_stale_pidfile /var/run/docker/containerd/containerd.pid containerd keep
-  : >"$STATE_DIR/dockerd.log"
-  # setsid: own session, not killed with the caller's terminal/process group;
-  # fd 9 (our lock) is closed so the daemon does not hold the lock.
-  setsid "$dockerd" </dev/null >>"$STATE_DIR/dockerd.log" 2>&1 9>&- &
-  local pid=$!
-  record_pid dockerd "$pid"
-  while ! engine_answers; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 20 "$STATE_DIR/dockerd.log" >&2 || true
-      rm -f "$STATE_DIR/dockerd.pid"
-      die "dockerd exited during startup (log: $STATE_DIR/dockerd.log)"
-    fi
-    if ! time_left; then
-      tail -n 20 "$STATE_DIR/dockerd.log" >&2 || true
-      stop_recorded dockerd 10 >/dev/null
-      die "dockerd did not answer within ${START_TIMEOUT}s (log: $STATE_DIR/dockerd.log)"
-    fi
-    sleep 0.2
-  done
+  spawn_and_wait dockerd engine_answers 10 "$dockerd"
   # Remember the managed containerd dockerd spawned, so `stop` can clean it up
   # if dockerd itself has to be SIGKILLed.
-  local child
-  child=$(pgrep -P "$pid" -x containerd 2>/dev/null | head -n1 || true)
+  child=$(pgrep -P "$started" -x containerd 2>/dev/null | head -n1 || true)
   if [[ -n $child ]]; then record_pid containerd "$child"; fi
-  echo "docker: started (pid $pid${child:+, managed containerd pid $child}, log $STATE_DIR/dockerd.log)"
+  echo "docker: started (pid $started${child:+, managed containerd pid $child}, log $STATE_DIR/dockerd.log)"
 }
 
 start_registry() {
-  if registry_answers; then
-    if pid=$(recorded_pid registry); then
-      echo "registry: running at $REGISTRY_ADDR (started earlier by us, pid $pid)"
-    else
-      rm -f "$STATE_DIR/registry.pid"
-      echo "registry: running at $REGISTRY_ADDR (already answering, not started by us)"
-    fi
-    return 0
-  fi
+  already_running registry "registry: running at $REGISTRY_ADDR" registry_answers && return 0
   local bin storage
   bin=$(command -v docker-registry) || die "docker-registry not found"
   # Storage left from an earlier run of ours whose process is gone: drop it.
@@ -274,24 +281,8 @@ http:
   headers:
     X-Content-Type-Options: [nosniff]
 EOF
-  : >"$STATE_DIR/registry.log"
-  setsid "$bin" serve "$STATE_DIR/registry.yml" </dev/null >>"$STATE_DIR/registry.log" 2>&1 9>&- &
-  local pid=$!
-  record_pid registry "$pid"
-  while ! registry_answers; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 20 "$STATE_DIR/registry.log" >&2 || true
-      rm -f "$STATE_DIR/registry.pid"
-      die "registry exited during startup (log: $STATE_DIR/registry.log)"
-    fi
-    if ! time_left; then
-      tail -n 20 "$STATE_DIR/registry.log" >&2 || true
-      stop_recorded registry 5 >/dev/null
-      die "registry did not answer within ${START_TIMEOUT}s (log: $STATE_DIR/registry.log)"
-    fi
-    sleep 0.2
-  done
-  echo "registry: started at $REGISTRY_ADDR (pid $pid, storage $storage, log $STATE_DIR/registry.log)"
+  spawn_and_wait registry registry_answers 5 "$bin" serve "$STATE_DIR/registry.yml"
+  echo "registry: started at $REGISTRY_ADDR (pid $started, storage $storage, log $STATE_DIR/registry.log)"
 }
 
 cmd_start() {

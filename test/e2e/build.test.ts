@@ -1,6 +1,6 @@
 // End-to-end: `deploy.ts --no-setup --build --push <hub>` with a real Docker engine and the
-// registry on 127.0.0.1:5000 that `bash test/services.sh start` runs (see
-// docs/notes-docker-testbed.md). The `docker` on PATH is /usr/bin/docker (the 20.10 client,
+// registry on 127.0.0.1:5000 of test/services.sh (see docs/notes-docker-testbed.md): those
+// already running are used; missing ones are started for this run and stopped after it. The `docker` on PATH is /usr/bin/docker (the 20.10 client,
 // BuildKit built in); no stand-ins. Images go to 127.0.0.1:5000/e2e-<random>/ so runs never
 // collide. Run: node --import tsx --test test/e2e/build.test.ts
 import assert from 'node:assert/strict'
@@ -10,10 +10,10 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { after, describe, test } from 'node:test'
 import { commit, git, runDeploy, tempDir, type RunResult } from '../support/harness.ts'
-import { dockerEngine, PREFERRED_DOCKER, registryHasTag, writeFixtureContext } from '../support/docker.ts'
+import { dockerServices, PREFERRED_DOCKER, registryHasTag, writeFixtureContext } from '../support/docker.ts'
 
-const engine = await dockerEngine()
-const UNAVAILABLE = 'Docker engine or registry 127.0.0.1:5000 not answering: run `bash test/services.sh start`'
+const services = await dockerServices()
+const { engine } = services
 const NO_REGISTRY = '127.0.0.1:5999' // nothing listens here
 
 
@@ -86,14 +86,16 @@ const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 const dockerBuilds = (r: RunResult) => r.stderr.split('\n').filter((l) => /Executing docker build /.test(l))
 
 if (!engine) {
-  if (process.env.CI === 'true') test('Docker engine and registry are available (CI=true: required)', () => assert.fail(UNAVAILABLE))
-  else test('deploy.ts --build --push with a real Docker engine and registry', { skip: UNAVAILABLE }, () => {})
+  const reason = 'reason' in services ? services.reason : ''
+  if (process.env.CI === 'true') test('Docker engine and registry are available (CI=true: required)', () => assert.fail(reason))
+  else test('deploy.ts --build --push with a real Docker engine and registry', { skip: reason }, () => {})
 } else {
   describe('deploy.ts --no-setup --build --push with a real Docker engine and registry', { concurrency: true, timeout: 180_000 }, () => {
     after(async () => {
       for (const child of children) child.kill('SIGKILL')
       // best effort: do not leave the test images in the engine
       if (localImages.size) await new Promise((resolve) => execFile(engine.docker, ['image', 'rm', '-f', ...localImages], () => resolve(undefined)))
+      if ('stop' in services) await services.stop() // only what this run started
     })
 
     for (const builder of ['BuildKit', 'legacy'] as const) {

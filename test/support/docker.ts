@@ -3,13 +3,15 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { accessSync, constants, createWriteStream, existsSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, stat, symlink, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
 import { finished } from 'node:stream/promises';
+import { fileURLToPath } from 'node:url';
 
-/** The registry test/services.sh runs (plain HTTP, loopback only). */
-export const TEST_REGISTRY = '127.0.0.1:5000';
+/** The registry test/services.sh runs (plain HTTP, loopback only); HUBOPS_REGISTRY as there. */
+export const TEST_REGISTRY = process.env.HUBOPS_REGISTRY || '127.0.0.1:5000';
+const SERVICES_SH = fileURLToPath(new URL('../services.sh', import.meta.url));
 
 /** Debian docker.io's 20.10 client: the one that can use BuildKit here
  * (/usr/local/bin/docker, first on PATH, cannot). */
@@ -80,7 +82,7 @@ export async function registryAnswers(registry = TEST_REGISTRY, timeoutMs = 1500
  * (both probes run in parallel). Tests use it to skip:
  *   const env = await dockerEngine(); test('...', { skip: !env && 'no docker' }, ...)
  */
-export async function dockerEngine(): Promise<{ docker: string; registry: string } | null> {
+export async function dockerEngine(): Promise<DockerEnv | null> {
   try {
     const docker = dockerClient();
     const [engine, registry] = await Promise.all([engineAnswers(docker), registryAnswers(TEST_REGISTRY)]);
@@ -88,6 +90,50 @@ export async function dockerEngine(): Promise<{ docker: string; registry: string
   } catch {
     return null;
   }
+}
+
+export type DockerEnv = { docker: string; registry: string };
+
+/** The engine and registry a suite uses, and how to stop what the suite itself started. */
+export type DockerServices =
+  | { engine: DockerEnv; stop: () => Promise<void> }
+  | { engine: null; reason: string };
+
+const onPath = (name: string) => (process.env.PATH ?? '').split(delimiter).some((dir) => dir && isExecutable(join(dir, name)));
+
+/** Why test/services.sh cannot start the services here, or undefined when it can. */
+function cannotStart(): string | undefined {
+  if (process.getuid?.() !== 0) return 'not root, so they cannot be started (run `sudo bash test/services.sh start` first)';
+  if (!onPath('apt-get') && !(onPath('dockerd') && onPath('docker-registry'))) return 'neither apt-get nor dockerd and docker-registry are available to start them';
+  return undefined;
+}
+
+/**
+ * The Docker engine and registry for a suite. Services that answer already are used and never
+ * stopped (they may be shared); otherwise, where they can be started (root; apt-get, or the
+ * packages installed), `bash test/services.sh start` starts the missing ones with a state dir
+ * of this run only, so `stop` stops exactly those. Else the one-line reason to skip.
+ */
+export async function dockerServices(): Promise<DockerServices> {
+  const running = await dockerEngine();
+  if (running) return { engine: running, stop: async () => {} };
+  const missing = `Docker engine or registry ${TEST_REGISTRY} not answering`;
+  const cannot = cannotStart();
+  if (cannot) return { engine: null, reason: `${missing}, and ${cannot}` };
+  const dir = await mkdtemp(join(tmpdir(), 'hubops-services-'));
+  const env = { ...process.env, HUBOPS_SERVICES_DIR: dir, HUBOPS_REGISTRY: TEST_REGISTRY };
+  const services = (cmd: string) => new Promise<{ ok: boolean; stderr: string }>((resolve) =>
+    execFile('bash', [SERVICES_SH, cmd], { env, timeout: 600_000 }, (err, _stdout, stderr) => resolve({ ok: !err, stderr: String(stderr) })));
+  const stop = async () => {
+    await services('stop');
+    await rm(dir, { recursive: true, force: true });
+  };
+  const started = await services('start');
+  const engine = started.ok ? await dockerEngine() : null;
+  if (engine) return { engine, stop };
+  await stop();
+  const why = started.stderr.trim().split('\n').at(-1) || 'they still do not answer';
+  return { engine: null, reason: `${missing}, and \`bash test/services.sh start\` failed: ${why}` };
 }
 
 /**
