@@ -2,7 +2,8 @@
 // nothing to rebuild (both images in the registry, a commit range that did not touch them),
 // counted with the recording stand-ins (gcloud, helm, kubectl, docker) and a git wrapper on
 // PATH; `strace -f -e execve`, when installed, also counts the shells in between. The
-// original's count for the same case is derived from /work/shared/spec/original-deploy.md.
+// original's count for the same case comes from its command sequence, written out in
+// `originalCommands` below.
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'

@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import crypto from 'node:crypto'
-import { makeRepo, runDeploy, HELM2, HELM3, PASSWORD, PRIVATE_KEY_LINE, SETUP_COMMANDS } from './support/harness.ts'
+import { makeRepo, runDeploy, tempDir, HELM2, HELM3, PASSWORD, PRIVATE_KEY_LINE, SETUP_COMMANDS } from './support/harness.ts'
 
 const sha256 = (s: string) => crypto.createHash('sha256').update(s).digest('hex')
 
@@ -69,7 +69,7 @@ test('setup writes credentials to a private per-run dir that later commands inhe
 
 test('the private DOCKER_CONFIG keeps the user\'s CLI plugins (buildx) reachable', async () => {
   const repo = makeRepo()
-  const userDocker = fs.mkdtempSync(path.join(os.tmpdir(), 'docker-cfg-'))
+  const userDocker = tempDir('docker-cfg-')
   fs.mkdirSync(path.join(userDocker, 'cli-plugins'))
   const r = await runDeploy(repo, ['staginghub'], { env: { DOCKER_CONFIG: userDocker } })
   assert.equal(r.code, 0, r.stderr)

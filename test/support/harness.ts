@@ -11,11 +11,14 @@ export const DEPLOY = path.join(ROOT, 'deploy.ts')
 const STANDIN = fileURLToPath(new URL('./standin.mjs', import.meta.url))
 const TSX_LOADER = path.join(ROOT, 'node_modules/tsx/dist/esm/index.mjs')
 
-/** Temp dirs made by this test process: removed when it exits. */
+/** Temp dirs made by this test process: removed when it exits (Deno's test runner fires `unload`, not `exit`). */
 const made: string[] = []
-process.on('exit', () => {
-  for (const dir of made) fs.rmSync(dir, { recursive: true, force: true })
-})
+const removeMade = () => {
+  for (const dir of made.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
+}
+process.on('exit', removeMade)
+const runtime: { addEventListener?: (type: 'unload', listener: () => void) => void } = globalThis
+runtime.addEventListener?.('unload', removeMade)
 
 export function tempDir(prefix = 'deploy-test-'): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
