@@ -191,7 +191,7 @@ export interface ExecOptions {
   timeout?: string
   /** `announce` prints the original's `Executing ...` line; `probe` shows it only with --verbose. */
   show?: 'announce' | 'probe' | 'silent'
-  /** Read-only commands also run under --dry-run; others are only printed. */
+  /** Read-only commands also run under --dry-run; others are only announced. */
   readOnly?: boolean
 }
 
@@ -574,16 +574,14 @@ export function makeExec({ env, dryRun, out, heartbeatSeconds, invocation }: Exe
   return async (tool, args, options = {}) => {
     const { capture = false, show = 'announce', prefix = '' } = options
     const line = `${tool} ${args.join(' ')}`
+    // A dry run announces every command it skips exactly as a real run announces the ones it runs.
+    const announce = () => out.info(`${capture ? 'Executing and capturing' : 'Executing'} ${line}`)
     if (dryRun && !options.readOnly) {
-      const stdin = options.input !== undefined ? ' < (stdin)' : ''
-      const where = options.cwd ? ` (in ${options.cwd})` : ''
-      out.print(`+ ${line}${stdin}${where}`)
+      announce()
       return { stdout: '', stderr: '', exitCode: 0 }
     }
     if (invocation.signal.aborted) throw invocation.signal.reason
-    if (show === 'announce' || (show === 'probe' && invocation.verbose)) {
-      out.info(`${capture ? 'Executing and capturing' : 'Executing'} ${line}`)
-    }
+    if (show === 'announce' || (show === 'probe' && invocation.verbose)) announce()
     const beat = heartbeat(out, `${prefix}${tool} ${args.slice(0, 2).join(' ')}`, capture ? 0 : heartbeatSeconds)
     zx ??= await import('zx/core')
     const p = zx.$({
@@ -1150,7 +1148,7 @@ async function rollout({ plan, exec, out }: ChartRun) {
   const list = await exec('kubectl', ['--namespace', ns, 'get', 'deployments', '-o', 'name'], { capture: true, timeout: '2m' })
   const timeout = `--timeout=${config.rolloutTimeoutSeconds}s`
   if (plan.dryRun) {
-    out.print(`+ kubectl rollout status --namespace ${ns} --watch <each deployment> ${timeout} (all at once)`)
+    out.info(`Executing kubectl rollout status --namespace ${ns} --watch <each deployment> ${timeout}`)
     return
   }
   const deployments = list.stdout.split('\n').map((l) => l.trim()).filter(Boolean)
@@ -1364,13 +1362,20 @@ async function executeAll(runs: ChartRun[], parallel: number, signal: AbortSigna
   await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, worker))
 }
 
+/** How a chart's run ended, as the summary says it: a refusal (exit 3) is not a failure. */
+function resultLabel(plan: ChartPlan, state: ChartState): string {
+  if (state.result === 'ok') return plan.dryRun ? 'planned' : 'ok'
+  if (state.result === 'failed' && state.error?.exitCode === EXIT.refused) return 'refused'
+  return state.result ?? 'not run'
+}
+
 function printSummary(log: Output, runs: ChartRun[]) {
   const rows = [['chart', 'phase reached', 'result', 'duration', 'images', 'revision']]
   for (const { plan, state } of runs) {
     rows.push([
       plan.chart,
       state.phase ?? '-',
-      plan.dryRun && state.result === 'ok' ? 'planned' : state.result ?? 'not run',
+      resultLabel(plan, state),
       state.seconds === undefined ? '-' : `${state.seconds.toFixed(1)}s`,
       plan.images.map((i) => i.tag).join(',') || '-',
       state.revision === undefined ? '-' : String(state.revision),
@@ -1392,7 +1397,7 @@ the staging chart goes first and the others follow only if it succeeds.
   --build           build the user and hub images that need it
   --push            push what was built (only with --build)
   --deploy          helm upgrade the chart, then wait for its deployments
-  --dry-run         print the commands the run would execute; runs nothing
+  --dry-run         announce the commands the run would execute; runs nothing
   --recover         repair a release an interrupted run left pending, then deploy
   --plugin NAME     load plugins/NAME.ts (or a path); repeatable; also DEPLOY_PLUGINS
   --parallel N      charts deployed at once after the staging chart (default 3)

@@ -64,7 +64,8 @@ interface Sample { wall: number; cpu: number }
 async function measure(argv: string[], cwd: string, env: NodeJS.ProcessEnv, expect: RegExp): Promise<Sample> {
   const out = path.join(cwd, '.bench-time')
   const r = await sh(TIME, ['-f', '%U %S', '-o', out, ...argv], { cwd, env, timeoutMs: 60_000 })
-  if (r.code !== 0 || !expect.test(r.stdout)) throw new Error(`${argv.join(' ')} exited ${r.code}:\n${r.stdout}\n${r.stderr}`)
+  // A plan's commands are announced on stderr (deploy.ts) or stdout (startup.py).
+  if (r.code !== 0 || !expect.test(r.stdout + r.stderr)) throw new Error(`${argv.join(' ')} exited ${r.code}:\n${r.stdout}\n${r.stderr}`)
   const [user, sys] = fs.readFileSync(out, 'utf8').trim().split('\n').at(-1)!.split(' ').map(Number)
   fs.rmSync(out, { force: true })
   return { wall: r.ms, cpu: (user + sys) * 1000 }

@@ -141,20 +141,48 @@ for (const state of ['pending-install', 'pending-upgrade', 'pending-rollback']) 
   })
 }
 
-test('--dry-run prints every command in order, redacted, and runs nothing but read-only probes', async () => {
+/** The commands a run announced (`INFO:root:Executing ...` on stderr), without the prefix. */
+const announced = (stderr: string) => stderr.split('\n').filter((l) => l.startsWith('INFO:root:Executing ')).map((l) => l.slice('INFO:root:'.length))
+
+test('--dry-run announces every command in order as a real run does (stderr, INFO:root:Executing), redacted, and runs nothing but read-only probes', async () => {
   const repo = makeRepo()
   const r = await runDeploy(repo, ['--dry-run', '--build', '--push', '--deploy', 'staginghub'], { rules: [HELM2] })
   assert.equal(r.code, 0, r.stderr)
   assert.deepEqual(r.commands, ['helm version --client --short'])
-  const plan = r.stdout.split('\n').filter((l) => l.startsWith('+ ')).map((l) => l.slice(2).split(' ').slice(0, 3).join(' '))
+  const plan = announced(r.stderr).map((l) => l.replace(/^Executing (and capturing )?/, '').split(' ').slice(0, 3).join(' '))
   assert.deepEqual(plan, [
     'gcloud auth activate-service-account', 'gcloud container clusters', 'helm init --upgrade', 'kubectl rollout status',
     'docker login -u', 'docker manifest inspect', 'docker pull earthlabhubops/ea-k8s-user-staginghub:' + userTag(repo),
     'docker build --cache-from', 'docker push earthlabhubops/ea-k8s-user-staginghub:' + userTag(repo),
     'helm dep up', 'helm upgrade --install', 'kubectl --namespace staginghub', 'kubectl rollout status',
   ])
-  assert.match(r.stdout, /Helm 2/)
+  // One format on one stream: no `+ ` lines anywhere; the header and the summary say nothing ran.
+  assert.ok(!/^\+ /m.test(r.stdout + r.stderr), r.stdout)
+  assert.match(r.stdout, /^# dry run: staginghub at [0-9a-f]{12}, Helm 2; nothing below is executed$/m)
+  assert.match(r.stdout, /^staginghub\s+rollout\s+planned/m)
   assert.ok(!(r.stdout + r.stderr).includes(PASSWORD) && !(r.stdout + r.stderr).includes(SECRET_TOKEN))
+})
+
+test('a real run announces the same lines as its dry run (which also lists setup\'s unannounced commands)', async () => {
+  const repo = makeRepo({ hubImages: ['staginghub'] })
+  const args = ['--build', '--push', '--deploy', 'staginghub']
+  // Both images changed in the range and their cache images exist: the real run does what the plan assumes.
+  const env = { TRAVIS_COMMIT_RANGE: `${git(repo, 'rev-list', '--max-parents=0', 'HEAD')}..HEAD` }
+  const rules: Rule[] = [HELM3, deployments]
+  const [dry, real] = await Promise.all([runDeploy(repo, ['--dry-run', ...args], { rules, env }), runDeploy(repo, args, { rules, env })])
+  assert.equal(dry.code, 0, dry.stderr)
+  assert.equal(real.code, 0, real.stderr)
+  const planned = announced(dry.stderr)
+  // The plan cannot know the deployments: it names them `<each deployment>`, once.
+  const ran = [...new Set(announced(real.stderr).map((l) => l.replace(/--watch deployment\S+/, '--watch <each deployment>')))]
+  assert.ok(ran.length >= 6, real.stderr)
+  // Every line the real run announced appears, identical and in the same order, in the plan.
+  let at = 0
+  for (const line of ran) {
+    at = planned.indexOf(line, at)
+    assert.ok(at >= 0, `the dry run lacks: ${line}\n${planned.join('\n')}`)
+  }
+  for (const line of SETUP_COMMANDS[3]) assert.ok(planned.includes(`Executing${line.startsWith('gcloud auth') || line.startsWith('docker login') ? ' and capturing' : ''} ${line}`), line)
 })
 
 test('--dry-run with no helm on PATH plans for Helm 3 and says so', async () => {
@@ -162,7 +190,7 @@ test('--dry-run with no helm on PATH plans for Helm 3 and says so', async () => 
   const r = await runDeploy(repo, ['--dry-run', '--no-setup', '--deploy', 'staginghub'], { path: '/usr/bin:/bin', noStandins: true })
   assert.equal(r.code, 0, r.stderr)
   assert.match(r.stdout, /helm not found: planning for Helm 3/)
-  assert.match(r.stdout, /\+ helm upgrade --install .* --timeout 600s --cleanup-on-fail --create-namespace/)
+  assert.match(r.stderr, /^INFO:root:Executing helm upgrade --install .* --timeout 600s --cleanup-on-fail --create-namespace/m)
 })
 
 test('--dry-run on a fresh clone (secrets still locked or absent) notes them and plans the whole run', async () => {
@@ -172,6 +200,6 @@ test('--dry-run on a fresh clone (secrets still locked or absent) notes them and
   assert.equal(r.code, 0, r.stderr)
   assert.match(r.stdout, /^# secrets\/staginghub\.yaml: the chart's secret values file not found.*\(a real run stops here, exit 2\)$/m)
   assert.match(r.stdout, /^# secrets\/gke-auth-key\.json: GCLOUD_KEY_FILE .* not found/m)
-  assert.match(r.stdout, /^\+ docker login -u earthlabcu --password-stdin < \(stdin\)$/m)
-  assert.match(r.stdout, /^\+ helm upgrade --install /m)
+  assert.match(r.stderr, /^INFO:root:Executing and capturing docker login -u earthlabcu --password-stdin$/m)
+  assert.match(r.stderr, /^INFO:root:Executing helm upgrade --install /m)
 })

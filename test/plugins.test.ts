@@ -176,6 +176,8 @@ describe('plugins', { concurrency: 8 }, () => {
     // refuser's own fail hook threw: one warning, the exit status stays 3.
     assert.ok(warnings(r).some((l) => /plugin refuser fail failed: refuser fail broke/.test(l)), r.stderr)
     assert.deepEqual(r.commands.filter((c) => !c.startsWith('helm version')), [], 'nothing may run after a refusal')
+    // The summary says what the exit code says: refused, not failed.
+    assert.match(r.stdout, /^staginghub\s+-\s+refused\s/m)
   })
 
   test('a throwing afterDeploy: exit 1, no rollout, fail hook gets the error and the phase', async () => {
@@ -266,7 +268,8 @@ describe('plugins', { concurrency: 8 }, () => {
     assert.match(r.stdout, /# plugin notify-slack: verify, success, fail \(not called in a dry run\)/)
     assert.deepEqual(recorded(rec), [])
     assert.equal((await slack.received()).length, 0)
-    assert.ok(!r.stdout.includes('--description'))
+    assert.match(r.stderr, /^INFO:root:Executing helm upgrade --install /m)
+    assert.ok(!(r.stdout + r.stderr).includes('--description'))
   })
 
   test('the example plugin in docs/plugins.md works as documented', async () => {
@@ -480,6 +483,7 @@ describe('plugins', { concurrency: 8 }, () => {
     }
     assert.match(errorLines(noSetup)[0], /verify:/)
     assert.match(errorLines(withSetup)[0], /afterSetup:/)
+    assert.match(withSetup.stdout, /^ea-hub\s+setup\s+refused\s/m)
   })
 
   test('promote-from-staging: staging failed, missing or not recorded → exit 3 with the reason', async () => {
