@@ -1168,15 +1168,65 @@ async function rollout({ plan, exec, out }: ChartRun) {
 // ---------------------------------------------------------------------------------------
 // Plugins and the hook runner
 
-/** Loads `--plugin` names and paths; a bare name means plugins/<name>.ts. */
+/** The plugins shipped beside deploy.ts (a file: URL, or an https: one when Deno runs deploy.ts from a URL). */
+const SHIPPED_PLUGINS = new URL('./plugins/', import.meta.url)
+
+/**
+ * Where `--plugin NAME` points: a path as given; a bare name, plugins/<name>.ts of the
+ * working directory, else the plugin of that name shipped beside deploy.ts.
+ */
+function pluginSource(name: string): { file: string; url: string } {
+  const bare = !/[/\\]|\.ts$/.test(name)
+  const local = bare ? `plugins/${name}.ts` : name
+  const here = { file: local, url: pathToFileURL(path.resolve(local)).href }
+  if (!bare || fs.existsSync(local)) return here
+  const shipped = new URL(`${name}.ts`, SHIPPED_PLUGINS)
+  if (shipped.protocol !== 'file:') return { file: shipped.href, url: shipped.href }
+  // Found nowhere: the "not found" line names the file the repository would have.
+  return fs.existsSync(fileURLToPath(shipped)) ? { file: fileURLToPath(shipped), url: shipped.href } : here
+}
+
+/** The names of the plugins shipped beside deploy.ts, for a "not found" line. */
+function shippedPluginNames(): string {
+  try {
+    return fs.readdirSync(fileURLToPath(SHIPPED_PLUGINS)).filter((f) => f.endsWith('.ts')).map((f) => f.slice(0, -3)).join(', ') || 'none'
+  } catch {
+    return 'none'
+  }
+}
+
+/** The word of `words` fewest edits away from `word` (case ignored): the hook a typo meant. */
+function closest(word: string, words: readonly string[]): string {
+  const distance = (a: string, b: string) => {
+    let row = Array.from({ length: b.length + 1 }, (_, j) => j)
+    for (let i = 1; i <= a.length; i++) {
+      const next = [i]
+      for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1))
+      row = next
+    }
+    return row[b.length]
+  }
+  const cost = (w: string) => distance(word.toLowerCase(), w.toLowerCase())
+  return words.reduce((best, w) => (cost(w) < cost(best) ? w : best))
+}
+
+/** A plugin object's own keys are its name and hooks: any other key is a typo that would be silently ignored. */
+function checkPluginKeys(file: string, plugin: Plugin) {
+  const unknown = Object.keys(plugin).find((k) => k !== 'name' && !(HOOKS as readonly string[]).includes(k))
+  if (unknown) throw usageError(`${file}: plugin ${plugin.name} has an unknown key "${unknown}": did you mean "${closest(unknown, HOOKS)}"? (a plugin has a name and hooks: ${HOOKS.join(', ')})`)
+}
+
+/** Loads `--plugin` names and paths (pluginSource says where a name points). */
 async function loadPlugins(names: string[]): Promise<Plugin[]> {
   const plugins: Plugin[] = []
   for (const name of names) {
-    const file = /[/\\]|\.ts$/.test(name) ? name : `plugins/${name}.ts`
-    if (!fs.existsSync(file)) throw usageError(`${file}: plugin not found (check --plugin / DEPLOY_PLUGINS)`)
+    const { file, url } = pluginSource(name)
+    if (url.startsWith('file:') && !fs.existsSync(fileURLToPath(url))) {
+      throw usageError(`${file}: plugin not found here nor shipped with deploy.ts (shipped: ${shippedPluginNames()}); check --plugin / DEPLOY_PLUGINS`)
+    }
     let mod: { default?: unknown }
     try {
-      mod = await import(pathToFileURL(path.resolve(file)).href)
+      mod = await import(url)
     } catch (e) {
       throw usageError(`${file}: plugin failed to load: ${String((e as Error).message ?? e).split('\n')[0]}`)
     }
@@ -1184,6 +1234,7 @@ async function loadPlugins(names: string[]): Promise<Plugin[]> {
     const valid = plugin && typeof plugin === 'object' && typeof plugin.name === 'string' &&
       Object.entries(plugin).every(([k, v]) => k === 'name' || !(HOOKS as readonly string[]).includes(k) || typeof v === 'function')
     if (!valid) throw usageError(`${file}: default export is not a plugin (an object with a name and hook functions)`)
+    checkPluginKeys(file, plugin)
     // The same file named twice (`x`, `plugins/x.ts`) is the same module: load it once.
     if (!plugins.includes(plugin)) plugins.push(plugin)
   }
@@ -1399,7 +1450,8 @@ the staging chart goes first and the others follow only if it succeeds.
   --deploy          helm upgrade the chart, then wait for its deployments
   --dry-run         announce the commands the run would execute; runs nothing
   --recover         repair a release an interrupted run left pending, then deploy
-  --plugin NAME     load plugins/NAME.ts (or a path); repeatable; also DEPLOY_PLUGINS
+  --plugin NAME     load plugins/NAME.ts (the repository's, else the one shipped with
+                    deploy.ts) or a path; repeatable; also DEPLOY_PLUGINS
   --parallel N      charts deployed at once after the staging chart (default 3)
   --changed RANGE   print the charts whose files RANGE changed, one per line
   --json            with --changed: print them as a JSON array (a CI matrix)

@@ -235,15 +235,20 @@ describe('plugins', { concurrency: 8 }, () => {
       'plugins/nodefault.ts': "export const name = 'nodefault'\n",
       'plugins/badhook.ts': "export default { name: 'badhook', verify: 'yes' }\n",
       'plugins/syntax.ts': 'export default { name: \n',
+      'plugins/typo.ts': "export default { name: 'typo', verify() {}, afterdeploy() {} }\n",
+      'plugins/extra.ts': "export default { name: 'extra', onSucces: () => {} }\n",
     }
     for (const [file, text] of Object.entries(files)) fs.writeFileSync(path.join(repo, file), text)
     const cases: [string[], Record<string, string>, RegExp][] = [
-      [['--plugin', 'good', '--plugin', 'missing'], {}, /plugins\/missing\.ts: plugin not found/],
+      [['--plugin', 'good', '--plugin', 'missing'], {}, /plugins\/missing\.ts: plugin not found here nor shipped with deploy\.ts \(shipped: health-check, notify-slack, promote-from-staging\)/],
       [['--plugin', 'good'], { DEPLOY_PLUGINS: 'boom' }, /plugins\/boom\.ts: plugin failed to load: .*boom while loading/],
       [['--plugin', 'number'], {}, /plugins\/number\.ts: default export is not a plugin/],
       [['--plugin', 'nodefault'], {}, /plugins\/nodefault\.ts: default export is not a plugin/],
       [['--plugin', 'badhook'], {}, /plugins\/badhook\.ts: default export is not a plugin/],
       [['--plugin', 'syntax'], {}, /plugins\/syntax\.ts: plugin failed to load/],
+      // A misspelled hook would never be called: it is refused, naming the hook it is closest to.
+      [['--plugin', 'typo'], {}, /^ERROR: plugins\/typo\.ts: plugin typo has an unknown key "afterdeploy": did you mean "afterDeploy"\? \(a plugin has a name and hooks: verify, /],
+      [['--plugin', 'extra'], {}, /plugins\/extra\.ts: plugin extra has an unknown key "onSucces": did you mean "success"\?/],
     ]
     const results = await Promise.all(cases.map(([args, env]) => runDeploy(repo, ['--no-setup', '--deploy', ...args, 'staginghub'], { env })))
     results.forEach((r, i) => {
@@ -254,6 +259,26 @@ describe('plugins', { concurrency: 8 }, () => {
       assert.deepEqual(r.commands, [], 'nothing may run')
     })
     assert.deepEqual(recorded(good), [], 'no hook of a plugin that loaded may run either')
+  })
+
+  test('a bare name is the repository\'s plugins/<name>.ts, else the plugin shipped beside deploy.ts (run from another directory)', async () => {
+    const slack = await server()
+    // The fixture repository is not deploy.ts's directory and has no plugins/ at all.
+    const bare = makeRepo()
+    assert.ok(!fs.existsSync(path.join(bare, 'plugins')))
+    const own = makeRepo()
+    const mine = writeRecorder(own, 'notify-slack')
+    const env = { SLACK_WEBHOOK_URL: `${slack.origin}/services/fallback` }
+    const [shippedRun, ownRun] = await Promise.all([
+      runDeploy(bare, ['--no-setup', '--plugin', 'notify-slack', 'staginghub'], { env }),
+      runDeploy(own, ['--no-setup', '--plugin', 'notify-slack', 'staginghub'], { env }),
+    ])
+    assert.equal(shippedRun.code, 0, shippedRun.stderr)
+    assert.match(shippedRun.stderr, /notify-slack: posted to Slack/)
+    assert.equal((await slack.received()).length, 1, 'only the shipped plugin posts')
+    // The repository's own plugins/notify-slack.ts wins over the shipped one.
+    assert.equal(ownRun.code, 0, ownRun.stderr)
+    assert.deepEqual(recorded(mine).map((e) => e.hook), ['verify', 'success'])
   })
 
   test('--dry-run lists the plugins and their hooks and calls none', async () => {
