@@ -248,10 +248,22 @@ export interface HookContext {
   dryRun: boolean
   /** Milliseconds spent in each finished phase. */
   timings: Partial<Record<Phase, number>>
+  /** When this chart's run started (ms since the epoch, as Date.now()). */
+  startedAt: number
+  /** Prints lines as deploy.ts does, each prefixed with the plugin's name (`INFO:root:<name>: ...`). */
   log: Logger
   run: Exec
   /** Aborted when the hook runs out of time and on SIGINT/SIGTERM: pass it to fetch and waits. */
   signal: AbortSignal
+  /** Waits `ms`; rejects with `signal`'s reason as soon as it aborts. */
+  sleep: (ms: number) => Promise<void>
+  /**
+   * zx's retry(count, backoff, fn), stopping with `signal`: calls `fn` (with the attempt
+   * number, from 1) up to `count` times until it resolves; between tries waits as `backoff` says.
+   */
+  retry: <T>(count: number, backoff: Backoff, fn: (attempt: number) => T | Promise<T>) => Promise<T>
+  /** A yes/no value such as PROMOTION_OVERRIDE: 1/true/yes/on → true; unset, empty, 0/false/no/off → false; anything else undefined. */
+  parseYesNo: (text: string | undefined) => boolean | undefined
   /** Refuses the run (exit 3) with this one-line reason; never returns. */
   refuse: (message: string) => never
   /** Masks every registered secret (webhook URLs, tokens, passwords) as ***: apply it to text sent elsewhere. */
@@ -265,6 +277,13 @@ export interface HookContext {
   failedPhase?: Phase
   reason?: 'failed' | 'cancelled'
 }
+
+/**
+ * How long `ctx.retry` waits after a failed try: milliseconds; or an iterable of them, one
+ * per retry (zx's `expBackoff(max, first)`); or a function of the try and its error. No
+ * value (the iterable ended, the function returned undefined) rethrows the error at once.
+ */
+export type Backoff = number | Iterable<number> | ((attempt: number, error: unknown) => number | undefined)
 
 type MaybePromise<T> = T | Promise<T>
 type Hook = (ctx: HookContext) => MaybePromise<void>
@@ -826,6 +845,8 @@ interface ChartState {
   /** How the run ended, for the multi-chart summary. */
   result?: 'ok' | 'failed' | 'skipped'
   error?: DeployError
+  /** When the run started (ms since the epoch) and how long it took. */
+  startedAt?: number
   seconds?: number
 }
 
@@ -1244,7 +1265,65 @@ async function loadPlugins(names: string[]): Promise<Plugin[]> {
 /** What a `fail` hook learns about the failure. */
 type FailureFacts = Pick<HookContext, 'error' | 'failedPhase' | 'reason'>
 
-function hookContext({ plan, state, exec, out, helm, invocation }: ChartRun, signal: AbortSignal, failure: FailureFacts): HookContext {
+/** A plugin's logger: deploy.ts's lines, prefixed with the plugin's name. */
+function pluginLog(out: Logger, name: string): Logger {
+  return {
+    info: (m) => out.info(`${name}: ${m}`),
+    warn: (m) => out.warn(`${name}: ${m}`),
+    error: (m) => out.error(`${name}: ${m}`),
+  }
+}
+
+/** Node 20's timers fire at once above this many ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+/** A wait that ends, rejecting with the signal's reason, as soon as `signal` aborts. */
+function abortableSleep(signal: AbortSignal): HookContext['sleep'] {
+  return (ms) => new Promise<void>((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason)
+    const stop = () => {
+      clearTimeout(timer)
+      reject(signal.reason)
+    }
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', stop)
+      resolve()
+    }, Math.min(Math.max(0, ms) || 0, MAX_TIMER_MS))
+    signal.addEventListener('abort', stop, { once: true })
+  })
+}
+
+/**
+ * zx's retry(count, backoff, fn) with waits that stop with the hook: zx's own sleeps cannot
+ * be aborted, and its backoff cannot look at the error (Retry-After) or give up early (a 4xx).
+ */
+function retrying(signal: AbortSignal, sleep: HookContext['sleep']): HookContext['retry'] {
+  return async (count, backoff, fn) => {
+    const delays = typeof backoff === 'object' ? backoff[Symbol.iterator]() : undefined
+    for (let attempt = 1; ; attempt++) {
+      signal.throwIfAborted()
+      try {
+        return await fn(attempt)
+      } catch (e) {
+        if (attempt >= count || signal.aborted) throw e
+        const ms = typeof backoff === 'number' ? backoff : typeof backoff === 'function' ? backoff(attempt, e) : delays!.next().value
+        if (typeof ms !== 'number') throw e
+        await sleep(ms)
+      }
+    }
+  }
+}
+
+/** PROMOTION_OVERRIDE-style switches: yes, no, or undefined for a value that is neither. */
+function parseYesNo(text: string | undefined): boolean | undefined {
+  const t = (text ?? '').trim().toLowerCase()
+  if (/^(1|true|yes|on)$/.test(t)) return true
+  if (/^(|0|false|no|off)$/.test(t)) return false
+  return undefined
+}
+
+function hookContext({ plan, state, exec, out, helm, invocation }: ChartRun, plugin: Plugin, signal: AbortSignal, failure: FailureFacts): HookContext {
+  const sleep = abortableSleep(signal)
   return {
     chart: plan.chart,
     phases: plan.phases,
@@ -1256,9 +1335,13 @@ function hookContext({ plan, state, exec, out, helm, invocation }: ChartRun, sig
     chartDir: plan.chartDir,
     dryRun: plan.dryRun,
     timings: state.timings,
-    log: out,
+    startedAt: state.startedAt ?? Date.now(),
+    log: pluginLog(out, plugin.name),
     run: exec,
     signal,
+    sleep,
+    retry: retrying(signal, sleep),
+    parseYesNo,
     refuse: (message) => {
       throw new RefusedError(message)
     },
@@ -1281,7 +1364,7 @@ async function callHook(r: ChartRun, plugin: Plugin, hook: HookName, step: HookS
   const stopped = new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }))
   const fn = plugin[hook] as (ctx: HookContext) => unknown
   try {
-    return await Promise.race([fn.call(plugin, hookContext(r, signal, failure)), stopped])
+    return await Promise.race([fn.call(plugin, hookContext(r, plugin, signal, failure)), stopped])
   } finally {
     clearTimeout(timer)
   }
@@ -1361,6 +1444,7 @@ async function runPhases(r: ChartRun) {
 async function execute(r: ChartRun) {
   const { state, invocation } = r
   const start = Date.now()
+  state.startedAt = start
   try {
     await runPhases(r)
     state.result = 'ok'

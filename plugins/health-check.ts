@@ -53,34 +53,29 @@ function failure(e: unknown): string {
   return `request failed (${String(detail).replace(/^error sending request for url \([^)]*\): /, '').split('\n')[0]})`
 }
 
-/** Waits `ms`, or less when the run is cancelled or the hook's time is up. */
-const sleep = (ms: number, signal: AbortSignal) => new Promise<void>((resolve) => {
-  const done = () => {
-    clearTimeout(timer)
-    signal.removeEventListener('abort', done)
-    resolve()
-  }
-  const timer = setTimeout(done, ms)
-  signal.addEventListener('abort', done, { once: true })
-})
+/** What a probe got instead of the hub's version. */
+class NotReady extends Error {}
 
-/** One probe: undefined when healthy (with the version), else what it got. */
-async function probe(url: string, timeoutMs: number, stop: AbortSignal): Promise<{ version?: string; problem?: string }> {
+/** One probe: the hub's version, or a NotReady saying what it got. */
+async function probe(url: string, timeoutMs: number, stop: AbortSignal): Promise<string> {
+  let res: Response
+  let body: string
   try {
-    const signal = AbortSignal.any([stop, AbortSignal.timeout(timeoutMs)])
-    const res = await fetch(url, { headers: { accept: 'application/json' }, signal })
-    const body = await res.text()
-    if (res.status !== 200) return { problem: `HTTP ${res.status}` }
-    try {
-      const json = JSON.parse(body)
-      if (json && typeof json === 'object' && 'version' in json) return { version: String(json.version) }
-      return { problem: 'HTTP 200 but no "version" in the JSON' }
-    } catch {
-      return { problem: 'HTTP 200 but not JSON' }
-    }
+    res = await fetch(url, { headers: { accept: 'application/json' }, signal: AbortSignal.any([stop, AbortSignal.timeout(timeoutMs)]) })
+    body = await res.text()
   } catch (e) {
-    return { problem: failure(e) }
+    if (stop.aborted) throw e
+    throw new NotReady(failure(e))
   }
+  if (res.status !== 200) throw new NotReady(`HTTP ${res.status}`)
+  let json: unknown
+  try {
+    json = JSON.parse(body)
+  } catch {
+    throw new NotReady('HTTP 200 but not JSON')
+  }
+  if (json && typeof json === 'object' && 'version' in json) return String(json.version)
+  throw new NotReady('HTTP 200 but no "version" in the JSON')
 }
 
 const plugin: Plugin = {
@@ -92,33 +87,33 @@ const plugin: Plugin = {
   async afterRollout(ctx) {
     const found = hubUrl(ctx)
     if (!found) {
-      ctx.log.info(`health-check: no URL for ${ctx.chart} (set ${urlKey(ctx.chart)} or jupyterhub.ingress.hosts in its values.yaml): skipped`)
+      ctx.log.info(`no URL for ${ctx.chart} (set ${urlKey(ctx.chart)} or jupyterhub.ingress.hosts in its values.yaml): skipped`)
       return
     }
     const url = apiUrl(found.url)
     const timeout = timeoutOf(ctx)
     const start = Date.now()
     const deadline = start + timeout.ms
-    ctx.log.info(`health-check: waiting up to ${timeout.text} for ${url} (URL from ${found.from})`)
-    let delay = FIRST_DELAY_MS
-    let last = 'no answer'
-    for (let attempt = 1; ; attempt++) {
-      const left = deadline - Date.now()
-      const result = await probe(url, Math.min(REQUEST_TIMEOUT_MS, Math.max(1_000, left)), ctx.signal)
-      if (result.version !== undefined) {
-        ctx.log.info(`health-check: ${url} answers: JupyterHub ${result.version} (after ${((Date.now() - start) / 1000).toFixed(1)}s, ${attempt} attempt${attempt > 1 ? 's' : ''})`)
-        return
-      }
-      last = result.problem!
+    ctx.log.info(`waiting up to ${timeout.text} for ${url} (URL from ${found.from})`)
+    // Waits of 1 s, 2 s, 4 s ... up to 15 s between tries, until the deadline.
+    const backoff = (attempt: number, e: unknown) => {
       const remaining = deadline - Date.now()
-      if (remaining <= 0) break
-      const wait = Math.min(delay, remaining)
-      ctx.log.info(`health-check: ${last}; next try in ${Math.ceil(wait / 1000)}s`)
-      await sleep(wait, ctx.signal)
-      if (ctx.signal.aborted) return
-      delay = Math.min(delay * 2, MAX_DELAY_MS)
+      if (!(e instanceof NotReady) || remaining <= 0) return undefined
+      const wait = Math.min(FIRST_DELAY_MS * 2 ** (attempt - 1), MAX_DELAY_MS, remaining)
+      ctx.log.info(`${e.message}; next try in ${Math.ceil(wait / 1000)}s`)
+      return wait
     }
-    throw new Error(`${url} did not answer with the hub's version within ${timeout.text}; last: ${last}`)
+    let attempts = 0
+    try {
+      const version = await ctx.retry(Infinity, backoff, (attempt) => {
+        attempts = attempt
+        return probe(url, Math.min(REQUEST_TIMEOUT_MS, Math.max(1_000, deadline - Date.now())), ctx.signal)
+      })
+      ctx.log.info(`${url} answers: JupyterHub ${version} (after ${((Date.now() - start) / 1000).toFixed(1)}s, ${attempts} attempt${attempts > 1 ? 's' : ''})`)
+    } catch (e) {
+      if (!(e instanceof NotReady)) throw e
+      throw new Error(`${url} did not answer with the hub's version within ${timeout.text}; last: ${e.message}`)
+    }
   },
 }
 

@@ -18,13 +18,6 @@ const RETRY_AFTER_CAP_S = 3
 const OUTPUT_LINES = 10
 /** deploy.ts stops waiting for a success/fail hook after 10 s: stay below that. */
 const BUDGET_MS = 9_000
-/** When each chart's run started (its verify hook): several charts may share a process. */
-const started = new Map<string, number>()
-let warned = false
-
-function enabled(value: string | undefined): boolean {
-  return /^(1|true|yes|on)$/i.test(value?.trim() ?? '')
-}
 
 interface Target {
   label: string
@@ -45,7 +38,7 @@ function targets(ctx: HookContext, warn = false): Target[] {
       ok = false
     }
     if (ok) found.push({ label, url, body })
-    else if (warn) ctx.log.warn(`notify-slack: ${key} is not an http(s) URL: ignoring it`)
+    else if (warn) ctx.log.warn(`${key} is not an http(s) URL: ignoring it`)
   }
   add('SLACK_WEBHOOK_URL', 'Slack', slackMessage)
   add('NOTIFY_WEBHOOK_URL', 'the notify webhook', (r) => r)
@@ -92,10 +85,10 @@ function report(ctx: HookContext, event: Report['event']): Report {
     commit: ctx.commit,
     helmMajor: ctx.helmMajor,
     revision: ctx.revision,
-    durationMs: { elapsed: Date.now() - (started.get(ctx.chart) ?? performance.timeOrigin), sum },
+    durationMs: { elapsed: Date.now() - ctx.startedAt, sum },
     timings: ctx.timings,
     ciUrl: ciUrl(ctx.config.env),
-    promotionOverride: enabled(ctx.config.env.PROMOTION_OVERRIDE),
+    promotionOverride: ctx.parseYesNo(ctx.config.env.PROMOTION_OVERRIDE) === true,
   }
   if (event === 'fail') {
     r.failedPhase = ctx.failedPhase
@@ -138,8 +131,6 @@ function slackMessage(r: Report): { text: string } {
   return { text: lines.join('\n') }
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
 /** Seconds from a Retry-After header (seconds or an HTTP date), capped; a default backoff otherwise. */
 function retryDelayMs(header: string | null, attempt: number): number {
   let s = header && /^\d+$/.test(header.trim()) ? Number(header.trim()) : NaN
@@ -147,7 +138,7 @@ function retryDelayMs(header: string | null, attempt: number): number {
     const date = Date.parse(header)
     if (!Number.isNaN(date)) s = Math.max(0, (date - Date.now()) / 1000)
   }
-  return Number.isNaN(s) ? 500 * 2 ** attempt : Math.min(s, RETRY_AFTER_CAP_S) * 1000
+  return Number.isNaN(s) ? 500 * 2 ** (attempt - 1) : Math.min(s, RETRY_AFTER_CAP_S) * 1000
 }
 
 /** Why a request failed, without the error text (Deno's names the URL). */
@@ -159,10 +150,28 @@ function failure(e: unknown): string {
   return 'request failed (could not connect)'
 }
 
+/** A non-2xx answer: retried when it is a 429 or a 5xx. */
+class HttpStatus extends Error {
+  constructor(label: string, readonly status: number, readonly retryAfter: string | null, attempt: number) {
+    super(`${label} answered HTTP ${status}${attempt > 1 ? ` (${attempt} attempts)` : ''}`)
+  }
+}
+
 /** POSTs JSON with retries on 429 and 5xx; throws a message that never contains the URL. */
 async function post(ctx: HookContext, target: Target, payload: unknown, deadline: number): Promise<void> {
   const body = JSON.stringify(payload)
-  for (let attempt = 0; ; attempt++) {
+  /** The wait before the next try; none after an error that a retry would not fix. */
+  const backoff = (attempt: number, e: unknown) => {
+    if (!(e instanceof HttpStatus) || !(e.status === 429 || e.status >= 500)) return undefined
+    const wait = retryDelayMs(e.retryAfter, attempt)
+    if (Date.now() + wait >= deadline) {
+      e.message = `${target.label} answered HTTP ${e.status}; no time left to retry`
+      return undefined
+    }
+    ctx.log.info(`${target.label} answered HTTP ${e.status}: retrying in ${(wait / 1000).toFixed(1)}s`)
+    return wait
+  }
+  await ctx.retry(MAX_RETRIES + 1, backoff, async (attempt) => {
     const left = deadline - Date.now()
     if (left <= 0) throw new Error(`${target.label}: gave up (out of time)`)
     let res: Response
@@ -171,23 +180,14 @@ async function post(ctx: HookContext, target: Target, payload: unknown, deadline
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body,
-        signal: AbortSignal.timeout(Math.min(REQUEST_TIMEOUT_MS, left)),
+        signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(Math.min(REQUEST_TIMEOUT_MS, left))]),
       })
     } catch (e) {
       throw new Error(`${target.label}: ${failure(e)}`)
     }
     await res.body?.cancel().catch(() => undefined)
-    if (res.ok) return
-    const attempts = attempt + 1
-    const retryable = res.status === 429 || res.status >= 500
-    if (!retryable || attempt >= MAX_RETRIES) {
-      throw new Error(`${target.label} answered HTTP ${res.status}${attempts > 1 ? ` (${attempts} attempts)` : ''}`)
-    }
-    const wait = retryDelayMs(res.headers.get('retry-after'), attempt)
-    if (Date.now() + wait >= deadline) throw new Error(`${target.label} answered HTTP ${res.status}; no time left to retry`)
-    ctx.log.info(`notify-slack: ${target.label} answered HTTP ${res.status}: retrying in ${(wait / 1000).toFixed(1)}s`)
-    await sleep(wait)
-  }
+    if (!res.ok) throw new HttpStatus(target.label, res.status, res.headers.get('retry-after'), attempt)
+  })
 }
 
 async function notify(ctx: HookContext, event: Report['event']) {
@@ -197,7 +197,7 @@ async function notify(ctx: HookContext, event: Report['event']) {
   const deadline = Date.now() + BUDGET_MS
   const results = await Promise.allSettled(all.map(async (t) => {
     await post(ctx, t, t.body(r), deadline)
-    ctx.log.info(`notify-slack: posted to ${t.label}`)
+    ctx.log.info(`posted to ${t.label}`)
   }))
   const errors = results.flatMap((res) => (res.status === 'rejected' ? [ctx.redact(String((res.reason as Error)?.message ?? res.reason))] : []))
   if (errors.length) throw new Error(errors.join('; '))
@@ -206,12 +206,9 @@ async function notify(ctx: HookContext, event: Report['event']) {
 const plugin: Plugin = {
   name: 'notify-slack',
   verify(ctx) {
-    started.set(ctx.chart, Date.now())
-    if (warned) return
-    warned = true
     const env = ctx.config.env
     if (!env.SLACK_WEBHOOK_URL?.trim() && !env.NOTIFY_WEBHOOK_URL?.trim()) {
-      ctx.log.warn('notify-slack: neither SLACK_WEBHOOK_URL nor NOTIFY_WEBHOOK_URL is set: no notification will be sent')
+      ctx.log.warn('neither SLACK_WEBHOOK_URL nor NOTIFY_WEBHOOK_URL is set: no notification will be sent')
       return
     }
     targets(ctx, true) // warns about a URL that cannot be used now rather than at the end

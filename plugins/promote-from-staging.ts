@@ -20,7 +20,14 @@ interface DeployRecord {
 }
 
 const list = (value: string | undefined) => (value ?? '').split(',').map((s) => s.trim()).filter(Boolean)
-const overridden = (ctx: HookContext) => /^(1|true|yes|on)$/i.test(ctx.config.env.PROMOTION_OVERRIDE?.trim() ?? '')
+
+/** PROMOTION_OVERRIDE as yes or no; any other value is refused (from verify, before anything changes). */
+function overridden(ctx: HookContext): boolean {
+  const text = ctx.config.env.PROMOTION_OVERRIDE
+  const yes = ctx.parseYesNo(text)
+  if (yes === undefined) ctx.refuse(`PROMOTION_OVERRIDE=${text}: neither yes nor no; set it to 1 to deploy despite the check, or unset it`)
+  return yes === true
+}
 
 /** The chart's dependencies, name → version: Chart.yaml (Helm 3) or requirements.yaml (Helm 2 charts). */
 function dependencies(chartDir: string): Record<string, string> {
@@ -84,7 +91,7 @@ async function check(ctx: HookContext) {
   const staging = ctx.config.STAGING_CHART
   const found = await problems(ctx)
   if (!found.length) {
-    ctx.log.info(`promote-from-staging: ${staging} runs what ${ctx.chart} is about to get`)
+    ctx.log.info(`${staging} runs what ${ctx.chart} is about to get`)
     return
   }
   if (overridden(ctx)) {
@@ -102,7 +109,10 @@ const plugin: Plugin = {
   name: 'promote-from-staging',
   // The staging release is read with the run's cluster credentials: when setup runs,
   // they exist only after it, so the check waits for afterSetup (still before any build).
-  verify: (ctx) => (ctx.phases.setup ? undefined : check(ctx)),
+  verify: (ctx) => {
+    overridden(ctx)
+    return ctx.phases.setup ? undefined : check(ctx)
+  },
   afterSetup: (ctx) => check(ctx),
   beforeDeploy: (ctx) => ({ helmArgs: ['--description', JSON.stringify(record(ctx))] }),
 }

@@ -281,6 +281,126 @@ describe('plugins', { concurrency: 8 }, () => {
     assert.deepEqual(recorded(mine).map((e) => e.hook), ['verify', 'success'])
   })
 
+  test('ctx: the run\'s start time, a logger that names the plugin, retry with backoff, sleep and a yes/no parser', async () => {
+    const repo = makeRepo()
+    const file = path.join(repo, 'helpers.jsonl')
+    fs.mkdirSync(path.join(repo, 'plugins'))
+    fs.writeFileSync(path.join(repo, 'plugins/helpers.ts'), `import fs from 'node:fs'
+const note = (entry) => fs.appendFileSync(${JSON.stringify(file)}, JSON.stringify(entry) + '\\n')
+const outcome = (p) => p.then((value) => ({ value }), (e) => ({ error: e.message }))
+export default {
+  name: 'helpers',
+  async verify(ctx) {
+    ctx.log.info('hello')
+    ctx.log.warn('careful')
+    const tries = []
+    const gaps = []
+    const third = await outcome(ctx.retry(3, 20, (n) => { tries.push(n); if (n < 3) throw new Error('again ' + n); return 'done' }))
+    const exhausted = await outcome(ctx.retry(2, 0, (n) => { throw new Error('still failing ' + n) }))
+    const stopped = await outcome(ctx.retry(5, (n, e) => (e.message === 'fatal' ? undefined : 0), (n) => { throw new Error(n === 2 ? 'fatal' : 'flaky') }))
+    let count = 0
+    const listed = await outcome(ctx.retry(10, [0, 0], () => { count++; throw new Error('tried ' + count) }))
+    const before = Date.now()
+    await ctx.sleep(50)
+    note({ hook: 'verify', startedAt: ctx.startedAt, now: Date.now(), tries, third, exhausted, stopped, listed, slept: Date.now() - before,
+      yesNo: ['1', 'YES', ' on ', 'true', '0', 'no', 'Off', '', undefined, 'maybe'].map((t) => ctx.parseYesNo(t)) })
+  },
+  success(ctx) {
+    note({ hook: 'success', startedAt: ctx.startedAt })
+  },
+}
+`)
+    const before = Date.now()
+    const r = await runDeploy(repo, ['--no-setup', '--plugin', 'helpers', 'staginghub'])
+    assert.equal(r.code, 0, r.stderr)
+    assert.match(r.stderr, /^INFO:root:helpers: hello$/m)
+    assert.match(r.stderr, /^WARNING: helpers: careful$/m)
+    const [verify, success] = fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l))
+    assert.ok(verify.startedAt >= before && verify.startedAt <= verify.now, JSON.stringify(verify))
+    assert.equal(success.startedAt, verify.startedAt, 'one start time for the chart\'s whole run')
+    assert.deepEqual(verify.tries, [1, 2, 3])
+    assert.deepEqual(verify.third, { value: 'done' })
+    assert.deepEqual(verify.exhausted, { error: 'still failing 2' })
+    assert.deepEqual(verify.stopped, { error: 'fatal' }, 'a backoff that returns nothing gives up at once')
+    assert.deepEqual(verify.listed, { error: 'tried 3' }, 'an iterable backoff: one retry per value')
+    assert.ok(verify.slept >= 40, `slept ${verify.slept} ms`)
+    assert.deepEqual(verify.yesNo, [true, true, true, true, false, false, false, false, false, null])
+  })
+
+  /** A plugin whose afterDeploy waits as WAIT_KIND says (sleep, fetch or retry), passing ctx.signal on. */
+  function writeWaiter(repo: string): string {
+    const file = path.join(repo, 'waiter.txt')
+    fs.mkdirSync(path.join(repo, 'plugins'), { recursive: true })
+    fs.writeFileSync(path.join(repo, 'plugins/waiter.ts'), `import fs from 'node:fs'
+const note = (line) => fs.appendFileSync(${JSON.stringify(file)}, line + '\\n')
+let markEnded
+const ended = new Promise((resolve) => (markEnded = resolve))
+export default {
+  name: 'waiter',
+  async afterDeploy(ctx) {
+    const kind = ctx.config.env.WAIT_KIND
+    ctx.log.info('waiting: ' + kind)
+    try {
+      if (kind === 'sleep') await ctx.sleep(3_600_000)
+      if (kind === 'fetch') await fetch(ctx.config.env.WAIT_URL, { signal: ctx.signal })
+      if (kind === 'retry') await ctx.retry(Infinity, 3_600_000, () => { throw new Error('not yet') })
+      note(kind + ' finished')
+    } catch (e) {
+      note(kind + ' ended: ' + (ctx.signal.aborted ? ctx.signal.reason.message : 'not aborted: ' + e.message))
+      throw e
+    } finally {
+      markEnded()
+    }
+  },
+  // Waits for afterDeploy's own wait to end, so what it noted is there when the run exits.
+  async fail(ctx) {
+    await ended
+    note('fail ' + ctx.reason + ' ' + ctx.failedPhase)
+  },
+}
+`)
+    return file
+  }
+
+  test('ctx.signal ends a hook\'s own sleep, fetch or retry when HOOK_TIMEOUT runs out, not only the wait for it', async () => {
+    const hang = await server([{ hang: true }])
+    const repo = makeRepo()
+    const file = writeWaiter(repo)
+    const kinds = ['sleep', 'fetch', 'retry']
+    const results = await Promise.all(kinds.map((kind) => runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'waiter', 'staginghub'], {
+      env: { WAIT_KIND: kind, WAIT_URL: `${hang.origin}/slow`, HOOK_TIMEOUT: '2s' },
+    })))
+    results.forEach((r, i) => {
+      assert.equal(r.code, 1, r.stderr)
+      assert.deepEqual(errorLines(r), ['ERROR: plugin waiter afterDeploy: did not finish within 2s'])
+      assert.ok(!warnings(r).some((l) => l.includes('waiter fail failed')), `the ${kinds[i]} kept going: ${r.stderr}`)
+    })
+    const lines = fs.readFileSync(file, 'utf8').trim().split('\n').sort()
+    assert.deepEqual(lines, [
+      'fail failed deploy', 'fail failed deploy', 'fail failed deploy',
+      'fetch ended: did not finish within 2s', 'retry ended: did not finish within 2s', 'sleep ended: did not finish within 2s',
+    ])
+  })
+
+  test('ctx.signal ends a blocking hook\'s wait on SIGTERM: exit 143, fail hooks told cancelled', async () => {
+    const repo = makeRepo()
+    const file = writeWaiter(repo)
+    const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'waiter', 'staginghub'], {
+      env: { WAIT_KIND: 'sleep' },
+      onSpawn: (child) => {
+        let sent = false
+        child.stderr!.on('data', (d: Buffer) => {
+          if (!sent && d.toString().includes('waiter: waiting: sleep')) {
+            sent = true
+            process.kill(child.pid!, 'SIGTERM')
+          }
+        })
+      },
+    })
+    assert.equal(r.code, 143, r.stderr)
+    assert.deepEqual(fs.readFileSync(file, 'utf8').trim().split('\n'), ['sleep ended: cancelled by SIGTERM', 'fail cancelled deploy'])
+  })
+
   test('--dry-run lists the plugins and their hooks and calls none', async () => {
     const repo = makeRepo()
     const rec = writeRecorder(repo, 'rec')
@@ -540,7 +660,7 @@ describe('plugins', { concurrency: 8 }, () => {
     })
     assert.equal(r.code, 0, r.stderr)
     assert.ok(warnings(r).some((l) => l.includes('PROMOTION_OVERRIDE is set: deploying ea-hub although jupyterhub 3.3.8 on staginghub vs 3.3.7 here')), r.stderr)
-    assert.ok(warnings(r).some((l) => /^WARNING: !{20,}/.test(l)), 'a loud banner')
+    assert.ok(warnings(r).some((l) => /^WARNING: promote-from-staging: !{20,}/.test(l)), 'a loud banner')
     assert.deepEqual(description(r).deps, { jupyterhub: '3.3.7' })
     assert.equal(description(r).override, true)
     assert.match(((await slack.json())[0] as { text: string }).text, /PROMOTION_OVERRIDE was set: the promotion check from staging was bypassed/)
