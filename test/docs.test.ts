@@ -6,6 +6,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { YAML } from 'zx'
 import { ROOT } from './support/harness.ts'
+import { makeRepo, runDeploy, commit, HELM3, type Rule, type RunResult } from './support/harness.ts'
 
 const read = (file: string) => fs.readFileSync(path.join(ROOT, file), 'utf8')
 const markdown = ['README.md', ...fs.readdirSync(path.join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)]
@@ -37,4 +38,62 @@ test('CI workflow files are valid YAML and call deploy.ts only with documented f
       for (const flag of args.trim().split(/\s+/)) assert.ok(readme.includes(flag), `${file} uses undocumented ${flag}`)
     }
   }
+})
+
+// -------------------------------------------------------------------------------------
+// docs/plugins.md: its commands, its example plugin and the lines it shows, run as written.
+
+/** The page's fenced blocks (also indented ones, inside lists): language and text. */
+const fenced = (text: string) => [...text.matchAll(/^( *)```(\w*)\n([\s\S]*?)^\1```/gm)]
+  .map(([, indent, lang, body]) => ({ lang, lines: body.split('\n').map((l) => l.slice(indent.length)).filter(Boolean) }))
+const stderrLines = (r: RunResult, prefix: RegExp) => r.stderr.split('\n').filter((l) => prefix.test(l))
+const PODS: Rule = { tool: 'kubectl', match: 'get pods', stdout: 'pod/hub-1\npod/proxy-2\n' }
+
+test('docs/plugins.md: every example runs as written', async () => {
+  const doc = read('docs/plugins.md')
+  const blocks = fenced(doc)
+  const example = blocks.find((b) => b.lang === 'ts' && b.lines[0].startsWith('// plugins/freeze.ts'))!
+  assert.ok(example, 'the freeze example')
+  const repo = makeRepo({ hubs: ['staginghub', 'ea-hub'] })
+  commit(repo, { 'plugins/freeze.ts': example.lines.join('\n') + '\n' }, 'the example plugin')
+
+  // The shell commands: `KEY=value ... npx tsx deploy.ts <args>`, with stand-ins for the cluster.
+  const commands = blocks.filter((b) => b.lang === 'sh').flatMap((b) => b.lines)
+  assert.ok(commands.length >= 2, commands.join('\n'))
+  const runs = await Promise.all(commands.map((line) => {
+    const m = /^((?:[A-Z_]+=\S+ )*)npx tsx deploy\.ts (.*)$/.exec(line)
+    assert.ok(m, `not a deploy.ts command: ${line}`)
+    const env = Object.fromEntries(m[1].trim().split(/\s+/).filter(Boolean).map((kv) => kv.split('=') as [string, string]))
+    return runDeploy(repo, m[2].split(/\s+/), { env, rules: [HELM3, PODS] })
+  }))
+  runs.forEach((r, i) => assert.equal(r.code, 0, `${commands[i]}\n${r.stderr}`))
+
+  // The example plugin: refused with the lines the page shows; otherwise it does what it says.
+  const shown = /With `DEPLOY_FREEZE="([^"]+)"`[\s\S]*?```\n([\s\S]*?)\n```/.exec(doc.slice(doc.indexOf('## Example')))!
+  const args = ['--no-setup', '--deploy', '--plugin', 'freeze', 'ea-hub']
+  const [frozen, open] = await Promise.all([
+    runDeploy(repo, args, { env: { DEPLOY_FREEZE: shown[1] } }),
+    runDeploy(repo, args, { rules: [HELM3, PODS] }),
+  ])
+  assert.equal(frozen.code, 3, frozen.stderr)
+  assert.deepEqual(stderrLines(frozen, /^(ERROR|WARNING):/), shown[2].split('\n'))
+  assert.match(frozen.stdout, /^ea-hub\s+-\s+refused/m)
+  assert.equal(open.code, 0, open.stderr)
+  const upgrade = open.calls.find((c) => c.tool === 'helm' && c.argv[0] === 'upgrade')!
+  assert.deepEqual(upgrade.argv.slice(-2), ['--history-max', '20'])
+  assert.match(open.stderr, /^INFO:root:freeze: 2 pods running in ea-hub$/m)
+  assert.match(open.stderr, /^INFO:root:freeze: ea-hub at [0-9a-f]{7} done in [\d.]+s$/m)
+
+  // The refusal promote-from-staging shows, word for word.
+  const refusal = blocks.flatMap((b) => b.lines).find((l) => l.startsWith('ERROR: plugin promote-from-staging'))!
+  const chart = (name: string, version: string) =>
+    `apiVersion: v2\nname: ${name}\nversion: 1.0.0\ndependencies:\n  - name: jupyterhub\n    version: ${version}\n    repository: https://hub.jupyter.org/helm-chart/\n`
+  commit(repo, { 'hub-charts/staginghub/Chart.yaml': chart('staginghub', '3.3.8'), 'hub-charts/ea-hub/Chart.yaml': chart('ea-hub', '3.3.7') })
+  const staging = JSON.stringify([{ revision: 2, status: 'deployed', description: JSON.stringify({ commit: '0123456789ab', images: {}, deps: { jupyterhub: '3.3.8' } }) }])
+  const promoted = await runDeploy(repo, ['--deploy', '--plugin', 'promote-from-staging', 'ea-hub'], {
+    rules: [HELM3, { tool: 'helm', match: '^history staginghub', stdout: staging }],
+    env: { PRODUCTION_CHARTS: 'ea-hub' },
+  })
+  assert.equal(promoted.code, 3, promoted.stderr)
+  assert.deepEqual(stderrLines(promoted, /^ERROR:/), [refusal])
 })

@@ -417,28 +417,6 @@ export default {
     assert.ok(!(r.stdout + r.stderr).includes('--description'))
   })
 
-  test('the example plugin in docs/plugins.md works as documented', async () => {
-    const doc = fs.readFileSync(path.join(ROOT, 'docs/plugins.md'), 'utf8')
-    const example = doc.slice(doc.indexOf('## Example'))
-    const source = /```ts\n([\s\S]*?)```/.exec(example)![1]
-    const shown = /With `DEPLOY_FREEZE="([^"]+)"`[\s\S]*?```\n(ERROR: .*)\n```/.exec(example)!
-    const repo = makeRepo({ hubs: ['staginghub', 'ea-hub'] })
-    writeRecorder(repo, 'unused') // writes the package.json that makes plugins/ ES modules
-    fs.writeFileSync(path.join(repo, 'plugins/freeze.ts'), source)
-    const args = ['--no-setup', '--deploy', '--plugin', 'freeze', 'ea-hub']
-    const [frozen, open] = await Promise.all([
-      runDeploy(repo, args, { env: { DEPLOY_FREEZE: shown[1] } }),
-      runDeploy(repo, args, { rules: [HELM3, { tool: 'kubectl', match: 'get pods', stdout: 'pod/hub-1\npod/proxy-2\n' }] }),
-    ])
-    assert.equal(frozen.code, 3, frozen.stderr)
-    assert.deepEqual(errorLines(frozen), [shown[2]])
-    assert.match(frozen.stderr, /WARNING: freeze: ea-hub failed in verify: plugin freeze verify: deploys are frozen/)
-    assert.equal(open.code, 0, open.stderr)
-    assert.deepEqual(argvOf(open, 'helm upgrade')!.slice(-2), ['--history-max', '20'])
-    assert.match(open.stderr, /freeze: 2 pods running in ea-hub/)
-    assert.match(open.stderr, /freeze: ea-hub at [0-9a-f]{7} done in [\d.]+s/)
-  })
-
   // -------------------------------------------------------------------------------------
   // notify-slack
 
@@ -664,6 +642,16 @@ export default {
     assert.deepEqual(description(r).deps, { jupyterhub: '3.3.7' })
     assert.equal(description(r).override, true)
     assert.match(((await slack.json())[0] as { text: string }).text, /PROMOTION_OVERRIDE was set: the promotion check from staging was bypassed/)
+  })
+
+  test('promote-from-staging: a PROMOTION_OVERRIDE that is neither yes nor no is refused before anything runs', async () => {
+    const r = await runDeploy(promotionRepo('3.3.8', '3.3.7'), ['--no-setup', '--deploy', '--plugin', shipped('promote-from-staging'), 'ea-hub'], {
+      rules: [HELM3, HEALTHY],
+      env: { ...PROD, PROMOTION_OVERRIDE: 'maybe' },
+    })
+    assert.equal(r.code, 3, r.stderr)
+    assert.deepEqual(errorLines(r), ['ERROR: plugin promote-from-staging verify: PROMOTION_OVERRIDE=maybe: neither yes nor no; set it to 1 to deploy despite the check, or unset it'])
+    assert.deepEqual(r.commands, ['helm version --client --short'])
   })
 
   test('promote-from-staging: Helm 2 reads the history without --namespace; DEPLOYED counts', async () => {
