@@ -72,6 +72,20 @@ export const DEFAULTS = {
   GKE_CLUSTER: 'jhub',
   GKE_ZONE: 'us-central1-b',
   GCP_PROJECT: 'ea-jupyter',
+  // Other clusters and registries (docs/clusters.md); the defaults are the original's.
+  CLUSTER_PROVIDER: 'gke',
+  REGISTRY_PROVIDER: 'dockerhub',
+  AWS_REGION: '',
+  EKS_CLUSTER: '',
+  AZURE_CLIENT_ID: '',
+  AZURE_TENANT_ID: '',
+  AZURE_FEDERATED_TOKEN_FILE: '',
+  AZURE_CLIENT_CERTIFICATE_PATH: '',
+  AKS_RESOURCE_GROUP: '',
+  AKS_CLUSTER: '',
+  AKS_KUBELOGIN: '',
+  ACR_NAME: '',
+  KUBECONFIG_FILE: 'secrets/kubeconfig.yaml',
   DOCKER_USERNAME: 'earthlabcu',
   DOCKER_PASSWORD_FILE: 'secrets/dockerhub',
   DOCKER_REGISTRY: '',
@@ -655,6 +669,9 @@ const INSTALL_HINTS: Record<string, string> = {
   helm: 'install Helm 3 (https://helm.sh/docs/intro/install/)',
   kubectl: 'install kubectl (https://kubernetes.io/docs/tasks/tools/) or `gcloud components install kubectl`',
   gcloud: 'install the Google Cloud SDK (https://cloud.google.com/sdk/docs/install)',
+  aws: 'install the AWS CLI v2 (https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html)',
+  az: 'install the Azure CLI 2.67 or later (https://learn.microsoft.com/cli/azure/install-azure-cli)',
+  kubelogin: 'install kubelogin (`az aks install-cli`, or https://azure.github.io/kubelogin/install.html)',
 }
 
 // ---------------------------------------------------------------------------------------
@@ -823,7 +840,8 @@ interface Request {
 interface RepositoryFacts {
   readonly commit: string
   readonly helmMajor: 2 | 3
-  readonly dockerPassword?: string
+  /** Setup's providers, checked, with their secrets in memory. */
+  readonly setupPlan?: SetupPlan
 }
 
 /** One chart's run as preflight fixed it: read-only from then on. */
@@ -916,41 +934,33 @@ async function checkGit(request: Request, { exec, env }: Tools): Promise<string>
   return commit
 }
 
-/** Setup's files: the service account key and the Docker password, both registered as secrets. */
-function setupSecrets(request: Request, { out, invocation }: Tools): string | undefined {
-  const key = secretFileFor(request, out, request.config.GCLOUD_KEY_FILE, 'GCLOUD_KEY_FILE (the service account key)')
-  try {
-    invocation.secrets.add(JSON.parse(key ?? '{}').private_key)
-  } catch {
-    // A key file gcloud cannot read fails in gcloud, with its own message.
-  }
-  const password = secretFileFor(request, out, request.config.DOCKER_PASSWORD_FILE, 'DOCKER_PASSWORD_FILE (the Docker Hub password)')?.trim()
-  invocation.secrets.add(password)
-  return password
-}
-
 /** Every tool the run's phases need is on PATH (a dry run needs none). */
-function checkTools({ phases }: Request, env: NodeJS.ProcessEnv) {
+function checkTools({ phases, config }: Request, env: NodeJS.ProcessEnv, setupPlan: SetupPlan | undefined) {
   const needed = new Set<string>()
-  if (phases.setup) ['gcloud', 'kubectl', 'helm', 'docker'].forEach((t) => needed.add(t))
+  if (setupPlan) [...setupSteps(setupPlan, config, []).map((step) => step.tool), 'kubectl', 'helm'].forEach((t) => needed.add(t))
   if (phases.build) needed.add('docker')
   if (phases.deploy) ['helm', 'kubectl'].forEach((t) => needed.add(t))
   for (const tool of needed) if (!onPath(tool, env)) throw usageError(`${tool} not found on PATH: ${INSTALL_HINTS[tool]}`)
 }
 
-/** Checks that hold for the whole invocation: git and the repository, setup's files, the tools, Helm's version. */
+/** Checks that hold for the whole invocation: git and the repository, setup's providers and files, the tools, Helm's version. */
 async function checkRepository(request: Request, tools: Tools): Promise<RepositoryFacts> {
   YAML ??= (await import('yaml')).default
   const commit = await checkGit(request, tools)
-  const dockerPassword = request.phases.setup ? setupSecrets(request, tools) : undefined
+  pickProvider(CLUSTERS, 'CLUSTER_PROVIDER', request.config)
+  pickProvider(REGISTRIES, 'REGISTRY_PROVIDER', request.config)
+  const setupPlan = request.phases.setup ? planSetup(request, tools) : undefined
   tools.invocation.secrets.addFromEnv(request.config.env)
-  if (!request.dryRun) checkTools(request, tools.env)
+  if (!request.dryRun) checkTools(request, tools.env, setupPlan)
   const major = await helmMajorVersion(tools.exec, tools.env)
   if (!major) {
     if (request.dryRun) tools.out.print('# helm not found: planning for Helm 3')
     else if (request.phases.setup || request.phases.deploy) throw usageError('could not tell the Helm version from `helm version`: install Helm 2 or 3')
   }
-  return { commit, helmMajor: major ?? 3, dockerPassword }
+  if (major === 2 && setupPlan && !setupPlan.cluster.helm2) {
+    throw usageError(`CLUSTER_PROVIDER=${request.config.CLUSTER_PROVIDER} needs Helm 3: Helm 2's tiller is set up only on gke, as the original did (https://helm.sh/docs/intro/install/)`)
+  }
+  return { commit, helmMajor: major ?? 3, setupPlan }
 }
 
 /** The chart's own checks (its Chart.yaml, its secret values, its image tags), giving its plan. */
@@ -981,9 +991,345 @@ async function chartImages(exec: Exec, chart: string, config: Config) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Setup: credentials for gcloud, kubectl, helm and docker, in a private per-run directory.
+// Setup: credentials for the cluster and the registry, in a private per-run directory.
+// Each provider is a row of data (docs/clusters.md); one function plans them, one runs them.
 
-/** Points kubectl, helm, gcloud and docker at a fresh private directory for this run. */
+type Key = keyof typeof DEFAULTS
+
+/** What a setup step's arguments are made of. */
+interface StepFacts {
+  config: Config
+  /** The run's private kubeconfig, which every later command uses. */
+  kubeconfig: string
+  /** The registry docker logs in to: DOCKER_REGISTRY, else the host of USER_IMAGE_PREFIX. */
+  host: string
+}
+
+/**
+ * One setup command. Secrets never enter its argv: `stdin` feeds it a value held in memory
+ * (the contents of the file a key names, or the token an earlier step printed), and
+ * `yields` takes its captured output as that token, masked from then on.
+ */
+interface SetupStep {
+  tool: string
+  args: (f: StepFacts) => string[]
+  /** Output captured, not streamed (logins print account details). */
+  capture?: boolean
+  stdin?: Key | 'token'
+  yields?: 'token'
+  /** The token in the captured output (default: all of it). */
+  parse?: (stdout: string) => string | undefined
+  /** Runs only when this holds. */
+  when?: (config: Config) => boolean
+}
+
+/** A secret file setup needs: read before anything runs (refused while git-crypt-locked), masked, kept in memory. */
+interface SecretFile {
+  key: Key
+  what: string
+  /** The secret parts of its text (default: all of it). */
+  masks?: (text: string) => Array<string | undefined>
+}
+
+/** One way to log a cloud CLI in: the first form whose keys are set and whose `when` holds is used. */
+interface LoginForm {
+  name: string
+  keys: Key[]
+  files: SecretFile[]
+  when?: (files: Record<string, string | undefined>) => boolean
+  steps: SetupStep[]
+}
+
+interface Provider {
+  /** The cloud CLI it needs logged in (once per run, whichever provider needs it first). */
+  cli?: CloudCli
+  /** Keys that must be set. */
+  keys: Key[]
+  files: SecretFile[]
+  steps: SetupStep[]
+}
+
+interface ClusterProvider extends Provider {
+  /** The kubeconfig comes from this file of the repository instead of a CLI. */
+  kubeconfigFrom?: Key
+  /** Helm 2 (and its tiller setup) is allowed here; elsewhere it is refused (see CLUSTERS). */
+  helm2?: boolean
+}
+
+interface RegistryProvider extends Provider {
+  /** Logs in to a registry host, which the image prefixes must name. */
+  needsHost?: boolean
+}
+
+type CloudCli = 'gcloud' | 'aws' | 'az'
+
+const quietly = { show: 'silent', timeout: '5m' } as const
+
+/** The type of a Google credential file: `service_account` (a key) or `external_account` (keyless). */
+function credentialType(text: string | undefined): string | undefined {
+  try {
+    return JSON.parse(text ?? '{}').type
+  } catch {
+    return undefined // gcloud names a file it cannot read
+  }
+}
+
+/** A Google credential file's secrets: a key's private key; an OIDC file's request headers. */
+function googleCredentialSecrets(text: string): string[] {
+  try {
+    const doc = JSON.parse(text)
+    const headers = Object.values(doc.credential_source?.headers ?? {}).map(String)
+    return [doc.private_key, ...headers, ...headers.map((h) => h.replace(/^Bearer\s+/i, ''))].filter(Boolean)
+  } catch {
+    return []
+  }
+}
+
+/** The key of a PEM file (certificate plus private key). */
+const pemPrivateKey = (text: string) => [/-----BEGIN [A-Z ]*PRIVATE KEY-----([\s\S]*?)-----END/.exec(text)?.[1]]
+
+/** The credentials in a kubeconfig: tokens, client keys, passwords; never server names or users. */
+function kubeconfigSecrets(text: string): string[] {
+  const found: string[] = []
+  const walk = (v: unknown) => {
+    if (!v || typeof v !== 'object') return
+    for (const [k, child] of Object.entries(v)) {
+      if (/^(token|client-key-data|password|id-token|refresh-token|client-secret|access-token)$/.test(k) && typeof child === 'string') found.push(child)
+      else walk(child)
+    }
+  }
+  try {
+    for (const doc of YAML.parseAllDocuments(text)) walk(doc.toJS())
+  } catch {
+    // kubectl names a kubeconfig it cannot read
+  }
+  return found
+}
+
+const GCLOUD_KEY: SecretFile = { key: 'GCLOUD_KEY_FILE', what: 'the Google Cloud credential file', masks: googleCredentialSecrets }
+
+/** How each cloud CLI logs in, without a secret in argv. */
+const LOGINS: Record<CloudCli, LoginForm[]> = {
+  gcloud: [
+    {
+      // Workload identity federation (GitHub's OIDC setup for Google Cloud writes this file): no key at all.
+      name: 'workload identity federation',
+      keys: ['GCLOUD_KEY_FILE'],
+      files: [GCLOUD_KEY],
+      when: (files) => credentialType(files.GCLOUD_KEY_FILE) === 'external_account',
+      steps: [{ tool: 'gcloud', args: (f) => ['auth', 'login', `--cred-file=${f.config.GCLOUD_KEY_FILE}`], capture: true }],
+    },
+    {
+      name: 'service account key',
+      keys: ['GCLOUD_KEY_FILE'],
+      files: [GCLOUD_KEY],
+      steps: [{ tool: 'gcloud', args: (f) => ['auth', 'activate-service-account', `--key-file=${f.config.GCLOUD_KEY_FILE}`], capture: true }],
+    },
+  ],
+  // The AWS CLI reads its credentials from the environment (AWS_PROFILE, the keys, or the role GitHub's OIDC action assumed).
+  aws: [{ name: 'the environment', keys: [], files: [], steps: [] }],
+  az: [
+    {
+      // `@-` makes az read the value from stdin: the token never enters argv.
+      name: 'federated token',
+      keys: ['AZURE_CLIENT_ID', 'AZURE_TENANT_ID', 'AZURE_FEDERATED_TOKEN_FILE'],
+      files: [{ key: 'AZURE_FEDERATED_TOKEN_FILE', what: 'the federated (OIDC) token' }],
+      steps: [{
+        tool: 'az',
+        args: (f) => ['login', '--service-principal', '--username', f.config.AZURE_CLIENT_ID, '--tenant', f.config.AZURE_TENANT_ID, '--federated-token', '@-'],
+        capture: true,
+        stdin: 'AZURE_FEDERATED_TOKEN_FILE',
+      }],
+    },
+    {
+      name: 'certificate',
+      keys: ['AZURE_CLIENT_ID', 'AZURE_TENANT_ID', 'AZURE_CLIENT_CERTIFICATE_PATH'],
+      files: [{ key: 'AZURE_CLIENT_CERTIFICATE_PATH', what: 'the service principal certificate (PEM with its private key)', masks: pemPrivateKey }],
+      steps: [{
+        tool: 'az',
+        args: (f) => ['login', '--service-principal', '--username', f.config.AZURE_CLIENT_ID, '--tenant', f.config.AZURE_TENANT_ID, '--certificate', f.config.AZURE_CLIENT_CERTIFICATE_PATH],
+        capture: true,
+      }],
+    },
+  ],
+}
+
+/**
+ * Cluster providers (CLUSTER_PROVIDER). Helm 2 stays GKE-only: tiller's manifests use
+ * APIs that Kubernetes 1.16 removed, so `helm init` fails on any EKS or AKS cluster one
+ * can create today; the original's GKE setup keeps it for the parity.
+ */
+const CLUSTERS: Record<string, ClusterProvider> = {
+  gke: {
+    cli: 'gcloud',
+    keys: ['GKE_CLUSTER', 'GKE_ZONE', 'GCP_PROJECT'],
+    files: [],
+    helm2: true,
+    steps: [{ tool: 'gcloud', args: ({ config: c }) => ['container', 'clusters', 'get-credentials', c.GKE_CLUSTER, `--zone=${c.GKE_ZONE}`, `--project=${c.GCP_PROJECT}`] }],
+  },
+  eks: {
+    cli: 'aws',
+    keys: ['EKS_CLUSTER', 'AWS_REGION'],
+    files: [],
+    // Writes the KUBECONFIG of the environment: the private one.
+    steps: [{ tool: 'aws', args: ({ config: c }) => ['eks', 'update-kubeconfig', '--name', c.EKS_CLUSTER, '--region', c.AWS_REGION] }],
+  },
+  aks: {
+    cli: 'az',
+    keys: ['AKS_RESOURCE_GROUP', 'AKS_CLUSTER'],
+    files: [],
+    steps: [
+      // Older az versions ignore KUBECONFIG and write ~/.kube/config: name the private file.
+      { tool: 'az', args: ({ config: c, kubeconfig }) => ['aks', 'get-credentials', '--resource-group', c.AKS_RESOURCE_GROUP, '--name', c.AKS_CLUSTER, '--file', kubeconfig] },
+      // Entra ID clusters: kubectl gets its token from the az login above instead of a browser.
+      { tool: 'kubelogin', args: ({ config: c, kubeconfig }) => ['convert-kubeconfig', '--login', c.AKS_KUBELOGIN, '--kubeconfig', kubeconfig], when: (c) => !!c.AKS_KUBELOGIN },
+    ],
+  },
+  kubeconfig: {
+    keys: ['KUBECONFIG_FILE'],
+    files: [{ key: 'KUBECONFIG_FILE', what: 'the cluster\'s kubeconfig', masks: kubeconfigSecrets }],
+    kubeconfigFrom: 'KUBECONFIG_FILE',
+    steps: [],
+  },
+}
+
+/** `docker login` with a token from `yields`, on stdin. */
+const tokenLogin = (user: string): SetupStep => ({ tool: 'docker', args: (f) => ['login', '--username', user, '--password-stdin', f.host], capture: true, stdin: 'token' })
+
+/** Registry providers (REGISTRY_PROVIDER): tokens pass from the cloud CLI to docker on stdin. */
+const REGISTRIES: Record<string, RegistryProvider> = {
+  dockerhub: {
+    keys: ['DOCKER_USERNAME'],
+    files: [{ key: 'DOCKER_PASSWORD_FILE', what: 'the Docker Hub password' }],
+    steps: [{
+      tool: 'docker',
+      args: ({ config: c }) => ['login', '-u', c.DOCKER_USERNAME, '--password-stdin', ...(c.DOCKER_REGISTRY ? [c.DOCKER_REGISTRY] : [])],
+      capture: true,
+      stdin: 'DOCKER_PASSWORD_FILE',
+    }],
+  },
+  gar: {
+    cli: 'gcloud',
+    keys: [],
+    files: [],
+    needsHost: true,
+    steps: [
+      { tool: 'gcloud', args: () => ['auth', 'print-access-token'], capture: true, yields: 'token' },
+      tokenLogin('oauth2accesstoken'),
+    ],
+  },
+  ecr: {
+    cli: 'aws',
+    keys: ['AWS_REGION'],
+    files: [],
+    needsHost: true,
+    steps: [
+      { tool: 'aws', args: ({ config: c }) => ['ecr', 'get-login-password', '--region', c.AWS_REGION], capture: true, yields: 'token' },
+      tokenLogin('AWS'),
+    ],
+  },
+  acr: {
+    cli: 'az',
+    keys: ['ACR_NAME'],
+    files: [],
+    needsHost: true,
+    steps: [
+      {
+        tool: 'az',
+        args: ({ config: c }) => ['acr', 'login', '--name', c.ACR_NAME, '--expose-token', '--output', 'json'],
+        capture: true,
+        yields: 'token',
+        parse: (stdout) => JSON.parse(stdout).accessToken,
+      },
+      // ACR's token login takes this fixed user name.
+      tokenLogin('00000000-0000-0000-0000-000000000000'),
+    ],
+  },
+  none: { keys: [], files: [], steps: [] },
+}
+
+/** The registry host in an image prefix (`us-docker.pkg.dev/p/r/user-` → `us-docker.pkg.dev`); Docker Hub names have none. */
+function registryHost(config: Config): string | undefined {
+  if (config.DOCKER_REGISTRY) return config.DOCKER_REGISTRY
+  const first = config.USER_IMAGE_PREFIX.split('/')[0]
+  return config.USER_IMAGE_PREFIX.includes('/') && /[.:]|^localhost$/.test(first) ? first : undefined
+}
+
+/** The chosen providers, checked, with their secrets in memory: what setup needs and nothing else. */
+interface SetupPlan {
+  readonly cluster: ClusterProvider
+  readonly registry: RegistryProvider
+  readonly logins: Partial<Record<CloudCli, LoginForm>>
+  /** Secret files' contents by the key that names them. */
+  readonly secrets: Readonly<Record<string, string | undefined>>
+  readonly host: string
+}
+
+/** Where each provider's keys are explained. */
+const CLUSTERS_DOC = 'see docs/clusters.md'
+
+/** Picks a provider row by its key's value; an unknown name is a usage error listing the known ones. */
+function pickProvider<T>(table: Record<string, T>, key: 'CLUSTER_PROVIDER' | 'REGISTRY_PROVIDER', config: Config): T {
+  const name = config[key]
+  if (!Object.hasOwn(table, name)) throw usageError(`${key}=${name}: unknown provider; use one of ${Object.keys(table).join(', ')}`)
+  return table[name]
+}
+
+/**
+ * Setup's preflight: the providers exist, their keys are set, their secret files readable
+ * (and masked from now on). Runs before any command; bad input is one line, exit 2.
+ */
+function planSetup(request: Request, { out, invocation }: Tools): SetupPlan {
+  const { config } = request
+  const cluster = pickProvider(CLUSTERS, 'CLUSTER_PROVIDER', config)
+  const registry = pickProvider(REGISTRIES, 'REGISTRY_PROVIDER', config)
+  const secrets: Record<string, string | undefined> = {}
+  const read = (file: SecretFile) => {
+    if (file.key in secrets) return
+    const text = secretFileFor(request, out, config[file.key], `${file.key} (${file.what})`)?.trim()
+    for (const s of text === undefined ? [] : file.masks?.(text) ?? [text]) invocation.secrets.add(s)
+    secrets[file.key] = text
+  }
+  const logins: SetupPlan['logins'] = {}
+  for (const [key, provider] of [['CLUSTER_PROVIDER', cluster], ['REGISTRY_PROVIDER', registry]] as const) {
+    const missing = provider.keys.find((k) => !config[k])
+    if (missing) throw usageError(`${missing} is not set: ${key}=${config[key]} needs it; set it in .env (${CLUSTERS_DOC})`)
+    provider.files.forEach(read)
+    if (provider.cli && !logins[provider.cli]) logins[provider.cli] = pickLogin(provider.cli, key, config, read, secrets)
+  }
+  const host = registryHost(config)
+  if (registry.needsHost && !host) {
+    throw usageError(`USER_IMAGE_PREFIX=${config.USER_IMAGE_PREFIX} names no registry host, which REGISTRY_PROVIDER=${config.REGISTRY_PROVIDER} logs in to: begin both image prefixes with it (or set DOCKER_REGISTRY)`)
+  }
+  return { cluster, registry, logins, secrets, host: host ?? '' }
+}
+
+/** The first login form of `cli` whose keys are set; none is a usage error naming what to set. */
+function pickLogin(cli: CloudCli, by: 'CLUSTER_PROVIDER' | 'REGISTRY_PROVIDER', config: Config, read: (f: SecretFile) => void, secrets: SetupPlan['secrets']): LoginForm {
+  const forms = LOGINS[cli]
+  for (const form of forms.filter((f) => f.keys.every((k) => config[k]))) {
+    form.files.forEach(read)
+    if (!form.when || form.when(secrets)) return form
+  }
+  const closest = [...forms].sort((a, b) => a.keys.filter((k) => !config[k]).length - b.keys.filter((k) => !config[k]).length)[0]
+  const ways = forms.map((f) => `${f.name} (${f.keys.join(', ')})`).join(' or ')
+  throw usageError(`${closest.keys.find((k) => !config[k])} is not set: ${by}=${config[by]} logs ${cli} in by ${ways}; set it in .env (${CLUSTERS_DOC})`)
+}
+
+/** The plan's commands in the original's order: cluster login and credentials, Helm's own (tiller), registry login. */
+function setupSteps(plan: SetupPlan, config: Config, helmSetup: Helm['setup']): SetupStep[] {
+  const { cluster, registry, logins } = plan
+  const login = (cli?: CloudCli) => (cli ? logins[cli]!.steps : [])
+  return [
+    ...login(cluster.cli),
+    ...cluster.steps,
+    ...helmSetup.map(([tool, ...args]): SetupStep => ({ tool, args: () => args })),
+    ...(registry.cli === cluster.cli ? [] : login(registry.cli)),
+    ...registry.steps,
+  ].filter((step) => !step.when || step.when(config))
+}
+
+/** Points kubectl, helm, gcloud, az and docker at a fresh private directory for this run. */
 function privateConfigDir(env: NodeJS.ProcessEnv): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'deploy-'))
   fs.chmodSync(dir, 0o700)
@@ -995,20 +1341,42 @@ function privateConfigDir(env: NodeJS.ProcessEnv): string {
   Object.assign(env, {
     KUBECONFIG: path.join(dir, 'kubeconfig'),
     CLOUDSDK_CONFIG: path.join(dir, 'gcloud'),
+    AZURE_CONFIG_DIR: path.join(dir, 'azure'),
     DOCKER_CONFIG: docker,
   })
   return dir
 }
 
-async function setup({ plan, state, exec, env, helm }: ChartRun) {
+/**
+ * Runs the plan's commands. Credentials land in the private directory the run's state
+ * holds (removed in one place, when the run ends); tokens stay in this call's memory.
+ */
+async function setup({ plan, state, exec, env, helm, out, invocation }: ChartRun) {
+  const setupPlan = plan.setupPlan!
   const { config } = plan
   state.privateDir = privateConfigDir(env)
-  const quietly = { show: 'silent', timeout: '5m' } as const
-  await exec('gcloud', ['auth', 'activate-service-account', `--key-file=${config.GCLOUD_KEY_FILE}`], { ...quietly, capture: true })
-  await exec('gcloud', ['container', 'clusters', 'get-credentials', config.GKE_CLUSTER, `--zone=${config.GKE_ZONE}`, `--project=${config.GCP_PROJECT}`], quietly)
-  for (const [tool, ...args] of helm.setup) await exec(tool, args, quietly)
-  const server = config.DOCKER_REGISTRY ? [config.DOCKER_REGISTRY] : []
-  await exec('docker', ['login', '-u', config.DOCKER_USERNAME, '--password-stdin', ...server], { ...quietly, capture: true, input: plan.dockerPassword ?? '' })
+  const facts: StepFacts = { config, kubeconfig: env.KUBECONFIG!, host: setupPlan.host }
+  const from = setupPlan.cluster.kubeconfigFrom
+  if (from) {
+    if (plan.dryRun) out.print(`# KUBECONFIG: a private copy of ${config[from]}`)
+    else fs.writeFileSync(facts.kubeconfig, setupPlan.secrets[from] ?? '', { mode: 0o600 })
+  }
+  const held: Record<string, string | undefined> = { ...setupPlan.secrets }
+  for (const step of setupSteps(setupPlan, config, helm.setup)) {
+    const input = step.stdin && (held[step.stdin] ?? '')
+    const r = await exec(step.tool, step.args(facts), { ...quietly, capture: step.capture, input })
+    if (step.yields && !plan.dryRun) {
+      let token: string | undefined
+      try {
+        token = (step.parse ?? ((text: string) => text))(r.stdout)?.trim()
+      } catch {
+        token = undefined
+      }
+      if (!token) throw new DeployError(`${step.tool} ${step.args(facts).slice(0, 2).join(' ')} printed no token: check its login and permissions (${CLUSTERS_DOC})`)
+      invocation.secrets.add(token)
+      held[step.yields] = token
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ export function makeRepo(options: RepoOptions = {}): string {
 }
 
 export interface Rule {
-  tool: 'gcloud' | 'helm' | 'kubectl' | 'docker'
+  tool: 'gcloud' | 'aws' | 'az' | 'kubelogin' | 'helm' | 'kubectl' | 'docker'
   match?: string
   stdout?: string
   stderr?: string
@@ -125,8 +125,8 @@ export const SETUP_COMMANDS = {
 export const HELM3: Rule = { tool: 'helm', match: '^version', stdout: 'v3.17.2+gcc0bbbd\n' }
 export const HELM2: Rule = { tool: 'helm', match: '^version', stdout: 'Client: v2.16.12+g47f0b88\n' }
 
-/** A bin dir whose gcloud, helm, kubectl and docker are the recording stand-in. */
-export function standinBin(tools = ['gcloud', 'helm', 'kubectl', 'docker']): string {
+/** A bin dir whose cloud CLIs, helm, kubectl and docker are the recording stand-in. */
+export function standinBin(tools = ['gcloud', 'aws', 'az', 'kubelogin', 'helm', 'kubectl', 'docker']): string {
   const bin = tempDir('deploy-bin-')
   for (const tool of tools) fs.symlinkSync(STANDIN, path.join(bin, tool))
   return bin

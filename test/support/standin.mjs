@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Recording stand-in for gcloud, helm, kubectl and docker (symlinked under those names).
+// Recording stand-in for gcloud, aws, az, kubelogin, helm, kubectl and docker (symlinked under those names).
 // Appends one JSON line per call to $STANDIN_LOG: the tool, its argv, its cwd, the
 // sha256 of its stdin and the config dirs it was given; then answers from the first
 // rule in $STANDIN_RULES (a JSON array) whose tool matches and whose `match` (a regular
@@ -22,7 +22,7 @@ const entry = {
   cwd: process.cwd(),
   stdinSha256: stdin && stdin.length ? crypto.createHash('sha256').update(stdin).digest('hex') : null,
   dockerPluginsLinked: process.env.DOCKER_CONFIG ? fs.existsSync(path.join(process.env.DOCKER_CONFIG, 'cli-plugins')) : null,
-  env: Object.fromEntries(['KUBECONFIG', 'CLOUDSDK_CONFIG', 'DOCKER_CONFIG', 'DOCKER_BUILDKIT'].map((k) => [k, process.env[k] ?? null])),
+  env: Object.fromEntries(['KUBECONFIG', 'CLOUDSDK_CONFIG', 'AZURE_CONFIG_DIR', 'DOCKER_CONFIG', 'DOCKER_BUILDKIT'].map((k) => [k, process.env[k] ?? null])),
 }
 if (process.env.STANDIN_LOG) fs.appendFileSync(process.env.STANDIN_LOG, JSON.stringify(entry) + '\n')
 const rules = process.env.STANDIN_RULES ? JSON.parse(fs.readFileSync(process.env.STANDIN_RULES, 'utf8')) : []
