@@ -3,16 +3,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import { makeRepo, runDeploy, git, tempDir, standinBin, HELM3, type RunResult } from './support/harness.ts'
-
-/** Exit 2 with exactly one ERROR line that mentions `text`, and no external command run. */
-function assertUsageError(r: RunResult, text: string | RegExp) {
-  assert.equal(r.code, 2, r.stderr)
-  const errors = r.stderr.split('\n').filter((l) => l.startsWith('ERROR:'))
-  assert.equal(errors.length, 1, r.stderr)
-  assert.match(errors[0], typeof text === 'string' ? new RegExp(text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : text)
-  assert.deepEqual(r.commands.filter((c) => !c.startsWith('helm version')), [], 'nothing may run')
-}
+import { makeRepo, runDeploy, git, tempDir, standinBin, assertUsageError, HELM3 } from './support/harness.ts'
 
 test('--help lists the flags and the exit codes', async () => {
   const r = await runDeploy(makeRepo(), ['--help'])

@@ -5,6 +5,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { spawn, execFileSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import assert from 'node:assert/strict'
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 export const DEPLOY = path.join(ROOT, 'deploy.ts')
@@ -59,8 +60,18 @@ export const PASSWORD = 'dockerhub-pa55word-xyz'
 export const SECRET_TOKEN = 'proxy-secret-token-0123456789'
 export const PRIVATE_KEY_LINE = 'MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7'
 export const GRAFANA_PASSWORD = 'grafana-admin-pw'
+/** Tokens the cloud stand-ins print and credential files hold (test/clusters.test.ts plants them). */
+export const CLOUD_TOKENS = {
+  gar: 'ya29.gar-access-token-0123456789',
+  ecr: 'ecr-login-password-0123456789',
+  acr: 'acr-access-token-0123456789',
+  federated: 'eyJ.azure-federated-token-0123456789',
+  oidcRequest: 'actions-id-token-request-0123456789',
+  kubeconfig: 'kubeconfig-bearer-token-0123456789',
+  certificateKey: 'MIIEcertificatePrivateKeyLine0123456789abcdef',
+}
 /** Secret values planted in every fixture: no run may print them or pass them in argv. */
-export const PLANTED = [PASSWORD, SECRET_TOKEN, PRIVATE_KEY_LINE, GRAFANA_PASSWORD]
+export const PLANTED = [PASSWORD, SECRET_TOKEN, PRIVATE_KEY_LINE, GRAFANA_PASSWORD, ...Object.values(CLOUD_TOKENS)]
 
 /** A real git repository shaped like the ops repo, one commit per part. */
 export function makeRepo(options: RepoOptions = {}): string {
@@ -106,6 +117,8 @@ export interface Call {
   argv: string[]
   cwd: string
   stdinSha256: string | null
+  /** sha256 of the file KUBECONFIG names, when it exists. */
+  kubeconfigSha256?: string | null
   dockerPluginsLinked: boolean | null
   env: Record<string, string | null>
 }
@@ -163,6 +176,15 @@ export function findLeak(r: Pick<RunResult, 'stdout' | 'stderr' | 'calls'>, secr
     if (call) return `${secret.slice(0, 4)}... in the argv of ${call.tool}`
   }
   return undefined
+}
+
+/** Exit 2 with exactly one ERROR line that mentions `text`, and no external command run. */
+export function assertUsageError(r: RunResult, text: string | RegExp) {
+  assert.equal(r.code, 2, r.stderr)
+  const errors = r.stderr.split('\n').filter((l) => l.startsWith('ERROR:'))
+  assert.equal(errors.length, 1, r.stderr)
+  assert.match(errors[0], typeof text === 'string' ? new RegExp(text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : text)
+  assert.deepEqual(r.commands.filter((c) => !c.startsWith('helm version')), [], 'nothing may run')
 }
 
 /** The command that starts deploy.ts under the runtime the suite runs for. */

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Recording stand-in for gcloud, aws, az, kubelogin, helm, kubectl and docker (symlinked under those names).
 // Appends one JSON line per call to $STANDIN_LOG: the tool, its argv, its cwd, the
-// sha256 of its stdin and the config dirs it was given; then answers from the first
+// sha256 of its stdin and of the kubeconfig it would use, and the config dirs it was given; then answers from the first
 // rule in $STANDIN_RULES (a JSON array) whose tool matches and whose `match` (a regular
 // expression) matches the joined argv. Rule fields: stdout, stderr, exit, sleepMs,
 // touch (an env var naming a file to create, e.g. KUBECONFIG).
@@ -22,6 +22,7 @@ const entry = {
   cwd: process.cwd(),
   stdinSha256: stdin && stdin.length ? crypto.createHash('sha256').update(stdin).digest('hex') : null,
   dockerPluginsLinked: process.env.DOCKER_CONFIG ? fs.existsSync(path.join(process.env.DOCKER_CONFIG, 'cli-plugins')) : null,
+  kubeconfigSha256: process.env.KUBECONFIG && fs.existsSync(process.env.KUBECONFIG) ? crypto.createHash('sha256').update(fs.readFileSync(process.env.KUBECONFIG)).digest('hex') : null,
   env: Object.fromEntries(['KUBECONFIG', 'CLOUDSDK_CONFIG', 'AZURE_CONFIG_DIR', 'DOCKER_CONFIG', 'DOCKER_BUILDKIT'].map((k) => [k, process.env[k] ?? null])),
 }
 if (process.env.STANDIN_LOG) fs.appendFileSync(process.env.STANDIN_LOG, JSON.stringify(entry) + '\n')
