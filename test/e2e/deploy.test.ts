@@ -161,7 +161,7 @@ if (!tools) {
   if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', () => assert.fail(UNAVAILABLE))
   else test('deploy.ts --deploy with real helm and kubectl', { skip: UNAVAILABLE }, () => {})
 } else {
-  describe('deploy.ts --no-setup --deploy with real helm and kubectl', { concurrency: true, timeout: 180_000 }, () => {
+  describe('deploy.ts --deploy with real helm and kubectl', { concurrency: true, timeout: 180_000 }, () => {
     after(() => {
       for (const child of children) child.kill('SIGKILL')
     })
@@ -203,6 +203,21 @@ if (!tools) {
       assert.equal(image(api, f, 'user-placeholder'), `example/user-${f.hub}:${tag2}`)
       assert.equal(api.get('configmaps', f.hub, 'hub-config')?.data?.['singleuser-tag'], tag2)
       assert.match(second.stdout, /^\[user-placeholder\] deployment "user-placeholder" successfully rolled out$/m)
+    })
+
+    test('CLUSTER_PROVIDER=kubeconfig: setup deploys through a private copy of the repository\'s kubeconfig', async (t) => {
+      const { api, deploy } = await cluster(t)
+      const f = makeFixture()
+      const file = path.join(tempDir(), 'kubeconfig')
+      await api.writeKubeconfig(file)
+      const kubeconfig = fs.readFileSync(file, 'utf8')
+      commit(f.repo, { 'secrets/kubeconfig.yaml': kubeconfig }, 'cluster credentials')
+      // The environment's KUBECONFIG leads nowhere: only the repository's file can reach the cluster.
+      const r = await deploy(f, ['--deploy', f.hub], { CLUSTER_PROVIDER: 'kubeconfig', REGISTRY_PROVIDER: 'none', KUBECONFIG: '/nonexistent/kubeconfig' })
+      exits(r, 0)
+      assert.deepEqual(revisions(api, f), [[1, 'deployed']])
+      const token = /token: (\S+)/.exec(kubeconfig)![1]
+      assert.ok(!all(r).includes(token), 'the kubeconfig\'s token is masked')
     })
 
     test('helm --wait times out on a deployment that never becomes ready: exit 1 with diagnostics', async (t) => {

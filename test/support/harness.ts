@@ -210,8 +210,8 @@ export function runDeploy(repo: string, args: string[], options: RunOptions = {}
   const PATH = options.noStandins ? basePath : `${standinBin()}${path.delimiter}${basePath}`
   const env: Record<string, string> = {}
   for (const [k, v] of Object.entries({ ...process.env, HOME: home, PATH, STANDIN_LOG: logFile, STANDIN_RULES: rulesFile, ...options.env })) {
-    // CI variables of the machine running the tests must not leak into the run under test.
-    if (v !== undefined && !/^(TRAVIS|GITHUB_|CI$)/.test(k)) env[k] = v
+    // CI variables and cloud credentials of the machine running the tests must not leak into the run under test.
+    if (v !== undefined && !/^(TRAVIS|GITHUB_|CI$|AWS_|AZURE_|CLUSTER_PROVIDER$|REGISTRY_PROVIDER$)/.test(k)) env[k] = v
   }
   for (const [k, v] of Object.entries(options.env ?? {})) if (v !== undefined) env[k] = v
   const [cmd, ...pre] = deployCommand()
