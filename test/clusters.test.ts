@@ -7,7 +7,7 @@ import os from 'node:os'
 import path from 'node:path'
 import crypto from 'node:crypto'
 import {
-  makeRepo, runDeploy, tempDir, standinBin, assertUsageError, HELM2, HELM3, CLOUD_TOKENS, PASSWORD, SETUP_COMMANDS,
+  makeRepo, runDeploy, tempDir, standinBin, assertUsageError, HELM2, HELM3, CLOUD_TOKENS, PASSWORD, SETUP_COMMANDS, ROOT,
   type RunResult, type Rule,
 } from './support/harness.ts'
 
@@ -245,4 +245,17 @@ test('a cloud CLI that prints no token fails the run naming the command, before 
   assert.equal(r.code, 1)
   assert.match(r.stderr, /aws ecr get-login-password printed no token/)
   assert.ok(!r.commands.some((c) => c.startsWith('docker login')))
+})
+
+test('docs/clusters.md: its deploy.ts example runs as written and plans the provider\'s commands', async () => {
+  const doc = fs.readFileSync(path.join(ROOT, 'docs/clusters.md'), 'utf8')
+  const lines = doc.split('\n').filter((l) => /npx tsx deploy\.ts /.test(l))
+  assert.ok(lines.length >= 1)
+  for (const line of lines) {
+    const m = /^((?:[A-Z_]+=\S+ )*)npx tsx deploy\.ts (.*)$/.exec(line)!
+    const env = Object.fromEntries(m[1].trim().split(/\s+/).map((kv) => kv.split('=') as [string, string]))
+    const r = await runDeploy(makeRepo(), m[2].split(/\s+/), { env })
+    assert.equal(r.code, 0, r.stderr)
+    assert.match(r.stderr, new RegExp(`^INFO:root:Executing aws eks update-kubeconfig --name ${env.EKS_CLUSTER} --region ${env.AWS_REGION}$`, 'm'))
+  }
 })
