@@ -3,10 +3,11 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { YAML } from 'zx'
-import { ROOT } from './support/harness.ts'
-import { makeRepo, runDeploy, commit, HELM3, type Rule, type RunResult } from './support/harness.ts'
+import { ROOT, HELM3, PASSWORD, PLANTED, PRIVATE_KEY_LINE, SECRET_TOKEN, GRAFANA_PASSWORD, commit, findLeak, git, makeRepo, runDeploy, standinBin, tempDir, type Rule, type RunResult } from './support/harness.ts'
 
 const read = (file: string) => fs.readFileSync(path.join(ROOT, file), 'utf8')
 const markdown = ['README.md', ...fs.readdirSync(path.join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)]
@@ -133,3 +134,110 @@ test('CI deploys monitoring after the production hubs and installs the runtime o
   const travis = read('.travis.yml')
   assert.ok(travis.indexOf('--deploy monitoring') > travis.indexOf('--deploy ea-hub'), '.travis.yml: monitoring after the production hubs')
 })
+
+// Every shell example runs as written. Each fenced `sh` block of README.md and docs/*.md is
+// run line by line (a doc's blocks in order, in one fixture) with bash, and must exit 0:
+// - the fixture is a git repository holding this repository's files, with planted secrets
+//   (the real ones are git-crypt'ed) and node_modules linked to this checkout's;
+// - gcloud, helm, kubectl and docker are the recording stand-ins (no cluster here), and `npm`
+//   is a stand-in whose `npm ci` only checks that node_modules is there: tests reach no
+//   registry and must never re-install the shared node_modules;
+// - a fenced `ts` block whose first line is `// <path>: ...` is written to <path> first, so
+//   examples can run the plugin a doc shows;
+// - `<hub>` stands for a new hub's name: `new-hub`;
+// - a line that cannot run here is marked just above its block with an HTML comment,
+//   `<!-- not run by test/docs.test.ts: <the line> (<why>) -->`; the mark must name a line of
+//   the block and give a reason, so marks cannot outlive what they excuse.
+interface Example { file: string; line: number; command: string }
+interface DocExamples { examples: Example[]; skipped: Example[]; files: Record<string, string> }
+
+function docExamples(file: string): DocExamples {
+  const lines = read(file).split('\n')
+  const result: DocExamples = { examples: [], skipped: [], files: {} }
+  let marks: string[] = []
+  for (let i = 0; i < lines.length; i++) {
+    const mark = /^\s*<!-- not run by test\/docs\.test\.ts: (.+) \((.+)\) -->\s*$/.exec(lines[i])
+    if (mark) { marks.push(mark[1]); continue }
+    const fence = /^(\s*)```(\w*)\s*$/.exec(lines[i])
+    if (!fence) { if (lines[i].trim()) marks = []; continue }
+    const [, indent, lang] = fence
+    const body: { line: number; text: string }[] = []
+    for (i++; i < lines.length && !/^\s*```\s*$/.test(lines[i]); i++) body.push({ line: i + 1, text: lines[i].slice(indent.length) })
+    if (lang === 'ts' && /^\/\/ ([\w./-]+\.ts):/.test(body[0]?.text ?? '')) {
+      result.files[/^\/\/ ([\w./-]+\.ts):/.exec(body[0].text)![1]] = body.map((b) => b.text).join('\n') + '\n'
+    }
+    if (lang === 'sh') {
+      for (let j = 0; j < body.length; j++) {
+        let { line, text } = body[j]
+        while (text.endsWith('\\') && j + 1 < body.length) text = text.slice(0, -1) + body[++j].text
+        if (!text.trim() || text.trim().startsWith('#')) continue
+        const example = { file, line, command: text.trim() }
+        const at = marks.indexOf(example.command.replace(/\s+#.*$/, ''))
+        if (at >= 0) { marks.splice(at, 1); result.skipped.push(example) } else result.examples.push(example)
+      }
+      assert.deepEqual(marks, [], `${file}:${body[0]?.line}: a "not run" mark names no line of the block below it`)
+    }
+    marks = []
+  }
+  return result
+}
+
+/** The fixture: this repository's files in a fresh git repository, secrets planted. */
+function docsFixture(files: Record<string, string>): string {
+  const repo = tempDir('deploy-docs-')
+  const tracked = execFileSync('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: ROOT, encoding: 'utf8' }).split('\0').filter(Boolean)
+  for (const file of tracked) {
+    const from = path.join(ROOT, file)
+    if (!fs.existsSync(from) || file === 'node_modules') continue
+    fs.mkdirSync(path.dirname(path.join(repo, file)), { recursive: true })
+    fs.copyFileSync(from, path.join(repo, file))
+  }
+  git(repo, 'init', '-q', '-b', 'main')
+  commit(repo, {
+    'secrets/dockerhub': `${PASSWORD}\n`,
+    'secrets/gke-auth-key.json': JSON.stringify({ type: 'service_account', private_key: `-----BEGIN PRIVATE KEY-----\n${PRIVATE_KEY_LINE}\n-----END PRIVATE KEY-----\n` }),
+    ...Object.fromEntries(['staginghub', 'ea-hub'].map((hub) => [`secrets/${hub}.yaml`, `jupyterhub:\n  proxy:\n    secretToken: ${SECRET_TOKEN}\n`])),
+    'secrets/monitoring.yaml': `grafana:\n  adminPassword: ${GRAFANA_PASSWORD}\n`,
+    ...files,
+  }, 'the repository, secrets planted')
+  fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(repo, 'node_modules'))
+  return repo
+}
+
+function runExample(repo: string, bin: string, work: string, command: string) {
+  const env: Record<string, string> = {}
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !/^(TRAVIS|GITHUB_|CI$|DEPLOY_|NO_COLOR)/.test(k)) env[k] = v
+  Object.assign(env, {
+    PATH: `${bin}${path.delimiter}${process.env.PATH}`,
+    HOME: path.join(work, 'home'),
+    // Deno keeps its package cache under HOME: use the one of whoever runs the tests.
+    DENO_DIR: process.env.DENO_DIR ?? path.join(os.homedir(), '.cache', 'deno'),
+    STANDIN_LOG: path.join(work, 'calls.jsonl'),
+    STANDIN_RULES: path.join(work, 'rules.json'),
+    npm_config_update_notifier: 'false',
+  })
+  return spawnSync('bash', ['-c', `set -eo pipefail\n${command.replaceAll('<hub>', 'new-hub')}`], { cwd: repo, env, encoding: 'utf8' })
+}
+
+for (const file of markdown) {
+  const { examples, skipped, files } = docExamples(file)
+  if (!examples.length) continue
+  test(`${file}: every shell example runs as written`, { timeout: 300_000 }, () => {
+    const repo = docsFixture(files)
+    const work = tempDir('deploy-docs-run-')
+    fs.mkdirSync(path.join(work, 'home'))
+    fs.writeFileSync(path.join(work, 'rules.json'), JSON.stringify([HELM3]))
+    const bin = standinBin()
+    fs.writeFileSync(path.join(bin, 'npm'), '#!/bin/sh\n[ "$1" = ci ] && [ -d node_modules ] && exit 0\necho "npm $*: not available in the docs test" >&2; exit 127\n', { mode: 0o755 })
+    // `deno` as a Deno user has it: the real binary on PATH.
+    fs.symlinkSync(path.join(ROOT, 'node_modules/deno/deno'), path.join(bin, 'deno'))
+    for (const example of examples) {
+      const r = runExample(repo, bin, work, example.command)
+      const where = `${example.file}:${example.line}: ${example.command}`
+      assert.equal(r.status, 0, `${where}\nexit ${r.status}\n${r.stdout.slice(-1500)}\n${r.stderr.slice(-1500)}`)
+      const leak = findLeak({ stdout: r.stdout, stderr: r.stderr, calls: [] }, PLANTED)
+      assert.equal(leak, undefined, `${where}: ${leak}`)
+    }
+    assert.ok(skipped.every((s) => s.command), 'marked lines')
+  })
+}
