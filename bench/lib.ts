@@ -120,6 +120,7 @@ export function machine(): Record<string, string> {
     CPU: `${cpu}, nproc ${os.availableParallelism()}`,
     memory: `${(os.totalmem() / 2 ** 30).toFixed(1)} GiB`,
     node: process.version,
+    npm: version('npm', ['--version']),
     tsx: version(path.join(ROOT, 'node_modules/.bin/tsx'), ['--version']).replace(/^tsx /, ''),
     deno: version(path.join(ROOT, 'node_modules/.bin/deno'), ['--version']),
     python: `${version(PYTHON, ['--version'])} (${PYTHON})`,

@@ -25,6 +25,15 @@ interface Install {
   plans: boolean
 }
 
+/**
+ * The environment without npm's: under `npm run bench`, npm exports this checkout's config
+ * (npm_config_legacy_peer_deps from .npmrc among it), which would apply to the "before" clone.
+ */
+const cleanEnv = (): NodeJS.ProcessEnv => ({
+  ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k))),
+  npm_config_update_notifier: 'false',
+})
+
 async function beforeCommit(): Promise<string> {
   if (process.env.BENCH_P6_BEFORE) return process.env.BENCH_P6_BEFORE
   const removed = (await must('git', ['log', '-1', '--format=%H', '-S', '"node_modules/aws-cdk-lib"', '--', 'package-lock.json'], { cwd: ROOT })).stdout.trim()
@@ -44,13 +53,14 @@ async function install(commit: string, omitDev: boolean): Promise<Install> {
   await must('git', ['clone', '-q', '--no-checkout', ROOT, clone])
   await must('git', ['checkout', '-q', commit], { cwd: clone })
   const args = ['ci', '--no-audit', '--no-fund', '--cache', path.join(work, 'npm-cache'), ...(omitDev ? ['--omit=dev'] : [])]
-  const cold = await must('npm', args, { cwd: clone })
+  const env = cleanEnv()
+  const cold = await must('npm', args, { cwd: clone, env })
   const mb = await duMb(path.join(clone, 'node_modules'))
   const lock = JSON.parse(fs.readFileSync(path.join(clone, 'node_modules/.package-lock.json'), 'utf8'))
   const packages = Object.keys(lock.packages).length
   const cdk = fs.existsSync(path.join(clone, 'node_modules/aws-cdk-lib'))
-  const plan = await sh('npx', ['--no-install', ...PLAN], { cwd: clone, env: { ...process.env, npm_config_update_notifier: 'false' } })
-  const warm = await must('npm', args, { cwd: clone })
+  const plan = await sh('npx', ['--no-install', ...PLAN], { cwd: clone, env })
+  const warm = await must('npm', args, { cwd: clone, env })
   return { cold: cold.ms, warm: warm.ms, mb, packages, cdk, plans: plan.code === 0 }
 }
 
@@ -71,7 +81,8 @@ export const p6: Bench = {
     const body = [
       `Before: ${before.slice(0, 7)}; after: ${after.slice(0, 7)}. Each row: a fresh clone, \`npm ci\` with an empty npm cache`,
       '(cold), then again on that cache (warm). Size: `du` of node_modules. Times include the registry',
-      '(the npm registry as reachable from this machine); the cold/warm difference is the download.',
+      '(the npm registry as reachable from this machine); the cold/warm difference is the download. Times vary with',
+      'the load of the shared machine (given above) and the registry; sizes and package counts do not.',
       '',
       table(['install', 'node_modules', 'packages', 'cold', 'warm', 'aws-cdk-lib', '`npx tsx deploy.ts` plans'], [
         row('before: `npm ci` (tests; also every deploy job)', bFull),

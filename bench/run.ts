@@ -78,7 +78,7 @@ function render(results: BenchResult[]): string {
     '```sh',
     'npm ci',
     'bash test/services.sh start      # Docker engine + registry on 127.0.0.1:5000 (P1)',
-    'npm run bench                    # all five, about 6 to 10 minutes; rewrites this file',
+    'npm run bench                    # all six, about 8 to 12 minutes; rewrites this file',
     'npm run bench -- P3              # one (or several) by name; the others keep their stored result',
     'bash test/services.sh stop',
     '```',

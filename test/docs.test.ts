@@ -1,12 +1,13 @@
 // Docs check (npm run docs:check, also part of npm test): links resolve, every flag and
 // exit code is documented, CI files are valid YAML that run documented commands.
-import { test } from 'node:test'
+import { after, test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { YAML } from 'zx'
+import { startServer, stopServers } from './support/http.ts'
 import { ROOT, HELM3, PASSWORD, PLANTED, PRIVATE_KEY_LINE, SECRET_TOKEN, GRAFANA_PASSWORD, commit, findLeak, git, makeRepo, runDeploy, standinBin, tempDir, type Rule, type RunResult } from './support/harness.ts'
 
 const read = (file: string) => fs.readFileSync(path.join(ROOT, file), 'utf8')
@@ -145,15 +146,17 @@ test('CI deploys monitoring after the production hubs and installs the runtime o
 // - a fenced `ts` block whose first line is `// <path>: ...` is written to <path> first, so
 //   examples can run the plugin a doc shows;
 // - `<hub>` stands for a new hub's name: `new-hub`;
+// - the hubs the health-check plugin asks are a local server answering as JupyterHub does
+//   (HUB_URL_<CHART>): no example reaches beyond 127.0.0.1;
 // - a line that cannot run here is marked just above its block with an HTML comment,
 //   `<!-- not run by test/docs.test.ts: <the line> (<why>) -->`; the mark must name a line of
 //   the block and give a reason, so marks cannot outlive what they excuse.
 interface Example { file: string; line: number; command: string }
-interface DocExamples { examples: Example[]; skipped: Example[]; files: Record<string, string> }
+interface DocExamples { examples: Example[]; files: Record<string, string> }
 
 function docExamples(file: string): DocExamples {
   const lines = read(file).split('\n')
-  const result: DocExamples = { examples: [], skipped: [], files: {} }
+  const result: DocExamples = { examples: [], files: {} }
   let marks: string[] = []
   for (let i = 0; i < lines.length; i++) {
     const mark = /^\s*<!-- not run by test\/docs\.test\.ts: (.+) \((.+)\) -->\s*$/.exec(lines[i])
@@ -173,7 +176,8 @@ function docExamples(file: string): DocExamples {
         if (!text.trim() || text.trim().startsWith('#')) continue
         const example = { file, line, command: text.trim() }
         const at = marks.indexOf(example.command.replace(/\s+#.*$/, ''))
-        if (at >= 0) { marks.splice(at, 1); result.skipped.push(example) } else result.examples.push(example)
+        if (at >= 0) marks.splice(at, 1)
+        else result.examples.push(example)
       }
       assert.deepEqual(marks, [], `${file}:${body[0]?.line}: a "not run" mark names no line of the block below it`)
     }
@@ -204,7 +208,7 @@ function docsFixture(files: Record<string, string>): string {
   return repo
 }
 
-function runExample(repo: string, bin: string, work: string, command: string) {
+function runExample(repo: string, bin: string, work: string, hub: string, command: string) {
   const env: Record<string, string> = {}
   for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !/^(TRAVIS|GITHUB_|CI$|DEPLOY_|NO_COLOR)/.test(k)) env[k] = v
   Object.assign(env, {
@@ -215,14 +219,19 @@ function runExample(repo: string, bin: string, work: string, command: string) {
     STANDIN_LOG: path.join(work, 'calls.jsonl'),
     STANDIN_RULES: path.join(work, 'rules.json'),
     npm_config_update_notifier: 'false',
+    HEALTH_CHECK_TIMEOUT: '30s',
   })
+  for (const chart of ['staginghub', 'ea-hub', 'new-hub', 'monitoring']) env[`HUB_URL_${chart.toUpperCase().replace(/-/g, '_')}`] = hub
   return spawnSync('bash', ['-c', `set -eo pipefail\n${command.replaceAll('<hub>', 'new-hub')}`], { cwd: repo, env, encoding: 'utf8' })
 }
 
+after(() => stopServers())
+
 for (const file of markdown) {
-  const { examples, skipped, files } = docExamples(file)
+  const { examples, files } = docExamples(file)
   if (!examples.length) continue
-  test(`${file}: every shell example runs as written`, { timeout: 300_000 }, () => {
+  test(`${file}: every shell example runs as written`, { timeout: 300_000 }, async () => {
+    const hub = await startServer([{ body: { version: '5.2.1' } }])
     const repo = docsFixture(files)
     const work = tempDir('deploy-docs-run-')
     fs.mkdirSync(path.join(work, 'home'))
@@ -232,12 +241,11 @@ for (const file of markdown) {
     // `deno` as a Deno user has it: the real binary on PATH.
     fs.symlinkSync(path.join(ROOT, 'node_modules/deno/deno'), path.join(bin, 'deno'))
     for (const example of examples) {
-      const r = runExample(repo, bin, work, example.command)
+      const r = runExample(repo, bin, work, hub.origin, example.command)
       const where = `${example.file}:${example.line}: ${example.command}`
       assert.equal(r.status, 0, `${where}\nexit ${r.status}\n${r.stdout.slice(-1500)}\n${r.stderr.slice(-1500)}`)
       const leak = findLeak({ stdout: r.stdout, stderr: r.stderr, calls: [] }, PLANTED)
       assert.equal(leak, undefined, `${where}: ${leak}`)
     }
-    assert.ok(skipped.every((s) => s.command), 'marked lines')
   })
 }

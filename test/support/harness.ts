@@ -193,7 +193,9 @@ export function deployCommand(): string[] {
     // The binary itself: node_modules/.bin/deno is a Node shim that would swallow signals.
     const binary = ['node_modules/deno/deno', `node_modules/@deno/${process.platform}-${process.arch}-glibc/deno`]
       .map((p) => path.join(ROOT, p)).find((p) => fs.existsSync(p)) ?? path.join(ROOT, 'node_modules/.bin/deno')
-    return [binary, 'run', '-A', '--quiet', DEPLOY]
+    // The packages npm ci installed (the versions deno.json pins; test/install.test.ts checks):
+    // tests reach no registry. .ci/run proves that Deno alone resolves them without node_modules.
+    return [binary, 'run', '-A', '--quiet', '--node-modules-dir=manual', DEPLOY]
   }
   return [process.execPath, '--import', TSX_LOADER, DEPLOY]
 }
