@@ -249,3 +249,19 @@ for (const file of markdown) {
     }
   })
 }
+
+test('docs/port.md covers every function of deploy.py and names only functions deploy.ts has', () => {
+  const port = read('docs/port.md')
+  const headings = [...port.matchAll(/^## (.+)$/gm)].map(([, h]) => h)
+  for (const fn of ['setup_auth', 'setup_helm', 'setup_docker', 'last_git_modified', 'get_previous_image_spec', 'image_requires_build', 'build_hub_image', 'build_user_image', 'deploy', 'main']) {
+    assert.ok(headings.some((h) => h.split(', ').includes(fn)), `docs/port.md has no section for deploy.py's ${fn}`)
+  }
+  const source = read('deploy.ts')
+  const named = new Set([...port.matchAll(/`([A-Za-z_]\w*)\(\)`/g)].map(([, name]) => name))
+  assert.ok(named.size >= 20, `only ${named.size} functions named`)
+  for (const name of named) assert.match(source, new RegExp(`^(export )?(async )?function ${name}\\(`, 'm'), `docs/port.md names ${name}(), which deploy.ts does not have`)
+  for (const [, name] of port.matchAll(/`([A-Z][A-Za-z_]+)`/g)) {
+    if (/^[A-Z_]+$/.test(name) && !/^(HELM_VERSIONS)$/.test(name)) continue // configuration keys and variables
+    assert.match(source, new RegExp(`^(export )?(const|class) ${name}\\b`, 'm'), `docs/port.md names ${name}, which deploy.ts does not have`)
+  }
+})
