@@ -1,7 +1,7 @@
 // P5 many hubs: staging + 6 production hubs, each `helm upgrade --wait` taking about T on the
 // simulated cluster (readyDelayMs; helm polls readiness every 2 s).
 // - ours: one `deploy.ts --no-setup --deploy staginghub hub1 ... hub6` (staging first, then
-//   --parallel at a time: the default 3, and 6);
+//   the default: every production chart at once, at most 8; and the former default --parallel 3);
 // - original (its CI): one `deploy.ts --no-setup --deploy <hub>` per hub, one after another.
 // Each method gets its own fresh cluster, so every run is a first install of every hub.
 import fs from 'node:fs'
@@ -68,12 +68,12 @@ function timeline(trace: string): Timeline | undefined {
   return { startup: execs[0].at * 1000, preflight: (depUp.at - execs[0].at) * 1000, upgrades }
 }
 
-async function together(parallel: number): Promise<Outcome & { timeline?: Timeline }> {
+async function together(parallel?: number): Promise<Outcome & { timeline?: Timeline }> {
   const c = await cluster(READY_MS)
   const trace = straceAvailable() ? path.join(tempDir('bench-p5-'), 'trace') : undefined
   try {
     const repo = benchRepo(HUBS, ['hub'])
-    const r = await deployTs(c, repo, ['--no-setup', '--deploy', '--parallel', String(parallel), ...HUBS], trace)
+    const r = await deployTs(c, repo, ['--no-setup', '--deploy', ...(parallel ? ['--parallel', String(parallel)] : []), ...HUBS], trace)
     if (r.code !== 0) throw new Error(`deploy.ts exited ${r.code}:\n${r.stdout}\n${r.stderr}`)
     const deploy = HUBS.map((hub) => phaseSeconds(r.stdout, 'deploy', hub) * 1000)
     return { wall: r.ms, deploy, timeline: trace ? timeline(trace) : undefined }
@@ -88,52 +88,55 @@ export const p5: Bench = {
   title: 'Many hubs: staging + 6 production hubs',
   async run() {
     const seq = await sequential()
+    const def = await together()
     const p3 = await together(3)
-    const p6 = await together(6)
     // T: one hub's helm upgrade --wait, timed alone
     const T = median(seq.upgrades)
     const deployPhase = median(seq.deploy)
     const tRun = median(seq.runs)
     const inT = (ms: number) => `${(ms / T).toFixed(2)}·T`
-    const met = p3.wall <= TARGET * T
+    const met = def.wall <= TARGET * T
     const rounds = (parallel: number) => 1 + Math.ceil((HUBS.length - 1) / parallel)
-    const tl = p6.timeline
+    const defRounds = rounds(Math.min(8, HUBS.length - 1))
+    const tl = def.timeline
     const rows = [
       ['original\'s CI: 7 × `deploy.ts --no-setup --deploy <hub>`, one after another', fmtMs(seq.wall), inT(seq.wall), String(HUBS.length), inT(seq.wall - HUBS.length * T), '1×'],
-      ['ours: `deploy.ts --no-setup --deploy staginghub hub1 … hub6` (default --parallel 3)', fmtMs(p3.wall), `**${inT(p3.wall)}**`, String(rounds(3)), inT(p3.wall - rounds(3) * T), fmtRatio(seq.wall / p3.wall)],
-      ['ours with `--parallel 6`', fmtMs(p6.wall), `**${inT(p6.wall)}**`, String(rounds(6)), inT(p6.wall - rounds(6) * T), fmtRatio(seq.wall / p6.wall)],
+      ['ours: `deploy.ts --no-setup --deploy staginghub hub1 … hub6` (default: staging, then all six at once)', fmtMs(def.wall), `**${inT(def.wall)}**`, String(defRounds), inT(def.wall - defRounds * T), fmtRatio(seq.wall / def.wall)],
+      ['ours with `--parallel 3` (the former default)', fmtMs(p3.wall), inT(p3.wall), String(rounds(3)), inT(p3.wall - rounds(3) * T), fmtRatio(seq.wall / p3.wall)],
     ]
     const body = [
       `readyDelayMs ${fmtMs(READY_MS)}; one Deployment per hub, so \`helm upgrade --wait\` waits for it (helm checks every 2 s).`,
       `**T = ${fmtMs(T)}**: a bare \`helm upgrade --install --wait\` of one hub chart, timed alone (median of ${seq.upgrades.length}).`,
       `Per hub, deploy.ts's deploy phase (helm dep up + helm upgrade) took ${fmtMs(deployPhase)} (median, one-at-a-time runs),`,
-      `a whole single-hub deploy.ts run ${fmtMs(tRun)}; in the --parallel 3 run ${p3.deploy.map(fmtMs).join(', ')}, in the --parallel 6 run`,
-      `${p6.deploy.map(fmtMs).join(', ')} (seven helm clients at once slow each other a little on ${os.availableParallelism()} cores).`,
+      `a whole single-hub deploy.ts run ${fmtMs(tRun)}; in the default run ${def.deploy.map(fmtMs).join(', ')}, in the --parallel 3 run`,
+      `${p3.deploy.map(fmtMs).join(', ')} (six helm clients at once slow each other a little on ${os.availableParallelism()} cores).`,
       'Each method had its own fresh simulated cluster, so every run installs every hub.',
       '',
       table(['method', 'wall time', 'in T', 'rounds of T', 'overhead (wall − rounds·T)', 'faster than the original'], rows),
       '',
-      met
-        ? `The default --parallel 3 finishes within ${TARGET}·T.`
-        : [
-          `**Target missed with the default --parallel 3 (${inT(p3.wall)}), by construction:** staging must finish before any`,
-          'production hub starts (a failed staging deploy stops the others), then six hubs three at a time take two more',
-          `rounds: ${rounds(3)} rounds of T can never fit in ${TARGET}·T. What the brief suggests, \`--parallel 6\`, needs ${rounds(6)} rounds:`,
-          `${inT(p6.wall)} measured, ${p6.wall <= TARGET * T ? 'which meets the target' : `still above ${TARGET}·T`}; the overhead column is what deploy.ts adds around the helm upgrades.`,
-          tl
-            ? `Measured in the --parallel 6 run (strace, execve only): start-up to the first command ${fmtMs(tl.startup)}; the preflight of all ${HUBS.length} charts,` +
-              ` before anything deploys (\`git rev-parse\` and \`helm version\` once, one \`git log\` per chart, at once) ${fmtMs(tl.preflight)};` +
-              ` each helm upgrade inside the run ${tl.upgrades.map(fmtMs).join(', ')} (against ${fmtMs(T)} alone);` +
-              ` the rest, per round: \`helm dep up\` before the upgrade, \`kubectl get deployments\` + \`rollout status\` after it.`
-            : 'strace is not installed, so the overhead was not broken down.',
-          'To meet the target: run the production hubs with `--parallel 6` (the GitHub Actions workflow runs each hub as its',
-          'own matrix job, which has the same effect), or make the default the number of production charts.',
-        ].join('\n'),
+      [
+        met
+          ? `**The default meets the target: ${inT(def.wall)}.** Staging must finish before any production hub starts (a failed`
+          : `**Target missed with the default: ${inT(def.wall)}.** Staging must finish before any production hub starts (a failed`,
+        `staging deploy stops the others); then the default deploys every production chart at once (at most 8), so seven hubs`,
+        `take ${defRounds} rounds of T; the former default, --parallel 3, needs ${rounds(3)} rounds and can never fit in ${TARGET}·T.`,
+        'helm upgrades spend their time waiting on the cluster, not on the CPU, which is why more of them at once cost little;',
+        'the cap of 8 bounds the helm and kubectl clients (and the API requests) one CI job starts at once.',
+        'The overhead column is what deploy.ts adds around the helm upgrades.',
+        tl
+          ? `Measured in the default run (strace, execve only): start-up to the first command ${fmtMs(tl.startup)}; the preflight of all ${HUBS.length} charts,` +
+            ` before anything deploys (\`git rev-parse\` and \`helm version\` once, one \`git log\` per chart, at once) ${fmtMs(tl.preflight)};` +
+            ` each helm upgrade inside the run ${tl.upgrades.map(fmtMs).join(', ')} (against ${fmtMs(T)} alone);` +
+            ` the rest, per round: \`helm dep up\` before the upgrade, \`kubectl get deployments\` + \`rollout status\` after it.`
+          : 'strace is not installed, so the overhead was not broken down.',
+        'The machine is shared: the load average above inflates the absolute times of all three methods, measured in the',
+        'same window one after another; the ratios and the "in T" column (T timed in the same window) are what to compare.',
+      ].join('\n'),
     ].join('\n')
     return {
-      target: `≤${TARGET}·T with the default --parallel 3 (original: 7·T)`,
+      target: `≤${TARGET}·T with the default parallelism (original: 7·T)`,
       met,
-      headline: `T ${fmtMs(T)}: original ${inT(seq.wall)}, --parallel 3 ${inT(p3.wall)} (${fmtRatio(seq.wall / p3.wall)} faster), --parallel 6 ${inT(p6.wall)} (${fmtRatio(seq.wall / p6.wall)} faster)`,
+      headline: `T ${fmtMs(T)}: original ${inT(seq.wall)}, default (all production hubs at once) ${inT(def.wall)} (${fmtRatio(seq.wall / def.wall)} faster), --parallel 3 ${inT(p3.wall)} (${fmtRatio(seq.wall / p3.wall)} faster)`,
       body,
     }
   },

@@ -40,20 +40,23 @@ test('one failed production chart does not stop the others; the exit status says
   assert.match(r.stdout, /^nbgrader-hub\s+rollout\s+ok/m)
 })
 
-test('production charts deploy concurrently, at most --parallel at once', async () => {
-  const UPGRADE_MS = 2000
-  /** Production upgrades that started while the one before was still running (each lasts at least UPGRADE_MS). */
-  const overlapping = (r: Awaited<ReturnType<typeof runDeploy>>) => {
-    const upgrades = r.calls.filter((c) => c.tool === 'helm' && c.argv[0] === 'upgrade' && c.argv[3] !== 'staginghub').map((c) => c.startedAt).sort()
-    return upgrades.filter((t, i) => i > 0 && t - upgrades[i - 1] < UPGRADE_MS).length
-  }
-  const repo = makeRepo({ hubs: HUBS })
-  const args = ['--no-setup', '--deploy', 'staginghub', 'ea-hub', 'edsc-hub', 'nbgrader-hub']
-  const parallel = await runDeploy(repo, args, { rules: [HELM3, slowUpgrade(UPGRADE_MS)] })
-  assert.equal(parallel.code, 0, parallel.stderr)
-  assert.equal(overlapping(parallel), 2, 'three production upgrades ran at once')
-  const serial = await runDeploy(repo, ['--parallel', '1', ...args], { rules: [HELM3, slowUpgrade(UPGRADE_MS)] })
-  assert.equal(overlapping(serial), 0, '--parallel 1 runs them one after another')
+test('production charts deploy all at once by default, at most 8; --parallel N at a time', async () => {
+  // Each production upgrade lasts UPGRADE_MS: an upgrade that starts within UPGRADE_MS of the
+  // first one ran beside it, and a ninth can only start once one of the first eight ended.
+  const UPGRADE_MS = 5000
+  const productionStarts = (r: Awaited<ReturnType<typeof runDeploy>>) =>
+    r.calls.filter((c) => c.tool === 'helm' && c.argv[0] === 'upgrade' && c.argv[3] !== 'staginghub').map((c) => c.startedAt).sort()
+  const besideFirst = (starts: number[]) => starts.filter((t) => t < starts[0] + UPGRADE_MS).length
+  const production = Array.from({ length: 9 }, (_, i) => `hub${i + 1}`)
+  const repo = makeRepo({ hubs: ['staginghub', ...production] })
+  const rules = [HELM3, slowUpgrade(UPGRADE_MS)]
+  const all = await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub', ...production], { rules })
+  assert.equal(all.code, 0, all.stderr)
+  assert.equal(productionStarts(all).length, 9)
+  assert.equal(besideFirst(productionStarts(all)), 8, 'by default eight production upgrades run at once, the ninth after one ended')
+  const serial = await runDeploy(repo, ['--no-setup', '--deploy', '--parallel', '1', 'staginghub', 'hub1', 'hub2', 'hub3'], { rules })
+  assert.equal(serial.code, 0, serial.stderr)
+  assert.equal(besideFirst(productionStarts(serial)), 1, '--parallel 1 runs them one after another')
 })
 
 test('--parallel must be a positive whole number', async () => {
