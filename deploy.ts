@@ -1904,7 +1904,7 @@ the staging chart goes first and the others follow only if it succeeds.
   --recover         repair a release an interrupted run left pending, then deploy
   --plugin NAME     load plugins/NAME.ts (the repository's, else the one shipped with
                     deploy.ts) or a path; repeatable; also DEPLOY_PLUGINS
-  --parallel N      charts deployed at once after the staging chart (default 3)
+  --parallel N      charts deployed at once after the staging chart (default: all, at most 8)
   --changed RANGE   print the charts whose files RANGE changed, one per line
   --json            with --changed: print them as a JSON array (a CI matrix)
   --env-file FILE   read configuration from FILE instead of .env
@@ -1916,6 +1916,13 @@ the staging chart goes first and the others follow only if it succeeds.
 Exit codes: 0 success, 1 an external command failed, 2 usage or configuration error
 (nothing run), 3 refused by a plugin (its verify hook, or a check such as the staging
 promotion), 130/143 interrupted (SIGINT/SIGTERM).`
+
+/**
+ * Charts deployed at once after staging when --parallel is not given. helm upgrades wait on
+ * the cluster, not on the CPU, so every production chart goes at once; the cap bounds the
+ * helm and kubectl clients one job starts (docs/performance.md, P5).
+ */
+const DEFAULT_PARALLEL = 8
 
 const FLAGS = {
   boolean: ['setup', 'build', 'push', 'deploy', 'dry-run', 'recover', 'list', 'verbose', 'version', 'help', 'json'],
@@ -2010,7 +2017,7 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
   if (request.dryRun) runs.forEach(printPlan)
   const untrap = invocation.trapSignals()
   try {
-    await executeAll(runs, Number(args.parallel ?? 3), invocation.signal)
+    await executeAll(runs, Number(args.parallel ?? DEFAULT_PARALLEL), invocation.signal)
   } finally {
     untrap()
     if (invocation.cancelled) for (const r of runs) r.out.flush(`deploy ${r.plan.chart}`)
