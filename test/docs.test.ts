@@ -252,6 +252,22 @@ for (const file of markdown) {
   })
 }
 
+test('deploy.ts commands quoted in the prose name only charts this repository has', () => {
+  const charts = new Set([...fs.readdirSync(path.join(ROOT, 'hub-charts')), 'monitoring'])
+  const valued = new Set(['--parallel', '--changed', '--plugin', '--env-file', '--dotenv'])
+  // performance.md describes the benchmarks' own fixture charts (hub1 … hub6).
+  for (const file of markdown.filter((f) => f !== 'docs/performance.md')) {
+    for (const [, args] of read(file).matchAll(/`(?:npx tsx |deno run -A )?deploy\.ts((?: [^`]*)?)`/g)) {
+      const words = args.trim().split(/\s+/).filter(Boolean)
+      for (let i = 0; i < words.length; i++) {
+        const word = words[i]
+        if (valued.has(word)) i++
+        else if (!/^(--?[a-z-]+|\.\.\.|…|<[^>]+>)$/.test(word)) assert.ok(charts.has(word), `${file}: \`deploy.ts${args}\` names ${word}, which is not a chart here`)
+      }
+    }
+  }
+})
+
 test('docs/port.md covers every function of deploy.py and names only functions deploy.ts has', () => {
   const port = read('docs/port.md')
   const headings = [...port.matchAll(/^## (.+)$/gm)].map(([, h]) => h)
