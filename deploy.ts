@@ -1908,7 +1908,7 @@ the staging chart goes first and the others follow only if it succeeds.
   --changed RANGE   print the charts whose files RANGE changed, one per line
   --json            with --changed: print them as a JSON array (a CI matrix)
   --env-file FILE   read configuration from FILE instead of .env
-  --dotenv FILE     the same; use it under Node 20, which claims --env-file for itself
+  --dotenv FILE     the same; prefer it under Node 20, which stops on a missing --env-file itself (exit 9)
   --list            print the charts this repository has
   --verbose         also show read-only probes (registry lookups, helm history)
   --version, --help
