@@ -1,5 +1,7 @@
 // Docs check (npm run docs:check, also part of npm test): links resolve, every flag and
-// exit code is documented, CI files are valid YAML that run documented commands.
+// exit code is documented, CI files are valid YAML that run documented commands and pinned
+// tools, every shell example of README.md and docs/ runs as written, docs/port.md names what
+// deploy.ts has.
 import { after, test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
@@ -237,7 +239,8 @@ for (const file of markdown) {
     const repo = docsFixture(files)
     const work = tempDir('deploy-docs-run-')
     fs.mkdirSync(path.join(work, 'home'))
-    fs.writeFileSync(path.join(work, 'rules.json'), JSON.stringify([HELM3]))
+    // The cluster the stand-ins play: Helm 3, and pods in every namespace.
+    fs.writeFileSync(path.join(work, 'rules.json'), JSON.stringify([HELM3, PODS]))
     const bin = standinBin()
     fs.writeFileSync(path.join(bin, 'npm'), '#!/bin/sh\n[ "$1" = ci ] && [ -d node_modules ] && exit 0\necho "npm $*: not available in the docs test" >&2; exit 127\n', { mode: 0o755 })
     // `deno` as a Deno user has it: the real binary on PATH.
