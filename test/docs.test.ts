@@ -144,7 +144,7 @@ test('CI deploys monitoring after the production hubs and installs the runtime o
 // run line by line (a doc's blocks in order, in one fixture) with bash, and must exit 0:
 // - the fixture is a git repository holding this repository's files, with planted secrets
 //   (the real ones are git-crypt'ed) and node_modules linked to this checkout's;
-// - gcloud, helm, kubectl and docker are the recording stand-ins (no cluster here), and `npm`
+// - the cloud CLIs, helm, kubectl and docker are the recording stand-ins (no cluster here), `npm`
 //   is a stand-in whose `npm ci` only checks that node_modules is there: tests reach no
 //   registry and must never re-install the shared node_modules;
 // - a fenced `ts` block whose first line is `// <path>: ...` is written to <path> first, so
@@ -176,7 +176,9 @@ function docExamples(file: string): DocExamples {
     if (lang === 'sh') {
       for (let j = 0; j < body.length; j++) {
         let { line, text } = body[j]
-        while (text.endsWith('\\') && j + 1 < body.length) text = text.slice(0, -1) + body[++j].text
+        // A command goes on after a trailing backslash and inside an open quote (a JSON argument).
+        const open = (t: string) => t.endsWith('\\') || (t.split("'").length - 1) % 2 === 1
+        while (open(text) && j + 1 < body.length) text = text.endsWith('\\') ? text.slice(0, -1) + body[++j].text : `${text}\n${body[++j].text}`
         if (!text.trim() || text.trim().startsWith('#')) continue
         const example = { file, line, command: text.trim() }
         const at = marks.indexOf(example.command.replace(/\s+#.*$/, ''))
