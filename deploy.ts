@@ -1818,13 +1818,23 @@ async function execute(r: ChartRun) {
     state.result = 'ok'
   } catch (e) {
     state.result = 'failed'
-    state.error = e instanceof DeployError ? e : new DeployError(String((e as Error)?.stack ?? e))
+    state.error = masked(e instanceof DeployError ? e : new DeployError(String((e as Error)?.stack ?? e)), invocation.secrets.redact)
     await reportFailure(r, invocation.cancelled ? undefined : (e as DeployError).phase)
   } finally {
     cleanup(r)
     state.seconds = (Date.now() - start) / 1000
   }
   if (state.result === 'ok') await runHook(r, 'success')
+}
+
+/**
+ * The error as the `fail` hooks and the summary get it: message, command and output with
+ * every secret masked, whatever threw it (a plugin's error text is not redacted yet).
+ */
+function masked(e: DeployError, redact: Secrets['redact']): DeployError {
+  const copy = new DeployError(redact(e.message), e.exitCode, { phase: e.phase, command: e.command && redact(e.command), output: e.output && redact(e.output) })
+  copy.reported = e.reported
+  return copy
 }
 
 /** Prints the error and calls the `fail` hooks; cancelled, only a run that reached a phase gets them. */
@@ -1850,7 +1860,11 @@ async function executeAll(runs: ChartRun[], parallel: number, signal: AbortSigna
   const queue = [...runs]
   if (queue[0].plan.chart === queue[0].plan.config.STAGING_CHART) {
     const staging = queue.shift()!
+    // With other charts to follow, staging's live output is its own group, as their blocks are.
+    const title = `deploy ${staging.plan.chart}`
+    if (queue.length) groupMarkers('start', title.replace(/\W+/g, '-'), title)
     await execute(staging)
+    if (queue.length) groupMarkers('end', title.replace(/\W+/g, '-'), title)
     if (staging.state.result !== 'ok') {
       for (const r of queue) r.state.result = 'skipped'
       return
@@ -1972,10 +1986,11 @@ function chartNames(args: Args, config: Config, charts: string[]): string[] {
   return names.sort((a, b) => Number(b === config.STAGING_CHART) - Number(a === config.STAGING_CHART))
 }
 
-/** A chart's output and command runner; with several charts, prefixed and (after the first) held. */
-function chartTools(invocation: Invocation, request: Request, config: Config, index: number, chart: string, many: boolean): Tools {
+/** A chart's output and command runner; with several charts, prefixed and (but for the staging chart) held. */
+function chartTools(invocation: Invocation, request: Request, config: Config, chart: string, many: boolean): Tools {
   const env: NodeJS.ProcessEnv = { ...config.env }
-  const out = many ? new Output(invocation.secrets, `[${chart}] `, index > 0, false) : new Output(invocation.secrets)
+  // Only the staging chart, which runs alone, streams; the others are held and printed as one block each.
+  const out = many ? new Output(invocation.secrets, `[${chart}] `, chart !== config.STAGING_CHART, false) : new Output(invocation.secrets)
   const heartbeatSeconds = process.stdout.isTTY ? 0 : config.heartbeatSeconds
   return { env, out, invocation, exec: makeExec({ env, dryRun: request.dryRun, out, heartbeatSeconds, invocation }) }
 }
@@ -2008,7 +2023,7 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
     recover: args.recover,
     plugins: await loadPlugins(pluginNames(args, config)),
   }
-  const tools = names.map((chart, i) => chartTools(invocation, request, config, i, chart, names.length > 1))
+  const tools = names.map((chart) => chartTools(invocation, request, config, chart, names.length > 1))
   const facts = await checkRepository(request, tools[0])
   const runs = await Promise.all(names.map(async (chart, i): Promise<ChartRun> => {
     const plan = await planChart(chart, request, facts, tools[i])

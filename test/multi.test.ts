@@ -31,6 +31,18 @@ test('a failed staging deploy stops the production charts', async () => {
   assert.match(r.stdout, /^ea-hub\s+-\s+skipped/m)
 })
 
+test('staging goes first whatever the order of the arguments: when it fails, no production chart is touched', async () => {
+  const r = await runDeploy(makeRepo({ hubs: HUBS }), ['--no-setup', '--deploy', 'ea-hub', 'edsc-hub', 'staginghub'], {
+    rules: [HELM3, { tool: 'helm', match: '^upgrade --install --namespace staginghub', exit: 1 }],
+  })
+  assert.equal(r.code, 1)
+  assert.ok(upgradeOf(r.commands, 'staginghub') >= 0, r.commands.join('\n'))
+  const touched = r.calls.filter((c) => /(ea|edsc)-hub/.test([c.cwd, ...c.argv].join(' ')))
+  assert.deepEqual(touched.map((c) => [c.tool, ...c.argv].join(' ')), [], 'no command may run for a production chart')
+  assert.match(r.stdout, /^ea-hub\s+-\s+skipped/m)
+  assert.match(r.stdout, /^edsc-hub\s+-\s+skipped/m)
+})
+
 test('one failed production chart does not stop the others; the exit status says it failed', async () => {
   const r = await runDeploy(makeRepo({ hubs: HUBS }), ['--no-setup', '--deploy', 'staginghub', 'ea-hub', 'edsc-hub', 'nbgrader-hub'], {
     rules: [HELM3, { tool: 'helm', match: '^upgrade --install --namespace edsc-hub', exit: 1 }],
@@ -83,10 +95,40 @@ test('--changed prints the charts a range touched; --json for a CI matrix', asyn
   assert.deepEqual(JSON.parse(none.stdout), [])
 })
 
-test('--changed: a change to deploy.ts, plugins/ or package.json means every chart; an invalid range too', async () => {
+test('CI logs: each chart\'s output is one block inside its own group (GitHub Actions) or fold (Travis)', async () => {
+  const repo = makeRepo({ hubs: HUBS })
+  const rules = [HELM3, { tool: 'helm', match: '^upgrade', stdout: 'upgrade line 1\nupgrade line 2\n' } as Rule]
+  const ci = [
+    { env: { GITHUB_ACTIONS: 'true' }, start: (c: string) => `::group::deploy ${c}`, end: () => '::endgroup::' },
+    { env: { TRAVIS: 'true' }, start: (c: string) => `travis_fold:start:deploy-${c}`, end: (c: string) => `travis_fold:end:deploy-${c}` },
+  ]
+  // Staging listed last, and a run without staging: there no chart may stream alongside the others.
+  const runs = [['ea-hub', 'edsc-hub', 'nbgrader-hub', 'staginghub'], ['ea-hub', 'edsc-hub', 'nbgrader-hub']]
+  const cases = ci.flatMap((c) => runs.map((charts) => ({ ...c, charts })))
+  const results = await Promise.all(cases.map(({ env, charts }) => runDeploy(repo, ['--no-setup', '--deploy', ...charts], { env, rules })))
+  results.forEach((r, i) => {
+    const { charts, start, end } = cases[i]
+    assert.equal(r.code, 0, r.stderr)
+    const out = r.stdout.split('\n')
+    const err = r.stderr.split('\n')
+    for (const chart of charts) {
+      const mine = (lines: string[]) => lines.flatMap((l, n) => (l.startsWith(`[${chart}] `) ? [n] : []))
+      const [o, e] = [mine(out), mine(err)]
+      const label = `${chart} in ${JSON.stringify(cases[i].env)} ${charts.join(' ')}:\n${r.stdout}`
+      assert.ok(o.length >= 4 && e.length >= 2, label)
+      assert.equal(o.at(-1)! - o[0] + 1, o.length, `stdout of ${label}`)
+      assert.equal(e.at(-1)! - e[0] + 1, e.length, `stderr of ${label}`)
+      assert.equal(out[o[0] - 1], start(chart), label)
+      assert.equal(out[o.at(-1)! + 1], end(chart), label)
+      assert.ok(out.includes(`[${chart}] upgrade line 2`), label)
+    }
+  })
+})
+
+test('--changed: a change to deploy.ts, plugins/, package.json or package-lock.json means every chart; an invalid range too', async () => {
   const repo = makeRepo({ hubs: HUBS })
   const all = ['ea-hub', 'edsc-hub', 'nbgrader-hub', 'staginghub']
-  for (const file of ['deploy.ts', 'plugins/notify.ts', 'package.json']) {
+  for (const file of ['deploy.ts', 'plugins/notify.ts', 'package.json', 'package-lock.json']) {
     const base = git(repo, 'rev-parse', 'HEAD')
     commit(repo, { [file]: `// ${Math.random()}\n` })
     assert.deepEqual(JSON.parse((await runDeploy(repo, ['--changed', `${base}..HEAD`, '--json'])).stdout), all, file)

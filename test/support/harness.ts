@@ -107,6 +107,8 @@ export interface Rule {
   stderr?: string
   exit?: number
   sleepMs?: number
+  /** With sleepMs: print stdout every this many ms while sleeping. */
+  every?: number
   touch?: string
 }
 

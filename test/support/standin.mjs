@@ -4,7 +4,8 @@
 // sha256 of its stdin and of the kubeconfig it would use, and the config dirs it was given; then answers from the first
 // rule in $STANDIN_RULES (a JSON array) whose tool matches and whose `match` (a regular
 // expression) matches the joined argv. Rule fields: stdout, stderr, exit, sleepMs,
-// touch (an env var naming a file to create, e.g. KUBECONFIG).
+// touch (an env var naming a file to create, e.g. KUBECONFIG), every (with sleepMs: also
+// print stdout every this many ms while sleeping, a command that keeps printing).
 import fs from 'node:fs'
 import path from 'node:path'
 import crypto from 'node:crypto'
@@ -38,5 +39,10 @@ const finish = () => {
   if (rule.stderr) process.stderr.write(rule.stderr)
   process.exitCode = rule.exit ?? 0
 }
-if (rule.sleepMs) setTimeout(finish, rule.sleepMs)
-else finish()
+if (rule.sleepMs) {
+  const ticker = rule.every ? setInterval(() => process.stdout.write(rule.stdout ?? '.\n'), rule.every) : undefined
+  setTimeout(() => {
+    clearInterval(ticker)
+    finish()
+  }, rule.sleepMs)
+} else finish()
