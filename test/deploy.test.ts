@@ -99,6 +99,21 @@ test('rollouts run at once, each output line prefixed with its deployment', asyn
   assert.ok(second - first < 1500, 'the second wait started while the first (1.5 s) was still running')
 })
 
+test('a kubectl that ignores its own --timeout is stopped by the run\'s limit on the process', async () => {
+  // ROLLOUT_TIMEOUT=1s: kubectl is told 1 s and the run stops it 60 s later; this one would
+  // hang for 5 minutes and then report success.
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
+    env: { ROLLOUT_TIMEOUT: '1s' },
+    rules: [HELM3, { tool: 'kubectl', match: 'get deployments -o name', stdout: 'deployment.apps/hub\n' },
+      { tool: 'kubectl', match: '^rollout status', sleepMs: 300_000 }],
+  })
+  assert.equal(r.code, 1, r.stderr)
+  assert.match(r.stderr, /ERROR: rollout of deployment\.apps\/hub did not finish within 1s/)
+  const wait = r.calls.find((c) => c.argv[0] === 'rollout')!
+  assert.ok(wait.argv.includes('--timeout=1s'), wait.argv.join(' '))
+  assert.throws(() => process.kill(wait.pid, 0), 'the hanging kubectl was stopped')
+})
+
 test('a failed rollout prints events, pods and helm status, then exits 1', async () => {
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
     rules: [HELM3, deployments,

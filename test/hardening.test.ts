@@ -57,6 +57,17 @@ test('in CI, a silent long command gets heartbeat lines naming what it waits for
   assert.match(beats[0], /\(\d+s\)$/)
 })
 
+test('a command that keeps printing gets no heartbeat lines', async () => {
+  // It prints every 100 ms for 7 s; a heartbeat would need 3 s of silence.
+  const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
+    env: { HEARTBEAT_INTERVAL: '3s' },
+    rules: [HELM3, { tool: 'helm', match: '^upgrade', sleepMs: 7000, every: 100, stdout: 'waiting for the hub pod\n' }],
+  })
+  assert.equal(r.code, 0, r.stderr)
+  assert.ok(r.stdout.split('\n').filter((l) => l === 'waiting for the hub pod').length >= 20, r.stdout)
+  assert.deepEqual(r.stdout.split('\n').filter((l) => l.includes('still waiting')), [])
+})
+
 test('Travis: each phase is a fold', async () => {
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], { env: { TRAVIS: 'true' }, rules: [HELM3] })
   assert.equal(r.code, 0, r.stderr)
@@ -120,4 +131,26 @@ test('secret-looking values of the environment and .env are redacted from relaye
   })
   assert.equal(r.code, 0, r.stderr)
   assert.match(r.stdout, /token \*\*\* hook \*\*\*/)
+})
+
+test('every secret-looking key of the environment and .env is masked, whatever its case; ordinary values are not', async () => {
+  const repo = makeRepo()
+  // One key per ending the rule names (docs/configuration.md), and keys that only look close.
+  const secret = {
+    DB_PASSWORD: 'db-pa55word-value', LDAP_PASSWD: 'ldap-passwd-value', OAUTH_CLIENT_SECRET: 'oauth-client-secret-value',
+    MAPS_API_KEY: 'maps-api-key-value', GIT_CRYPT_KEY: 'git-crypt-key-value', CI_DEPLOY_TOKEN: 'ci-deploy-token-value',
+    TEAMS_WEBHOOK_URL: 'https://teams.example.org/hook/teams-webhook-value', grafana_admin_password: 'lower-case-key-value',
+  }
+  const fromFile = { REGISTRY_PASSWORD: 'registry-password-from-dotenv' }
+  const ordinary = { GKE_ZONE: 'europe-west1-b', SSH_KEY_PATH: 'keys/ordinary-path', TOKEN_COUNT: 'ordinary-count-42', DEPLOY_USER: 'ordinary-user' }
+  commit(repo, { '.env': Object.entries(fromFile).map(([k, v]) => `${k}=${v}\n`).join('') })
+  const all = { ...secret, ...fromFile, ...ordinary }
+  const r = await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub'], {
+    env: { ...secret, ...ordinary },
+    secrets: [...Object.values(secret), ...Object.values(fromFile)],
+    rules: [HELM3, { tool: 'helm', match: '^dep up', stdout: Object.entries(all).map(([k, v]) => `${k} is ${v}\n`).join('') }],
+  })
+  assert.equal(r.code, 0, r.stderr)
+  for (const key of [...Object.keys(secret), ...Object.keys(fromFile)]) assert.ok(r.stdout.includes(`${key} is ***\n`), `${key}:\n${r.stdout}`)
+  for (const [key, value] of Object.entries(ordinary)) assert.ok(r.stdout.includes(`${key} is ${value}\n`), `${key} must not be masked:\n${r.stdout}`)
 })

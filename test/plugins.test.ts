@@ -213,6 +213,31 @@ describe('plugins', { concurrency: 8 }, () => {
     assert.equal(recorded(good).at(-1)!.hook, 'success')
   })
 
+  test('a hook\'s error text reaches the fail hooks masked: a notifier that masks nothing itself posts no secret', async () => {
+    const repo = makeRepo()
+    const hook = await server()
+    const token = 'leaky-api-token-0123456789'
+    commit(repo, {
+      'plugins/leaky.ts': "export default { name: 'leaky', afterDeploy(ctx) { throw new Error(`cannot reach https://api.example.org/?token=${ctx.config.env.LEAKY_API_TOKEN}`) } }\n",
+      'plugins/naive-notify.ts': `export default { name: 'naive-notify', async fail(ctx) {
+  const { message, stack, command, output } = ctx.error
+  await fetch(ctx.config.env.NAIVE_NOTIFY_URL, { method: 'POST', body: JSON.stringify({ message, stack, command, output, failedPhase: ctx.failedPhase }) })
+} }\n`,
+    })
+    const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'leaky', '--plugin', 'naive-notify', 'staginghub'], {
+      env: { LEAKY_API_TOKEN: token, NAIVE_NOTIFY_URL: `${hook.origin}/notify` },
+      secrets: [token],
+    })
+    assert.equal(r.code, 1, r.stderr)
+    const [sent] = await hook.received()
+    assert.ok(sent, 'the fail hook posted')
+    assert.ok(!sent.body.includes(token) && !sent.body.includes(token.slice(0, 16)), sent.body)
+    const body = JSON.parse(sent.body) as { message: string; stack: string; failedPhase: string }
+    assert.equal(body.message, 'plugin leaky afterDeploy: cannot reach https://api.example.org/?token=***')
+    assert.match(body.stack, /token=\*\*\*/)
+    assert.equal(body.failedPhase, 'deploy')
+  })
+
   test('a success hook that hangs is abandoned after 10 s; the run still succeeds', async () => {
     const repo = makeRepo()
     writeRecorder(repo, 'slow', { hangIn: ['success'] })
@@ -609,6 +634,27 @@ export default {
     assert.match(withSetup.stdout, /^ea-hub\s+setup\s+refused\s/m)
   })
 
+  test('promote-from-staging: a dependency only one side has blocks the promotion (exit 3, nothing deployed)', async () => {
+    const dask = '  - name: dask-gateway\n    version: 2024.1.0\n    repository: https://helm.dask.org/\n'
+    const extraHere = promotionRepo()
+    commit(extraHere, { 'hub-charts/ea-hub/Chart.yaml': chartYaml('ea-hub', '3.3.8') + dask }, 'production adds dask-gateway')
+    const plugin = shipped('promote-from-staging')
+    const stagingHasMore = stagingHistory([{ revision: 2, status: 'deployed', description: recordOf({ jupyterhub: '3.3.8', 'dask-gateway': '2024.1.0' }) }])
+    const [productionOnly, stagingOnly] = await Promise.all([
+      runDeploy(extraHere, ['--no-setup', '--deploy', '--plugin', plugin, 'ea-hub'], { rules: [HELM3, HEALTHY], env: PROD }),
+      runDeploy(promotionRepo(), ['--no-setup', '--deploy', '--plugin', plugin, 'ea-hub'], { rules: [HELM3, stagingHasMore], env: PROD }),
+    ])
+    const cases: [RunResult, RegExp][] = [
+      [productionOnly, /verify: dask-gateway \(none\) on staginghub vs 2024\.1\.0 here: deploy staginghub first/],
+      [stagingOnly, /verify: dask-gateway 2024\.1\.0 on staginghub vs \(none\) here: deploy staginghub first/],
+    ]
+    for (const [r, error] of cases) {
+      assert.equal(r.code, 3, r.stderr)
+      assert.match(errorLines(r)[0], error)
+      assert.ok(!r.commands.some((c) => /^helm (dep|upgrade)/.test(c)), r.commands.join('\n'))
+    }
+  })
+
   test('promote-from-staging: staging failed, missing or not recorded → exit 3 with the reason', async () => {
     const repo = promotionRepo()
     const plugin = shipped('promote-from-staging')
@@ -716,6 +762,16 @@ export default {
     const body = (await hook.json())[0] as Record<string, any>
     assert.equal(body.failedPhase, 'rollout')
     assert.match(body.error, /did not answer/)
+  })
+
+  test('health-check: ingress.enabled false in values.yaml means its host is not the hub\'s URL', async () => {
+    const hub = await server([{ status: 200, body: { version: '5.2.1' } }])
+    const repo = makeRepo()
+    commit(repo, { 'hub-charts/staginghub/values.yaml': `jupyterhub:\n  ingress:\n    enabled: false\n    hosts:\n      - 127.0.0.1:${hub.port}\n` })
+    const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', shipped('health-check'), 'staginghub'], { env: { HEALTH_CHECK_TIMEOUT: '1s' } })
+    assert.equal(r.code, 0, r.stderr)
+    assert.match(r.stderr, /health-check: no URL for staginghub .*: skipped/)
+    assert.equal((await hub.received()).length, 0)
   })
 
   test('health-check: the URL from values.yaml (https, ingress host + baseUrl); skipped without one; bad timeout refused', async () => {
