@@ -101,11 +101,11 @@ test('rollouts run at once, each output line prefixed with its deployment', asyn
 
 test('a kubectl that ignores its own --timeout is stopped by the run\'s limit on the process', async () => {
   // ROLLOUT_TIMEOUT=1s: kubectl is told 1 s and the run stops it 60 s later; this one would
-  // hang for 5 minutes and then report success.
+  // hang for 2.5 minutes and then report success.
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
     env: { ROLLOUT_TIMEOUT: '1s' },
     rules: [HELM3, { tool: 'kubectl', match: 'get deployments -o name', stdout: 'deployment.apps/hub\n' },
-      { tool: 'kubectl', match: '^rollout status', sleepMs: 300_000 }],
+      { tool: 'kubectl', match: '^rollout status', sleepMs: 150_000 }],
   })
   assert.equal(r.code, 1, r.stderr)
   assert.match(r.stderr, /ERROR: rollout of deployment\.apps\/hub did not finish within 1s/)
