@@ -58,10 +58,10 @@ test('in CI, a silent long command gets heartbeat lines naming what it waits for
 })
 
 test('a command that keeps printing gets no heartbeat lines', async () => {
-  // It prints every 100 ms for 7 s; a heartbeat would need 3 s of silence.
+  // It prints every 100 ms for 11 s; a heartbeat would need 5 s of silence (it would get two).
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
-    env: { HEARTBEAT_INTERVAL: '3s' },
-    rules: [HELM3, { tool: 'helm', match: '^upgrade', sleepMs: 7000, every: 100, stdout: 'waiting for the hub pod\n' }],
+    env: { HEARTBEAT_INTERVAL: '5s' },
+    rules: [HELM3, { tool: 'helm', match: '^upgrade', sleepMs: 11_000, every: 100, stdout: 'waiting for the hub pod\n' }],
   })
   assert.equal(r.code, 0, r.stderr)
   assert.ok(r.stdout.split('\n').filter((l) => l === 'waiting for the hub pod').length >= 20, r.stdout)
