@@ -286,7 +286,7 @@ export interface HookContext {
   parseDuration: (text: string) => number
   /** Release revision after the deploy phase, read from helm's output. */
   revision?: number
-  /** `fail` only: what went wrong (with the failed command and its last output lines when a command failed) and in which phase; `cancelled` on SIGINT/SIGTERM. */
+  /** `fail` only: what went wrong, secrets masked (with the failed command and its last output lines when a command failed) and in which phase; `cancelled` on SIGINT/SIGTERM. */
   error?: DeployError
   failedPhase?: Phase
   reason?: 'failed' | 'cancelled'
