@@ -919,7 +919,7 @@ async function changedFiles(exec: Exec, out: Output, range: string, fallback: st
  * Dirs with uncommitted changes (untracked files included, ignored ones not): what the run
  * would build or deploy from them is not what the commit says.
  */
-async function dirtyDirs(exec: Exec, dirs: string[]): Promise<string[]> {
+async function dirtyDirs(exec: Exec, dirs: string[], ignore?: RegExp): Promise<string[]> {
   if (dirs.length === 0) return []
   const args = ['status', '--porcelain=v1', '-z', '--untracked-files=all', '--', ...dirs]
   const { stdout } = await exec('git', args, { capture: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
@@ -931,7 +931,8 @@ async function dirtyDirs(exec: Exec, dirs: string[]): Promise<string[]> {
     paths.push(fields[i].slice(3))
     if (/[RC]/.test(fields[i][0])) paths.push(fields[++i] ?? '')
   }
-  return dirs.filter((dir) => paths.some((p) => p === dir || p.startsWith(`${dir}/`)))
+  const changed = paths.filter((p) => !ignore?.test(p))
+  return dirs.filter((dir) => changed.some((p) => p === dir || p.startsWith(`${dir}/`)))
 }
 
 /** The dirs the commit range touched; a range git cannot read touched them all. */
@@ -1120,7 +1121,9 @@ async function checkCommitted(chart: string, request: Request, images: ImageInfo
     ...(request.phases.build ? images.map((i) => i.dir) : []),
     ...(request.phases.deploy ? [chartDir(chart), `secrets/${chart}.yaml`] : []),
   ]
-  const [dirty] = await dirtyDirs(exec, dirs)
+  // helm dep up (re)writes the chart's charts/ and Chart.lock from Chart.yaml: not a change of ours.
+  const generated = new RegExp(`^${chartDir(chart)}/(charts/|Chart\\.lock$)`)
+  const [dirty] = await dirtyDirs(exec, dirs, generated)
   if (!dirty) return
   const image = images.some((i) => i.dir === dirty)
   const what = image ? `${request.phases.push ? 'built and pushed' : 'built'} under the committed tag` : 'deployed as if committed'

@@ -129,6 +129,17 @@ test('a modified secrets/<chart>.yaml with --deploy: exit 2 naming it, the value
   refused(r, 'secrets/staginghub.yaml has uncommitted or untracked changes')
 })
 
+test('what helm dep up writes (charts/, a committed Chart.lock it rewrites) does not count as a change', async () => {
+  const repo = makeRepo()
+  commit(repo, { 'hub-charts/staginghub/Chart.lock': 'generated: "2026-01-01T00:00:00Z"\n' })
+  fs.writeFileSync(path.join(repo, 'hub-charts/staginghub/Chart.lock'), 'generated: "2026-11-27T06:00:00Z"\n')
+  fs.mkdirSync(path.join(repo, 'hub-charts/staginghub/charts'))
+  fs.writeFileSync(path.join(repo, 'hub-charts/staginghub/charts/jupyterhub-4.0.0.tgz'), 'tgz')
+  const r = await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub'])
+  assert.equal(r.code, 0, show(r))
+  assert.ok(r.commands.some((c) => c.startsWith('helm upgrade')))
+})
+
 test('a dirty image dir does not stop --deploy alone: the committed tag is what gets deployed', async () => {
   const repo = makeRepo()
   const tag = tagOf(repo)
