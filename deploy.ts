@@ -679,6 +679,8 @@ export interface ExecSettings {
 
 /** The bound of a command that has none of its own (plugins' commands, for instance). */
 const DEFAULT_COMMAND_TIMEOUT = '30m'
+/** How long a command that outlived its limit gets to stop on SIGTERM before SIGKILL. */
+const KILL_GRACE_SECONDS = 10
 
 export function makeExec({ env, dryRun, out, heartbeatSeconds, invocation }: ExecSettings): Exec {
   const { redact } = invocation.secrets
@@ -711,7 +713,16 @@ export function makeExec({ env, dryRun, out, heartbeatSeconds, invocation }: Exe
       log: relay(out, prefix, beat.reset) as never,
     })`${tool} ${args}`
     const release = options.cleanup ? () => undefined : stopOnCancel(invocation, p.pid)
+    // zx sends SIGTERM at the limit; a child that ignores it is killed KILL_GRACE_SECONDS later.
+    const hardStop = setTimeout(() => {
+      try {
+        if (p.pid) process.kill(p.pid, 'SIGKILL')
+      } catch {
+        // Already gone.
+      }
+    }, (limit + KILL_GRACE_SECONDS) * 1000)
     const done = await p.finally(() => {
+      clearTimeout(hardStop)
       release()
       beat.stop()
     })
@@ -1884,7 +1895,9 @@ async function rollout({ plan, exec, out }: ChartRun) {
     return
   }
   // Names come from the cluster: only `deployment.apps/<name>` may reach kubectl.
-  const deployments = list.stdout.split('\n').map((l) => l.trim()).filter((l) => /^deployment\.apps\/[a-z0-9][-a-z0-9.]*$/.test(l))
+  const lines = list.stdout.split('\n').map((l) => l.trim()).filter(Boolean)
+  const deployments = lines.filter((l) => /^deployment\.apps\/[a-z0-9][-a-z0-9.]*$/.test(l))
+  for (const l of lines.filter((l) => !deployments.includes(l))) out.warn(`not waiting for "${l}": kubectl listed it, but it is not deployment.apps/<name>`)
   if (deployments.length === 0) {
     out.info(`no deployments in namespace ${ns}: nothing to wait for`)
     return

@@ -218,6 +218,7 @@ test('deployment names the cluster returns reach kubectl only as deployment.apps
   })
   assert.equal(r.code, 0, show(r))
   assert.deepEqual(withoutLock(r.commands).filter((c) => c.startsWith('kubectl rollout')), ['kubectl rollout status --namespace staginghub --watch deployment.apps/hub --timeout=600s'])
+  assert.match(r.stderr, /WARNING: not waiting for "--all-namespaces": kubectl listed it, but it is not deployment\.apps\/<name>/)
 })
 
 // ---------------------------------------------------------------------------------------
@@ -380,6 +381,14 @@ test('a command given a limit past 7 days is refused before it starts, naming th
   const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'probe', 'staginghub'])
   assert.equal(r.code, 3, show(r))
   assert.match(finalError(r), /^ERROR: plugin probe verify: helm: timeout 720h is not a duration from 1s to 7 days/)
+  assert.deepEqual(r.commands, ['helm version --client --short'])
+})
+
+test('a command that ignores SIGTERM at its limit is killed: the run ends, naming the limit', async () => {
+  const repo = pluginRepo(`await ctx.run('node', ['-e', "process.on('SIGTERM', () => {}); setInterval(() => {}, 1000)"], { timeout: '1s' })`)
+  const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'probe', 'staginghub'])
+  assert.equal(r.code, 3, show(r))
+  assert.match(finalError(r), /^ERROR: plugin probe verify: node -e .* was stopped by SIGKILL \(limit 1s\)$/)
   assert.deepEqual(r.commands, ['helm version --client --short'])
 })
 
