@@ -142,7 +142,7 @@ if (!tools) {
       assert.equal(b.code, 0, show(b))
       assert.deepEqual(revisions(api, f.hub), [[1, 'superseded'], [2, 'deployed']], 'one after the other')
       assert.equal(lease(api, f.hub)?.released, 'true')
-      assert.match(lease(api, f.hub)?.holder, new RegExp(`\\(pid ${(await second.child).pid}\\)$`), 'the second run held it last')
+      assert.match(lease(api, f.hub)?.holder ?? '', new RegExp(`\\(pid ${(await second.child).pid}\\)$`), 'the second run held it last')
     })
 
     test('--recover while a live run is installing: never uninstalls or rolls back its release', async (t) => {
@@ -172,7 +172,7 @@ if (!tools) {
       const stopped = await first.done
       assert.equal(stopped.code, 143, show(stopped))
       assert.equal(lease(api, f.hub)?.released, 'true', 'released on the way out')
-      assert.match(lease(api, f.hub)?.holder, new RegExp(`\\(pid ${(await first.child).pid}\\)$`))
+      assert.match(lease(api, f.hub)?.holder ?? '', new RegExp(`\\(pid ${(await first.child).pid}\\)$`))
       api.setNeverReady(undefined)
       const next = await start(f.repo, ['--no-setup', '--deploy', '--recover', f.hub], { LOCK_TIMEOUT: '0' }).done
       assert.equal(next.code, 0, show(next))
@@ -194,7 +194,7 @@ if (!tools) {
       assert.match(r.stderr, /WARNING: took over the deploy lock of \S+ from ci-job-that-died \(pid 4242\), which stopped renewing it \(last renewed 3\d{3}s ago\)/)
       assert.deepEqual(revisions(api, f.hub), [[1, 'deployed']])
       assert.equal(lease(api, f.hub)?.released, 'true')
-      assert.doesNotMatch(lease(api, f.hub)?.holder, /ci-job-that-died/)
+      assert.doesNotMatch(lease(api, f.hub)?.holder ?? '', /ci-job-that-died/)
     })
   })
 }
