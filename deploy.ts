@@ -1858,6 +1858,7 @@ async function deploy(r: ChartRun, pluginArgs: string[]) {
   const extra = [...imageArgs(r), ...pluginArgs]
   await exec('helm', ['dep', 'up'], { cwd: plan.chartDir, timeout: '5m' })
   if (plan.recover && helm.tracksPending && !plan.dryRun) await handlePendingRelease(r)
+  else if (plan.recover) r.out.print(`# --recover: a release left pending-* would be rolled back to its last deployed revision (or uninstalled) first`)
   // helm stops waiting at its own --timeout; ours is only a backstop.
   const backstop = `${plan.config.helmTimeoutSeconds + 120}s`
   const args = helm.upgradeArgs(plan.chart, plan.chartDir, plan.config.helmTimeoutSeconds, extra)

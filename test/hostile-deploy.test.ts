@@ -243,6 +243,13 @@ test('--recover with Helm 2 (it only repairs Helm 3 releases): exit 2 instead of
   refused(await runDeploy(makeRepo(), ['--no-setup', '--deploy', '--recover', 'staginghub'], { rules: [HELM2] }), '--recover needs Helm 3')
 })
 
+test('--dry-run --recover says what the repair would do instead of skipping it silently', async () => {
+  const r = await runDeploy(makeRepo(), ['--dry-run', '--no-setup', '--deploy', '--recover', 'staginghub'])
+  assert.equal(r.code, 0, show(r))
+  assert.match(r.stdout, /^# --recover: a release left pending-\* would be rolled back to its last deployed revision \(or uninstalled\) first$/m)
+  assert.deepEqual(r.commands, ['helm version --client --short'])
+})
+
 test('--build for a chart with no image dirs says that nothing was built', async () => {
   const r = await runDeploy(makeRepo({ userImages: [] }), ['--no-setup', '--build', '--push', 'staginghub'])
   assert.equal(r.code, 0, show(r))
