@@ -133,7 +133,7 @@ export function parseDuration(text: string): number {
 }
 
 /** The sane range of each duration key, in seconds (docs/reliability.md, "Bounds"). */
-export const DURATION_RANGES = {
+const DURATION_RANGES = {
   HELM_TIMEOUT: [1, 24 * 3600],
   ROLLOUT_TIMEOUT: [1, 24 * 3600],
   HEARTBEAT_INTERVAL: [1, 3600],
@@ -154,7 +154,7 @@ function formatDuration(seconds: number): string {
  * A duration setting checked against its range: one line naming the key, the range and
  * the fix otherwise (a usage error, exit 2; plugins get it as ctx.duration).
  */
-export function checkDuration(key: string, text: string, [min, max]: readonly [number, number]): number {
+function checkDuration(key: string, text: string, [min, max]: readonly [number, number]): number {
   const s = durationSeconds(text)
   const range = `from ${formatDuration(min)} to ${formatDuration(max)}`
   if (Number.isNaN(s)) throw usageError(`${key}=${text}: not a duration; use one ${range}, e.g. 600, 90s, 10m, 1h30m`)
