@@ -270,15 +270,15 @@ describe('plugins', { concurrency: 8 }, () => {
     const mine = writeRecorder(own, 'notify-slack')
     const env = { SLACK_WEBHOOK_URL: `${slack.origin}/services/fallback` }
     const [shippedRun, ownRun] = await Promise.all([
-      runDeploy(bare, ['--no-setup', '--plugin', 'notify-slack', 'staginghub'], { env }),
-      runDeploy(own, ['--no-setup', '--plugin', 'notify-slack', 'staginghub'], { env }),
+      runDeploy(bare, ['--no-setup', '--deploy', '--plugin', 'notify-slack', 'staginghub'], { env }),
+      runDeploy(own, ['--no-setup', '--deploy', '--plugin', 'notify-slack', 'staginghub'], { env }),
     ])
     assert.equal(shippedRun.code, 0, shippedRun.stderr)
     assert.match(shippedRun.stderr, /notify-slack: posted to Slack/)
     assert.equal((await slack.received()).length, 1, 'only the shipped plugin posts')
     // The repository's own plugins/notify-slack.ts wins over the shipped one.
     assert.equal(ownRun.code, 0, ownRun.stderr)
-    assert.deepEqual(recorded(mine).map((e) => e.hook), ['verify', 'success'])
+    assert.deepEqual(recorded(mine).map((e) => e.hook), ['verify', 'beforeDeploy', 'afterDeploy', 'afterRollout', 'success'])
   })
 
   test('ctx: the run\'s start time, a logger that names the plugin, retry with backoff, sleep and a yes/no parser', async () => {
@@ -311,7 +311,7 @@ export default {
 }
 `)
     const before = Date.now()
-    const r = await runDeploy(repo, ['--no-setup', '--plugin', 'helpers', 'staginghub'])
+    const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'helpers', 'staginghub'])
     assert.equal(r.code, 0, r.stderr)
     assert.match(r.stderr, /^INFO:root:helpers: hello$/m)
     assert.match(r.stderr, /^WARNING: helpers: careful$/m)
