@@ -178,8 +178,19 @@ const TOOL_VALUES: Partial<Record<keyof typeof DEFAULTS, [RegExp, string]>> = {
   USER_IMAGE_PREFIX: [/^[a-z0-9][-a-z0-9._/:]*$/, 'an image name prefix such as earthlabhubops/ea-k8s-user-'],
   HUB_IMAGE_PREFIX: [/^[a-z0-9][-a-z0-9._/:]*$/, 'an image name prefix such as earthlabhubops/ea-k8s-hub-'],
   STAGING_CHART: [CHART_NAME, 'a chart name (lowercase letters, digits, -)'],
+  AWS_REGION: [/^[a-z][-a-z0-9]*$/, 'an AWS region such as us-east-1'],
+  EKS_CLUSTER: [/^[A-Za-z0-9][-A-Za-z0-9_]*$/, 'an EKS cluster name'],
+  AZURE_CLIENT_ID: [/^[A-Za-z0-9][-A-Za-z0-9.]*$/, 'an application (client) id'],
+  AZURE_TENANT_ID: [/^[A-Za-z0-9][-A-Za-z0-9.]*$/, 'a tenant id or domain'],
+  AKS_RESOURCE_GROUP: [/^[\w.()][-\w.()]*$/, 'an Azure resource group name'],
+  AKS_CLUSTER: [/^[A-Za-z0-9][-A-Za-z0-9_]*$/, 'an AKS cluster name'],
+  AKS_KUBELOGIN: [/^[a-z]+$/, 'a kubelogin login mode such as azurecli or workloadidentity'],
+  ACR_NAME: [/^[A-Za-z0-9]+$/, 'an ACR registry name (letters and digits)'],
   GCLOUD_KEY_FILE: [/^[^-\s]/, 'a file path'],
   DOCKER_PASSWORD_FILE: [/^[^-\s]/, 'a file path'],
+  KUBECONFIG_FILE: [/^[^-\s]/, 'a file path'],
+  AZURE_FEDERATED_TOKEN_FILE: [/^[^-\s]/, 'a file path'],
+  AZURE_CLIENT_CERTIFICATE_PATH: [/^[^-\s]/, 'a file path'],
 }
 
 function checkToolValues(values: typeof DEFAULTS) {

@@ -195,6 +195,12 @@ for (const [key, value] of [
   ['DOCKER_REGISTRY', '-H=tcp://evil:2375'],
   ['USER_IMAGE_PREFIX', '--quiet'],
   ['STAGING_CHART', '--all'],
+  ['EKS_CLUSTER', '--profile=prod'],
+  ['AWS_REGION', '--endpoint-url=http://evil'],
+  ['AKS_RESOURCE_GROUP', '--subscription=other'],
+  ['AKS_KUBELOGIN', '--token-cache-dir=/tmp'],
+  ['ACR_NAME', '--debug'],
+  ['AZURE_CLIENT_CERTIFICATE_PATH', '--allow-no-subscriptions'],
 ] as const) {
   test(`${key}=${value}: exit 2 naming the key, never passed to a tool`, async () => {
     const r = await runDeploy(makeRepo(), ['--build', '--push', '--deploy', 'staginghub'], { env: { [key]: value } })
