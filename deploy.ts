@@ -8,8 +8,8 @@
  *
  * Reads top to bottom: errors, config, plugin contract and hook table, secrets and
  * logging, the invocation, exec (the one process primitive), helm adapter, git,
- * plan and state, preflight, setup, build and push, deploy, rollout, plugins and hooks,
- * orchestration, CLI and main.
+ * plan and state, preflight, setup, build and push, the deploy lock, deploy, rollout,
+ * plugins and hooks, orchestration, CLI and main.
  */
 import process from 'node:process'
 import fs from 'node:fs'
@@ -96,6 +96,7 @@ export const DEFAULTS = {
   HEARTBEAT_INTERVAL: '60s',
   BUILD_TIMEOUT: '60m',
   HOOK_TIMEOUT: '15m',
+  LOCK_TIMEOUT: '10m',
   STAGING_CHART: 'staginghub',
   DEPLOY_PLUGINS: '',
 }
@@ -107,17 +108,96 @@ export type Config = typeof DEFAULTS & {
   heartbeatSeconds: number
   buildTimeoutSeconds: number
   hookTimeoutSeconds: number
+  lockTimeoutSeconds: number
   /** Everything from .env and the environment, for plugins' own keys. */
   env: Record<string, string | undefined>
 }
 
-/** Seconds in a duration such as `600`, `90s`, `10m`, `1h30m`; NaN when it does not parse. */
-export function parseDuration(text: string): number {
-  const match = /^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(text.trim())
-  if (/^\d+$/.test(text.trim())) return Number(text.trim())
-  if (!match || !text.trim()) return NaN
+/** Seconds in a duration such as `600`, `90s`, `10m`, `1h30m`, however large; NaN when it does not parse. */
+function durationSeconds(text: string): number {
+  const t = text.trim()
+  if (/^\d+$/.test(t)) return Number(t)
+  const match = /^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(t)
+  if (!match || !t) return NaN
   const [, h = '0', m = '0', s = '0'] = match
   return Number(h) * 3600 + Number(m) * 60 + Number(s)
+}
+
+/** No duration may exceed this: Node's timers overflow past 2^31-1 ms (24.8 days) and then fire at once. */
+export const MAX_DURATION_SECONDS = 7 * 24 * 3600
+
+/** Seconds in a duration such as `600`, `90s`, `10m`, `1h30m`; NaN when it does not parse or exceeds 7 days. */
+export function parseDuration(text: string): number {
+  const s = durationSeconds(text)
+  return s <= MAX_DURATION_SECONDS ? s : NaN
+}
+
+/** The sane range of each duration key, in seconds (docs/reliability.md, "Bounds"). */
+const DURATION_RANGES = {
+  HELM_TIMEOUT: [1, 24 * 3600],
+  ROLLOUT_TIMEOUT: [1, 24 * 3600],
+  HEARTBEAT_INTERVAL: [1, 3600],
+  BUILD_TIMEOUT: [1, 24 * 3600],
+  HOOK_TIMEOUT: [1, 24 * 3600],
+  LOCK_TIMEOUT: [0, 24 * 3600],
+} as const
+
+/** `90s`, `5m`, `1h30m`: how a range's ends are shown. */
+function formatDuration(seconds: number): string {
+  const h = Math.floor(seconds / 3600)
+  const m = Math.floor((seconds % 3600) / 60)
+  const s = seconds % 60
+  return `${h ? `${h}h` : ''}${m ? `${m}m` : ''}${s || (!h && !m) ? `${s}s` : ''}`
+}
+
+/**
+ * A duration setting checked against its range: one line naming the key, the range and
+ * the fix otherwise (a usage error, exit 2; plugins get it as ctx.duration).
+ */
+function checkDuration(key: string, text: string, [min, max]: readonly [number, number]): number {
+  const s = durationSeconds(text)
+  const range = `from ${formatDuration(min)} to ${formatDuration(max)}`
+  if (Number.isNaN(s)) throw usageError(`${key}=${text}: not a duration; use one ${range}, e.g. 600, 90s, 10m, 1h30m`)
+  if (s < min || s > max) throw usageError(`${key}=${text}: out of range; use a duration ${range}`)
+  return s
+}
+
+/** A chart name is a Helm release name and a namespace: a DNS label (so never an option). */
+const CHART_NAME = /^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$/
+
+/**
+ * Settings that reach a tool as an argument: each must look like what it names, so none
+ * can reach gcloud, docker or helm as an option (docs/reliability.md).
+ */
+const TOOL_VALUES: Partial<Record<keyof typeof DEFAULTS, [RegExp, string]>> = {
+  GKE_CLUSTER: [/^[a-z]([-a-z0-9]*[a-z0-9])?$/, 'a GKE cluster name (lowercase letters, digits, -)'],
+  GKE_ZONE: [/^[a-z][-a-z0-9]*$/, 'a zone or region such as us-central1-b'],
+  GCP_PROJECT: [/^[a-z][-a-z0-9.:]*$/, 'a project id such as ea-jupyter'],
+  DOCKER_USERNAME: [/^[A-Za-z0-9][-A-Za-z0-9._@+]*$/, 'a registry user name'],
+  DOCKER_REGISTRY: [/^[A-Za-z0-9][-A-Za-z0-9.]*(:\d+)?$/, 'a registry host such as ghcr.io or 127.0.0.1:5000'],
+  USER_IMAGE_PREFIX: [/^[a-z0-9][-a-z0-9._/:]*$/, 'an image name prefix such as earthlabhubops/ea-k8s-user-'],
+  HUB_IMAGE_PREFIX: [/^[a-z0-9][-a-z0-9._/:]*$/, 'an image name prefix such as earthlabhubops/ea-k8s-hub-'],
+  STAGING_CHART: [CHART_NAME, 'a chart name (lowercase letters, digits, -)'],
+  AWS_REGION: [/^[a-z][-a-z0-9]*$/, 'an AWS region such as us-east-1'],
+  EKS_CLUSTER: [/^[A-Za-z0-9][-A-Za-z0-9_]*$/, 'an EKS cluster name'],
+  AZURE_CLIENT_ID: [/^[A-Za-z0-9][-A-Za-z0-9.]*$/, 'an application (client) id'],
+  AZURE_TENANT_ID: [/^[A-Za-z0-9][-A-Za-z0-9.]*$/, 'a tenant id or domain'],
+  AKS_RESOURCE_GROUP: [/^[\w.()][-\w.()]*$/, 'an Azure resource group name'],
+  AKS_CLUSTER: [/^[A-Za-z0-9][-A-Za-z0-9_]*$/, 'an AKS cluster name'],
+  AKS_KUBELOGIN: [/^[a-z]+$/, 'a kubelogin login mode such as azurecli or workloadidentity'],
+  ACR_NAME: [/^[A-Za-z0-9]+$/, 'an ACR registry name (letters and digits)'],
+  GCLOUD_KEY_FILE: [/^[^-\s]/, 'a file path'],
+  DOCKER_PASSWORD_FILE: [/^[^-\s]/, 'a file path'],
+  KUBECONFIG_FILE: [/^[^-\s]/, 'a file path'],
+  AZURE_FEDERATED_TOKEN_FILE: [/^[^-\s]/, 'a file path'],
+  AZURE_CLIENT_CERTIFICATE_PATH: [/^[^-\s]/, 'a file path'],
+}
+
+function checkToolValues(values: typeof DEFAULTS) {
+  for (const [key, [pattern, what]] of Object.entries(TOOL_VALUES) as [keyof typeof DEFAULTS, [RegExp, string]][]) {
+    const value = values[key]
+    if (value && !pattern.test(value)) throw usageError(`${key}=${value}: not ${what}; fix it in .env or the environment`)
+  }
 }
 
 /** Reads a .env file strictly: dotenv skips lines it cannot parse, we name them instead. */
@@ -149,11 +229,8 @@ export function loadConfig(envFile: string | undefined, environment = process.en
   for (const key of Object.keys(DEFAULTS) as (keyof typeof DEFAULTS)[]) {
     if (env[key] !== undefined && env[key] !== '') values[key] = env[key]!
   }
-  const seconds = (key: 'HELM_TIMEOUT' | 'ROLLOUT_TIMEOUT' | 'HEARTBEAT_INTERVAL' | 'BUILD_TIMEOUT' | 'HOOK_TIMEOUT') => {
-    const s = parseDuration(values[key])
-    if (!(s > 0)) throw usageError(`${key}=${values[key]}: not a duration; use seconds or e.g. 90s, 10m, 1h`)
-    return s
-  }
+  const seconds = (key: keyof typeof DURATION_RANGES) => checkDuration(key, values[key], DURATION_RANGES[key])
+  checkToolValues(values)
   return {
     ...values,
     helmTimeoutSeconds: seconds('HELM_TIMEOUT'),
@@ -161,6 +238,7 @@ export function loadConfig(envFile: string | undefined, environment = process.en
     heartbeatSeconds: seconds('HEARTBEAT_INTERVAL'),
     buildTimeoutSeconds: seconds('BUILD_TIMEOUT'),
     hookTimeoutSeconds: seconds('HOOK_TIMEOUT'),
+    lockTimeoutSeconds: seconds('LOCK_TIMEOUT'),
     env,
   }
 }
@@ -207,6 +285,8 @@ export interface ExecOptions {
   show?: 'announce' | 'probe' | 'silent'
   /** Read-only commands also run under --dry-run; others are only announced. */
   readOnly?: boolean
+  /** Runs even after SIGINT/SIGTERM, within its timeout (how a cancelled run releases the deploy lock). */
+  cleanup?: boolean
 }
 
 /** Runs one command: the only way deploy.ts and its plugins start a process. */
@@ -282,8 +362,14 @@ export interface HookContext {
   refuse: (message: string) => never
   /** Masks every registered secret (webhook URLs, tokens, passwords) as ***: apply it to text sent elsewhere. */
   redact: (text: string) => string
-  /** deploy.ts's duration parser (`600`, `90s`, `10m`, `1h30m` → seconds; NaN otherwise), for plugins' own keys. */
+  /** deploy.ts's duration parser (`600`, `90s`, `10m`, `1h30m` → seconds; NaN otherwise or past 7 days), for plugins' own keys. */
   parseDuration: (text: string) => number
+  /**
+   * A plugin's own duration key, in seconds: `config.env[key]`, or `fallback` when unset,
+   * checked against `range` (seconds, default 1s to 24h). A bad value throws an error
+   * naming the key, the range and the fix, which stops the run with exit 2.
+   */
+  duration: (key: string, fallback: string, range?: readonly [number, number]) => number
   /** Release revision after the deploy phase, read from helm's output. */
   revision?: number
   /** `fail` only: what went wrong, secrets masked (with the failed command and its last output lines when a command failed) and in which phase; `cancelled` on SIGINT/SIGTERM. */
@@ -602,6 +688,11 @@ export interface ExecSettings {
   invocation: Invocation
 }
 
+/** The bound of a command that has none of its own (plugins' commands, for instance). */
+const DEFAULT_COMMAND_TIMEOUT = '30m'
+/** How long a command that outlived its limit gets to stop on SIGTERM before SIGKILL. */
+const KILL_GRACE_SECONDS = 10
+
 export function makeExec({ env, dryRun, out, heartbeatSeconds, invocation }: ExecSettings): Exec {
   const { redact } = invocation.secrets
   return async (tool, args, options = {}) => {
@@ -609,11 +700,14 @@ export function makeExec({ env, dryRun, out, heartbeatSeconds, invocation }: Exe
     const line = `${tool} ${args.join(' ')}`
     // A dry run announces every command it skips exactly as a real run announces the ones it runs.
     const announce = () => out.info(`${capture ? 'Executing and capturing' : 'Executing'} ${line}`)
+    // Every command is bounded: by its own limit, or by DEFAULT_COMMAND_TIMEOUT.
+    const limit = parseDuration(options.timeout ?? DEFAULT_COMMAND_TIMEOUT)
+    if (!(limit > 0)) throw new DeployError(`${tool}: timeout ${options.timeout} is not a duration from 1s to 7 days (e.g. 90s, 10m, 1h)`)
     if (dryRun && !options.readOnly) {
       announce()
       return { stdout: '', stderr: '', exitCode: 0 }
     }
-    if (invocation.signal.aborted) throw invocation.signal.reason
+    if (invocation.signal.aborted && !options.cleanup) throw invocation.signal.reason
     if (show === 'announce' || (show === 'probe' && invocation.verbose)) announce()
     const beat = heartbeat(out, `${prefix}${tool} ${args.slice(0, 2).join(' ')}`, capture ? 0 : heartbeatSeconds)
     zx ??= await import('zx/core')
@@ -626,11 +720,20 @@ export function makeExec({ env, dryRun, out, heartbeatSeconds, invocation }: Exe
       quiet: capture,
       verbose: !capture,
       nothrow: true,
-      timeout: options.timeout as `${number}s`,
+      timeout: `${limit}s`,
       log: relay(out, prefix, beat.reset) as never,
     })`${tool} ${args}`
-    const release = stopOnCancel(invocation, p.pid)
+    const release = options.cleanup ? () => undefined : stopOnCancel(invocation, p.pid)
+    // zx sends SIGTERM at the limit; a child that ignores it is killed KILL_GRACE_SECONDS later.
+    const hardStop = setTimeout(() => {
+      try {
+        if (p.pid) process.kill(p.pid, 'SIGKILL')
+      } catch {
+        // Already gone.
+      }
+    }, (limit + KILL_GRACE_SECONDS) * 1000)
     const done = await p.finally(() => {
+      clearTimeout(hardStop)
       release()
       beat.stop()
     })
@@ -642,7 +745,7 @@ export function makeExec({ env, dryRun, out, heartbeatSeconds, invocation }: Exe
 
 /** A failed command as one line (what, how it ended, with captured output its last line), plus its output's tail. */
 function commandError(line: string, done: CommandResult & { signal: NodeJS.Signals | null }, options: ExecOptions, redact: Secrets['redact']): DeployError {
-  const why = done.signal ? `was stopped by ${done.signal}${options.timeout ? ` (limit ${options.timeout})` : ''}` : `exited with ${done.exitCode}`
+  const why = done.signal ? `was stopped by ${done.signal} (limit ${options.timeout ?? DEFAULT_COMMAND_TIMEOUT})` : `exited with ${done.exitCode}`
   const detail = options.capture ? `: ${tail(done.stderr || done.stdout, 1)}` : ''
   const shown = line.length > 100 ? `${line.slice(0, 99)}…` : line
   return new DeployError(redact(`${shown} ${why}${detail}`), EXIT.failed, {
@@ -749,7 +852,7 @@ async function releaseHistory(exec: Exec, args: string[], release: string): Retu
 /** Helm's major version from the client alone (Helm 2 would ask tiller without --client). */
 async function helmMajorVersion(exec: Exec, env: NodeJS.ProcessEnv): Promise<2 | 3 | undefined> {
   if (!onPath('helm', env)) return undefined
-  const r = await exec('helm', ['version', '--client', '--short'], { capture: true, nothrow: true, show: 'probe', readOnly: true })
+  const r = await exec('helm', ['version', '--client', '--short'], { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: '60s' })
   const major = /v(\d+)\./.exec(r.stdout)?.[1]
   return major === '2' ? 2 : major === '3' ? 3 : undefined
 }
@@ -766,41 +869,92 @@ export async function gitModified(exec: Exec, dirs: string[]): Promise<Map<strin
   const found = new Map(dirs.map((dir) => [dir, [] as string[]]))
   if (dirs.length === 0) return found
   // --cc: a merge git lists (one that differs from every parent) names the files it resolved.
-  const args = ['log', '--pretty=format:%x00%h', '--name-only', '--cc', '--', ...dirs]
-  const { stdout } = await exec('git', args, { capture: true, show: 'silent', readOnly: true })
-  for (const commit of stdout.split('\0').slice(1)) {
-    const [hash, ...files] = commit.split('\n').filter(Boolean)
+  // -z: file names verbatim (git quotes names outside ASCII otherwise, which then match no dir).
+  const args = ['log', '-z', '--pretty=format:%h', '--name-only', '--cc', '--', ...dirs]
+  const { stdout } = await exec('git', args, { capture: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
+  // Records: `<hash>\n<file>\0<file>\0...`, separated by an empty field.
+  let hash = ''
+  let header = true
+  for (const field of stdout.split('\0')) {
+    if (!field) {
+      header = true
+      continue
+    }
+    let file = field
+    if (header) {
+      const [first, ...rest] = field.split('\n')
+      hash = first
+      file = rest.join('\n')
+      header = false
+    }
     for (const [dir, hashes] of found) {
-      if (hashes.length < 5 && files.some((f) => f.startsWith(`${dir}/`))) hashes.push(hash)
+      if (file.startsWith(`${dir}/`) && hashes.at(-1) !== hash && hashes.length < 5) hashes.push(hash)
     }
   }
   return found
 }
 
+/** Local git commands get this long (a huge repository, a stuck filesystem). */
+const GIT_TIMEOUT = '2m'
+
+/** A revision or range (`main..HEAD`, `a1b2c3...d4e5f6`): never an option, no spaces. */
+const COMMIT_RANGE = /^[\w@{}^~:/.-]+$/
+
+/** Refuses a range that is not one, naming where it came from; git also gets --end-of-options. */
+function checkRange(range: string, source: string): string {
+  if (!COMMIT_RANGE.test(range) || range.startsWith('-')) {
+    throw usageError(`${source}=${range}: not a commit range; give one such as main..HEAD or a1b2c3d...e4f5a6b`)
+  }
+  return range
+}
+
 /** The commit range CI built: Travis's variable, or the before..after of a GitHub push. */
 function commitRange(env: NodeJS.ProcessEnv): string | undefined {
-  if (env.TRAVIS_COMMIT_RANGE) return env.TRAVIS_COMMIT_RANGE
+  if (env.TRAVIS_COMMIT_RANGE) return checkRange(env.TRAVIS_COMMIT_RANGE, 'TRAVIS_COMMIT_RANGE')
   if (env.GITHUB_EVENT_NAME === 'push' && env.GITHUB_EVENT_PATH) {
+    let event: { before?: unknown; after?: unknown }
     try {
-      const event = JSON.parse(fs.readFileSync(env.GITHUB_EVENT_PATH, 'utf8'))
-      if (event.before && event.after) return `${event.before}..${event.after}`
+      event = JSON.parse(fs.readFileSync(env.GITHUB_EVENT_PATH, 'utf8'))
     } catch {
       return undefined
+    }
+    if (typeof event.before === 'string' && typeof event.after === 'string' && event.before && event.after) {
+      return checkRange(`${event.before}..${event.after}`, 'GITHUB_EVENT_PATH before..after')
     }
   }
   return undefined
 }
 
 /**
- * The files `range` changed (below `paths`, if given); undefined, after a warning ending
- * in `fallback`, when git cannot read the range (a force push or a first build).
+ * The files `range` changed (below `paths`, if given), verbatim (-z); undefined, after a
+ * warning ending in `fallback`, when git cannot read the range (a force push or a first build).
  */
 async function changedFiles(exec: Exec, out: Output, range: string, fallback: string, paths: string[] = []): Promise<string[] | undefined> {
   const only = paths.length ? ['--', ...paths] : []
-  const diff = await exec('git', ['diff', '--name-only', range, ...only], { capture: true, nothrow: true, show: 'silent', readOnly: true })
-  if (diff.exitCode === 0) return diff.stdout.split('\n').filter(Boolean)
+  const diff = await exec('git', ['diff', '--name-only', '-z', '--end-of-options', range, ...only], { capture: true, nothrow: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
+  if (diff.exitCode === 0) return diff.stdout.split('\0').filter(Boolean)
   out.warn(`commit range ${range} is not valid here (force push or first build?): ${fallback}`)
   return undefined
+}
+
+/**
+ * Dirs with uncommitted changes (untracked files included, ignored ones not): what the run
+ * would build or deploy from them is not what the commit says.
+ */
+async function dirtyDirs(exec: Exec, dirs: string[], ignore?: RegExp): Promise<string[]> {
+  if (dirs.length === 0) return []
+  const args = ['status', '--porcelain=v1', '-z', '--untracked-files=all', '--', ...dirs]
+  const { stdout } = await exec('git', args, { capture: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
+  // Entries: `XY <path>`; a rename or copy adds its source as the next field.
+  const fields = stdout.split('\0')
+  const paths: string[] = []
+  for (let i = 0; i < fields.length; i++) {
+    if (fields[i].length < 4) continue
+    paths.push(fields[i].slice(3))
+    if (/[RC]/.test(fields[i][0])) paths.push(fields[++i] ?? '')
+  }
+  const changed = paths.filter((p) => !ignore?.test(p))
+  return dirs.filter((dir) => changed.some((p) => p === dir || p.startsWith(`${dir}/`)))
 }
 
 /** The dirs the commit range touched; a range git cannot read touched them all. */
@@ -860,6 +1014,8 @@ interface ChartState {
   timings: Partial<Record<Phase, number>>
   revision?: number
   privateDir?: string
+  /** The chart's deploy lock, while this run holds it. */
+  lease?: HeldLease
   /** How the run ended, for the multi-chart summary. */
   result?: 'ok' | 'failed' | 'skipped'
   error?: DeployError
@@ -893,7 +1049,7 @@ function chartDir(chart: string): string {
 /** Every chart the repository has: hub-charts/<name>/ with a Chart.yaml, and monitoring. */
 function discoverCharts(): string[] {
   const hubs = fs.existsSync('hub-charts')
-    ? fs.readdirSync('hub-charts').filter((d) => fs.existsSync(`hub-charts/${d}/Chart.yaml`)).sort()
+    ? fs.readdirSync('hub-charts').filter((d) => CHART_NAME.test(d) && fs.existsSync(`hub-charts/${d}/Chart.yaml`)).sort()
     : []
   return fs.existsSync('monitoring/Chart.yaml') ? [...hubs, 'monitoring'] : hubs
 }
@@ -925,7 +1081,7 @@ function secretFileFor(request: Request, out: Output, file: string, what: string
 /** The git repository and its commit; a shallow clone would give wrong image tags. */
 async function checkGit(request: Request, { exec, env }: Tools): Promise<string> {
   if (!onPath('git', env)) throw usageError(`git not found on PATH: ${INSTALL_HINTS.git}`)
-  const rev = await exec('git', ['rev-parse', '--is-shallow-repository', 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true })
+  const rev = await exec('git', ['rev-parse', '--is-shallow-repository', 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
   if (rev.exitCode !== 0) throw usageError(`${process.cwd()} is not a git repository with commits: run deploy.ts from the root of the ops repository`)
   const [shallow, commit] = rev.stdout.trim().split('\n')
   if (shallow === 'true' && (request.phases.build || request.phases.deploy)) {
@@ -949,6 +1105,7 @@ async function checkRepository(request: Request, tools: Tools): Promise<Reposito
   const commit = await checkGit(request, tools)
   pickProvider(CLUSTERS, 'CLUSTER_PROVIDER', request.config)
   pickProvider(REGISTRIES, 'REGISTRY_PROVIDER', request.config)
+  if (request.phases.build) commitRange(tools.env)
   const setupPlan = request.phases.setup ? planSetup(request, tools) : undefined
   tools.invocation.secrets.addFromEnv(request.config.env)
   if (!request.dryRun) checkTools(request, tools.env, setupPlan)
@@ -960,6 +1117,7 @@ async function checkRepository(request: Request, tools: Tools): Promise<Reposito
   if (major === 2 && setupPlan && !setupPlan.cluster.helm2) {
     throw usageError(`CLUSTER_PROVIDER=${request.config.CLUSTER_PROVIDER} needs Helm 3: Helm 2's tiller is set up only on gke, as the original did (https://helm.sh/docs/intro/install/)`)
   }
+  if (request.recover && major === 2 && !request.dryRun) throw usageError('--recover needs Helm 3 (Helm 2 releases are repaired through tiller): drop --recover')
   return { commit, helmMajor: major ?? 3, setupPlan }
 }
 
@@ -972,7 +1130,28 @@ async function planChart(chart: string, request: Request, facts: RepositoryFacts
   }
   const needsImages = request.phases.build || request.phases.deploy
   const { images, history } = needsImages ? await chartImages(tools.exec, chart, request.config) : { images: [], history: new Map() }
+  await checkCommitted(chart, request, images, tools)
   return { ...request, ...facts, chart, chartDir: chartDir(chart), images, history }
+}
+
+/**
+ * What the run builds (image dirs) and deploys (the chart dir, its secret values) must be
+ * what the commit says: uncommitted or untracked files there stop the run (a dry run notes them).
+ */
+async function checkCommitted(chart: string, request: Request, images: ImageInfo[], { exec, out }: Tools) {
+  const dirs = [
+    ...(request.phases.build ? images.map((i) => i.dir) : []),
+    ...(request.phases.deploy ? [chartDir(chart), `secrets/${chart}.yaml`] : []),
+  ]
+  // helm dep up (re)writes the chart's charts/ and Chart.lock from Chart.yaml: not a change of ours.
+  const generated = new RegExp(`^${chartDir(chart)}/(charts/|Chart\\.lock$)`)
+  const [dirty] = await dirtyDirs(exec, dirs, generated)
+  if (!dirty) return
+  const image = images.some((i) => i.dir === dirty)
+  const what = image ? `${request.phases.push ? 'built and pushed' : 'built'} under the committed tag` : 'deployed as if committed'
+  const error = usageError(`${dirty} has uncommitted or untracked changes that would be ${what}: commit or stash them first`)
+  if (!request.dryRun) throw error
+  out.print(`# ${error.message} (a real run stops here, exit 2)`)
 }
 
 /** The images a chart has (its user image and hub image, when their dirs exist) and their dirs' history. */
@@ -1461,10 +1640,194 @@ async function pushImage(r: ChartRun, image: ImageInfo, fire: FireHook) {
 
 /** The original's build_user_image and build_hub_image, in that order; push follows each build. */
 async function build(r: ChartRun, fire: FireHook) {
+  if (r.plan.images.length === 0) {
+    r.out.print(`no user-images/${r.plan.chart} or hub-images/${r.plan.chart}: nothing to build`)
+    return
+  }
   const range = commitRange(r.env)
   const dirs = r.plan.images.map((i) => i.dir)
   const touched = range && dirs.length ? await touchedDirs(r.exec, r.out, range, dirs) : undefined
   for (const image of r.plan.images) await buildImage(r, image, touched, fire)
+}
+
+// ---------------------------------------------------------------------------------------
+// The deploy lock: one run changes a chart's release at a time (docs/reliability.md, "The lock").
+//
+// A lease: the ConfigMap deploy-lock in the release's namespace, created by the run that
+// deploys (creation is atomic: a second run gets AlreadyExists), renewed every
+// RENEW_SECONDS while it runs, marked released when it ends. Every write after the
+// creation names the resourceVersion it read, so two runs can never both win a takeover.
+
+/** A holder that has not renewed its lease for this long (by the waiting run's clock) is gone. */
+const LEASE_SECONDS = 120
+const RENEW_SECONDS = 20
+const LOCK_POLL_SECONDS = 5
+const LOCK_NAME = 'deploy-lock'
+
+interface LeaseData {
+  holder: string
+  commit: string
+  acquired: string
+  renewed: string
+  released: string
+}
+
+interface HeldLease {
+  resourceVersion?: string
+  data: LeaseData
+  timer?: NodeJS.Timeout
+  renewing?: Promise<unknown>
+  lost?: boolean
+}
+
+/** Who this run is, as the lease (and a waiting run's message) names it. */
+function holderName(env: NodeJS.ProcessEnv): string {
+  const github = env.GITHUB_RUN_ID && env.GITHUB_REPOSITORY ? `${env.GITHUB_SERVER_URL ?? 'https://github.com'}/${env.GITHUB_REPOSITORY}/actions/runs/${env.GITHUB_RUN_ID}` : undefined
+  const where = env.TRAVIS_JOB_WEB_URL ?? github ?? `${os.userInfo().username}@${os.hostname()}`
+  return `${where} (pid ${process.pid})`
+}
+
+function leaseObject(chart: string, data: LeaseData, resourceVersion?: string): string {
+  return JSON.stringify({
+    apiVersion: 'v1',
+    kind: 'ConfigMap',
+    metadata: { name: LOCK_NAME, namespace: chart, labels: { 'app.kubernetes.io/managed-by': 'deploy.ts' }, ...(resourceVersion ? { resourceVersion } : {}) },
+    data,
+  })
+}
+
+const lockCommand = { capture: true, nothrow: true, show: 'probe', timeout: '60s' } as const
+
+/** kubectl create or replace of the lease: the resourceVersion it got, or kubectl's error line. */
+async function writeLease({ plan, exec }: ChartRun, verb: 'create' | 'replace', data: LeaseData, resourceVersion?: string, cleanup = false) {
+  const input = leaseObject(plan.chart, data, resourceVersion)
+  const r = await exec('kubectl', [verb, '--namespace', plan.chart, '-o', 'json', '-f', '-'], { ...lockCommand, input, cleanup })
+  if (r.exitCode !== 0) return { error: tail(r.stderr || r.stdout, 1) || `kubectl ${verb} exited with ${r.exitCode}` }
+  let version: string | undefined
+  try {
+    version = JSON.parse(r.stdout).metadata?.resourceVersion
+  } catch {
+    // A kubectl wrapper printed something else: renewals then go unconditional.
+  }
+  return { resourceVersion: version }
+}
+
+async function readLease({ plan, exec }: ChartRun): Promise<{ data: Partial<LeaseData>; resourceVersion: string } | undefined> {
+  const r = await exec('kubectl', ['get', 'configmap', LOCK_NAME, '--namespace', plan.chart, '-o', 'json', '--ignore-not-found'], { ...lockCommand, readOnly: true })
+  const unreadable = (why: string) => new DeployError(`could not read the deploy lock configmap/${LOCK_NAME} in namespace ${plan.chart}: ${why}`)
+  if (r.exitCode !== 0) throw unreadable(tail(r.stderr, 1))
+  if (!r.stdout.trim()) return undefined
+  try {
+    const object = JSON.parse(r.stdout)
+    return { data: object.data ?? {}, resourceVersion: String(object.metadata?.resourceVersion ?? '') }
+  } catch {
+    throw unreadable('kubectl did not print JSON')
+  }
+}
+
+const ago = (iso: string | undefined) => {
+  const ms = Date.now() - Date.parse(iso ?? '')
+  return Number.isFinite(ms) ? `${Math.max(0, Math.round(ms / 1000))}s ago` : 'at an unknown time'
+}
+
+/** Waits `ms`, or less when the invocation is cancelled (then throws why). */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const stop = () => {
+      clearTimeout(timer)
+      reject(signal.reason)
+    }
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', stop)
+      resolve()
+    }, ms)
+    if (signal.aborted) stop()
+    else signal.addEventListener('abort', stop, { once: true })
+  })
+}
+
+/**
+ * Takes the chart's lease, waiting up to LOCK_TIMEOUT while another run holds it. A lease
+ * that is released, or that nobody renewed for LEASE_SECONDS, is taken over.
+ */
+async function acquireLock(r: ChartRun) {
+  const { plan, out, exec, env, invocation } = r
+  const { chart, config } = plan
+  if (plan.dryRun) {
+    out.print(`# the deploy takes the lock configmap/${LOCK_NAME} in namespace ${chart} (waiting up to LOCK_TIMEOUT=${config.LOCK_TIMEOUT} for another run)`)
+    return
+  }
+  const now = () => new Date().toISOString()
+  const data: LeaseData = { holder: holderName(env), commit: plan.commit, acquired: now(), renewed: now(), released: 'false' }
+  const deadline = Date.now() + config.lockTimeoutSeconds * 1000
+  let seen: { resourceVersion: string; since: number } | undefined
+  let lastNote = 0
+  for (;;) {
+    data.acquired = data.renewed = now()
+    const created = await writeLease(r, 'create', data)
+    if (!created.error) return holdLock(r, data, created.resourceVersion)
+    if (/namespaces? "[^"]*" not found/.test(created.error)) {
+      // A first install: the namespace helm would create holds the lease from the start.
+      const namespace = JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: chart } })
+      const ns = await exec('kubectl', ['create', '-o', 'name', '-f', '-'], { ...lockCommand, input: namespace })
+      if (ns.exitCode !== 0 && !/AlreadyExists/.test(ns.stderr)) throw new DeployError(`could not create namespace ${chart} for the deploy lock: ${tail(ns.stderr, 1)}`)
+      continue
+    }
+    if (!/AlreadyExists/.test(created.error)) throw new DeployError(`could not take the deploy lock configmap/${LOCK_NAME} in namespace ${chart}: ${created.error}`)
+    const lease = await readLease(r)
+    if (!lease) continue
+    if (lease.resourceVersion !== seen?.resourceVersion) seen = { resourceVersion: lease.resourceVersion, since: Date.now() }
+    // Gone: unchanged for a lease's length as we saw it, or renewed long ago by its own clock.
+    const gone = Date.now() - seen.since >= LEASE_SECONDS * 1000 || Date.now() - Date.parse(lease.data.renewed ?? '') > 10 * LEASE_SECONDS * 1000
+    if (lease.data.released === 'true' || gone) {
+      const taken = await writeLease(r, 'replace', data, lease.resourceVersion)
+      if (!taken.error) {
+        if (lease.data.released !== 'true') out.warn(`took over the deploy lock of ${chart} from ${lease.data.holder ?? 'an unknown run'}, which stopped renewing it (last renewed ${ago(lease.data.renewed)})`)
+        return holdLock(r, data, taken.resourceVersion)
+      }
+      if (!/Conflict|modified/.test(taken.error)) throw new DeployError(`could not take the deploy lock configmap/${LOCK_NAME} in namespace ${chart}: ${taken.error}`)
+      continue
+    }
+    const who = `${lease.data.holder ?? 'an unknown run'} (commit ${(lease.data.commit ?? '?').slice(0, 12)}, started ${ago(lease.data.acquired)}, lease renewed ${ago(lease.data.renewed)})`
+    if (Date.now() >= deadline) {
+      throw new DeployError(`${chart} is being deployed by ${who}: not deploying alongside it after waiting LOCK_TIMEOUT=${config.LOCK_TIMEOUT}; rerun when it has finished, or raise LOCK_TIMEOUT`)
+    }
+    if (!lastNote || Date.now() - lastNote >= config.heartbeatSeconds * 1000) {
+      out.live(`... waiting for the deploy lock of ${chart}, held by ${who}; waiting up to LOCK_TIMEOUT=${config.LOCK_TIMEOUT}`)
+      lastNote = Date.now()
+    }
+    await pause(Math.min(LOCK_POLL_SECONDS * 1000, Math.max(0, deadline - Date.now())), invocation.signal)
+  }
+}
+
+/** Holds the lease: renewed every RENEW_SECONDS until released. */
+function holdLock(r: ChartRun, data: LeaseData, resourceVersion: string | undefined) {
+  const lease: HeldLease = { data, resourceVersion }
+  r.state.lease = lease
+  const renew = async () => {
+    data.renewed = new Date().toISOString()
+    const w = await writeLease(r, 'replace', data, lease.resourceVersion)
+    if (!w.error) lease.resourceVersion = w.resourceVersion
+    else if (!lease.lost) {
+      lease.lost = /Conflict|modified|not found/.test(w.error)
+      r.out.warn(`could not renew the deploy lock of ${r.plan.chart} (${w.error})${lease.lost ? ': another run took it over; this run goes on, but check the release' : ''}`)
+    }
+  }
+  lease.timer = setInterval(() => {
+    lease.renewing ??= renew().catch(() => undefined).finally(() => (lease.renewing = undefined))
+  }, RENEW_SECONDS * 1000)
+}
+
+/** Marks the lease released, if it is still ours (the write names our resourceVersion); also after a cancel. */
+async function releaseLock(r: ChartRun) {
+  const lease = r.state.lease
+  r.state.lease = undefined
+  if (!lease) return
+  clearInterval(lease.timer)
+  await lease.renewing
+  if (lease.lost) return
+  const w = await writeLease(r, 'replace', { ...lease.data, renewed: new Date().toISOString(), released: 'true' }, lease.resourceVersion, true)
+  if (w.error) r.out.warn(`could not release the deploy lock of ${r.plan.chart} (${w.error}): the next run takes it over ${LEASE_SECONDS}s after its last renewal`)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1489,21 +1852,24 @@ async function handlePendingRelease({ plan, exec, out, helm }: ChartRun): Promis
   const revisions = 'revisions' in history ? history.revisions : []
   const last = revisions.at(-1)
   if (!last || !last.status.startsWith('pending-')) return false
-  const deployed = [...revisions].reverse().find((r) => r.status === 'deployed' || r.status === 'superseded')
+  // Only a whole revision number may reach `helm rollback` (the history is helm's output, not ours).
+  const deployed = [...revisions].reverse().find((r) => (r.status === 'deployed' || r.status === 'superseded') && Number.isInteger(r.revision) && r.revision > 0)
   const repair = helm.repairArgs(chart, deployed?.revision, plan.config.helmTimeoutSeconds)
   if (!plan.recover) {
     throw new DeployError(`release ${chart} is stuck in ${last.status} (revision ${last.revision}, an earlier run was interrupted): repair with \`helm ${repair.join(' ')}\` or rerun with --recover`)
   }
   out.warn(`release ${chart} is stuck in ${last.status}: recovering with helm ${repair.join(' ')}`)
-  await exec('helm', repair)
+  await exec('helm', repair, { timeout: deployed ? `${plan.config.helmTimeoutSeconds + 120}s` : '5m' })
   return true
 }
 
 async function deploy(r: ChartRun, pluginArgs: string[]) {
   const { plan, state, exec, helm } = r
+  await acquireLock(r)
   const extra = [...imageArgs(r), ...pluginArgs]
   await exec('helm', ['dep', 'up'], { cwd: plan.chartDir, timeout: '5m' })
   if (plan.recover && helm.tracksPending && !plan.dryRun) await handlePendingRelease(r)
+  else if (plan.recover) r.out.print(`# --recover: a release left pending-* would be rolled back to its last deployed revision (or uninstalled) first`)
   // helm stops waiting at its own --timeout; ours is only a backstop.
   const backstop = `${plan.config.helmTimeoutSeconds + 120}s`
   const args = helm.upgradeArgs(plan.chart, plan.chartDir, plan.config.helmTimeoutSeconds, extra)
@@ -1540,7 +1906,10 @@ async function rollout({ plan, exec, out }: ChartRun) {
     out.info(`Executing kubectl rollout status --namespace ${ns} --watch <each deployment> ${timeout}`)
     return
   }
-  const deployments = list.stdout.split('\n').map((l) => l.trim()).filter(Boolean)
+  // Names come from the cluster: only `deployment.apps/<name>` may reach kubectl.
+  const lines = list.stdout.split('\n').map((l) => l.trim()).filter(Boolean)
+  const deployments = lines.filter((l) => /^deployment\.apps\/[a-z0-9][-a-z0-9.]*$/.test(l))
+  for (const l of lines.filter((l) => !deployments.includes(l))) out.warn(`not waiting for "${l}": kubectl listed it, but it is not deployment.apps/<name>`)
   if (deployments.length === 0) {
     out.info(`no deployments in namespace ${ns}: nothing to wait for`)
     return
@@ -1715,6 +2084,7 @@ function hookContext({ plan, state, exec, out, helm, invocation }: ChartRun, plu
     },
     redact: invocation.secrets.redact,
     parseDuration,
+    duration: (key, fallback, range = [1, 24 * 3600]) => checkDuration(key, plan.config.env[key]?.trim() || fallback, range),
     revision: state.revision,
     ...failure,
   }
@@ -1764,7 +2134,8 @@ async function runHook(r: ChartRun, hook: HookName, failure: FailureFacts = {}):
         continue
       }
       if (r.invocation.cancelled) throw e
-      const code = isRefusal(e) ? step.refusal : step.throws
+      // A bad setting (ctx.duration) is a usage error whatever the hook: exit 2.
+      const code = (e as { exitCode?: unknown })?.exitCode === EXIT.usage ? EXIT.usage : isRefusal(e) ? step.refusal : step.throws
       throw new DeployError(`plugin ${plugin.name} ${hook}: ${message}`, code, { phase: step.phase })
     }
   }
@@ -1821,6 +2192,8 @@ async function execute(r: ChartRun) {
     state.error = masked(e instanceof DeployError ? e : new DeployError(String((e as Error)?.stack ?? e)), invocation.secrets.redact)
     await reportFailure(r, invocation.cancelled ? undefined : (e as DeployError).phase)
   } finally {
+    // The lock first, while the run's credentials still exist (also when cancelled).
+    await releaseLock(r)
     cleanup(r)
     state.seconds = (Date.now() - start) / 1000
   }
@@ -1957,7 +2330,28 @@ function parseArgs(argv: string[]) {
     if (args[key] === '') throw usageError(`--${key} needs a value`)
   }
   if (args.parallel !== undefined && !/^[1-9]\d*$/.test(args.parallel)) throw usageError(`--parallel ${args.parallel}: give a whole number of charts, 1 or more`)
+  checkCombination(args)
   return args
+}
+
+/** Flag combinations that would do less than they say are refused, not ignored. */
+function checkCombination(args: minimist.ParsedArgs) {
+  if (args.help || args.version) return
+  const given = (flag: string) => args[flag] === true || typeof args[flag] === 'string'
+  const phaseFlags = ['build', 'push', 'deploy', 'recover', 'dry-run', 'plugin', 'parallel'].filter(given)
+  const drop = phaseFlags.length ? `--${phaseFlags[0]}` : 'the chart names'
+  if (args.changed !== undefined) {
+    if (phaseFlags.length || args._.length) throw usageError(`--changed only lists charts: drop ${drop} (run the deploy as its own command)`)
+    return
+  }
+  if (args.json) throw usageError('--json only applies to --changed: add --changed RANGE or drop --json')
+  if (args.list) {
+    if (phaseFlags.length || args._.length) throw usageError(`--list only lists charts: drop ${drop}`)
+    return
+  }
+  if (args.push && !args.build) throw usageError('--push pushes only what this run builds: add --build (or drop --push)')
+  if (args.recover && !args.deploy) throw usageError('--recover repairs a release before deploying it: add --deploy (or drop --recover)')
+  if (!args.setup && !args.build && !args.deploy) throw usageError('nothing to do: --no-setup without --build or --deploy runs no phase; add one of them')
 }
 
 function version(): string {
@@ -1981,6 +2375,8 @@ function pluginNames(args: Args, config: Config): string[] {
 function chartNames(args: Args, config: Config, charts: string[]): string[] {
   const names = [...new Set(args._.map(String))]
   if (names.length === 0) throw usageError(`no chart name given; valid charts: ${charts.join(', ')}`)
+  const invalid = names.find((n) => !CHART_NAME.test(n))
+  if (invalid !== undefined) throw usageError(`chart name "${invalid}" is not a valid release name (lowercase letters, digits and -, at most 53); valid charts: ${charts.join(', ') || '(none found)'}`)
   const unknown = names.filter((n) => !charts.includes(n))
   if (unknown.length) throw usageError(`unknown chart "${unknown[0]}"; valid charts: ${charts.join(', ') || '(none found)'}`)
   return names.sort((a, b) => Number(b === config.STAGING_CHART) - Number(a === config.STAGING_CHART))
@@ -2007,7 +2403,7 @@ function printPlan({ plan, out }: ChartRun) {
 /** `--changed RANGE`: the charts the range changed, as lines or a JSON array. */
 async function printChanged(invocation: Invocation, args: Args, config: Config, charts: string[]) {
   const exec = makeExec({ env: config.env, dryRun: false, out: invocation.log, heartbeatSeconds: 0, invocation })
-  const changed = await changedCharts(exec, invocation.log, args.changed, charts)
+  const changed = await changedCharts(exec, invocation.log, checkRange(args.changed, '--changed'), charts)
   process.stdout.write(args.json ? JSON.stringify(changed) + '\n' : changed.map((c) => c + '\n').join(''))
 }
 
@@ -2015,7 +2411,6 @@ async function printChanged(invocation: Invocation, args: Args, config: Config, 
 async function deployCharts(invocation: Invocation, args: Args, config: Config, charts: string[]): Promise<number> {
   const { log } = invocation
   const names = chartNames(args, config, charts)
-  if (args.push && !args.build) log.warn('--push does nothing without --build (as in deploy.py): add --build to push images')
   const request: Request = {
     phases: { setup: args.setup, build: args.build, push: args.build && args.push, deploy: args.deploy },
     config,

@@ -40,9 +40,7 @@ function apiUrl(url: string): string {
 
 function timeoutOf(ctx: HookContext): { text: string; ms: number } {
   const text = ctx.config.env.HEALTH_CHECK_TIMEOUT?.trim() || DEFAULT_TIMEOUT
-  const seconds = ctx.parseDuration(text)
-  if (!(seconds > 0)) ctx.refuse(`HEALTH_CHECK_TIMEOUT=${text}: not a duration; use e.g. 90s or 5m`)
-  return { text, ms: seconds * 1000 }
+  return { text, ms: ctx.duration('HEALTH_CHECK_TIMEOUT', DEFAULT_TIMEOUT, [1, 3600]) * 1000 }
 }
 
 /** A short reason a request failed (Node puts the system error code in `cause`). */

@@ -38,11 +38,8 @@ test('unknown flag: exit 2 naming it', async () => {
   assertUsageError(await runDeploy(makeRepo(), ['--deplyo', 'staginghub']), 'unknown option --deplyo')
 })
 
-test('--push without --build warns and pushes nothing', async () => {
-  const r = await runDeploy(makeRepo(), ['--no-setup', '--push', 'staginghub'])
-  assert.equal(r.code, 0, r.stderr)
-  assert.match(r.stderr, /--push does nothing without --build/)
-  assert.ok(!r.commands.some((c) => c.startsWith('docker')))
+test('--push without --build: exit 2 naming the fix, nothing run (it would push nothing)', async () => {
+  assertUsageError(await runDeploy(makeRepo(), ['--no-setup', '--push', 'staginghub']), '--push pushes only what this run builds: add --build')
 })
 
 test('missing secrets/<chart>.yaml for a deploy', async () => {

@@ -207,10 +207,11 @@ test('Helm 2 stays GKE-only: another provider with Helm 2 is refused before setu
 })
 
 test('--no-setup ignores the provider keys (the user\'s own credentials) but still checks the provider names', async () => {
-  const ok = await runDeploy(makeRepo(), ['--no-setup', 'staginghub'], { env: { CLUSTER_PROVIDER: 'eks', REGISTRY_PROVIDER: 'ecr' } })
+  // A phase is needed (--no-setup alone does nothing and is refused); the dry run runs only the Helm probe.
+  const ok = await runDeploy(makeRepo(), ['--dry-run', '--no-setup', '--deploy', 'staginghub'], { env: { CLUSTER_PROVIDER: 'eks', REGISTRY_PROVIDER: 'ecr' } })
   assert.equal(ok.code, 0, ok.stderr)
   assert.deepEqual(ok.commands, [HELM_VERSION])
-  assertUsageError(await runDeploy(makeRepo(), ['--no-setup', 'staginghub'], { env: { CLUSTER_PROVIDER: 'EKS' } }), 'CLUSTER_PROVIDER=EKS: unknown provider')
+  assertUsageError(await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], { env: { CLUSTER_PROVIDER: 'EKS' } }), 'CLUSTER_PROVIDER=EKS: unknown provider')
 })
 
 test('--dry-run shows the chosen providers\' commands and runs none of them', async () => {

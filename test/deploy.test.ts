@@ -3,6 +3,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { makeRepo, runDeploy, commit, git, HELM2, HELM3, PASSWORD, SECRET_TOKEN, SETUP_COMMANDS, type Rule } from './support/harness.ts'
+import { withoutLock } from './support/hostile-deploy.ts'
 
 const USER = 'earthlabhubops/ea-k8s-user-staginghub'
 const deployments: Rule = { tool: 'kubectl', match: 'get deployments -o name', stdout: 'deployment.apps/hub\ndeployment.apps/proxy\n' }
@@ -23,7 +24,9 @@ test('Helm 2: the whole CI run matches the original command for command', async 
   })
   assert.equal(r.code, 0, r.stderr)
   // The cache lookups (7, 8) and the rollout waits (last two) run at once: compare them sorted.
-  const commands = [...r.commands.slice(0, 6), ...r.commands.slice(6, 8).sort(), ...r.commands.slice(8, -2), ...r.commands.slice(-2).sort()]
+  // The deploy lock's kubectl calls are left out here (test/hostile-deploy.test.ts checks them).
+  const all = withoutLock(r.commands)
+  const commands = [...all.slice(0, 6), ...all.slice(6, 8).sort(), ...all.slice(8, -2), ...all.slice(-2).sort()]
   assert.deepEqual(commands, [
     'helm version --client --short',
     ...SETUP_COMMANDS[2],
@@ -52,7 +55,7 @@ test('Helm 3: no --force, a timeout with a unit, --create-namespace, the release
     env: { HELM_TIMEOUT: '15m', ROLLOUT_TIMEOUT: '90s' },
   })
   assert.equal(r.code, 0, r.stderr)
-  assert.deepEqual(r.commands.slice(0, 4), [
+  assert.deepEqual(withoutLock(r.commands).slice(0, 4), [
     'helm version --client --short',
     'helm dep up',
     `helm upgrade --install --namespace staginghub staginghub hub-charts/staginghub --wait --timeout 900s --cleanup-on-fail --create-namespace -f secrets/staginghub.yaml --set-string jupyterhub.singleuser.image.tag=${tag}`,
@@ -121,7 +124,7 @@ test('a failed rollout prints events, pods and helm status, then exits 1', async
       { tool: 'kubectl', match: '^get events', stdout: 'LAST SEEN   TYPE      REASON      OBJECT\n5s          Warning   BackOff     pod/proxy-1\n' }],
   })
   assert.equal(r.code, 1)
-  assert.deepEqual(r.commands.slice(-3), [
+  assert.deepEqual(withoutLock(r.commands).slice(-3), [
     'kubectl get events --namespace staginghub --sort-by=.lastTimestamp',
     'kubectl get pods --namespace staginghub',
     'helm status staginghub --namespace staginghub',
@@ -135,7 +138,7 @@ test('a failed helm upgrade prints the diagnostics too (Helm 2: helm status with
     rules: [HELM2, { tool: 'helm', match: '^upgrade', exit: 1, stderr: 'Error: UPGRADE FAILED: timed out waiting for the condition\n' }],
   })
   assert.equal(r.code, 1)
-  assert.deepEqual(r.commands.slice(-3), ['kubectl get events --namespace staginghub --sort-by=.lastTimestamp', 'kubectl get pods --namespace staginghub', 'helm status staginghub'])
+  assert.deepEqual(withoutLock(r.commands).slice(-3), ['kubectl get events --namespace staginghub --sort-by=.lastTimestamp', 'kubectl get pods --namespace staginghub', 'helm status staginghub'])
   assert.ok(!r.commands.some((c) => c.startsWith('kubectl rollout')))
 })
 
@@ -148,11 +151,12 @@ for (const state of ['pending-install', 'pending-upgrade', 'pending-rollback']) 
     assert.equal(refused.code, 1)
     const repair = state === 'pending-install' ? 'helm uninstall staginghub --namespace staginghub' : 'helm rollback staginghub 2 --namespace staginghub --wait --timeout 600s'
     assert.match(refused.stderr, new RegExp(`release staginghub is stuck in ${state} .*repair with \`${repair}\` or rerun with --recover`))
-    assert.deepEqual(refused.commands.slice(-2).map((c) => c.split(' ').slice(0, 2).join(' ')), ['helm upgrade', 'helm history'], 'helm refused before changing anything; no diagnostics')
+    assert.deepEqual(withoutLock(refused.commands).slice(-2).map((c) => c.split(' ').slice(0, 2).join(' ')), ['helm upgrade', 'helm history'], 'helm refused before changing anything; no diagnostics')
     const recovered = await runDeploy(repo, ['--no-setup', '--deploy', '--recover', 'staginghub'], { rules: [HELM3, history(...statuses)] })
     assert.equal(recovered.code, 0, recovered.stderr)
-    const i = recovered.commands.indexOf(repair)
-    assert.ok(i > 0 && recovered.commands[i + 1].startsWith('helm upgrade'), recovered.commands.join('\n'))
+    const commands = withoutLock(recovered.commands)
+    const i = commands.indexOf(repair)
+    assert.ok(i > 0 && commands[i + 1].startsWith('helm upgrade'), commands.join('\n'))
   })
 }
 

