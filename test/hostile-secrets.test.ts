@@ -207,12 +207,12 @@ test('a failing command\'s last line in the error is masked (docker login echoin
 test('a service account key that is not JSON: exit 2 naming the file, content never shown', async () => {
   const repo = repoWith({ 'secrets/gke-auth-key.json': `{"type": "service_account", "private_key": "${H.multiline.replace(/\n/g, '\\n')}` })
   const r = await hostileRun(repo, ['staginghub'], { secrets: [H.multiline] })
-  assertRefused(r, /^ERROR: secrets\/gke-auth-key\.json: GCLOUD_KEY_FILE \(the service account key\) is not valid JSON; download the key again/)
+  assertRefused(r, /^ERROR: secrets\/gke-auth-key\.json: GCLOUD_KEY_FILE \(the Google Cloud credential file\) is not valid JSON; download it again \(its content is not shown: it holds secrets\)$/)
 })
 
 test('an empty Docker password file: exit 2 naming the file and the key', async () => {
   const r = await hostileRun(repoWith({ 'secrets/dockerhub': '\n' }), ['staginghub'])
-  assertRefused(r, /^ERROR: secrets\/dockerhub: DOCKER_PASSWORD_FILE \(the Docker Hub password\) is empty; put the password/)
+  assertRefused(r, /^ERROR: secrets\/dockerhub: DOCKER_PASSWORD_FILE \(the Docker Hub password\) is empty; put the credential in it$/)
 })
 
 test('a .env line that does not parse is named by line, its content (a secret) never shown', async () => {
