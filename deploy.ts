@@ -64,6 +64,15 @@ const usageError = (message: string) => new DeployError(message, EXIT.usage)
 /** A refusal: a RefusedError, or the older form, any error with `exitCode: 3`. */
 const isRefusal = (e: unknown) => e instanceof RefusedError || (e as { exitCode?: unknown })?.exitCode === EXIT.refused
 
+/** One line for any thrown value: its message's first line, masked and at most 500 characters; never a stack. */
+function errorLine(e: unknown, secrets: Secrets): string {
+  const message = (e as Error)?.message ?? e
+  return secrets.redact(String(message).trim().split('\n')[0] || String(e), 500)
+}
+
+/** A DeployError for anything thrown: an unexpected error becomes one masked line, exit 1. */
+const asDeployError = (e: unknown, secrets: Secrets) => (e instanceof DeployError ? e : new DeployError(errorLine(e, secrets)))
+
 // ---------------------------------------------------------------------------------------
 // Configuration: .env, then the environment (which wins); defaults are the original's values.
 
@@ -206,6 +215,7 @@ function readEnvFile(file: string, required: boolean): Record<string, string> {
     if (required) throw usageError(`${file}: no such env file (check --env-file)`)
     return {}
   }
+  if (!fs.statSync(file).isFile()) throw usageError(`${file}: not a file; ${required ? 'give --env-file a file' : 'remove it or make it a KEY=VALUE file'}`)
   const text = fs.readFileSync(file, 'utf8')
   let quote = ''
   text.split('\n').forEach((line, i) => {
@@ -222,12 +232,32 @@ function readEnvFile(file: string, required: boolean): Record<string, string> {
   return dotenv.parse(text)
 }
 
+/**
+ * Variables that make a shell or a tool run code or read another repository: a `.env`
+ * file may not set them (exit 2), and the shell-startup ones (also ENV, which sh sources)
+ * never reach a command we start, whoever set them (we start tools, not shell sessions).
+ */
+const RUNS_CODE = /^(BASH_ENV|SHELLOPTS|BASHOPTS|PS4|PROMPT_COMMAND|BASH_FUNC_.*|GIT_(DIR|WORK_TREE|INDEX_FILE|OBJECT_DIRECTORY|ALTERNATE_OBJECT_DIRECTORIES|CONFIG.*|EXEC_PATH|SSH.*|ASKPASS|EXTERNAL_DIFF|PAGER|EDITOR|CEILING_DIRECTORIES|DISCOVERY_ACROSS_FILESYSTEM|NAMESPACE|REPLACE_REF_BASE|TRACE.*)|LD_PRELOAD|LD_LIBRARY_PATH|LD_AUDIT|DYLD_.*|NODE_OPTIONS|PYTHONSTARTUP|PYTHONPATH|PERL5OPT|PERL5LIB|RUBYOPT|HELM_PLUGINS|KUBECTL_PLUGINS_PATH)$/
+const SHELL_STARTUP = /^(BASH_ENV|ENV|SHELLOPTS|BASHOPTS|PS4|PROMPT_COMMAND|BASH_FUNC_.*)$/
+
 export function loadConfig(envFile: string | undefined, environment = process.env): Config {
-  const fromFile = readEnvFile(envFile ?? '.env', envFile !== undefined)
+  const file = envFile ?? '.env'
+  const fromFile = readEnvFile(file, envFile !== undefined)
+  const runsCode = Object.keys(fromFile).find((k) => RUNS_CODE.test(k))
+  if (runsCode) throw usageError(`${file}: ${runsCode} would make the commands deploy.ts starts run other code or read elsewhere; remove it from ${file} (set it in the environment if you really mean it)`)
   const env = { ...fromFile, ...environment }
   const values = { ...DEFAULTS }
   for (const key of Object.keys(DEFAULTS) as (keyof typeof DEFAULTS)[]) {
+    // Empty is the default of some keys (DOCKER_REGISTRY: Docker Hub); set empty, any other key is a mistake.
+    if (env[key] === '' && DEFAULTS[key] !== '') {
+      const where = environment[key] === '' ? 'in the environment' : `in ${file}`
+      throw usageError(`${key} is set but empty (${where}): give it a value, or remove it to use the default (${DEFAULTS[key]})`)
+    }
     if (env[key] !== undefined && env[key] !== '') values[key] = env[key]!
+  }
+  for (const key of ['USER_IMAGE_PREFIX', 'HUB_IMAGE_PREFIX'] as const) {
+    // Lower case, digits and . _ - / : as Docker image names allow; the chart name follows.
+    if (!/^[a-z0-9]([a-z0-9._:-]|\/(?!\/))*$/.test(values[key])) throw usageError(`${key}=${values[key]}: not the start of a Docker image name; use lower case letters, digits and . _ - / (e.g. ${DEFAULTS[key]})`)
   }
   const seconds = (key: keyof typeof DURATION_RANGES) => checkDuration(key, values[key], DURATION_RANGES[key])
   checkToolValues(values)
@@ -360,8 +390,8 @@ export interface HookContext {
   parseYesNo: (text: string | undefined) => boolean | undefined
   /** Refuses the run (exit 3) with this one-line reason; never returns. */
   refuse: (message: string) => never
-  /** Masks every registered secret (webhook URLs, tokens, passwords) as ***: apply it to text sent elsewhere. */
-  redact: (text: string) => string
+  /** Masks every registered secret (webhook URLs, tokens, passwords, URL credentials) as ***: apply it to text sent elsewhere. With `max`, shortens the masked text to that many characters without leaving part of a secret at the cut. */
+  redact: (text: string, max?: number) => string
   /** deploy.ts's duration parser (`600`, `90s`, `10m`, `1h30m` → seconds; NaN otherwise or past 7 days), for plugins' own keys. */
   parseDuration: (text: string) => number
   /**
@@ -456,49 +486,207 @@ export const HOOK_STEPS: Record<HookName, HookStep> = {
 // ---------------------------------------------------------------------------------------
 // Secrets and logging: every line we print or relay passes through redact().
 
+// The masking rule (docs/reliability.md): a value is a secret when its key looks secret
+// (any length, any type), or when it comes from a secret file and is not ordinary text
+// (a boolean, a small number, a short word). Every form a secret commonly takes in output
+// is masked too: its lines, base64 (also inside a longer base64 text), URL- and JSON-escaped.
+
+/** Words of a key name (`secretToken`, `DOCKER_PASSWORD`, `client-secret`), lower-cased. */
+const keyWords = (key: string) => key.replace(/([a-z0-9])([A-Z])/g, '$1 $2').toLowerCase().split(/[^a-z0-9]+/).filter(Boolean)
+const SECRET_WORDS = new Set(['token', 'tokens', 'secret', 'secrets', 'password', 'passwords', 'passwd', 'pass', 'passphrase', 'key', 'keys', 'apikey', 'privatekey', 'auth', 'authorization', 'credential', 'credentials', 'cookie', 'webhook', 'signature', 'salt', 'dsn'])
+/** A last word that makes the key name a place or an identity, not the secret itself (`GCLOUD_KEY_FILE`). */
+const NOT_SECRET_TAILS = new Set(['file', 'path', 'dir', 'directory', 'name', 'username', 'user', 'type', 'url', 'sock', 'socket', 'timeout', 'interval', 'enabled'])
+
+/** Whether a key's value is a secret by the key's name alone. */
+export function secretKey(key: string): boolean {
+  const words = keyWords(key)
+  if (words.includes('webhook')) return true
+  return words.some((w) => SECRET_WORDS.has(w)) && !NOT_SECRET_TAILS.has(words.at(-1)!)
+}
+
+/** Text that is never a secret by itself: booleans, null, small numbers (with a unit), short words. */
+export function ordinaryValue(text: string): boolean {
+  const t = text.trim()
+  return t.length < 4 || /^(true|false|yes|no|on|off|null|none|~)$/i.test(t) ||
+    /^[-+]?\d{1,6}(\.\d+)?[a-zA-Z]{0,2}$/.test(t) || /^[A-Za-z]{1,10}$/.test(t)
+}
+
+/** The parts of base64(text) that do not depend on what surrounds text in the encoded data. */
+function base64Cores(text: string): string[] {
+  const bytes = new TextEncoder().encode(text)
+  const cores: string[] = []
+  for (let skip = 0; skip < 3; skip++) {
+    const padded = new Uint8Array(skip + bytes.length)
+    padded.set(bytes, skip)
+    let binary = ''
+    for (const b of padded) binary += String.fromCharCode(b)
+    const b64 = btoa(binary)
+    const core = b64.slice(Math.ceil((8 * skip) / 6), Math.floor((8 * (skip + bytes.length)) / 6))
+    if (core.length >= 6) cores.push(core, core.replace(/\+/g, '-').replace(/\//g, '_'))
+  }
+  return cores
+}
+
+const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+/** userinfo of any URL (`scheme://user:password@host`). */
+const URL_USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^\s/?#@'"<>]+@/gi
+
 /** The secret values of one invocation: each is printed as ***. */
 export class Secrets {
   private readonly values = new Set<string>()
+  /** Secrets too short to mask inside other words: masked only where they stand alone. */
+  private readonly short = new Set<string>()
 
-  /** Registers a secret value: from now on it is printed as ***. */
-  add(value: string | undefined) {
-    const v = value?.trim()
-    if (!v || v.length < 4) return
-    this.values.add(v)
-    // Multi-line secrets (private keys) may be relayed line by line.
-    for (const line of v.split(/\\n|\n/)) if (line.trim().length >= 16) this.values.add(line.trim())
+  /** Registers a secret value: from now on it is printed as ***, in every common encoding. */
+  add(value: string | number | boolean | undefined | null) {
+    if (value === undefined || value === null) return
+    const v = String(value).trim()
+    if (!v) return
+    if (v.length < 4) {
+      this.short.add(v)
+      return
+    }
+    const forms = new Set([v, JSON.stringify(v).slice(1, -1), encodeURIComponent(v), encodeURIComponent(v).replace(/%20/g, '+')])
+    // Multi-line secrets (private keys) may be relayed line by line; their armor lines are not secret.
+    for (const line of v.split(/\\n|\r?\n/)) {
+      const l = line.trim()
+      if (l.length >= 4 && !/^-----(BEGIN|END) [A-Z ]+-----$/.test(l)) forms.add(l)
+    }
+    if (v.length >= 6) for (const core of base64Cores(v)) forms.add(core)
+    for (const form of forms) this.values.add(form)
   }
 
-  redact = (text: string): string => {
-    let out = text
+  /** Registers a value that came from a secret file under `key`, by the masking rule. */
+  private addValue(key: string, value: unknown) {
+    if (value === undefined || value === null) return
+    const text = String(value)
+    if (secretKey(key) || !ordinaryValue(text)) this.add(text)
+  }
+
+  /**
+   * Masks every registered secret, and the userinfo of every URL, as ***. With `max`, the
+   * result is shortened to at most that many characters after masking, and a cut that
+   * ends inside a secret masks the part left.
+   */
+  redact = (text: string, max?: number): string => {
+    let out = String(text).replace(URL_USERINFO, '$1***@')
     for (const s of [...this.values].sort((a, b) => b.length - a.length)) out = out.split(s).join('***')
-    return out
+    for (const s of this.short) out = out.replace(new RegExp(`(?<![A-Za-z0-9])${escapeRegExp(s)}(?![A-Za-z0-9])`, 'g'), '***')
+    if (max === undefined || out.length <= max) return out
+    let cut = out.slice(0, Math.max(0, max - 1))
+    for (const s of this.values) {
+      for (let k = Math.min(s.length - 1, cut.length); k >= 3; k--) {
+        if (cut.endsWith(s.slice(0, k))) {
+          cut = cut.slice(0, cut.length - k) + '***'
+          break
+        }
+      }
+    }
+    return `${cut}…`
   }
 
-  /** Registers the values of .env and environment keys that name secrets. */
+  /** Registers the values of .env and environment keys that look secret, and every URL's password. */
   addFromEnv(env: Record<string, string | undefined>) {
-    for (const [key, value] of Object.entries(env)) if (SECRET_KEY.test(key)) this.add(value)
+    for (const [key, value] of Object.entries(env)) {
+      if (!value) continue
+      if (secretKey(key)) this.add(value)
+      for (const m of value.matchAll(/[a-z][a-z0-9+.-]*:\/\/([^\s/?#@]+)@/gi)) this.addUserinfo(m[1])
+    }
   }
 
-  /** Registers every leaf of a secrets/<chart>.yaml. */
-  addLeaves(yamlText: string) {
-    const leaves = (v: unknown): string[] =>
-      v && typeof v === 'object' ? Object.values(v).flatMap(leaves) : v === null || v === undefined ? [] : [String(v)]
-    for (const leaf of leaves(YAML.parse(yamlText))) this.add(leaf)
+  /** A URL's `user:password`: the password (as written and decoded) is a secret. */
+  private addUserinfo(userinfo: string) {
+    const password = userinfo.includes(':') ? userinfo.slice(userinfo.indexOf(':') + 1) : userinfo
+    this.add(password)
+    try {
+      this.add(decodeURIComponent(password))
+    } catch {
+      // Not percent-encoded.
+    }
+  }
+
+  /** Registers every leaf of a YAML secret file by the masking rule: its value, and a plain scalar as written (`12345678901234567890`). */
+  addYaml(text: string) {
+    const doc = YAML.parseDocument(text, { logLevel: 'silent' })
+    if (doc.errors.length) return this.addLines(text)
+    YAML.visit(doc, {
+      Scalar: (key, node, ancestors) => {
+        if (key === 'key') return
+        const pair = [...ancestors].reverse().find((a) => YAML.isPair(a)) as { key?: unknown } | undefined
+        const name = pair && YAML.isScalar(pair.key) ? String(pair.key.value) : ''
+        this.addValue(name, node.value)
+        if (node.type === 'PLAIN' && node.range) this.addValue(name, text.slice(node.range[0], node.range[1]))
+      },
+    })
+  }
+
+  /**
+   * Registers the secrets of a file that did not parse, line by line: the value of each
+   * `key: value` (or `"key": "value",`) line by the masking rule, any other line as a value.
+   */
+  addLines(text: string) {
+    for (const line of text.split(/\r?\n/)) {
+      const m = /^\s*(?:-\s+)?(?:["']?([\w.-]+)["']?\s*:\s+)?(.*?)\s*$/.exec(line)
+      if (!m || !m[2]) continue
+      this.addValue(m[1] ?? '', m[2])
+      this.addValue(m[1] ?? '', m[2].replace(/^[[{"'|>\s]+|[\]}"',\s]+$/g, ''))
+    }
   }
 }
 
-/** Keys of .env and the environment whose values are secrets: webhook URLs, tokens, keys, passwords. */
-const SECRET_KEY = /(WEBHOOK_URL|TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CRYPT_KEY)$/i
+/** A secret file's text, or undefined when it is missing, unreadable or still encrypted. */
+function readIfPlain(file: string): string | undefined {
+  try {
+    const bytes = fs.readFileSync(file)
+    return bytes.subarray(0, 9).toString('latin1') === '\0GITCRYPT' ? undefined : bytes.toString('utf8')
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Registers every secret the charts' run can meet, before a plugin loads or a command
+ * starts: every provider's credential files (by their own masks) and the charts' values.
+ */
+function collectFileSecrets(secrets: Secrets, config: Config, charts: string[]) {
+  const files = [...Object.values(CLUSTERS), ...Object.values(REGISTRIES), ...Object.values(LOGINS).flat()].flatMap((p) => p.files)
+  for (const file of new Set(files)) {
+    const text = config[file.key] ? readIfPlain(config[file.key])?.trim() : undefined
+    if (!text) continue
+    let parts: Array<string | undefined> | undefined
+    try {
+      parts = file.masks?.(text) ?? [text]
+    } catch {
+      parts = undefined
+    }
+    for (const part of parts ?? []) secrets.add(part)
+    // A credential file that does not parse (JSON is YAML too): its lines, by the masking rule.
+    if (file.masks && YAML.parseDocument(text, { logLevel: 'silent' }).errors.length) secrets.addLines(text)
+  }
+  for (const chart of charts) {
+    const values = readIfPlain(`secrets/${chart}.yaml`)
+    if (values) secrets.addYaml(values)
+  }
+}
 
 /** Reads a secret file, refusing one that git-crypt has not unlocked. */
-function readSecretFile(file: string, what: string): string {
-  if (!fs.existsSync(file)) throw usageError(`${file}: ${what} not found; create it or set the key that names it in .env`)
+function readSecretFile(file: string, what: string, fix: string): string {
+  if (!fs.existsSync(file)) throw usageError(`${file}: ${what} not found; ${fix}`)
+  if (fs.statSync(file).isDirectory()) throw usageError(`${file}: ${what} is a directory, not a file; ${fix}`)
   const bytes = fs.readFileSync(file)
   if (bytes.subarray(0, 9).toString('latin1') === '\0GITCRYPT') {
     throw usageError(`${file} is encrypted: run \`git-crypt unlock\` first`)
   }
   return bytes.toString('utf8')
+}
+
+/** Refuses a secrets YAML file that does not parse, naming the file and line, never its content. */
+function checkSecretsYaml(file: string, text: string) {
+  const error = YAML.parseDocument(text, { logLevel: 'silent' }).errors[0]
+  if (!error) return
+  const line = error.linePos?.[0]?.line
+  const what = error.code.toLowerCase().replace(/_/g, ' ')
+  throw usageError(`${file}${line ? `:${line}` : ''}: not valid YAML (${what}); fix the file (its content is not shown: it holds secrets)`)
 }
 
 const CI = {
@@ -589,12 +777,32 @@ export class Invocation {
   verbose = false
   /** The signal that cancelled the run. */
   cancelled: NodeJS.Signals | undefined
+  /** Private credentials dirs of runs not cleaned up yet: removed at exit, however the process ends. */
+  readonly privateDirs = new Set<string>()
 
   cancel(signal: NodeJS.Signals) {
     if (this.cancelled) return
     this.cancelled = signal
     this.log.error(`${signal} received: stopping`)
     this.controller.abort(new DeployError(`cancelled by ${signal}`))
+  }
+
+  /**
+   * The last resort: an error nobody caught (a plugin's promise it never awaited, a
+   * callback that threw) ends the invocation with one masked line and exit 1, never a
+   * stack trace. Running commands are stopped; the credentials dirs are removed at exit.
+   */
+  trapCrashes() {
+    process.once('exit', () => {
+      for (const dir of this.privateDirs) fs.rmSync(dir, { recursive: true, force: true })
+    })
+    const crash = (e: unknown) => {
+      process.stderr.write(`ERROR: unexpected error (an unawaited promise or a callback, e.g. in a plugin): ${errorLine(e, this.secrets)}\n`)
+      this.controller.abort(new DeployError('stopped by an unexpected error'))
+      process.exit(EXIT.failed)
+    }
+    process.on('uncaughtException', crash)
+    process.on('unhandledRejection', crash)
   }
 
   /** Cancels on SIGINT and SIGTERM until the returned function is called. */
@@ -693,9 +901,12 @@ const DEFAULT_COMMAND_TIMEOUT = '30m'
 /** How long a command that outlived its limit gets to stop on SIGTERM before SIGKILL. */
 const KILL_GRACE_SECONDS = 10
 
-export function makeExec({ env, dryRun, out, heartbeatSeconds, invocation }: ExecSettings): Exec {
+export function makeExec({ env: given, dryRun, out, heartbeatSeconds, invocation }: ExecSettings): Exec {
   const { redact } = invocation.secrets
   return async (tool, args, options = {}) => {
+    // zx starts each tool through bash: nothing may make that shell run code first. Read
+    // at each call, since setup adds the private config dirs to the same env object.
+    const env = Object.fromEntries(Object.entries(given).filter(([k]) => !SHELL_STARTUP.test(k)))
     const { capture = false, show = 'announce', prefix = '' } = options
     const line = `${tool} ${args.join(' ')}`
     // A dry run announces every command it skips exactly as a real run announces the ones it runs.
@@ -747,8 +958,8 @@ export function makeExec({ env, dryRun, out, heartbeatSeconds, invocation }: Exe
 function commandError(line: string, done: CommandResult & { signal: NodeJS.Signals | null }, options: ExecOptions, redact: Secrets['redact']): DeployError {
   const why = done.signal ? `was stopped by ${done.signal} (limit ${options.timeout ?? DEFAULT_COMMAND_TIMEOUT})` : `exited with ${done.exitCode}`
   const detail = options.capture ? `: ${tail(done.stderr || done.stdout, 1)}` : ''
-  const shown = line.length > 100 ? `${line.slice(0, 99)}…` : line
-  return new DeployError(redact(`${shown} ${why}${detail}`), EXIT.failed, {
+  // Masked before it is shortened, so the cut cannot leave part of a secret.
+  return new DeployError(`${redact(line, 100)} ${redact(`${why}${detail}`)}`, EXIT.failed, {
     command: redact(line),
     output: redact(tail(done.stdout + done.stderr, 20)),
   })
@@ -909,16 +1120,17 @@ function checkRange(range: string, source: string): string {
 }
 
 /** The commit range CI built: Travis's variable, or the before..after of a GitHub push. */
-function commitRange(env: NodeJS.ProcessEnv): string | undefined {
+function commitRange(env: NodeJS.ProcessEnv, out: Logger): string | undefined {
   if (env.TRAVIS_COMMIT_RANGE) return checkRange(env.TRAVIS_COMMIT_RANGE, 'TRAVIS_COMMIT_RANGE')
   if (env.GITHUB_EVENT_NAME === 'push' && env.GITHUB_EVENT_PATH) {
     let event: { before?: unknown; after?: unknown }
     try {
       event = JSON.parse(fs.readFileSync(env.GITHUB_EVENT_PATH, 'utf8'))
     } catch {
+      out.warn(`GITHUB_EVENT_PATH=${env.GITHUB_EVENT_PATH}: not a readable JSON event, so the pushed range is unknown: an image is rebuilt only when its tag is missing from the registry`)
       return undefined
     }
-    if (typeof event.before === 'string' && typeof event.after === 'string' && event.before && event.after) {
+    if (event && typeof event.before === 'string' && typeof event.after === 'string' && event.before && event.after) {
       return checkRange(`${event.before}..${event.after}`, 'GITHUB_EVENT_PATH before..after')
     }
   }
@@ -933,6 +1145,12 @@ async function changedFiles(exec: Exec, out: Output, range: string, fallback: st
   const only = paths.length ? ['--', ...paths] : []
   const diff = await exec('git', ['diff', '--name-only', '-z', '--end-of-options', range, ...only], { capture: true, nothrow: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
   if (diff.exitCode === 0) return diff.stdout.split('\0').filter(Boolean)
+  // Only a range git does not know means "everything changed"; any other complaint is git's own.
+  if (!/bad revision|unknown revision|ambiguous argument|invalid (revision|object|symmetric)|bad object/i.test(diff.stderr)) {
+    // Outside a repository git diff only prints its usage: rev-parse says why.
+    const why = await exec('git', ['rev-parse', 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
+    throw usageError(gitProblem(why.exitCode !== 0 ? why.stderr : diff.stderr))
+  }
   out.warn(`commit range ${range} is not valid here (force push or first build?): ${fallback}`)
   return undefined
 }
@@ -1054,9 +1272,19 @@ function discoverCharts(): string[] {
   return fs.existsSync('monitoring/Chart.yaml') ? [...hubs, 'monitoring'] : hubs
 }
 
+/** Why no chart was found here: most often deploy.ts runs in a subdirectory of the repository. */
+function noChartsHere(): string {
+  for (let dir = path.resolve('..'); ; dir = path.dirname(dir)) {
+    if (fs.existsSync(path.join(dir, 'hub-charts'))) return `no charts in ${process.cwd()}: run deploy.ts from the repository root, ${dir}`
+    if (dir === path.dirname(dir)) break
+  }
+  return `no charts in ${process.cwd()} (no hub-charts/<hub>/Chart.yaml, no monitoring/Chart.yaml): run deploy.ts from the root of the ops repository`
+}
+
 function checkChartYaml(chart: string) {
   const file = `${chartDir(chart)}/Chart.yaml`
   let doc: { name?: unknown; version?: unknown } | undefined
+  if (!fs.statSync(file).isFile()) throw usageError(`${file}: not a file; fix the chart`)
   try {
     doc = YAML.parse(fs.readFileSync(file, 'utf8'))
   } catch (e) {
@@ -1068,9 +1296,11 @@ function checkChartYaml(chart: string) {
 }
 
 /** Reads a secret file the run needs; a dry run notes a missing or locked one and goes on. */
-function secretFileFor(request: Request, out: Output, file: string, what: string): string | undefined {
+function secretFileFor(request: Request, out: Output, file: string, what: string, fix: string, check?: (text: string) => void): string | undefined {
   try {
-    return readSecretFile(file, what)
+    const text = readSecretFile(file, what, fix)
+    check?.(text)
+    return text
   } catch (e) {
     if (!request.dryRun) throw e
     out.print(`# ${(e as Error).message} (a real run stops here, exit 2)`)
@@ -1082,12 +1312,25 @@ function secretFileFor(request: Request, out: Output, file: string, what: string
 async function checkGit(request: Request, { exec, env }: Tools): Promise<string> {
   if (!onPath('git', env)) throw usageError(`git not found on PATH: ${INSTALL_HINTS.git}`)
   const rev = await exec('git', ['rev-parse', '--is-shallow-repository', 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
-  if (rev.exitCode !== 0) throw usageError(`${process.cwd()} is not a git repository with commits: run deploy.ts from the root of the ops repository`)
+  if (rev.exitCode !== 0) throw usageError(gitProblem(rev.stderr))
   const [shallow, commit] = rev.stdout.trim().split('\n')
   if (shallow === 'true' && (request.phases.build || request.phases.deploy)) {
     throw usageError('this is a shallow clone, so image tags would be wrong: run `git fetch --unshallow` (in CI, clone with full depth)')
   }
   return commit
+}
+
+/** Why git cannot read the repository here, in git's own words, with the fix. */
+function gitProblem(stderr: string): string {
+  const said = stderr.split('\n').map((l) => l.replace(/^(fatal|error): /, '').trim()).filter(Boolean)
+  const first = said[0] ?? 'git rev-parse failed'
+  const where = process.cwd()
+  if (/dubious ownership/.test(first)) {
+    return `git refuses ${where}: ${first} (owned by another user); if you trust it, run \`git config --global --add safe.directory ${where}\``
+  }
+  if (/not a git repository/i.test(first)) return `${where} is not a git repository (git: ${first}): run deploy.ts from the root of the ops repository`
+  if (/ambiguous argument 'HEAD'|unknown revision/.test(first)) return `${where} is a git repository without commits: commit the charts first`
+  return `git cannot read the repository in ${where}: ${first}`
 }
 
 /** Every tool the run's phases need is on PATH (a dry run needs none). */
@@ -1105,9 +1348,8 @@ async function checkRepository(request: Request, tools: Tools): Promise<Reposito
   const commit = await checkGit(request, tools)
   pickProvider(CLUSTERS, 'CLUSTER_PROVIDER', request.config)
   pickProvider(REGISTRIES, 'REGISTRY_PROVIDER', request.config)
-  if (request.phases.build) commitRange(tools.env)
+  if (request.phases.build) commitRange(tools.env, tools.out)
   const setupPlan = request.phases.setup ? planSetup(request, tools) : undefined
-  tools.invocation.secrets.addFromEnv(request.config.env)
   if (!request.dryRun) checkTools(request, tools.env, setupPlan)
   const major = await helmMajorVersion(tools.exec, tools.env)
   if (!major) {
@@ -1125,8 +1367,9 @@ async function checkRepository(request: Request, tools: Tools): Promise<Reposito
 async function planChart(chart: string, request: Request, facts: RepositoryFacts, tools: Tools): Promise<ChartPlan> {
   checkChartYaml(chart)
   if (request.phases.deploy) {
-    const values = secretFileFor(request, tools.out, `secrets/${chart}.yaml`, 'the chart\'s secret values file')
-    if (values) tools.invocation.secrets.addLeaves(values)
+    const file = `secrets/${chart}.yaml`
+    const fix = `create it with the chart's secret values and encrypt it with git-crypt (docs/adding-a-hub.md, step 3)`
+    secretFileFor(request, tools.out, file, 'the chart\'s secret values file', fix, (text) => checkSecretsYaml(file, text))
   }
   const needsImages = request.phases.build || request.phases.deploy
   const { images, history } = needsImages ? await chartImages(tools.exec, chart, request.config) : { images: [], history: new Map() }
@@ -1465,7 +1708,13 @@ function planSetup(request: Request, { out, invocation }: Tools): SetupPlan {
   const secrets: Record<string, string | undefined> = {}
   const read = (file: SecretFile) => {
     if (file.key in secrets) return
-    const text = secretFileFor(request, out, config[file.key], `${file.key} (${file.what})`)?.trim()
+    const fix = `create it, set ${file.key} in .env to where it is, or run with --no-setup`
+    const text = secretFileFor(request, out, config[file.key], `${file.key} (${file.what})`, fix, (content) => {
+      if (!content.trim()) throw usageError(`${config[file.key]}: ${file.key} (${file.what}) is empty; put the credential in it`)
+      if (file.key === 'GCLOUD_KEY_FILE' && credentialType(content) === undefined) {
+        throw usageError(`${config[file.key]}: ${file.key} (${file.what}) is not valid JSON; download it again (its content is not shown: it holds secrets)`)
+      }
+    })?.trim()
     for (const s of text === undefined ? [] : file.masks?.(text) ?? [text]) invocation.secrets.add(s)
     secrets[file.key] = text
   }
@@ -1510,7 +1759,12 @@ function setupSteps(plan: SetupPlan, config: Config, helmSetup: Helm['setup']): 
 
 /** Points kubectl, helm, gcloud, az and docker at a fresh private directory for this run. */
 function privateConfigDir(env: NodeJS.ProcessEnv): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'deploy-'))
+  let dir: string
+  try {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'deploy-'))
+  } catch (e) {
+    throw new DeployError(`cannot create the private credentials directory in ${os.tmpdir()} (${(e as { code?: string }).code ?? String(e)}): set TMPDIR to a writable directory`)
+  }
   fs.chmodSync(dir, 0o700)
   const docker = path.join(dir, 'docker')
   fs.mkdirSync(docker)
@@ -1534,6 +1788,7 @@ async function setup({ plan, state, exec, env, helm, out, invocation }: ChartRun
   const setupPlan = plan.setupPlan!
   const { config } = plan
   state.privateDir = privateConfigDir(env)
+  invocation.privateDirs.add(state.privateDir)
   const facts: StepFacts = { config, kubeconfig: env.KUBECONFIG!, host: setupPlan.host }
   const from = setupPlan.cluster.kubeconfigFrom
   if (from) {
@@ -1644,7 +1899,7 @@ async function build(r: ChartRun, fire: FireHook) {
     r.out.print(`no user-images/${r.plan.chart} or hub-images/${r.plan.chart}: nothing to build`)
     return
   }
-  const range = commitRange(r.env)
+  const range = commitRange(r.env, r.out)
   const dirs = r.plan.images.map((i) => i.dir)
   const touched = range && dirs.length ? await touchedDirs(r.exec, r.out, range, dirs) : undefined
   for (const image of r.plan.images) await buildImage(r, image, touched, fire)
@@ -1975,7 +2230,7 @@ function checkPluginKeys(file: string, plugin: Plugin) {
 }
 
 /** Loads `--plugin` names and paths (pluginSource says where a name points). */
-async function loadPlugins(names: string[]): Promise<Plugin[]> {
+async function loadPlugins(names: string[], secrets: Secrets): Promise<Plugin[]> {
   const plugins: Plugin[] = []
   for (const name of names) {
     const { file, url } = pluginSource(name)
@@ -1986,7 +2241,7 @@ async function loadPlugins(names: string[]): Promise<Plugin[]> {
     try {
       mod = await import(url)
     } catch (e) {
-      throw usageError(`${file}: plugin failed to load: ${String((e as Error).message ?? e).split('\n')[0]}`)
+      throw usageError(`${file}: plugin failed to load: ${errorLine(e, secrets)}`)
     }
     const plugin = mod.default as Plugin | undefined
     const valid = plugin && typeof plugin === 'object' && typeof plugin.name === 'string' &&
@@ -2108,10 +2363,12 @@ async function callHook(r: ChartRun, plugin: Plugin, hook: HookName, step: HookS
   }
 }
 
-/** The `helm upgrade` arguments a beforeDeploy hook returned: only an array of strings. */
-function helmArgsOf(result: unknown): string[] {
+/** The `helm upgrade` arguments a beforeDeploy hook returned: only an array of strings, none holding a secret. */
+function helmArgsOf(result: unknown, secrets: Secrets): string[] {
   const args = (result as { helmArgs?: unknown } | undefined)?.helmArgs ?? []
   if (!Array.isArray(args) || args.some((a) => typeof a !== 'string')) throw new Error('helmArgs must be an array of strings')
+  // An argv is readable by every user of the machine (ps): secrets reach helm in values files only.
+  if (args.some((a) => secrets.redact(a) !== a)) throw new Error('helmArgs contain a secret: pass secrets to helm in a values file, never as arguments')
   return args
 }
 
@@ -2126,15 +2383,15 @@ async function runHook(r: ChartRun, hook: HookName, failure: FailureFacts = {}):
   for (const plugin of r.plan.plugins.filter((p) => p[hook])) {
     try {
       const result = await callHook(r, plugin, hook, step, failure)
-      if (step.returns === 'helmArgs') given.push(...helmArgsOf(result))
+      if (step.returns === 'helmArgs') given.push(...helmArgsOf(result, r.invocation.secrets))
     } catch (e) {
-      const message = (e as Error)?.message ?? e
+      const message = errorLine(e, r.invocation.secrets)
       if (!step.blocking) {
         r.out.warn(`plugin ${plugin.name} ${hook} failed: ${message}`)
         continue
       }
       if (r.invocation.cancelled) throw e
-      // A bad setting (ctx.duration) is a usage error whatever the hook: exit 2.
+      // exitCode 2 marks a configuration error (a bad ctx.duration, a file or key the plugin reads), whatever the hook.
       const code = (e as { exitCode?: unknown })?.exitCode === EXIT.usage ? EXIT.usage : isRefusal(e) ? step.refusal : step.throws
       throw new DeployError(`plugin ${plugin.name} ${hook}: ${message}`, code, { phase: step.phase })
     }
@@ -2189,7 +2446,7 @@ async function execute(r: ChartRun) {
     state.result = 'ok'
   } catch (e) {
     state.result = 'failed'
-    state.error = masked(e instanceof DeployError ? e : new DeployError(String((e as Error)?.stack ?? e)), invocation.secrets.redact)
+    state.error = masked(asDeployError(e, invocation.secrets), invocation.secrets.redact)
     await reportFailure(r, invocation.cancelled ? undefined : (e as DeployError).phase)
   } finally {
     // The lock first, while the run's credentials still exist (also when cancelled).
@@ -2223,8 +2480,9 @@ async function reportFailure(run: ChartRun, hookPhase: Phase | undefined) {
 }
 
 /** Removes the run's private config directory (its credentials). */
-function cleanup({ state }: ChartRun) {
+function cleanup({ state, invocation }: ChartRun) {
   if (state.privateDir) fs.rmSync(state.privateDir, { recursive: true, force: true })
+  invocation.privateDirs.delete(state.privateDir!)
   state.privateDir = undefined
 }
 
@@ -2330,6 +2588,7 @@ function parseArgs(argv: string[]) {
     if (args[key] === '') throw usageError(`--${key} needs a value`)
   }
   if (args.parallel !== undefined && !/^[1-9]\d*$/.test(args.parallel)) throw usageError(`--parallel ${args.parallel}: give a whole number of charts, 1 or more`)
+  if ([args.plugin ?? []].flat().some((p: string) => !p.trim())) throw usageError('--plugin needs a value: a plugin name or path')
   checkCombination(args)
   return args
 }
@@ -2374,11 +2633,12 @@ function pluginNames(args: Args, config: Config): string[] {
 /** The chart names asked for, checked, the staging chart first (production charts follow only when it succeeded). */
 function chartNames(args: Args, config: Config, charts: string[]): string[] {
   const names = [...new Set(args._.map(String))]
+  if (charts.length === 0) throw usageError(noChartsHere())
   if (names.length === 0) throw usageError(`no chart name given; valid charts: ${charts.join(', ')}`)
   const invalid = names.find((n) => !CHART_NAME.test(n))
   if (invalid !== undefined) throw usageError(`chart name "${invalid}" is not a valid release name (lowercase letters, digits and -, at most 53); valid charts: ${charts.join(', ') || '(none found)'}`)
   const unknown = names.filter((n) => !charts.includes(n))
-  if (unknown.length) throw usageError(`unknown chart "${unknown[0]}"; valid charts: ${charts.join(', ') || '(none found)'}`)
+  if (unknown.length) throw usageError(`unknown chart "${unknown[0]}"; valid charts: ${charts.join(', ')}`)
   return names.sort((a, b) => Number(b === config.STAGING_CHART) - Number(a === config.STAGING_CHART))
 }
 
@@ -2411,12 +2671,15 @@ async function printChanged(invocation: Invocation, args: Args, config: Config, 
 async function deployCharts(invocation: Invocation, args: Args, config: Config, charts: string[]): Promise<number> {
   const { log } = invocation
   const names = chartNames(args, config, charts)
+  // Every secret is known before a plugin loads or a command starts, so none can print one.
+  YAML ??= (await import('yaml')).default
+  collectFileSecrets(invocation.secrets, config, names)
   const request: Request = {
     phases: { setup: args.setup, build: args.build, push: args.build && args.push, deploy: args.deploy },
     config,
     dryRun: args['dry-run'],
     recover: args.recover,
-    plugins: await loadPlugins(pluginNames(args, config)),
+    plugins: await loadPlugins(pluginNames(args, config), invocation.secrets),
   }
   const tools = names.map((chart) => chartTools(invocation, request, config, chart, names.length > 1))
   const facts = await checkRepository(request, tools[0])
@@ -2443,6 +2706,7 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
 async function main(argv: string[]): Promise<number> {
   const invocation = new Invocation()
   const { log } = invocation
+  invocation.trapCrashes()
   try {
     const args = parseArgs(argv)
     if (args.help || args.version) {
@@ -2451,9 +2715,11 @@ async function main(argv: string[]): Promise<number> {
     }
     invocation.verbose = args.verbose
     const config = loadConfig(args['env-file'])
+    invocation.secrets.addFromEnv(config.env)
     const charts = discoverCharts()
     if (args.list) {
-      log.print(charts.join('\n'))
+      if (charts.length === 0) log.warn(noChartsHere())
+      else log.print(charts.join('\n'))
       return EXIT.ok
     }
     // Loaded before signals are trapped, so a signal never finds a command between import and spawn.
@@ -2462,7 +2728,7 @@ async function main(argv: string[]): Promise<number> {
     await printChanged(invocation, args, config, charts)
     return EXIT.ok
   } catch (e) {
-    const err = e instanceof DeployError ? e : new DeployError(String((e as Error)?.stack ?? e))
+    const err = asDeployError(e, invocation.secrets)
     const message = invocation.secrets.redact(err.message)
     if (!err.reported) process.stderr.write(`ERROR: ${message}\n`)
     if (CI.github) process.stdout.write(`::error::${message.split('\n')[0]}\n`)
@@ -2476,4 +2742,9 @@ function isMain(): boolean {
   return !!entry && path.resolve(entry) === fileURLToPath(import.meta.url)
 }
 
-if (isMain()) main(process.argv.slice(2)).then((code) => process.exit(code))
+if (isMain()) {
+  // A reader that goes away (`deploy.ts ... | head -1`) must not stop a deploy: output is
+  // dropped from then on, the run goes on and cleans up.
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined)
+  main(process.argv.slice(2)).then((code) => process.exit(code))
+}

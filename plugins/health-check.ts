@@ -17,6 +17,9 @@ const REQUEST_TIMEOUT_MS = 10_000
 
 const urlKey = (chart: string) => `HUB_URL_${chart.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`
 
+/** A problem with a key or file the plugin reads: deploy.ts ends the run with exit 2 (a configuration error). */
+const configError = (message: string) => Object.assign(new Error(message), { exitCode: 2 })
+
 /** The hub's public URL, and where it came from; undefined when nothing names one. */
 function hubUrl(ctx: HookContext): { url: string; from: string } | undefined {
   const key = urlKey(ctx.chart)
@@ -24,18 +27,43 @@ function hubUrl(ctx: HookContext): { url: string; from: string } | undefined {
   if (fromEnv) return { url: fromEnv, from: key }
   const file = `${ctx.chartDir}/values.yaml`
   if (!fs.existsSync(file)) return undefined
-  const values = YAML.parse(fs.readFileSync(file, 'utf8')) as
-    | { jupyterhub?: { ingress?: { enabled?: boolean; hosts?: unknown[] }; hub?: { baseUrl?: string } } }
-    | null
+  let values: { jupyterhub?: { ingress?: { enabled?: boolean; hosts?: unknown[] }; hub?: { baseUrl?: unknown } } } | null
+  try {
+    values = YAML.parse(fs.readFileSync(file, 'utf8'))
+  } catch (e) {
+    const line = (e as { linePos?: { line: number }[] }).linePos?.[0]?.line
+    throw configError(`${file}${line ? `:${line}` : ''}: not valid YAML; fix it, or set ${key} to the hub's URL`)
+  }
   const ingress = values?.jupyterhub?.ingress
-  const host = ingress?.enabled === false ? undefined : ingress?.hosts?.[0]
+  const hosts = ingress?.hosts
+  const host = ingress?.enabled === false || !Array.isArray(hosts) ? undefined : hosts[0]
   if (typeof host !== 'string' || !host) return undefined
-  const base = values?.jupyterhub?.hub?.baseUrl ?? '/'
+  const base = typeof values?.jupyterhub?.hub?.baseUrl === 'string' ? values.jupyterhub.hub.baseUrl : '/'
   return { url: `https://${host}${base.startsWith('/') ? base : `/${base}`}`, from: file }
 }
 
-function apiUrl(url: string): string {
-  return `${url.replace(/\/+$/, '')}/hub/api`
+/**
+ * The API URL to probe, without credentials, and the Authorization header they become
+ * (fetch refuses a URL with credentials). A value that is not an http(s) URL is refused.
+ */
+function target(found: { url: string; from: string }): { url: string; headers: Record<string, string> } {
+  let parsed: URL
+  try {
+    parsed = new URL(found.url)
+  } catch {
+    parsed = new URL('invalid:')
+  }
+  if (!['http:', 'https:'].includes(parsed.protocol)) {
+    throw configError(`${found.from}: the hub URL is not an http(s) URL; give one like https://hub.example.org/`)
+  }
+  const headers: Record<string, string> = { accept: 'application/json' }
+  if (parsed.username || parsed.password) {
+    const basic = `${decodeURIComponent(parsed.username)}:${decodeURIComponent(parsed.password)}`
+    headers.authorization = `Basic ${btoa(basic)}`
+    parsed.username = ''
+    parsed.password = ''
+  }
+  return { url: `${parsed.href.replace(/\/+$/, '')}/hub/api`, headers }
 }
 
 function timeoutOf(ctx: HookContext): { text: string; ms: number } {
@@ -55,11 +83,11 @@ function failure(e: unknown): string {
 class NotReady extends Error {}
 
 /** One probe: the hub's version, or a NotReady saying what it got. */
-async function probe(url: string, timeoutMs: number, stop: AbortSignal): Promise<string> {
+async function probe(url: string, headers: Record<string, string>, timeoutMs: number, stop: AbortSignal): Promise<string> {
   let res: Response
   let body: string
   try {
-    res = await fetch(url, { headers: { accept: 'application/json' }, signal: AbortSignal.any([stop, AbortSignal.timeout(timeoutMs)]) })
+    res = await fetch(url, { headers, signal: AbortSignal.any([stop, AbortSignal.timeout(timeoutMs)]) })
     body = await res.text()
   } catch (e) {
     if (stop.aborted) throw e
@@ -80,7 +108,10 @@ const plugin: Plugin = {
   name: 'health-check',
   verify(ctx) {
     if (!ctx.phases.deploy) return
-    timeoutOf(ctx) // a bad HEALTH_CHECK_TIMEOUT stops the run before anything changes
+    // A bad HEALTH_CHECK_TIMEOUT, URL or values.yaml stops the run before anything changes.
+    timeoutOf(ctx)
+    const found = hubUrl(ctx)
+    if (found) target(found)
   },
   async afterRollout(ctx) {
     const found = hubUrl(ctx)
@@ -88,7 +119,7 @@ const plugin: Plugin = {
       ctx.log.info(`no URL for ${ctx.chart} (set ${urlKey(ctx.chart)} or jupyterhub.ingress.hosts in its values.yaml): skipped`)
       return
     }
-    const url = apiUrl(found.url)
+    const { url, headers } = target(found)
     const timeout = timeoutOf(ctx)
     const start = Date.now()
     const deadline = start + timeout.ms
@@ -105,7 +136,7 @@ const plugin: Plugin = {
     try {
       const version = await ctx.retry(Infinity, backoff, (attempt) => {
         attempts = attempt
-        return probe(url, Math.min(REQUEST_TIMEOUT_MS, Math.max(1_000, deadline - Date.now())), ctx.signal)
+        return probe(url, headers, Math.min(REQUEST_TIMEOUT_MS, Math.max(1_000, deadline - Date.now())), ctx.signal)
       })
       ctx.log.info(`${url} answers: JupyterHub ${version} (after ${((Date.now() - start) / 1000).toFixed(1)}s, ${attempts} attempt${attempts > 1 ? 's' : ''})`)
     } catch (e) {

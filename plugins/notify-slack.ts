@@ -92,11 +92,11 @@ function report(ctx: HookContext, event: Report['event']): Report {
   }
   if (event === 'fail') {
     r.failedPhase = ctx.failedPhase
-    r.error = ctx.redact(String(ctx.error?.message ?? ctx.error ?? 'unknown error')).slice(0, 2000)
+    r.error = ctx.redact(String(ctx.error?.message ?? ctx.error ?? 'unknown error'), 2000)
     // A failed command's last output lines (deploy.ts redacted them already).
     const { output, command } = (ctx.error ?? {}) as { output?: unknown; command?: unknown }
     if (typeof command === 'string') r.command = ctx.redact(command)
-    if (typeof output === 'string' && output.trim()) r.output = ctx.redact(output).split('\n').slice(-OUTPUT_LINES).map((l) => l.slice(0, 300))
+    if (typeof output === 'string' && output.trim()) r.output = output.split('\n').slice(-OUTPUT_LINES).map((l) => ctx.redact(l, 300))
   }
   return r
 }

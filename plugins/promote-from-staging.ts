@@ -29,14 +29,28 @@ function overridden(ctx: HookContext): boolean {
   return yes === true
 }
 
+/** A problem with a file the plugin reads: deploy.ts ends the run with exit 2 (a configuration error). */
+const configError = (message: string) => Object.assign(new Error(message), { exitCode: 2 })
+
 /** The chart's dependencies, name → version: Chart.yaml (Helm 3) or requirements.yaml (Helm 2 charts). */
 function dependencies(chartDir: string): Record<string, string> {
   const deps: Record<string, string> = {}
   for (const file of ['Chart.yaml', 'requirements.yaml']) {
     const full = `${chartDir}/${file}`
     if (!fs.existsSync(full)) continue
-    const doc = YAML.parse(fs.readFileSync(full, 'utf8')) as { dependencies?: { name?: unknown; version?: unknown; alias?: unknown }[] } | null
-    for (const dep of doc?.dependencies ?? []) {
+    let doc: { dependencies?: unknown } | null
+    try {
+      doc = YAML.parse(fs.readFileSync(full, 'utf8'))
+    } catch (e) {
+      const line = (e as { linePos?: { line: number }[] }).linePos?.[0]?.line
+      throw configError(`${full}${line ? `:${line}` : ''}: not valid YAML; fix the chart`)
+    }
+    const list = doc && typeof doc === 'object' ? doc.dependencies : undefined
+    if (list === undefined || list === null) continue
+    if (!Array.isArray(list)) {
+      throw configError(`${full}: dependencies must be a list of entries (- name: …, version: …, repository: …), not a ${typeof list === 'object' ? 'map' : typeof list}; fix the chart`)
+    }
+    for (const dep of list as { name?: unknown; version?: unknown; alias?: unknown }[]) {
       if (typeof dep?.name === 'string') deps[typeof dep.alias === 'string' ? dep.alias : dep.name] = String(dep.version ?? '')
     }
   }
@@ -111,6 +125,8 @@ const plugin: Plugin = {
   // they exist only after it, so the check waits for afterSetup (still before any build).
   verify: (ctx) => {
     overridden(ctx)
+    // Every deploy records the chart's dependencies: a chart file that cannot say them stops the run before anything changes.
+    if (ctx.phases.deploy) dependencies(ctx.chartDir)
     return ctx.phases.setup ? undefined : check(ctx)
   },
   afterSetup: (ctx) => check(ctx),
