@@ -2054,7 +2054,7 @@ interface Release {
 async function currentRelease({ plan, exec, helm }: ChartRun): Promise<Release | undefined> {
   const { chart } = plan
   const status = (extra: string[]) =>
-    exec('helm', ['status', chart, '--namespace', chart, ...extra, '--output', 'json'], { capture: true, nothrow: true, timeout: '2m' })
+    exec('helm', [...helm.statusArgs(chart), ...extra, '--output', 'json'], { capture: true, nothrow: true, timeout: '2m' })
   const parse = (done: CommandResult, what: string) => {
     if (done.exitCode !== 0) throw new DeployError(`${chart}: could not read ${what}: ${tail(done.stderr, 1).replace(/^Error: /, '')}`)
     return JSON.parse(done.stdout)
@@ -2088,11 +2088,11 @@ function addOldSecrets({ plan, invocation }: ChartRun, config: Record<string, un
  * (ctx.diff for plugins); the text goes to the chart's output.
  */
 async function diffChart(r: ChartRun) {
-  const { plan, state, exec, out } = r
+  const { plan, state, exec, out, helm } = r
   const { chart } = plan
   await chartDependencies(r)
   if (plan.dryRun) {
-    await exec('helm', ['status', chart, '--namespace', chart, '--output', 'json'])
+    await exec('helm', [...helm.statusArgs(chart), '--output', 'json'])
     await upgradePreview(r)
     return
   }
@@ -2724,7 +2724,8 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
   if (json) process.stdout.write(JSON.stringify(previewReport(runs, invocation.secrets.redact), null, 2) + '\n')
   printSummary(json ? new Output(invocation.secrets, '', false, false, 'stderr') : log, runs)
   const failed = runs.find((r) => r.state.result === 'failed')
-  if (runs.length === 1 && failed) throw failed.state.error
+  // With --json, stdout ends with the JSON document: no `::error::` line after it.
+  if (runs.length === 1 && failed && !json) throw failed.state.error
   return failed ? failed.state.error!.exitCode : EXIT.ok
 }
 

@@ -305,3 +305,16 @@ test('dependencies: `helm dep build` from Chart.lock, `helm dep up` without one;
   assert.equal(cached.code, 0, cached.stderr)
   assert.ok(!cached.commands.some((c) => c.startsWith('helm dep')), cached.commands.join('\n'))
 })
+
+test('--json on GitHub Actions: stdout is the JSON document alone, also when the chart is invalid', async () => {
+  const repo = makeRepo()
+  const r = await runDeploy(repo, ['--validate', '--json', 'staginghub'], {
+    env: { ...noKubeconfig(), GITHUB_ACTIONS: 'true' },
+    rules: [HELM3, { tool: 'helm', match: '^template', exit: 1, stderr: 'Error: parse error at (staginghub/templates/a.yaml:3): unexpected EOF\n' }],
+  })
+  assert.equal(r.code, 1)
+  const doc = JSON.parse(r.stdout)
+  assert.equal(doc.charts[0].validation.errors[0].message, 'staginghub: hub-charts/staginghub/templates/a.yaml:3: unexpected EOF')
+  assert.match(r.stderr, /^ERROR: staginghub: hub-charts\/staginghub\/templates\/a\.yaml:3: unexpected EOF$/m)
+  assert.doesNotMatch(r.stdout, /::(group|error)::/)
+})
