@@ -318,3 +318,20 @@ test('--json on GitHub Actions: stdout is the JSON document alone, also when the
   assert.match(r.stderr, /^ERROR: staginghub: hub-charts\/staginghub\/templates\/a\.yaml:3: unexpected EOF$/m)
   assert.doesNotMatch(r.stdout, /::(group|error)::/)
 })
+
+test('with --deploy: validate, then diff, then the deploy; a chart that fails to validate is not deployed', async () => {
+  const repo = makeRepo()
+  const manifest = 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n'
+  const r = await runDeploy(repo, ['--no-setup', '--validate', '--diff', '--deploy', 'staginghub'], { env: withKubeconfig(), rules: [HELM3, notInstalled, preview(manifest)] })
+  assert.equal(r.code, 0, r.stderr)
+  assert.deepEqual(r.commands.map((c) => c.split(' ').slice(0, 2).join(' ')).slice(1, 7), ['helm lint', 'helm template', 'helm upgrade', 'helm status', 'helm dep', 'helm upgrade'])
+  assert.equal(r.commands.filter((c) => c.includes('--dry-run=server')).length, 1, 'validate and diff share one server-side dry run')
+  assert.match(r.stdout, /^staginghub: 0 changed, 1 added, 0 removed$/m)
+  const invalid = await runDeploy(repo, ['--no-setup', '--validate', '--deploy', 'staginghub'], {
+    env: withKubeconfig(),
+    rules: [HELM3, { tool: 'helm', match: '^lint', exit: 1, stdout: '[ERROR] templates/: template: staginghub/templates/x.yaml:1:3: executing "staginghub/templates/x.yaml" at <.Values.a.b>: nil pointer evaluating interface {}.b\n' }],
+  })
+  assert.equal(invalid.code, 1)
+  assert.ok(!invalid.commands.some((c) => c.startsWith('helm upgrade') || c.startsWith('helm dep')), invalid.commands.join('\n'))
+  assert.match(invalid.stderr, /^ERROR: staginghub: hub-charts\/staginghub\/templates\/x\.yaml:1:3: values a\.b: at <\.Values\.a\.b>: nil pointer evaluating interface \{\}\.b$/m)
+})
