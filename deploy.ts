@@ -1017,7 +1017,7 @@ async function checkGit(request: Request, { exec, env }: Tools): Promise<string>
   const rev = await exec('git', ['rev-parse', '--is-shallow-repository', 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true })
   if (rev.exitCode !== 0) throw usageError(`${process.cwd()} is not a git repository with commits: run deploy.ts from the root of the ops repository`)
   const [shallow, commit] = rev.stdout.trim().split('\n')
-  if (shallow === 'true' && (request.phases.build || request.phases.deploy)) {
+  if (shallow === 'true' && (request.phases.build || request.phases.deploy || request.phases.diff)) {
     throw usageError('this is a shallow clone, so image tags would be wrong: run `git fetch --unshallow` (in CI, clone with full depth)')
   }
   return commit
@@ -1051,7 +1051,7 @@ async function checkRepository(request: Request, tools: Tools): Promise<Reposito
   if (major === 2 && setupPlan && !setupPlan.cluster.helm2) {
     throw usageError(`CLUSTER_PROVIDER=${request.config.CLUSTER_PROVIDER} needs Helm 3: Helm 2's tiller is set up only on gke, as the original did (https://helm.sh/docs/intro/install/)`)
   }
-  if (phases.diff && major === 2) throw usageError('--diff needs Helm 3 (it reads the release with `helm status -o json` and a server-side dry run): install Helm 3, or use --validate')
+  if (phases.diff && major && !HELM_VERSIONS[major].serverDryRun) throw usageError('--diff needs Helm 3 (it reads the release with `helm status -o json` and a server-side dry run): install Helm 3, or use --validate')
   if (phases.diff && !request.dryRun && noClusterAccess(phases, tools.env)) throw usageError('--diff needs read access to the cluster: drop --no-setup, or point KUBECONFIG at a kubeconfig')
   return { commit, helmMajor: major ?? 3, setupPlan }
 }
