@@ -1831,7 +1831,8 @@ export function helmProblems(chart: string, dir: string, check: ValidationProble
   }
   for (const block of blocks) {
     let text = block.replace(/^(UPGRADE FAILED|INSTALLATION FAILED): /, '')
-    if (/^\d+ chart\(s\) linted/.test(text)) continue
+    // Summaries and consequences of a problem reported on its own line.
+    if (/^\d+ chart\(s\) linted|^:? ?unable to load chart/.test(text)) continue
     // lint names the file relative to the chart: `templates/: ...`, `values.yaml: ...`
     const lintFile = /^([\w./-]+): /.exec(text)
     let file: string | undefined
@@ -1839,6 +1840,10 @@ export function helmProblems(chart: string, dir: string, check: ValidationProble
       text = text.slice(lintFile[0].length)
       if (!lintFile[1].endsWith('/')) file = `${dir}/${lintFile[1]}`
     }
+    const load = /^cannot load ([\w./-]+): ([\s\S]*)$/.exec(text)
+    if (load) [file, text] = [`${dir}/${load[1]}`, load[2]]
+    const badYaml = /^(?:unable to parse YAML: )?error converting YAML to JSON: (?:yaml: )?([\s\S]*)$/.exec(text)
+    if (badYaml) text = `not valid YAML: ${badYaml[1]}`
     const schema = /values don't meet the specifications of the schema\(s\) in the following chart\(s\):\n([\s\S]*)/.exec(text)
     if (schema) {
       let sub = ''

@@ -241,6 +241,16 @@ test('helmProblems: chart, repository path and values path from helm\'s messages
     'ea-hub: values jupyterhub.singleuser.image: tag is required (values.schema.json of jupyterhub)',
     'ea-hub: hub-charts/ea-hub/Chart.yaml: version is required',
   ])
+  // a values.yaml that does not parse: lint says it three ways, template once; one problem
+  const badValues = [
+    '[ERROR] values.yaml: unable to parse YAML: error converting YAML to JSON: yaml: mapping values are not allowed in this context',
+    '[ERROR] templates/: cannot load values.yaml: error converting YAML to JSON: yaml: mapping values are not allowed in this context',
+    '[ERROR] : unable to load chart', '\tcannot load values.yaml: error converting YAML to JSON: yaml: mapping values are not allowed in this context',
+    'Error: 1 chart(s) linted, 1 chart(s) failed',
+  ].join('\n')
+  const template = 'Error: cannot load values.yaml: error converting YAML to JSON: yaml: mapping values are not allowed in this context\n'
+  const both = [...helmProblems('ea-hub', dir, 'lint', badValues), ...helmProblems('ea-hub', dir, 'render', template)]
+  assert.deepEqual([...new Set(both.map((p) => p.message))], ['ea-hub: hub-charts/ea-hub/values.yaml: not valid YAML: mapping values are not allowed in this context'])
 })
 
 test('plugins see ctx.validation and ctx.diff in success, and ctx.validation in fail of an invalid chart', async () => {
