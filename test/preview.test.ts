@@ -198,16 +198,17 @@ test('--diff compares against the last deployed revision when the last one faile
   assert.match(r.stdout, /^staginghub: 0 changed, 0 added, 0 removed$/m)
 })
 
-test('--dry-run with --validate --diff prints the commands and runs none', async () => {
+test('--dry-run with --validate --diff announces the commands and runs none', async () => {
   const repo = makeRepo()
   const r = await runDeploy(repo, ['--dry-run', '--no-setup', '--validate', '--diff', 'staginghub'], { env: withKubeconfig() })
   assert.equal(r.code, 0, r.stderr)
   assert.deepEqual(r.commands, ['helm version --client --short'])
-  assert.deepEqual(r.stdout.split('\n').filter((l) => l.startsWith('+ ')), [
-    `+ helm lint hub-charts/staginghub --namespace staginghub ${values(repo)}`,
-    `+ helm template staginghub hub-charts/staginghub --namespace staginghub ${values(repo)}`,
-    `+ ${PREVIEW} ${values(repo)}`,
-    '+ helm status staginghub --namespace staginghub --output json',
+  const announced = [...r.stderr.matchAll(/^INFO:root:Executing (?:and capturing )?(helm .*)$/gm)].map((m) => m[1])
+  assert.deepEqual(announced, [
+    `helm lint hub-charts/staginghub --namespace staginghub ${values(repo)}`,
+    `helm template staginghub hub-charts/staginghub --namespace staginghub ${values(repo)}`,
+    `${PREVIEW} ${values(repo)}`,
+    'helm status staginghub --namespace staginghub --output json',
   ])
 })
 
