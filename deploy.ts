@@ -934,8 +934,6 @@ interface ChartPlan extends Request, RepositoryFacts {
   readonly history: ReadonlyMap<string, string[]>
   /** secrets/<chart>.yaml: read (always for a deploy or a diff), or left out of a validation. */
   readonly secretsFile?: ChartValidation['secrets']
-  /** Its parsed values, to mask the release's old values at the same paths (--diff). */
-  readonly secretValues?: unknown
 }
 
 /** What changes while a chart's run goes on. */
@@ -1061,18 +1059,14 @@ async function planChart(chart: string, request: Request, facts: RepositoryFacts
   checkChartYaml(chart)
   const { phases } = request
   const { secretsFile, values } = chartSecrets(chart, request, tools.out)
-  let secretValues: unknown
-  if (values) {
-    try {
-      secretValues = YAML.parse(values)
-    } catch (e) {
-      throw usageError(`secrets/${chart}.yaml: not valid YAML (${String((e as Error).message).split('\n')[0]}); fix it`)
-    }
-    tools.invocation.secrets.addLeaves(values)
+  try {
+    if (values) tools.invocation.secrets.addLeaves(values)
+  } catch (e) {
+    throw usageError(`secrets/${chart}.yaml: not valid YAML (${String((e as Error).message).split('\n')[0]}); fix it`)
   }
   const needsImages = phases.build || phases.deploy || phases.validate || phases.diff
   const { images, history } = needsImages ? await chartImages(tools.exec, chart, request.config) : { images: [], history: new Map() }
-  return { ...request, ...facts, chart, chartDir: chartDir(chart), images, history, secretsFile, secretValues }
+  return { ...request, ...facts, chart, chartDir: chartDir(chart), images, history, secretsFile }
 }
 
 /**
@@ -2075,16 +2069,23 @@ async function currentRelease({ plan, exec, helm }: ChartRun): Promise<Release |
   return { revision: release.version, manifest: release.manifest ?? '', config: release.config ?? {} }
 }
 
-/** Registers the release's values at the paths secrets/<chart>.yaml sets: the old secrets, masked like the new. */
-function addOldSecrets({ plan, invocation }: ChartRun, config: Record<string, unknown>) {
-  const walk = (secret: unknown, old: unknown) => {
-    if (secret && typeof secret === 'object' && old && typeof old === 'object') {
-      for (const [k, v] of Object.entries(secret)) walk(v, (old as Record<string, unknown>)[k])
-    } else if (old !== null && old !== undefined && typeof old !== 'object') {
-      invocation.secrets.add(String(old))
+/** The values a deploy sets that are no secret: the image tags (imageSetArgs). */
+const IMAGE_TAG_VALUE = /^jupyterhub\.(singleuser|hub)\.image\.tag$/
+
+/**
+ * Registers the values the release was installed with: what a deploy passes is
+ * secrets/<chart>.yaml and the image tags, so these are the old secrets, including those
+ * the file no longer has. Masked like the new ones.
+ */
+function addOldSecrets({ invocation }: ChartRun, config: Record<string, unknown>) {
+  const walk = (value: unknown, at: string) => {
+    if (value && typeof value === 'object') {
+      for (const [k, v] of Object.entries(value)) walk(v, at ? `${at}.${k}` : k)
+    } else if ((typeof value === 'string' || typeof value === 'number') && !IMAGE_TAG_VALUE.test(at)) {
+      invocation.secrets.add(String(value))
     }
   }
-  walk(plan.secretValues, config)
+  walk(config, '')
 }
 
 /**

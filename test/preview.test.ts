@@ -129,9 +129,11 @@ test('--diff after setup: helm status, then the server-side dry run with the dep
 test('--diff object by object: identity by group, order of keys ignored, Secret values never shown, old secret values masked', async () => {
   const repo = makeRepo()
   const OLD = 'old-proxy-token-0123456789'
+  // a secret secrets/<chart>.yaml no longer has: still in the release's values, so still masked
+  const DROPPED = 'dropped-secret-value-42'
   const before = [
     'apiVersion: policy/v1beta1\nkind: PodDisruptionBudget\nmetadata:\n  name: hub\nspec:\n  minAvailable: 1',
-    `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  token: ${OLD}\n  b: "2"\n  a: "1"`,
+    `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  token: ${OLD}\n  b: "2"\n  a: "1"\n  dropped: ${DROPPED}`,
     `apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\ndata:\n  same: ${Buffer.from('unchanged-value').toString('base64')}\n  gone: ${Buffer.from('gone-value-123').toString('base64')}\n  token: ${Buffer.from(OLD).toString('base64')}`,
     'apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: reader\nrules: []',
     'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: same\n  namespace: other\ndata:\n  k: v',
@@ -144,8 +146,8 @@ test('--diff object by object: identity by group, order of keys ignored, Secret 
   ].join('\n---\n')
   const r = await runDeploy(repo, ['--no-setup', '--diff', '--json', 'staginghub'], {
     env: withKubeconfig(),
-    secrets: [OLD, Buffer.from(OLD).toString('base64'), 'unchanged-value', 'gone-value-123', 'brand-new-value'],
-    rules: [HELM3, status(7, before, { jupyterhub: { proxy: { secretToken: OLD } }, other: 'plain' }), preview(after)],
+    secrets: [OLD, DROPPED, Buffer.from(OLD).toString('base64'), 'unchanged-value', 'gone-value-123', 'brand-new-value'],
+    rules: [HELM3, status(7, before, { jupyterhub: { proxy: { secretToken: OLD }, hub: { dropped: DROPPED }, singleuser: { image: { tag: 'abc1234' } } } }), preview(after)],
   })
   assert.equal(r.code, 0, r.stderr)
   const { diff } = JSON.parse(r.stdout).charts[0]
@@ -162,10 +164,11 @@ test('--diff object by object: identity by group, order of keys ignored, Secret 
   assert.equal(cfg.diff, [
     '--- ConfigMap/staginghub/cfg (revision 7)',
     `+++ ConfigMap/staginghub/cfg (${git(repo, 'rev-parse', '--short=7', 'HEAD')})`,
-    '@@ -2,7 +2,7 @@',
+    '@@ -2,8 +2,7 @@',
     ' data:',
     '   a: "1"',
     '   b: "2"',
+    '-  dropped: ***',
     '-  token: ***',
     '+  token: ***',
     ' kind: ConfigMap',
