@@ -2056,7 +2056,11 @@ async function currentRelease({ plan, exec, helm }: ChartRun): Promise<Release |
     exec('helm', [...helm.statusArgs(chart), ...extra, '--output', 'json'], { capture: true, nothrow: true, timeout: '2m' })
   const parse = (done: CommandResult, what: string) => {
     if (done.exitCode !== 0) throw new DeployError(`${chart}: could not read ${what}: ${tail(done.stderr, 1).replace(/^Error: /, '')}`)
-    return JSON.parse(done.stdout)
+    try {
+      return JSON.parse(done.stdout)
+    } catch {
+      throw new DeployError(`${chart}: could not read ${what}: \`helm status --output json\` printed no JSON`)
+    }
   }
   const last = await status([])
   if (last.exitCode !== 0 && /release: not found/.test(last.stderr)) return undefined

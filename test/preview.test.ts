@@ -349,3 +349,11 @@ test('with --deploy: validate, then diff, then the deploy; a chart that fails to
   assert.ok(!invalid.commands.some((c) => c.startsWith('helm upgrade') || c.startsWith('helm dep')), invalid.commands.join('\n'))
   assert.match(invalid.stderr, /^ERROR: staginghub: hub-charts\/staginghub\/templates\/x\.yaml:1:3: values a\.b: at <\.Values\.a\.b>: nil pointer evaluating interface \{\}\.b$/m)
 })
+
+test('--diff: a helm that prints no release JSON is one error line, exit 1', async () => {
+  const repo = makeRepo()
+  const r = await runDeploy(repo, ['--no-setup', '--diff', 'staginghub'], { env: withKubeconfig(), rules: [HELM3, { tool: 'helm', match: '^status', stdout: 'STATUS: deployed\n' }] })
+  assert.equal(r.code, 1)
+  assert.match(r.stderr, /^ERROR: staginghub: could not read the release: `helm status --output json` printed no JSON$/m)
+  assert.doesNotMatch(r.stderr, /^\s+at /m, 'no stack trace')
+})
