@@ -8,14 +8,15 @@
  *
  * Reads top to bottom: errors, config, plugin contract and hook table, secrets and
  * logging, the invocation, exec (the one process primitive), helm adapter, git,
- * plan and state, preflight, setup, build and push, the deploy lock, deploy, rollout,
- * plugins and hooks, orchestration, CLI and main.
+ * plan and state, preflight, setup, build and push, the deploy lock, validate and diff,
+ * deploy, rollout, plugins and hooks, orchestration, CLI and main.
  */
 import process from 'node:process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
+import { Buffer } from 'node:buffer'
 import type YAMLModule from 'yaml'
 import minimist from 'minimist'
 import dotenv from 'dotenv'
@@ -29,7 +30,7 @@ let YAML: typeof YAMLModule
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, refused: 3, sigint: 130, sigterm: 143 } as const
 
-export type Phase = 'verify' | 'setup' | 'build' | 'push' | 'deploy' | 'rollout'
+export type Phase = 'verify' | 'setup' | 'build' | 'push' | 'validate' | 'diff' | 'deploy' | 'rollout'
 
 interface DeployErrorDetails {
   /** The phase the run was in, when it is not the one the run recorded (a hook's). */
@@ -327,6 +328,9 @@ export interface Phases {
   build: boolean
   push: boolean
   deploy: boolean
+  /** --validate and --diff: read-only previews, after build and before deploy. */
+  validate: boolean
+  diff: boolean
 }
 
 export interface ReleaseRevision {
@@ -347,6 +351,10 @@ export interface Helm {
   readonly setup: readonly (readonly string[])[]
   upgradeArgs(release: string, chartDir: string, timeoutSeconds: number, extra: string[]): string[]
   statusArgs(release: string): string[]
+  /** `helm template` of the chart as release `release` (values and namespace follow). */
+  templateArgs(release: string, chartDir: string): string[]
+  /** Whether `helm upgrade --install --dry-run=server` exists (--validate's server-side check, --diff). */
+  readonly serverDryRun: boolean
   /** `helm rollback` to `revision`, or, with none deployed, uninstall. */
   repairArgs(release: string, revision: number | undefined, timeoutSeconds: number): string[]
   /** The release's revisions, oldest first, or why helm could not list them. */
@@ -356,6 +364,65 @@ export interface Helm {
   /** Whether a failed upgrade's output says another operation holds the release. */
   isPendingRefusal(output: string): boolean
 }
+
+/** One problem --validate found: `message` is one line naming the chart, and the file and values path when helm gave them. */
+export interface ValidationProblem {
+  /** The check that found it: fetching dependencies, `helm lint`, the render, or the API server (dry run). */
+  check: 'dependencies' | 'lint' | 'render' | 'server'
+  message: string
+  /** Repository path of the file, with `:line` or `:line:column` when helm gave them. */
+  file?: string
+  /** Dotted path in the chart's values (e.g. `jupyterhub.hub.image`), when helm gave one. */
+  valuesPath?: string
+}
+
+/** What --validate found for one chart (ctx.validation, and `validation` in --json). */
+export interface ChartValidation {
+  chart: string
+  valid: boolean
+  /** secrets/<chart>.yaml: used, or left out of the render because it is locked (git-crypt) or missing. */
+  secrets: 'used' | 'locked' | 'missing'
+  /** Whether the API server checked every object too (`helm upgrade --install --dry-run=server`). */
+  serverSide: 'checked' | 'skipped'
+  /** Why the server-side check was skipped: no cluster access, Helm 2, cluster unreachable, chart did not render. */
+  serverSideNote?: string
+  /** Objects the chart rendered to (0 when it did not render). */
+  objects: number
+  errors: ValidationProblem[]
+  warnings: string[]
+  /** The lines --validate printed for the chart, masked. */
+  text: string
+}
+
+/** One object --diff found different. */
+export interface ObjectChange {
+  /** `Kind/namespace/name`, or `Kind/name` for a cluster-scoped object. */
+  id: string
+  kind: string
+  /** '' for a cluster-scoped object. */
+  namespace: string
+  name: string
+  change: 'added' | 'removed' | 'changed'
+  /** `changed` only: a unified diff of the object's YAML (keys sorted; a Secret's data/stringData left out); '' otherwise. */
+  diff: string
+  /** Secrets only: which keys of data/stringData are added, removed or changed. Values are never shown. */
+  secretKeys?: { added: string[]; removed: string[]; changed: string[] }
+}
+
+/** What --diff found for one chart (ctx.diff, and `diff` in --json). */
+export interface ChartDiff {
+  chart: string
+  namespace: string
+  /** The release revision compared against; absent when the chart is not installed (every object is added). */
+  revision?: number
+  /** `unchanged` counts the objects of the new manifest that stay as they are. */
+  summary: { changed: number; added: number; removed: number; unchanged: number }
+  /** Only the objects that differ: the new manifest's order, then the removed ones. */
+  objects: ObjectChange[]
+  /** What --diff printed for the chart: headers, unified diffs, the summary line; masked. */
+  text: string
+}
+
 
 export interface HookContext {
   chart: string
@@ -402,6 +469,10 @@ export interface HookContext {
   duration: (key: string, fallback: string, range?: readonly [number, number]) => number
   /** Release revision after the deploy phase, read from helm's output. */
   revision?: number
+  /** --validate: the chart's validation, from the end of the validate phase on (in `fail` too when it found problems). */
+  validation?: ChartValidation
+  /** --diff: what the deploy would change, from the end of the diff phase on. */
+  diff?: ChartDiff
   /** `fail` only: what went wrong, secrets masked (with the failed command and its last output lines when a command failed) and in which phase; `cancelled` on SIGINT/SIGTERM. */
   error?: DeployError
   failedPhase?: Phase
@@ -701,7 +772,8 @@ const CI = {
  */
 export class Output implements Logger {
   private held: Array<['stdout' | 'stderr', string]> | undefined
-  constructor(readonly secrets: Secrets, readonly prefix = '', hold = false, readonly ciGroups = true) {
+  /** `stdout: 'stderr'` keeps stdout for one JSON document (--json). */
+  constructor(readonly secrets: Secrets, readonly prefix = '', hold = false, readonly ciGroups = true, readonly stdout: 'stdout' | 'stderr' = 'stdout') {
     if (hold) this.held = []
   }
 
@@ -709,8 +781,9 @@ export class Output implements Logger {
     const lines = this.secrets.redact(text).split('\n')
     const last = lines.pop()
     const out = lines.map((l) => `${this.prefix}${prefix}${l}\n`).join('') + (last ? `${this.prefix}${prefix}${last}` : '')
-    if (this.held) this.held.push([stream, out])
-    else process[stream].write(out)
+    const to = stream === 'stdout' ? this.stdout : stream
+    if (this.held) this.held.push([to, out])
+    else process[to].write(out)
   }
 
   print(text: string) {
@@ -730,7 +803,7 @@ export class Output implements Logger {
   }
 
   live(text: string) {
-    process.stdout.write(this.secrets.redact(`${this.prefix}${text}\n`))
+    process[this.stdout].write(this.secrets.redact(`${this.prefix}${text}\n`))
   }
 
   /** Prints what was held, as one collapsible group in CI logs. */
@@ -999,6 +1072,8 @@ const HELM_VERSIONS = {
     upgradeFlags: ['--force'],
     createNamespace: [],
     seconds: (s: number) => String(s),
+    template: (release: string, dir: string) => ['template', dir, '--name', release],
+    serverDryRun: false,
     // Setup installs or upgrades tiller, then waits for it.
     setup: [
       ['helm', 'init', '--upgrade'],
@@ -1011,6 +1086,8 @@ const HELM_VERSIONS = {
     upgradeFlags: [],
     createNamespace: ['--create-namespace'],
     seconds: (s: number) => `${s}s`,
+    template: (release: string, dir: string) => ['template', release, dir],
+    serverDryRun: true,
     setup: [],
     // How helm refuses to upgrade a release that is pending-install/upgrade/rollback.
     pendingRefusal: /another operation \(install\/upgrade\/rollback\) is in progress/,
@@ -1030,6 +1107,8 @@ function makeHelm(major: 2 | 3, exec: Exec): Helm {
       '-f', `secrets/${release}.yaml`, ...extra,
     ],
     statusArgs: (release) => ['status', release, ...ns(release)],
+    templateArgs: (release, dir) => [...v.template(release, dir)],
+    serverDryRun: v.serverDryRun,
     repairArgs: (release, revision, timeoutSeconds) => revision === undefined
       ? ['uninstall', release, ...ns(release)]
       : ['rollback', release, String(revision), ...ns(release), '--wait', '--timeout', v.seconds(timeoutSeconds)],
@@ -1224,6 +1303,8 @@ interface ChartPlan extends Request, RepositoryFacts {
   readonly images: readonly ImageInfo[]
   /** Each image dir's last five commits, newest first (tags and cache candidates). */
   readonly history: ReadonlyMap<string, string[]>
+  /** secrets/<chart>.yaml: read (always for a deploy or a diff), or left out of a validation. */
+  readonly secretsFile?: ChartValidation['secrets']
 }
 
 /** What changes while a chart's run goes on. */
@@ -1240,6 +1321,11 @@ interface ChartState {
   /** When the run started (ms since the epoch) and how long it took. */
   startedAt?: number
   seconds?: number
+  dependenciesReady?: boolean
+  /** The server-side dry run, shared by validate and diff. */
+  preview?: Promise<Preview>
+  validation?: ChartValidation
+  diff?: ChartDiff
 }
 
 /** Where a chart's run writes and what it runs commands with. */
@@ -1314,7 +1400,7 @@ async function checkGit(request: Request, { exec, env }: Tools): Promise<string>
   const rev = await exec('git', ['rev-parse', '--is-shallow-repository', 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
   if (rev.exitCode !== 0) throw usageError(gitProblem(rev.stderr))
   const [shallow, commit] = rev.stdout.trim().split('\n')
-  if (shallow === 'true' && (request.phases.build || request.phases.deploy)) {
+  if (shallow === 'true' && (request.phases.build || request.phases.deploy || request.phases.diff)) {
     throw usageError('this is a shallow clone, so image tags would be wrong: run `git fetch --unshallow` (in CI, clone with full depth)')
   }
   return commit
@@ -1339,6 +1425,7 @@ function checkTools({ phases, config }: Request, env: NodeJS.ProcessEnv, setupPl
   if (setupPlan) [...setupSteps(setupPlan, config, []).map((step) => step.tool), 'kubectl', 'helm'].forEach((t) => needed.add(t))
   if (phases.build) needed.add('docker')
   if (phases.deploy) ['helm', 'kubectl'].forEach((t) => needed.add(t))
+  if (phases.validate || phases.diff) needed.add('helm')
   for (const tool of needed) if (!onPath(tool, env)) throw usageError(`${tool} not found on PATH: ${INSTALL_HINTS[tool]}`)
 }
 
@@ -1352,29 +1439,55 @@ async function checkRepository(request: Request, tools: Tools): Promise<Reposito
   const setupPlan = request.phases.setup ? planSetup(request, tools) : undefined
   if (!request.dryRun) checkTools(request, tools.env, setupPlan)
   const major = await helmMajorVersion(tools.exec, tools.env)
+  const { phases } = request
   if (!major) {
     if (request.dryRun) tools.out.print('# helm not found: planning for Helm 3')
-    else if (request.phases.setup || request.phases.deploy) throw usageError('could not tell the Helm version from `helm version`: install Helm 2 or 3')
+    else if (phases.setup || phases.deploy || phases.validate || phases.diff) throw usageError('could not tell the Helm version from `helm version`: install Helm 2 or 3')
   }
   if (major === 2 && setupPlan && !setupPlan.cluster.helm2) {
     throw usageError(`CLUSTER_PROVIDER=${request.config.CLUSTER_PROVIDER} needs Helm 3: Helm 2's tiller is set up only on gke, as the original did (https://helm.sh/docs/intro/install/)`)
   }
   if (request.recover && major === 2 && !request.dryRun) throw usageError('--recover needs Helm 3 (Helm 2 releases are repaired through tiller): drop --recover')
+  if (phases.diff && major && !HELM_VERSIONS[major].serverDryRun) throw usageError('--diff needs Helm 3 (it reads the release with `helm status -o json` and a server-side dry run): install Helm 3, or use --validate')
+  if (phases.diff && !request.dryRun && noClusterAccess(phases, tools.env)) throw usageError('--diff needs read access to the cluster: drop --no-setup, or point KUBECONFIG at a kubeconfig')
   return { commit, helmMajor: major ?? 3, setupPlan }
 }
 
 /** The chart's own checks (its Chart.yaml, its secret values, its image tags), giving its plan. */
 async function planChart(chart: string, request: Request, facts: RepositoryFacts, tools: Tools): Promise<ChartPlan> {
   checkChartYaml(chart)
-  if (request.phases.deploy) {
-    const file = `secrets/${chart}.yaml`
-    const fix = `create it with the chart's secret values and encrypt it with git-crypt (docs/adding-a-hub.md, step 3)`
-    secretFileFor(request, tools.out, file, 'the chart\'s secret values file', fix, (text) => checkSecretsYaml(file, text))
-  }
-  const needsImages = request.phases.build || request.phases.deploy
+  const { phases } = request
+  // Its values were registered as secrets before anything ran (collectFileSecrets); here it is checked.
+  const { secretsFile } = chartSecrets(chart, request, tools.out)
+  const needsImages = phases.build || phases.deploy || phases.validate || phases.diff
   const { images, history } = needsImages ? await chartImages(tools.exec, chart, request.config) : { images: [], history: new Map() }
   await checkCommitted(chart, request, images, tools)
-  return { ...request, ...facts, chart, chartDir: chartDir(chart), images, history }
+  return { ...request, ...facts, chart, chartDir: chartDir(chart), images, history, secretsFile }
+}
+
+/**
+ * secrets/<chart>.yaml as the run needs it: required for a deploy and a diff (which would
+ * otherwise compare against a release rendered with it), optional for a validation.
+ */
+function chartSecrets(chart: string, request: Request, out: Output): { secretsFile?: ChartValidation['secrets'] } {
+  const file = `secrets/${chart}.yaml`
+  const what = 'the chart\'s secret values file'
+  const fix = `create it with the chart's secret values and encrypt it with git-crypt (docs/adding-a-hub.md, step 3)`
+  const check = (text: string) => checkSecretsYaml(file, text)
+  const { phases } = request
+  if (phases.deploy || phases.diff) {
+    secretFileFor(request, out, file, what, fix, check)
+    return { secretsFile: 'used' }
+  }
+  if (!phases.validate) return {}
+  let text: string
+  try {
+    text = readSecretFile(file, what, fix)
+  } catch {
+    return { secretsFile: fs.existsSync(file) ? 'locked' : 'missing' }
+  }
+  check(text)
+  return { secretsFile: 'used' }
 }
 
 /**
@@ -2086,13 +2199,583 @@ async function releaseLock(r: ChartRun) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Validate and diff: what a deploy would change, checked and shown before it runs
+// (docs/workflow.md). Read-only for the cluster: helm lint/template, and with cluster access
+// `helm status` and `helm upgrade --install --dry-run=server`, which helm runs without writing.
+
+/** A Kubernetes object of a rendered manifest, identified by group, kind, namespace and name. */
+interface ManifestObject {
+  key: string
+  kind: string
+  namespace: string
+  name: string
+  body: Record<string, unknown>
+}
+
+/** Kinds that live outside namespaces: shown as `Kind/name`. */
+const CLUSTER_SCOPED = new Set([
+  'Namespace', 'Node', 'PersistentVolume', 'StorageClass', 'PriorityClass', 'ClusterRole', 'ClusterRoleBinding',
+  'CustomResourceDefinition', 'IngressClass', 'MutatingWebhookConfiguration', 'ValidatingWebhookConfiguration',
+  'APIService', 'RuntimeClass', 'PodSecurityPolicy', 'CSIDriver', 'VolumeSnapshotClass',
+])
+
+/** `Kind/namespace/name`, or `Kind/name` for a cluster-scoped object. */
+function objectId(o: Pick<ManifestObject, 'kind' | 'namespace' | 'name'>): string {
+  return o.namespace ? `${o.kind}/${o.namespace}/${o.name}` : `${o.kind}/${o.name}`
+}
+
+/**
+ * The objects of a multi-document manifest, in order. Objects without a namespace get the
+ * release's (as helm applies them); the API group, not the version, identifies an object,
+ * so a moved apiVersion is a change, not a removal and an addition.
+ */
+function parseManifest(text: string, namespace: string): ManifestObject[] {
+  const objects: ManifestObject[] = []
+  const add = (doc: unknown) => {
+    if (!doc || typeof doc !== 'object') return
+    const body = doc as { apiVersion?: string; kind?: string; metadata?: { name?: string; namespace?: string }; items?: unknown[] }
+    if (body.kind === 'List' && Array.isArray(body.items)) return body.items.forEach(add)
+    if (!body.kind || !body.metadata?.name) return
+    const ns = CLUSTER_SCOPED.has(body.kind) ? '' : body.metadata.namespace ?? namespace
+    const group = String(body.apiVersion ?? '').includes('/') ? String(body.apiVersion).split('/')[0] : ''
+    objects.push({ key: `${group}|${body.kind}|${ns}|${body.metadata.name}`, kind: body.kind, namespace: ns, name: body.metadata.name, body: body as Record<string, unknown> })
+  }
+  for (const doc of YAML.parseAllDocuments(text)) {
+    if (doc.errors.length) throw new DeployError(`manifest is not valid YAML: ${doc.errors[0].message.split('\n')[0]}`)
+    add(doc.toJS())
+  }
+  return objects
+}
+
+/** A Secret's values by key (stringData over data, both as bytes), and the object without them. */
+function splitSecret(body: Record<string, unknown>): { rest: Record<string, unknown>; values: Map<string, string> } {
+  const { data, stringData, ...rest } = body as { data?: Record<string, unknown>; stringData?: Record<string, unknown> }
+  const values = new Map<string, string>()
+  for (const [k, v] of Object.entries(data ?? {})) values.set(k, Buffer.from(String(v ?? ''), 'base64').toString('latin1'))
+  for (const [k, v] of Object.entries(stringData ?? {})) values.set(k, Buffer.from(String(v ?? ''), 'utf8').toString('latin1'))
+  return { rest, values }
+}
+
+const isSecret = (o: ManifestObject) => o.kind === 'Secret'
+
+/** The object as YAML with sorted keys, so that a reordered map is no change. */
+function objectYaml(body: Record<string, unknown>): string {
+  return YAML.stringify(body, { sortMapEntries: true, lineWidth: 0 })
+}
+
+/** Equal JSON-like values, map order ignored. */
+function sameValue(a: unknown, b: unknown): boolean {
+  if (a === b) return true
+  if (typeof a !== 'object' || typeof b !== 'object' || !a || !b || Array.isArray(a) !== Array.isArray(b)) return false
+  const ka = Object.keys(a)
+  const kb = Object.keys(b)
+  return ka.length === kb.length && ka.every((k) => Object.hasOwn(b, k) && sameValue((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]))
+}
+
+type EditOp = [' ' | '-' | '+', string]
+
+/** Beyond this many differing lines the edit script is "replace all" (Myers' trace grows as D·(N+M)). */
+const MAX_EDIT_DISTANCE = 2000
+
+/** The shortest line edit script from x to y (Myers' O((N+M)·D) algorithm). */
+function editScript(x: string[], y: string[]): EditOp[] {
+  const n = x.length
+  const m = y.length
+  const max = n + m
+  const v = new Int32Array(2 * max + 2)
+  const trace: Int32Array[] = []
+  search: for (let d = 0; d <= Math.min(max, MAX_EDIT_DISTANCE); d++) {
+    trace.push(v.slice())
+    for (let k = -d; k <= d; k += 2) {
+      let i = k === -d || (k !== d && v[max + k - 1] < v[max + k + 1]) ? v[max + k + 1] : v[max + k - 1] + 1
+      let j = i - k
+      while (i < n && j < m && x[i] === y[j]) i++, j++
+      v[max + k] = i
+      if (i >= n && j >= m) break search
+    }
+    if (d === MAX_EDIT_DISTANCE) return [...x.map((l) => ['-', l] as EditOp), ...y.map((l) => ['+', l] as EditOp)]
+  }
+  const ops: EditOp[] = []
+  let i = n
+  let j = m
+  for (let d = trace.length - 1; d >= 0; d--) {
+    const w = trace[d]
+    const k = i - j
+    const prevK = k === -d || (k !== d && w[max + k - 1] < w[max + k + 1]) ? k + 1 : k - 1
+    const prevI = w[max + prevK]
+    const prevJ = prevI - prevK
+    while (i > prevI && j > prevJ) ops.push([' ', x[--i]]), j--
+    if (d > 0) ops.push(i === prevI ? ['+', y[--j]] : ['-', x[--i]])
+  }
+  return ops.reverse()
+}
+
+/** A unified diff of two texts (`---`/`+++` labels, hunks with `context` lines); '' when equal. */
+export function unifiedDiff(before: string, after: string, labels: [string, string], context = 3): string {
+  const lines = (t: string) => (t === '' ? [] : t.replace(/\n$/, '').split('\n'))
+  const ops = editScript(lines(before), lines(after))
+  if (ops.every(([op]) => op === ' ')) return ''
+  const out = [`--- ${labels[0]}`, `+++ ${labels[1]}`]
+  // Line numbers (1-based) of each op in both texts.
+  let a = 1
+  let b = 1
+  const numbered = ops.map(([op, text]) => {
+    const at = { op, text, a, b }
+    if (op !== '+') a++
+    if (op !== '-') b++
+    return at
+  })
+  const changed = numbered.map((o, i) => (o.op === ' ' ? -1 : i)).filter((i) => i >= 0)
+  let start = 0
+  while (start < changed.length) {
+    let end = start
+    while (end + 1 < changed.length && changed[end + 1] - changed[end] <= 2 * context) end++
+    const from = Math.max(0, changed[start] - context)
+    const to = Math.min(numbered.length - 1, changed[end] + context)
+    const hunk = numbered.slice(from, to + 1)
+    const aLen = hunk.filter((o) => o.op !== '+').length
+    const bLen = hunk.filter((o) => o.op !== '-').length
+    const aStart = aLen ? hunk.find((o) => o.op !== '+')!.a : hunk[0].a - 1
+    const bStart = bLen ? hunk.find((o) => o.op !== '-')!.b : hunk[0].b - 1
+    out.push(`@@ -${aStart},${aLen} +${bStart},${bLen} @@`, ...hunk.map((o) => `${o.op}${o.text}`))
+    start = end + 1
+  }
+  return out.join('\n') + '\n'
+}
+
+/**
+ * Object by object, what changes from the release's manifest to the one the upgrade would
+ * apply. A Secret's `data`/`stringData` never reach the diff: only which keys changed.
+ */
+function diffObjects(current: ManifestObject[], next: ManifestObject[], labels: [string, string]): ObjectChange[] {
+  const old = new Map(current.map((o) => [o.key, o]))
+  const seen = new Set<string>()
+  const changes: ObjectChange[] = []
+  const secretKeys = (a: Map<string, string>, b: Map<string, string>) => ({
+    added: [...b.keys()].filter((k) => !a.has(k)).sort(),
+    removed: [...a.keys()].filter((k) => !b.has(k)).sort(),
+    changed: [...b.keys()].filter((k) => a.has(k) && a.get(k) !== b.get(k)).sort(),
+  })
+  const entry = (o: ManifestObject, change: ObjectChange['change'], diff = '', keys?: ObjectChange['secretKeys']): ObjectChange =>
+    ({ id: objectId(o), kind: o.kind, namespace: o.namespace, name: o.name, change, diff, ...(keys ? { secretKeys: keys } : {}) })
+  for (const o of next) {
+    seen.add(o.key)
+    const before = old.get(o.key)
+    const none = new Map<string, string>()
+    if (!before) {
+      changes.push(entry(o, 'added', '', isSecret(o) ? secretKeys(none, splitSecret(o.body).values) : undefined))
+      continue
+    }
+    if (isSecret(o)) {
+      const [a, b] = [splitSecret(before.body), splitSecret(o.body)]
+      const keys = secretKeys(a.values, b.values)
+      const keysChanged = keys.added.length + keys.removed.length + keys.changed.length > 0
+      if (sameValue(a.rest, b.rest) && !keysChanged) continue
+      const id = objectId(o)
+      changes.push(entry(o, 'changed', unifiedDiff(objectYaml(a.rest), objectYaml(b.rest), [`${id} ${labels[0]}`, `${id} ${labels[1]}`]), keys))
+    } else if (!sameValue(before.body, o.body)) {
+      const id = objectId(o)
+      changes.push(entry(o, 'changed', unifiedDiff(objectYaml(before.body), objectYaml(o.body), [`${id} ${labels[0]}`, `${id} ${labels[1]}`])))
+    }
+  }
+  for (const o of current) {
+    if (!seen.has(o.key)) changes.push(entry(o, 'removed', '', isSecret(o) ? secretKeys(splitSecret(o.body).values, new Map()) : undefined))
+  }
+  return changes
+}
+
+/** The summary line: `staginghub: 2 changed, 1 added, 0 removed`. */
+function diffSummary(chart: string, s: ChartDiff['summary']): string {
+  return `${chart}: ${s.changed} changed, ${s.added} added, ${s.removed} removed`
+}
+
+/** The text --diff prints for a chart: a header per object, its unified diff, the summary line. */
+function formatDiff(chart: string, objects: ObjectChange[], summary: ChartDiff['summary'], installed: boolean): string {
+  const lines: string[] = []
+  if (!installed) lines.push(`${chart} is not installed: every object is added`)
+  for (const o of objects) {
+    lines.push(`${o.id}: ${o.change}`)
+    if (o.diff) lines.push(o.diff.replace(/\n$/, ''))
+    const k = o.secretKeys
+    if (k) {
+      const parts = [['added', k.added], ['removed', k.removed], ['changed', k.changed]].filter(([, keys]) => keys.length)
+        .map(([what, keys]) => `${what} ${(keys as string[]).join(', ')}`)
+      if (parts.length) lines.push(`  secret keys ${parts.join('; ')} (values not shown)`)
+    }
+  }
+  lines.push(diffSummary(chart, summary))
+  return lines.join('\n') + '\n'
+}
+
+/** Applies `redact` to every string of a JSON-like value (text reaches other systems: mask it all). */
+function redactDeep<T>(value: T, redact: Secrets['redact']): T {
+  if (typeof value === 'string') return redact(value) as T
+  if (Array.isArray(value)) return value.map((v) => redactDeep(v, redact)) as T
+  if (value && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, redactDeep(v, redact)])) as T
+  return value
+}
+
+/**
+ * Problems in helm's output (`Error: ...`, lint's `[ERROR] ...`), each one line naming the
+ * chart, the file (as a repository path) and the values path when helm gives them.
+ */
+export function helmProblems(chart: string, dir: string, check: ValidationProblem['check'], output: string): ValidationProblem[] {
+  const blocks: string[] = []
+  let open = false
+  for (const line of output.split('\n')) {
+    const start = /^(?:Error: |\[ERROR\] )(.*)$/.exec(line)
+    if (start) {
+      blocks.push(start[1])
+      open = true
+    } else if (!line.trim() || /^(\[(INFO|WARNING)\]|==> |Use --debug)/.test(line)) {
+      open = false
+    } else if (open) {
+      blocks[blocks.length - 1] += `\n${line}`
+    }
+  }
+  const problems: ValidationProblem[] = []
+  const found = (p: Omit<ValidationProblem, 'check' | 'message'>, reason: string) => {
+    const where = [p.file, p.valuesPath && `values ${p.valuesPath}`].filter(Boolean).join(': ')
+    problems.push({ check, message: `${chart}: ${where ? `${where}: ` : ''}${reason}`, ...p })
+  }
+  /** helm's `<chart>/charts/<sub>/templates/x.yaml` as a repository path, and the subchart values prefix. */
+  const locate = (helmPath: string) => {
+    const rest = helmPath.split('/').slice(1).join('/')
+    const subcharts = [...rest.matchAll(/(?:^|\/)charts\/([^/]+)\//g)].map((m) => m[1].replace(/-\d[^/]*\.tgz$/, ''))
+    return { file: `${dir}/${rest}`, prefix: subcharts.map((s) => `${s}.`).join('') }
+  }
+  for (const block of blocks) {
+    let text = block.replace(/^(UPGRADE FAILED|INSTALLATION FAILED): /, '')
+    // Summaries and consequences of a problem reported on its own line.
+    if (/^\d+ chart\(s\) linted|^:? ?unable to load chart/.test(text)) continue
+    // lint names the file relative to the chart: `templates/: ...`, `values.yaml: ...`
+    const lintFile = /^([\w./-]+): /.exec(text)
+    let file: string | undefined
+    if (lintFile && check === 'lint' && !/^(template: |parse error)/.test(text)) {
+      text = text.slice(lintFile[0].length)
+      if (!lintFile[1].endsWith('/')) file = `${dir}/${lintFile[1]}`
+    }
+    const load = /^cannot load ([\w./-]+): ([\s\S]*)$/.exec(text)
+    if (load) [file, text] = [`${dir}/${load[1]}`, load[2]]
+    const badYaml = /^(?:unable to parse YAML: )?error converting YAML to JSON: (?:yaml: )?([\s\S]*)$/.exec(text)
+    if (badYaml) text = `not valid YAML: ${badYaml[1]}`
+    const schema = /values don't meet the specifications of the schema\(s\) in the following chart\(s\):\n([\s\S]*)/.exec(text)
+    if (schema) {
+      let sub = ''
+      for (const line of schema[1].split('\n')) {
+        const name = /^(\S+):$/.exec(line.trim())?.[1]
+        if (name) sub = name
+        const item = /^- (.+?): (.+)$/.exec(line.trim())
+        if (!item) continue
+        const own = sub === chart || sub === ''
+        const at = item[1] === '(root)' ? '' : item[1]
+        const valuesPath = [own ? '' : sub, at].filter(Boolean).join('.') || '(root)'
+        // A dependency's schema is inside its archive in charts/: name it instead of a path.
+        found(own ? { file: `${dir}/values.schema.json`, valuesPath } : { valuesPath }, own ? item[2] : `${item[2]} (values.schema.json of ${sub})`)
+      }
+      continue
+    }
+    const oneLine = text.replace(/\s*\n\s*/g, ' ').trim()
+    const parsed = /^failed to parse ([^:]+): (?:error converting YAML to JSON: )?(.*)$/.exec(oneLine)
+    if (parsed) {
+      found({ file: parsed[1] }, `not valid YAML: ${parsed[2].replace(/^yaml: /, '')}`)
+      continue
+    }
+    const ref = /(?:template: |parse error at \(|YAML parse error on )([\w.-]+(?:\/[\w.-]+)+?\.(?:ya?ml|tpl|txt|json))((?::\d+){0,2})/.exec(oneLine)
+    if (ref) {
+      const { file: where, prefix } = locate(ref[1])
+      const value = /<\.Values\.([\w.]+)>/.exec(oneLine)?.[1]
+      const reason = oneLine
+        .replace(/^template: \S+: /, '').replace(/^parse error at \([^)]*\): /, '').replace(/^YAML parse error on \S+: /, '')
+        .replace(/executing "[^"]*" /, '')
+      found({ file: `${where}${ref[2]}`, ...(value ? { valuesPath: `${prefix}${value}` } : {}) }, reason)
+      continue
+    }
+    found(file ? { file } : {}, oneLine)
+  }
+  return uniqueProblems(problems)
+}
+
+/** Problems found twice (lint and template often report the same one): keep the first. */
+function uniqueProblems(problems: ValidationProblem[]): ValidationProblem[] {
+  const seen = new Set<string>()
+  return problems.filter((p) => {
+    const key = `${p.file ?? ''}|${p.valuesPath ?? ''}|${p.message.split(': ').at(-1)}`
+    return !seen.has(key) && !!seen.add(key)
+  })
+}
+
+
+/** The `--set-string` arguments of one image: the chart's image tag. */
+function imageSetArgs(image: ImageInfo): string[] {
+  return ['--set-string', `jupyterhub.${image.kind === 'user' ? 'singleuser' : 'hub'}.image.tag=${image.tag}`]
+}
+
+/** The values exactly as the deploy passes them: secrets/<chart>.yaml when the run has it, then the image tags. */
+function valuesArgs({ plan }: ChartRun): string[] {
+  const secrets = plan.secretsFile === 'used' ? ['-f', `secrets/${plan.chart}.yaml`] : []
+  return [...secrets, ...plan.images.flatMap(imageSetArgs)]
+}
+
+/** Why the run cannot reach a cluster, or undefined when it can: setup runs, or a kubeconfig exists. */
+function noClusterAccess(phases: Phases, env: NodeJS.ProcessEnv): string | undefined {
+  if (phases.setup) return undefined
+  const files = (env.KUBECONFIG || path.join(env.HOME ?? os.homedir(), '.kube', 'config')).split(path.delimiter)
+  return files.some((f) => f && fs.existsSync(f)) ? undefined : 'no cluster access (--no-setup and no kubeconfig)'
+}
+
+/**
+ * The chart's dependencies for validate and diff: none to fetch when charts/ holds every
+ * archive Chart.lock names; `helm dep build` from the lock; `helm dep up` without one (or
+ * when the lock no longer matches Chart.yaml). Once per run.
+ */
+async function chartDependencies({ plan, state, exec, out }: ChartRun) {
+  if (state.dependenciesReady) return
+  const dir = plan.chartDir
+  const read = (file: string) => (fs.existsSync(`${dir}/${file}`) ? YAML.parse(fs.readFileSync(`${dir}/${file}`, 'utf8')) ?? {} : {})
+  type Dependency = { name: string; version?: string }
+  const wanted: Dependency[] = read('Chart.yaml').dependencies ?? read('requirements.yaml').dependencies ?? []
+  state.dependenciesReady = true
+  if (wanted.length === 0) return
+  const lockFile = ['Chart.lock', 'requirements.lock'].find((f) => fs.existsSync(`${dir}/${f}`))
+  const locked: Dependency[] = lockFile ? read(lockFile).dependencies ?? [] : []
+  const cached = lockFile && wanted.every((d) => {
+    const l = locked.find((x) => x.name === d.name)
+    const pinned = d.version && /^\d+\.\d+\.\d+$/.test(d.version) ? d.version === l?.version : true
+    return l && pinned && fs.existsSync(`${dir}/charts/${d.name}-${l.version}.tgz`)
+  })
+  if (cached) {
+    out.info(`${dir}: dependencies already in ${dir}/charts/ as ${lockFile} names them`)
+    return
+  }
+  const opts = { cwd: dir, timeout: '5m', capture: true, nothrow: true } as const
+  let r = lockFile ? await exec('helm', ['dep', 'build'], opts) : undefined
+  if (!r || /out of sync/.test(r.stderr)) r = await exec('helm', ['dep', 'up'], opts)
+  if (r.exitCode !== 0) throw new DeployError(`${plan.chart}: ${dir}: could not fetch the chart's dependencies: ${tail(r.stderr || r.stdout, 1).replace(/^Error: /, '')}`)
+}
+
+interface Preview {
+  exitCode: number
+  stderr: string
+  /** The manifest the upgrade would apply. */
+  manifest: string
+}
+
+/**
+ * `helm upgrade --install --dry-run=server`, with the deploy's values: the API server's view
+ * (capabilities, lookups, every object built against its schema), and nothing written.
+ * Shared by validate and diff.
+ */
+function upgradePreview(r: ChartRun): Promise<Preview> {
+  const { plan, state, exec } = r
+  const { chart } = plan
+  state.preview ??= (async () => {
+    const args = ['upgrade', '--install', '--namespace', chart, chart, plan.chartDir, '--dry-run=server', '--output', 'json', ...valuesArgs(r)]
+    // The output holds every rendered Secret and the values: captured, parsed, never printed.
+    const done = await exec('helm', args, { capture: true, nothrow: true, timeout: `${plan.config.helmTimeoutSeconds}s` })
+    if (done.exitCode !== 0 || plan.dryRun) return { exitCode: done.exitCode, stderr: done.stderr, manifest: '' }
+    try {
+      return { exitCode: 0, stderr: done.stderr, manifest: String(JSON.parse(done.stdout).manifest ?? '') }
+    } catch {
+      return { exitCode: 1, stderr: `Error: helm upgrade --dry-run=server --output json printed no release (${done.stdout.length} bytes)`, manifest: '' }
+    }
+  })()
+  return state.preview
+}
+
+/** Helm's words when it could not reach the API server at all (as opposed to a refused object). */
+const UNREACHABLE = /Kubernetes cluster unreachable|connection refused|no such host|i\/o timeout|dial tcp/
+
+/**
+ * --validate: dependencies, `helm lint`, a render with the deploy's values, and with cluster
+ * access the server-side dry run. Every problem is one ERROR line; an invalid chart fails the
+ * run (exit 1). The result is `state.validation` (ctx.validation for plugins).
+ */
+async function validate(r: ChartRun) {
+  const { plan, state, exec, out, helm, env } = r
+  const { chart, chartDir: dir } = plan
+  const { redact } = r.invocation.secrets
+  const result: ChartValidation = { chart, valid: true, secrets: plan.secretsFile ?? 'used', serverSide: 'skipped', objects: 0, errors: [], warnings: [], text: '' }
+  state.validation = result
+  const text: string[] = []
+  const say = (line: string, how: 'print' | 'warn' | 'error' = 'print') => {
+    text.push(redact(line))
+    if (how === 'print') out.print(line)
+    else out[how](line)
+  }
+  if (result.secrets !== 'used') {
+    say(`${chart}: secrets/${chart}.yaml is ${result.secrets === 'locked' ? 'locked (git-crypt)' : 'missing'}: validating without it, so values that need it are not checked`, 'warn')
+  }
+  const ns = ['--namespace', chart]
+  const values = valuesArgs(r)
+  const problems = (check: ValidationProblem['check'], done: CommandResult) => {
+    if (done.exitCode === 0) return []
+    const found = helmProblems(chart, dir, check, `${done.stderr}\n${done.stdout}`)
+    return found.length ? found : [{ check, message: `${chart}: helm ${check} failed: ${tail(done.stderr || done.stdout, 1)}` }]
+  }
+  try {
+    await chartDependencies(r)
+  } catch (e) {
+    result.errors.push({ check: 'dependencies', message: (e as Error).message })
+    result.serverSideNote = 'the chart did not render'
+  }
+  const quiet = { capture: true, nothrow: true, timeout: '5m' } as const
+  if (result.errors.length === 0) {
+    const lint = await exec('helm', ['lint', dir, ...ns, ...values], quiet)
+    for (const m of lint.stdout.matchAll(/^\[WARNING\] (.*)$/gm)) result.warnings.push(`${chart}: ${dir}/${m[1]}`)
+    const template = await exec('helm', [...helm.templateArgs(chart, dir), ...ns, ...values], quiet)
+    if (template.exitCode === 0 && !plan.dryRun) result.objects = parseManifest(template.stdout, chart).length
+    result.errors.push(...problems('lint', lint), ...problems('render', template))
+    const why = helm.serverDryRun ? noClusterAccess(plan.phases, env) : `Helm ${helm.major} has no server-side dry run`
+    if (why) {
+      result.serverSideNote = why
+    } else if (result.errors.length === 0) {
+      const preview = await upgradePreview(r)
+      if (preview.exitCode === 0) {
+        result.serverSide = 'checked'
+      } else if (UNREACHABLE.test(preview.stderr)) {
+        result.serverSideNote = `cluster unreachable: ${tail(preview.stderr, 1).replace(/^Error: /, '')}`
+      } else {
+        result.serverSide = 'checked'
+        result.errors.push(...problems('server', { stdout: '', ...preview }))
+      }
+    } else {
+      result.serverSideNote = 'the chart did not render'
+    }
+  }
+  if (plan.dryRun) {
+    state.validation = undefined
+    return
+  }
+  result.errors = uniqueProblems(result.errors)
+  result.valid = result.errors.length === 0
+  for (const w of result.warnings) say(w, 'warn')
+  for (const p of result.errors) say(p.message, 'error')
+  const server = result.serverSide === 'checked' ? 'checked by the API server' : `server-side check skipped: ${result.serverSideNote}`
+  const count = `${result.errors.length} problem${result.errors.length > 1 ? 's' : ''}`
+  say(result.valid ? `${chart}: valid (helm lint, ${result.objects} objects rendered, ${server})` : `${chart}: invalid: ${count}`)
+  result.text = text.join('\n') + '\n'
+  Object.assign(result, redactDeep(result, redact))
+  if (!result.valid) throw new DeployError(`validation of ${chart} failed: ${count} (listed above)`)
+}
+
+interface Release {
+  revision: number
+  manifest: string
+  /** The values the release was installed with (user-supplied, secrets included). */
+  config: Record<string, unknown>
+}
+
+/**
+ * What the release has now, as helm stores it (what `helm get manifest` prints), at the
+ * revision an upgrade compares against: the last deployed one (the last one when none is).
+ * Undefined when the chart is not installed.
+ */
+async function currentRelease({ plan, exec, helm }: ChartRun): Promise<Release | undefined> {
+  const { chart } = plan
+  const status = (extra: string[]) =>
+    exec('helm', [...helm.statusArgs(chart), ...extra, '--output', 'json'], { capture: true, nothrow: true, timeout: '2m' })
+  const parse = (done: CommandResult, what: string) => {
+    if (done.exitCode !== 0) throw new DeployError(`${chart}: could not read ${what}: ${tail(done.stderr, 1).replace(/^Error: /, '')}`)
+    try {
+      return JSON.parse(done.stdout)
+    } catch {
+      throw new DeployError(`${chart}: could not read ${what}: \`helm status --output json\` printed no JSON`)
+    }
+  }
+  const last = await status([])
+  if (last.exitCode !== 0 && /release: not found/.test(last.stderr)) return undefined
+  let release = parse(last, 'the release')
+  if (release.info?.status !== 'deployed') {
+    const history = await helm.history(chart)
+    const deployed = 'revisions' in history ? [...history.revisions].reverse().find((h) => h.status === 'deployed') : undefined
+    if (deployed && deployed.revision !== release.version) release = parse(await status(['--revision', String(deployed.revision)]), `revision ${deployed.revision}`)
+  }
+  return { revision: release.version, manifest: release.manifest ?? '', config: release.config ?? {} }
+}
+
+/** The values a deploy sets that are no secret: the image tags (imageSetArgs). */
+const IMAGE_TAG_VALUE = /^jupyterhub\.(singleuser|hub)\.image\.tag$/
+
+/**
+ * Registers the values the release was installed with: what a deploy passes is
+ * secrets/<chart>.yaml and the image tags, so these are the old secrets, including those
+ * the file no longer has. Masked like the new ones.
+ */
+function addOldSecrets({ invocation }: ChartRun, config: Record<string, unknown>) {
+  const walk = (value: unknown, at: string) => {
+    if (value && typeof value === 'object') {
+      for (const [k, v] of Object.entries(value)) walk(v, at ? `${at}.${k}` : k)
+    } else if ((typeof value === 'string' || typeof value === 'number') && !IMAGE_TAG_VALUE.test(at)) {
+      invocation.secrets.add(String(value))
+    }
+  }
+  walk(config, '')
+}
+
+/**
+ * --diff: object by object, the release's manifest against the one the upgrade would apply.
+ * Read-only: helm status/history and a server-side dry run. The result is `state.diff`
+ * (ctx.diff for plugins); the text goes to the chart's output.
+ */
+async function diffChart(r: ChartRun) {
+  const { plan, state, exec, out, helm } = r
+  const { chart } = plan
+  await chartDependencies(r)
+  if (plan.dryRun) {
+    await exec('helm', [...helm.statusArgs(chart), '--output', 'json'])
+    await upgradePreview(r)
+    return
+  }
+  const current = await currentRelease(r)
+  if (current) addOldSecrets(r, current.config)
+  const preview = await upgradePreview(r)
+  if (preview.exitCode !== 0) {
+    const first = helmProblems(chart, plan.chartDir, 'server', preview.stderr)[0]?.message ?? `${chart}: ${tail(preview.stderr, 1)}`
+    throw new DeployError(`helm upgrade --dry-run=server failed: ${first}`)
+  }
+  const labels: [string, string] = [current ? `(revision ${current.revision})` : '(not installed)', `(${plan.commit.slice(0, 7)})`]
+  const found = await diffManifests(current?.manifest, preview.manifest, chart, labels)
+  state.diff = redactDeep({ chart, namespace: chart, revision: current?.revision, ...found }, r.invocation.secrets.redact)
+  out.print(state.diff.text)
+}
+
+/**
+ * The whole comparison of a release's manifest (undefined: not installed) with the next one,
+ * in the release's namespace `chart`: objects, summary and text, not yet masked.
+ */
+export async function diffManifests(current: string | undefined, next: string, chart: string, labels: [string, string]): Promise<Pick<ChartDiff, 'summary' | 'objects' | 'text'>> {
+  YAML ??= (await import('yaml')).default
+  const after = parseManifest(next, chart)
+  const objects = diffObjects(parseManifest(current ?? '', chart), after, labels)
+  const count = (c: ObjectChange['change']) => objects.filter((o) => o.change === c).length
+  const summary = { changed: count('changed'), added: count('added'), removed: count('removed'), unchanged: 0 }
+  summary.unchanged = after.length - summary.changed - summary.added
+  return { summary, objects, text: formatDiff(chart, objects, summary, current !== undefined) }
+}
+
+/** The stable --json document of --validate/--diff (docs/workflow.md). */
+function previewReport(runs: ChartRun[], redact: Secrets['redact']) {
+  return redactDeep({
+    version: 1,
+    charts: runs.map(({ plan, state }) => ({
+      chart: plan.chart,
+      result: state.result ?? 'not run',
+      error: state.error?.message ?? null,
+      validation: state.validation ?? null,
+      diff: state.diff ?? null,
+    })),
+  }, redact)
+}
+
+// ---------------------------------------------------------------------------------------
 // Deploy
 
 /** The --set-string arguments that point the chart at this commit's images. */
 function imageArgs({ plan, out }: ChartRun): string[] {
   return plan.images.flatMap((image) => {
     out.print(`Using ${image.spec} as ${image.kind} image for ${plan.chart}`)
-    return ['--set-string', `jupyterhub.${image.kind === 'user' ? 'singleuser' : 'hub'}.image.tag=${image.tag}`]
+    return imageSetArgs(image)
   })
 }
 
@@ -2341,6 +3024,8 @@ function hookContext({ plan, state, exec, out, helm, invocation }: ChartRun, plu
     parseDuration,
     duration: (key, fallback, range = [1, 24 * 3600]) => checkDuration(key, plan.config.env[key]?.trim() || fallback, range),
     revision: state.revision,
+    validation: state.validation,
+    diff: state.diff,
     ...failure,
   }
 }
@@ -2424,6 +3109,8 @@ async function runPhases(r: ChartRun) {
     await phase(r, 'build', () => build(r, (hook) => runHook(r, hook)))
     await runHook(r, 'afterBuild')
   }
+  if (phases.validate) await phase(r, 'validate', () => validate(r))
+  if (phases.diff) await phase(r, 'diff', () => diffChart(r))
   if (phases.deploy) {
     const pluginArgs = await runHook(r, 'beforeDeploy')
     await phase(r, 'deploy', () => deploy(r, pluginArgs))
@@ -2489,7 +3176,10 @@ function cleanup({ state, invocation }: ChartRun) {
 /** The staging chart first (nothing else deploys if it fails), then the rest, `parallel` at a time. */
 async function executeAll(runs: ChartRun[], parallel: number, signal: AbortSignal) {
   const queue = [...runs]
-  if (queue[0].plan.chart === queue[0].plan.config.STAGING_CHART) {
+  // Only a deploy waits for staging: validations and diffs of every chart are wanted, whatever staging's.
+  const { phases } = queue[0].plan
+  const previewOnly = (phases.validate || phases.diff) && !phases.deploy
+  if (queue[0].plan.chart === queue[0].plan.config.STAGING_CHART && !previewOnly) {
     const staging = queue.shift()!
     // With other charts to follow, staging's live output is its own group, as their blocks are.
     const title = `deploy ${staging.plan.chart}`
@@ -2545,13 +3235,19 @@ the staging chart goes first and the others follow only if it succeeds.
   --build           build the user and hub images that need it
   --push            push what was built (only with --build)
   --deploy          helm upgrade the chart, then wait for its deployments
+  --validate        check the chart without deploying: helm lint and a render with the
+                    deploy's values; with cluster access also a server-side dry run.
+                    On its own it skips setup
+  --diff            show what --deploy would change in the cluster, object by object
+                    (read-only; runs before --deploy when both are given)
   --dry-run         announce the commands the run would execute; runs nothing
   --recover         repair a release an interrupted run left pending, then deploy
   --plugin NAME     load plugins/NAME.ts (the repository's, else the one shipped with
                     deploy.ts) or a path; repeatable; also DEPLOY_PLUGINS
   --parallel N      charts deployed at once after the staging chart (default: all, at most 8)
   --changed RANGE   print the charts whose files RANGE changed, one per line
-  --json            with --changed: print them as a JSON array (a CI matrix)
+  --json            with --changed: print them as a JSON array (a CI matrix); with
+                    --validate/--diff: print the results as one JSON document
   --env-file FILE   read configuration from FILE instead of .env
   --dotenv FILE     the same; prefer it under Node 20, which stops on a missing --env-file itself (exit 9)
   --list            print the charts this repository has
@@ -2570,7 +3266,7 @@ promotion), 130/143 interrupted (SIGINT/SIGTERM).`
 const DEFAULT_PARALLEL = 8
 
 const FLAGS = {
-  boolean: ['setup', 'build', 'push', 'deploy', 'dry-run', 'recover', 'list', 'verbose', 'version', 'help', 'json'],
+  boolean: ['setup', 'build', 'push', 'deploy', 'validate', 'diff', 'dry-run', 'recover', 'list', 'verbose', 'version', 'help', 'json'],
   string: ['env-file', 'plugin', 'parallel', 'changed'],
 }
 
@@ -2597,20 +3293,20 @@ function parseArgs(argv: string[]) {
 function checkCombination(args: minimist.ParsedArgs) {
   if (args.help || args.version) return
   const given = (flag: string) => args[flag] === true || typeof args[flag] === 'string'
-  const phaseFlags = ['build', 'push', 'deploy', 'recover', 'dry-run', 'plugin', 'parallel'].filter(given)
+  const phaseFlags = ['build', 'push', 'deploy', 'validate', 'diff', 'recover', 'dry-run', 'plugin', 'parallel'].filter(given)
   const drop = phaseFlags.length ? `--${phaseFlags[0]}` : 'the chart names'
   if (args.changed !== undefined) {
     if (phaseFlags.length || args._.length) throw usageError(`--changed only lists charts: drop ${drop} (run the deploy as its own command)`)
     return
   }
-  if (args.json) throw usageError('--json only applies to --changed: add --changed RANGE or drop --json')
+  if (args.json && !args.validate && !args.diff) throw usageError('--json only applies to --changed, --validate or --diff: add one of them or drop --json')
   if (args.list) {
     if (phaseFlags.length || args._.length) throw usageError(`--list only lists charts: drop ${drop}`)
     return
   }
   if (args.push && !args.build) throw usageError('--push pushes only what this run builds: add --build (or drop --push)')
   if (args.recover && !args.deploy) throw usageError('--recover repairs a release before deploying it: add --deploy (or drop --recover)')
-  if (!args.setup && !args.build && !args.deploy) throw usageError('nothing to do: --no-setup without --build or --deploy runs no phase; add one of them')
+  if (!args.setup && !args.build && !args.deploy && !args.validate && !args.diff) throw usageError('nothing to do: --no-setup without --build, --deploy, --validate or --diff runs no phase; add one of them')
 }
 
 function version(): string {
@@ -2642,11 +3338,16 @@ function chartNames(args: Args, config: Config, charts: string[]): string[] {
   return names.sort((a, b) => Number(b === config.STAGING_CHART) - Number(a === config.STAGING_CHART))
 }
 
-/** A chart's output and command runner; with several charts, prefixed and (but for the staging chart) held. */
-function chartTools(invocation: Invocation, request: Request, config: Config, chart: string, many: boolean): Tools {
+/**
+ * A chart's output and command runner; with several charts, prefixed and (but for the staging
+ * chart, which runs alone) held and printed as one block each; with `json`, everything on
+ * stderr (stdout carries the JSON document).
+ */
+function chartTools(invocation: Invocation, request: Request, config: Config, chart: string, many: boolean, json: boolean): Tools {
   const env: NodeJS.ProcessEnv = { ...config.env }
-  // Only the staging chart, which runs alone, streams; the others are held and printed as one block each.
-  const out = many ? new Output(invocation.secrets, `[${chart}] `, chart !== config.STAGING_CHART, false) : new Output(invocation.secrets)
+  const out = json
+    ? new Output(invocation.secrets, many ? `[${chart}] ` : '', false, false, 'stderr')
+    : many ? new Output(invocation.secrets, `[${chart}] `, chart !== config.STAGING_CHART, false) : new Output(invocation.secrets)
   const heartbeatSeconds = process.stdout.isTTY ? 0 : config.heartbeatSeconds
   return { env, out, invocation, exec: makeExec({ env, dryRun: request.dryRun, out, heartbeatSeconds, invocation }) }
 }
@@ -2675,13 +3376,23 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
   YAML ??= (await import('yaml')).default
   collectFileSecrets(invocation.secrets, config, names)
   const request: Request = {
-    phases: { setup: args.setup, build: args.build, push: args.build && args.push, deploy: args.deploy },
+    phases: {
+      // --validate needs no cluster: on its own it skips setup (a kubeconfig of your own still enables the server-side check).
+      setup: args.setup && (args.build || args.deploy || args.diff || !args.validate),
+      build: args.build,
+      push: args.build && args.push,
+      deploy: args.deploy,
+      validate: args.validate,
+      diff: args.diff,
+    },
     config,
     dryRun: args['dry-run'],
     recover: args.recover,
     plugins: await loadPlugins(pluginNames(args, config), invocation.secrets),
   }
-  const tools = names.map((chart) => chartTools(invocation, request, config, chart, names.length > 1))
+  // --json with --validate/--diff: stdout carries one JSON document, everything else goes to stderr.
+  const json = args.json && (args.validate || args.diff)
+  const tools = names.map((chart) => chartTools(invocation, request, config, chart, names.length > 1, json))
   const facts = await checkRepository(request, tools[0])
   const runs = await Promise.all(names.map(async (chart, i): Promise<ChartRun> => {
     const plan = await planChart(chart, request, facts, tools[i])
@@ -2696,9 +3407,11 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
     if (invocation.cancelled) for (const r of runs) r.out.flush(`deploy ${r.plan.chart}`)
   }
   if (invocation.cancelled) return invocation.cancelled === 'SIGINT' ? EXIT.sigint : EXIT.sigterm
-  printSummary(log, runs)
+  if (json) process.stdout.write(JSON.stringify(previewReport(runs, invocation.secrets.redact), null, 2) + '\n')
+  printSummary(json ? new Output(invocation.secrets, '', false, false, 'stderr') : log, runs)
   const failed = runs.find((r) => r.state.result === 'failed')
-  if (runs.length === 1 && failed) throw failed.state.error
+  // With --json, stdout ends with the JSON document: no `::error::` line after it.
+  if (runs.length === 1 && failed && !json) throw failed.state.error
   return failed ? failed.state.error!.exitCode : EXIT.ok
 }
 

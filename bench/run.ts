@@ -9,9 +9,10 @@ import { p3 } from './p3-startup.ts'
 import { p4 } from './p4-commands.ts'
 import { p5 } from './p5-many-hubs.ts'
 import { p6 } from './p6-install.ts'
+import { p7 } from './p7-diff.ts'
 import { type Bench, type BenchResult, cleanScratch, load1, loadResults, machine, REPORT, saveResult, table } from './lib.ts'
 
-const ALL: Bench[] = [p1, p2, p3, p4, p5, p6]
+const ALL: Bench[] = [p1, p2, p3, p4, p5, p6, p7]
 
 /**
  * What docs/performance.md shows now, per benchmark: its summary row's cells and its section.
@@ -78,7 +79,7 @@ function render(results: BenchResult[]): string {
     '```sh',
     'npm ci',
     'bash test/services.sh start      # Docker engine + registry on 127.0.0.1:5000 (P1)',
-    'npm run bench                    # all six, about 8 to 12 minutes; rewrites this file',
+    'npm run bench                    # all seven, about 8 to 12 minutes; rewrites this file',
     'npm run bench -- P3              # one (or several) by name; the others keep their stored result',
     'bash test/services.sh stop',
     '```',

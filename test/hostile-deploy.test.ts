@@ -233,12 +233,12 @@ test('deployment names the cluster returns reach kubectl only as deployment.apps
 for (const [args, message] of [
   [['--no-setup', '--push', 'staginghub'], '--push pushes only what this run builds: add --build (or drop --push)'],
   [['--no-setup', '--recover', 'staginghub'], '--recover repairs a release before deploying it: add --deploy (or drop --recover)'],
-  [['--json', 'staginghub'], '--json only applies to --changed: add --changed RANGE or drop --json'],
+  [['--json', 'staginghub'], '--json only applies to --changed, --validate or --diff: add one of them or drop --json'],
   [['--changed', 'HEAD~1..HEAD', '--deploy'], '--changed only lists charts: drop --deploy (run the deploy as its own command)'],
   [['--changed', 'HEAD~1..HEAD', 'staginghub'], '--changed only lists charts: drop the chart names'],
   [['--list', '--deploy'], '--list only lists charts: drop --deploy'],
-  [['--no-setup', 'staginghub'], 'nothing to do: --no-setup without --build or --deploy runs no phase; add one of them'],
-  [['--no-setup', '--plugin', 'x', 'staginghub'], 'nothing to do: --no-setup without --build or --deploy runs no phase'],
+  [['--no-setup', 'staginghub'], 'nothing to do: --no-setup without --build, --deploy, --validate or --diff runs no phase; add one of them'],
+  [['--no-setup', '--plugin', 'x', 'staginghub'], 'nothing to do: --no-setup without --build, --deploy, --validate or --diff runs no phase'],
 ] as const) {
   test(`deploy.ts ${args.join(' ')}: exit 2 naming the fix`, async () => {
     refused(await runDeploy(makeRepo(), [...args]), message)

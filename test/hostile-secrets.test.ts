@@ -376,7 +376,7 @@ test('an exported bash function named like a tool (BASH_FUNC_helm%%) does not re
 
 for (const [args, message] of [
   [['--plugin=', ...DEPLOY], /^ERROR: --plugin needs a value: a plugin name or path$/],
-  [['--json', 'staginghub'], /^ERROR: --json only applies to --changed RANGE; add --changed or drop --json$/],
+  [['--json', 'staginghub'], /^ERROR: --json only applies to --changed, --validate or --diff: add one of them or drop --json$/],
   [['--changed', 'HEAD~1..HEAD', 'staginghub'], /^ERROR: --changed takes no chart names \(got staginghub\)/],
   [['--no-setup', '--recover', 'staginghub'], /^ERROR: --recover repairs a release before deploying it: add --deploy$/],
   [['--list', '--deploy'], /^ERROR: --list only prints charts; --deploy does nothing with it: run the deploy separately$/],

@@ -137,7 +137,7 @@ describe('plugins', { concurrency: 8 }, () => {
     const hubTag = git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', 'hub-images/staginghub')
     for (const e of seenA) {
       assert.equal(e.chart, 'staginghub')
-      assert.deepEqual(e.phases, { setup: true, build: true, push: true, deploy: true })
+      assert.deepEqual(e.phases, { setup: true, build: true, push: true, deploy: true, validate: false, diff: false })
       assert.equal(e.commit, head)
       assert.equal(e.helmMajor, 3)
       assert.equal(e.dryRun, false)
