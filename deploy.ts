@@ -97,6 +97,7 @@ export const DEFAULTS = {
   BUILD_TIMEOUT: '60m',
   HOOK_TIMEOUT: '15m',
   STAGING_CHART: 'staginghub',
+  ROLLBACK_ON_FAILURE: 'false',
   DEPLOY_PLUGINS: '',
 }
 
@@ -107,6 +108,8 @@ export type Config = typeof DEFAULTS & {
   heartbeatSeconds: number
   buildTimeoutSeconds: number
   hookTimeoutSeconds: number
+  /** ROLLBACK_ON_FAILURE (also --rollback-on-failure). */
+  rollbackOnFailure: boolean
   /** Everything from .env and the environment, for plugins' own keys. */
   env: Record<string, string | undefined>
 }
@@ -154,6 +157,11 @@ export function loadConfig(envFile: string | undefined, environment = process.en
     if (!(s > 0)) throw usageError(`${key}=${values[key]}: not a duration; use seconds or e.g. 90s, 10m, 1h`)
     return s
   }
+  const flag = (key: 'ROLLBACK_ON_FAILURE') => {
+    if (/^(true|1|yes|on)$/i.test(values[key])) return true
+    if (/^(false|0|no|off)$/i.test(values[key])) return false
+    throw usageError(`${key}=${values[key]}: use true or false`)
+  }
   return {
     ...values,
     helmTimeoutSeconds: seconds('HELM_TIMEOUT'),
@@ -161,6 +169,7 @@ export function loadConfig(envFile: string | undefined, environment = process.en
     heartbeatSeconds: seconds('HEARTBEAT_INTERVAL'),
     buildTimeoutSeconds: seconds('BUILD_TIMEOUT'),
     hookTimeoutSeconds: seconds('HOOK_TIMEOUT'),
+    rollbackOnFailure: flag('ROLLBACK_ON_FAILURE'),
     env,
   }
 }
@@ -237,7 +246,7 @@ export interface Helm {
   readonly setup: readonly (readonly string[])[]
   upgradeArgs(release: string, chartDir: string, timeoutSeconds: number, extra: string[]): string[]
   statusArgs(release: string): string[]
-  /** `helm rollback` to `revision`, or, with none deployed, uninstall. */
+  /** `helm rollback` to `revision` (waiting for it), or, with none deployed, uninstall. */
   repairArgs(release: string, revision: number | undefined, timeoutSeconds: number): string[]
   /** The release's revisions, oldest first, or why helm could not list them. */
   history(release: string): Promise<{ revisions: ReleaseRevision[] } | { error: string }>
@@ -290,6 +299,10 @@ export interface HookContext {
   error?: DeployError
   failedPhase?: Phase
   reason?: 'failed' | 'cancelled'
+  /** `fail` only, with --rollback-on-failure: the revision the release was rolled back to. */
+  rolledBackTo?: number
+  /** `fail` only: the rollback was tried and failed (one line: what and why). */
+  rollbackError?: string
 }
 
 /**
@@ -685,6 +698,7 @@ const HELM_VERSIONS = {
     upgradeFlags: ['--force'],
     createNamespace: [],
     seconds: (s: number) => String(s),
+    uninstall: ['delete', '--purge'],
     // Setup installs or upgrades tiller, then waits for it.
     setup: [
       ['helm', 'init', '--upgrade'],
@@ -697,6 +711,7 @@ const HELM_VERSIONS = {
     upgradeFlags: [],
     createNamespace: ['--create-namespace'],
     seconds: (s: number) => `${s}s`,
+    uninstall: ['uninstall'],
     setup: [],
     // How helm refuses to upgrade a release that is pending-install/upgrade/rollback.
     pendingRefusal: /another operation \(install\/upgrade\/rollback\) is in progress/,
@@ -717,7 +732,7 @@ function makeHelm(major: 2 | 3, exec: Exec): Helm {
     ],
     statusArgs: (release) => ['status', release, ...ns(release)],
     repairArgs: (release, revision, timeoutSeconds) => revision === undefined
-      ? ['uninstall', release, ...ns(release)]
+      ? [...v.uninstall, release, ...ns(release)]
       : ['rollback', release, String(revision), ...ns(release), '--wait', '--timeout', v.seconds(timeoutSeconds)],
     history: (release) => releaseHistory(exec, ['history', release, ...ns(release), '-o', 'json'], release),
     revision: (output) => {
@@ -833,6 +848,8 @@ interface Request {
   readonly config: Config
   readonly dryRun: boolean
   readonly recover: boolean
+  /** --rollback-on-failure or ROLLBACK_ON_FAILURE=true. */
+  readonly rollbackOnFailure: boolean
   readonly plugins: readonly Plugin[]
 }
 
@@ -859,6 +876,10 @@ interface ChartState {
   phase?: Phase
   timings: Partial<Record<Phase, number>>
   revision?: number
+  /** With --rollback-on-failure, read just before the upgrade: the deployed revision (none on a first install) and the newest. */
+  before?: { live?: number; newest: number }
+  rolledBackTo?: number
+  rollbackError?: string
   privateDir?: string
   /** How the run ended, for the multi-chart summary. */
   result?: 'ok' | 'failed' | 'skipped'
@@ -1504,6 +1525,7 @@ async function deploy(r: ChartRun, pluginArgs: string[]) {
   const extra = [...imageArgs(r), ...pluginArgs]
   await exec('helm', ['dep', 'up'], { cwd: plan.chartDir, timeout: '5m' })
   if (plan.recover && helm.tracksPending && !plan.dryRun) await handlePendingRelease(r)
+  if (plan.rollbackOnFailure && !plan.dryRun) await recordLiveRevision(r)
   // helm stops waiting at its own --timeout; ours is only a backstop.
   const backstop = `${plan.config.helmTimeoutSeconds + 120}s`
   const args = helm.upgradeArgs(plan.chart, plan.chartDir, plan.config.helmTimeoutSeconds, extra)
@@ -1525,6 +1547,59 @@ async function printDiagnostics({ plan, exec, out, helm, invocation }: ChartRun)
   await exec('kubectl', ['get', 'events', '--namespace', ns, '--sort-by=.lastTimestamp'], opts)
   await exec('kubectl', ['get', 'pods', '--namespace', ns], opts)
   await exec('helm', helm.statusArgs(ns), opts)
+}
+
+// ---------------------------------------------------------------------------------------
+// Rollback on failure (--rollback-on-failure)
+
+/** Just before the upgrade: the revision live now, to go back to, and the newest, to tell whether the upgrade made one. */
+async function recordLiveRevision({ plan, state, helm }: ChartRun) {
+  const history = await helm.history(plan.chart)
+  const revisions = 'revisions' in history ? history.revisions : []
+  state.before = {
+    live: [...revisions].reverse().find((rev) => rev.status === 'deployed')?.revision,
+    newest: revisions.at(-1)?.revision ?? 0,
+  }
+}
+
+/**
+ * After a failure that may have changed the release: back to the revision live before the
+ * run, whose rollout is then waited for. Records the outcome for the fail hooks; never
+ * throws (the run ends with its own error).
+ */
+async function rollBack(r: ChartRun) {
+  const { plan, state, out, helm } = r
+  const { chart } = plan
+  const before = state.before
+  if (!before) return // failed before the upgrade started: the release was not touched
+  if (before.live === undefined) {
+    out.warn(before.newest === 0
+      ? `${chart}: this was its first install, so there is no earlier revision to roll back to; the release is left as it is (\`helm ${helm.repairArgs(chart, undefined, 0).join(' ')}\` removes it)`
+      : `${chart}: no revision was deployed before this run, so there is none to roll back to; the release is left as it is`)
+    return
+  }
+  const history = state.revision === undefined ? await helm.history(chart) : undefined
+  const made = state.revision ?? (history && 'revisions' in history ? history.revisions.at(-1)?.revision ?? 0 : 0)
+  if (made <= before.newest) {
+    out.info(`${chart} is still on revision ${before.live} (the upgrade made no new revision): nothing to roll back`)
+    return
+  }
+  const to = before.live
+  out.warn(`${chart} failed after helm upgrade made revision ${made}: rolling back to revision ${to}, the one live before this run`)
+  try {
+    await inGroup(out, 'rollback', `rollback ${chart}`, async () => {
+      const seconds = plan.config.helmTimeoutSeconds
+      // helm stops waiting at its own --timeout; ours is only a backstop.
+      await r.exec('helm', helm.repairArgs(chart, to, seconds), { timeout: `${seconds + 120}s` })
+      await rollout(r)
+    })
+    state.rolledBackTo = to
+    out.warn(`${chart} rolled back to revision ${to}`)
+  } catch (e) {
+    state.rollbackError = `rollback of ${chart} to revision ${to} failed: ${(e as Error)?.message ?? e}`
+    out.error(state.rollbackError)
+    await printDiagnostics(r)
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1716,6 +1791,8 @@ function hookContext({ plan, state, exec, out, helm, invocation }: ChartRun, plu
     redact: invocation.secrets.redact,
     parseDuration,
     revision: state.revision,
+    rolledBackTo: state.rolledBackTo,
+    rollbackError: state.rollbackError,
     ...failure,
   }
 }
@@ -1798,13 +1875,18 @@ async function runPhases(r: ChartRun) {
   }
   if (phases.deploy) {
     const pluginArgs = await runHook(r, 'beforeDeploy')
-    await phase(r, 'deploy', () => deploy(r, pluginArgs))
-    await runHook(r, 'afterDeploy')
-    await phase(r, 'rollout', () => rollout(r).catch(async (e) => {
-      await printDiagnostics(r)
+    try {
+      await phase(r, 'deploy', () => deploy(r, pluginArgs))
+      await runHook(r, 'afterDeploy')
+      await phase(r, 'rollout', () => rollout(r).catch(async (e) => {
+        await printDiagnostics(r)
+        throw e
+      }))
+      await runHook(r, 'afterRollout')
+    } catch (e) {
+      if (r.plan.rollbackOnFailure && !r.invocation.cancelled) await rollBack(r)
       throw e
-    }))
-    await runHook(r, 'afterRollout')
+    }
   }
 }
 
@@ -1902,6 +1984,9 @@ the staging chart goes first and the others follow only if it succeeds.
   --deploy          helm upgrade the chart, then wait for its deployments
   --dry-run         announce the commands the run would execute; runs nothing
   --recover         repair a release an interrupted run left pending, then deploy
+  --rollback-on-failure
+                    when the rollout or a check after the upgrade fails, roll back to the
+                    revision live before the run (also ROLLBACK_ON_FAILURE=true)
   --plugin NAME     load plugins/NAME.ts (the repository's, else the one shipped with
                     deploy.ts) or a path; repeatable; also DEPLOY_PLUGINS
   --parallel N      charts deployed at once after the staging chart (default: all, at most 8)
@@ -1925,7 +2010,7 @@ promotion), 130/143 interrupted (SIGINT/SIGTERM).`
 const DEFAULT_PARALLEL = 8
 
 const FLAGS = {
-  boolean: ['setup', 'build', 'push', 'deploy', 'dry-run', 'recover', 'list', 'verbose', 'version', 'help', 'json'],
+  boolean: ['setup', 'build', 'push', 'deploy', 'dry-run', 'recover', 'rollback-on-failure', 'list', 'verbose', 'version', 'help', 'json'],
   string: ['env-file', 'plugin', 'parallel', 'changed'],
 }
 
@@ -1981,8 +2066,12 @@ function chartTools(invocation: Invocation, request: Request, config: Config, in
 }
 
 /** The dry run's header: what is planned, and which plugins would be called. */
-function printPlan({ plan, out }: ChartRun) {
+function printPlan({ plan, out, helm }: ChartRun) {
   out.print(`# dry run: ${plan.chart} at ${plan.commit.slice(0, 12)}, Helm ${plan.helmMajor}; nothing below is executed`)
+  if (plan.rollbackOnFailure && plan.phases.deploy) {
+    const rollback = helm.repairArgs(plan.chart, 0, plan.config.helmTimeoutSeconds)
+    out.print(`# on failure after the upgrade: helm ${rollback.join(' ').replace(' 0 ', ' <the revision live before> ')}`)
+  }
   for (const p of plan.plugins) {
     const hooks = HOOKS.filter((h) => typeof p[h] === 'function')
     out.print(`# plugin ${p.name}: ${hooks.join(', ') || 'no hooks'} (not called in a dry run)`)
@@ -2006,6 +2095,7 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
     config,
     dryRun: args['dry-run'],
     recover: args.recover,
+    rollbackOnFailure: args['rollback-on-failure'] || config.rollbackOnFailure,
     plugins: await loadPlugins(pluginNames(args, config)),
   }
   const tools = names.map((chart, i) => chartTools(invocation, request, config, i, chart, names.length > 1))
