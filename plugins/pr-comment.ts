@@ -21,12 +21,24 @@ const BUDGET_MS = 9_000
 const MAX_PAGES = 20
 
 /**
- * What `--validate` and `--diff` leave on the context (deploy.ts's plugin contract);
- * read defensively, since a run without those flags leaves them unset.
+ * What `--validate` and `--diff` leave on the context (ctx.validation, ctx.diff in deploy.ts's
+ * plugin contract): the fields this plugin reads. Unset in a run without those flags.
  */
 interface PlanFields {
-  validation?: { ok: boolean; errors?: string[]; notes?: string[] }
-  diff?: { summary: string; text?: string }
+  validation?: {
+    valid: boolean
+    secrets: 'used' | 'locked' | 'missing'
+    serverSide: 'checked' | 'skipped'
+    serverSideNote?: string
+    objects: number
+    errors: { message: string }[]
+    warnings: string[]
+  }
+  diff?: {
+    revision?: number
+    summary: { changed: number; added: number; removed: number; unchanged: number }
+    text: string
+  }
 }
 
 /** One chart's part of the comment. */
@@ -124,12 +136,20 @@ function renderSection(s: Section, diffText: string, note: string): string {
   const v = s.validation
   if (!v) out.push('**Validation:** not run')
   else {
-    out.push(`**Validation:** ${v.ok ? ':white_check_mark: valid' : ':x: invalid'}`)
-    for (const line of [...(v.errors ?? []), ...(v.notes ?? [])]) out.push(`- ${escapeHtml(line)}`)
+    const how = [
+      `${v.objects} object${v.objects === 1 ? '' : 's'}`,
+      v.secrets === 'used' ? 'with its secrets' : `without secrets/${s.chart}.yaml (${v.secrets})`,
+      v.serverSide === 'checked' ? 'checked by the API server' : `not checked by the API server${v.serverSideNote ? `: ${v.serverSideNote}` : ''}`,
+    ].join('; ')
+    out.push(`**Validation:** ${v.valid ? ':white_check_mark: valid' : ':x: invalid'} (${escapeHtml(how)})`)
+    for (const e of v.errors) out.push(`- :x: ${escapeHtml(e.message)}`)
+    for (const w of v.warnings) out.push(`- :warning: ${escapeHtml(w)}`)
   }
   if (!s.diff) out.push('**Diff:** not run')
   else {
-    out.push(`**Diff:** ${escapeHtml(s.diff.summary)}`)
+    const { changed, added, removed } = s.diff.summary
+    const against = s.diff.revision === undefined ? 'not installed yet' : `against revision ${s.diff.revision}`
+    out.push(`**Diff** (${against}): ${changed} changed, ${added} added, ${removed} removed`)
     if (diffText) {
       const f = fence(diffText)
       out.push('', '<details><summary>Changes</summary>', '', `${f}diff`, diffText.replace(/\n?$/, '\n') + f, '</details>')

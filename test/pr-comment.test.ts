@@ -172,8 +172,11 @@ describe('pr-comment rendering', () => {
   const section = (chart: string, text: string) => ({
     chart,
     images: [{ kind: 'user', spec: `img/${chart}:abc1234` }],
-    validation: { ok: true, notes: ['secrets locked: rendered without secrets/x.yaml'] },
-    diff: { summary: `${chart}: 2 changed, 1 added, 0 removed`, text },
+    validation: {
+      valid: true, secrets: 'locked' as const, serverSide: 'skipped' as const, serverSideNote: 'no cluster access', objects: 12,
+      errors: [], warnings: ['jupyterhub: icon is recommended'],
+    },
+    diff: { revision: 7, summary: { changed: 2, added: 1, removed: 0, unchanged: 9 }, text },
   })
   const diffOf = (lines: number, tag: string) => Array.from({ length: lines }, (_, i) => `+  line ${i} ${tag} ${'x'.repeat(60)}`).join('\n') + '\n'
 
@@ -184,8 +187,8 @@ describe('pr-comment rendering', () => {
     assert.ok(!body.includes('s3cr3t-value'))
     assert.match(body, /<details><summary>Changes<\/summary>\n\n````diff\n--- a\n/)
     assert.match(body, /\+  note: ```not a fence end```\n````\n<\/details>/)
-    assert.match(body, /\*\*Diff:\*\* staginghub: 2 changed, 1 added, 0 removed/)
-    assert.match(body, /\*\*Validation:\*\* :white_check_mark: valid\n- secrets locked/)
+    assert.match(body, /\*\*Diff\*\* \(against revision 7\): 2 changed, 1 added, 0 removed/)
+    assert.match(body, /\*\*Validation:\*\* :white_check_mark: valid \(12 objects; without secrets\/staginghub\.yaml \(locked\); not checked by the API server: no cluster access\)\n- :warning: jupyterhub: icon is recommended/)
     assert.ok(!/cut to/.test(body))
   })
 
