@@ -45,6 +45,8 @@ interface PlanFields {
 interface Section {
   chart: string
   images: { kind: string; spec: string; built?: boolean }[]
+  /** Whether the run built (with --build): then an image not built is in the registry already. */
+  built: boolean
   validation?: PlanFields['validation']
   diff?: PlanFields['diff']
   /** The run failed: the redacted error line. */
@@ -130,8 +132,9 @@ function cutNote(chart: string, shown: number, total: number): string {
 function renderSection(s: Section, diffText: string, note: string): string {
   const out = [`### ${s.chart}`, '']
   if (s.error) out.push(`:x: **failed** in ${s.failedPhase ?? 'the run'}: ${escapeHtml(s.error)}`, '')
+  const state = (built?: boolean) => (built ? ', built' : s.built ? ', in the registry already' : '')
   out.push(s.images.length
-    ? `**Images:** ${s.images.map((i) => `\`${i.spec}\` (${i.kind}${i.built ? ', built' : ''})`).join(', ')}`
+    ? `**Images:** ${s.images.map((i) => `\`${i.spec}\` (${i.kind}${state(i.built)})`).join(', ')}`
     : '**Images:** none')
   const v = s.validation
   if (!v) out.push('**Validation:** not run')
@@ -286,6 +289,7 @@ function post(ctx: HookContext): Promise<void> {
   sections.set(ctx.chart, {
     chart: ctx.chart,
     images: ctx.images.map(({ kind, spec, built }) => ({ kind, spec, built })),
+    built: ctx.phases.build,
     validation: plan.validation,
     diff: plan.diff,
     error: ctx.error ? ctx.redact(String(ctx.error.message ?? ctx.error)).split('\n')[0].slice(0, 500) : undefined,

@@ -171,7 +171,8 @@ describe('pr-comment rendering', () => {
   const masked = (s: string) => s.split('s3cr3t-value').join('***')
   const section = (chart: string, text: string) => ({
     chart,
-    images: [{ kind: 'user', spec: `img/${chart}:abc1234` }],
+    images: [{ kind: 'user', spec: `img/${chart}:abc1234` }, { kind: 'hub', spec: `hub/${chart}:def5678`, built: true }],
+    built: true,
     validation: {
       valid: true, secrets: 'locked' as const, serverSide: 'skipped' as const, serverSideNote: 'no cluster access', objects: 12,
       errors: [], warnings: ['jupyterhub: icon is recommended'],
@@ -190,6 +191,7 @@ describe('pr-comment rendering', () => {
     assert.match(body, /\*\*Diff\*\* \(against revision 7\): 2 changed, 1 added, 0 removed/)
     assert.match(body, /\*\*Validation:\*\* :white_check_mark: valid \(12 objects; without secrets\/staginghub\.yaml \(locked\); not checked by the API server: no cluster access\)\n- :warning: jupyterhub: icon is recommended/)
     assert.ok(!/cut to/.test(body))
+    assert.match(body, /\*\*Images:\*\* `img\/staginghub:abc1234` \(user, in the registry already\), `hub\/staginghub:def5678` \(hub, built\)/)
   })
 
   test('plans over GitHub\'s limit: the long diffs are cut at a line end with a note, short ones stay whole', () => {
