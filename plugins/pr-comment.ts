@@ -61,13 +61,14 @@ interface Target {
   token: string
 }
 
+// One comment covers every chart of the invocation, so this state is shared by its charts
+// (sections keyed by chart); it lives as long as the process, i.e. one invocation.
 /** Sections by chart, in the order the charts finished; the comment shows them all. */
 const sections = new Map<string, Section>()
 /** Comment updates of one process go one after the other. */
 let queue: Promise<void> = Promise.resolve()
 /** The comment's id once found or created (later charts update it without listing again). */
 let commentId: number | undefined
-let warned = false
 
 /** The pull request this run is for: GitHub Actions' event file, or Travis's variables. */
 function pullRequest(env: Record<string, string | undefined>): { repo?: string; pr?: number } {
@@ -213,7 +214,7 @@ export function nextLink(header: string | null): string | undefined {
   return undefined
 }
 
-async function request(t: Target, what: string, url: string, deadline: number, method = 'GET', body?: unknown): Promise<Response> {
+async function request(ctx: HookContext, t: Target, what: string, url: string, deadline: number, method = 'GET', body?: unknown): Promise<Response> {
   const left = deadline - Date.now()
   if (left <= 0) throw new ApiError(`${what}: out of time`)
   let res: Response
@@ -228,7 +229,7 @@ async function request(t: Target, what: string, url: string, deadline: number, m
         ...(body === undefined ? {} : { 'content-type': 'application/json' }),
       },
       body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(Math.min(REQUEST_TIMEOUT_MS, left)),
+      signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(Math.min(REQUEST_TIMEOUT_MS, left))]),
     })
   } catch (e) {
     throw new ApiError(`${what}: ${failure(e)}`)
@@ -244,11 +245,11 @@ async function request(t: Target, what: string, url: string, deadline: number, m
 }
 
 /** The id of our comment (the first whose body starts with the marker), reading every page. */
-async function findComment(t: Target, deadline: number): Promise<number | undefined> {
+async function findComment(ctx: HookContext, t: Target, deadline: number): Promise<number | undefined> {
   let url: string | undefined = `${t.api}/repos/${t.repo}/issues/${t.pr}/comments?per_page=100`
   const origin = new URL(t.api).origin
   for (let page = 1; url && page <= MAX_PAGES; page++) {
-    const res = await request(t, 'listing the comments', url, deadline)
+    const res = await request(ctx, t, 'listing the comments', url, deadline)
     const comments = (await res.json()) as { id?: unknown; body?: unknown }[]
     const ours = Array.isArray(comments) ? comments.find((c) => typeof c.body === 'string' && c.body.startsWith(MARKER)) : undefined
     if (ours && typeof ours.id === 'number') return ours.id
@@ -262,16 +263,16 @@ async function findComment(t: Target, deadline: number): Promise<number | undefi
 
 async function upsert(ctx: HookContext, t: Target, body: string) {
   const deadline = Date.now() + BUDGET_MS
-  commentId ??= await findComment(t, deadline)
+  commentId ??= await findComment(ctx, t, deadline)
   if (commentId !== undefined) {
-    await request(t, 'updating the comment', `${t.api}/repos/${t.repo}/issues/comments/${commentId}`, deadline, 'PATCH', { body })
-    ctx.log.info(`pr-comment: updated the plan comment on pull request #${t.pr}`)
+    await request(ctx, t, 'updating the comment', `${t.api}/repos/${t.repo}/issues/comments/${commentId}`, deadline, 'PATCH', { body })
+    ctx.log.info(`updated the plan comment on pull request #${t.pr}`)
     return
   }
-  const res = await request(t, 'creating the comment', `${t.api}/repos/${t.repo}/issues/${t.pr}/comments`, deadline, 'POST', { body })
+  const res = await request(ctx, t, 'creating the comment', `${t.api}/repos/${t.repo}/issues/${t.pr}/comments`, deadline, 'POST', { body })
   const created = (await res.json().catch(() => ({}))) as { id?: unknown }
   if (typeof created.id === 'number') commentId = created.id
-  ctx.log.info(`pr-comment: commented the plan on pull request #${t.pr}`)
+  ctx.log.info(`commented the plan on pull request #${t.pr}`)
 }
 
 function ciUrl(env: Record<string, string | undefined>): string | undefined {
@@ -299,7 +300,7 @@ function post(ctx: HookContext): Promise<void> {
   const done = queue.then(() => upsert(ctx, t, body)).catch((e) => {
     // Warn, never fail: the comment is a convenience, the run's result stands.
     const message = e instanceof ApiError ? e.message : 'unexpected error'
-    ctx.log.warn(`pr-comment: could not comment on pull request #${t.pr}: ${ctx.redact(message)}`)
+    ctx.log.warn(`could not comment on pull request #${t.pr}: ${ctx.redact(message)}`)
   })
   queue = done
   return done
@@ -308,10 +309,8 @@ function post(ctx: HookContext): Promise<void> {
 const plugin: Plugin = {
   name: 'pr-comment',
   verify(ctx) {
-    if (warned) return
-    warned = true
     const t = target(ctx)
-    if (typeof t === 'string') ctx.log.warn(`pr-comment: ${t}: no comment will be posted`)
+    if (typeof t === 'string') ctx.log.warn(`${t}: no comment will be posted`)
   },
   success: (ctx) => post(ctx),
   fail: (ctx) => post(ctx),
