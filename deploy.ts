@@ -108,6 +108,7 @@ export const DEFAULTS = {
   HOOK_TIMEOUT: '15m',
   LOCK_TIMEOUT: '10m',
   STAGING_CHART: 'staginghub',
+  ROLLBACK_ON_FAILURE: 'false',
   DEPLOY_PLUGINS: '',
 }
 
@@ -119,6 +120,8 @@ export type Config = typeof DEFAULTS & {
   buildTimeoutSeconds: number
   hookTimeoutSeconds: number
   lockTimeoutSeconds: number
+  /** ROLLBACK_ON_FAILURE (also --rollback-on-failure). */
+  rollbackOnFailure: boolean
   /** Everything from .env and the environment, for plugins' own keys. */
   env: Record<string, string | undefined>
 }
@@ -262,6 +265,11 @@ export function loadConfig(envFile: string | undefined, environment = process.en
   }
   const seconds = (key: keyof typeof DURATION_RANGES) => checkDuration(key, values[key], DURATION_RANGES[key])
   checkToolValues(values)
+  const flag = (key: 'ROLLBACK_ON_FAILURE') => {
+    if (/^(true|1|yes|on)$/i.test(values[key])) return true
+    if (/^(false|0|no|off)$/i.test(values[key])) return false
+    throw usageError(`${key}=${values[key]}: use true or false`)
+  }
   return {
     ...values,
     helmTimeoutSeconds: seconds('HELM_TIMEOUT'),
@@ -270,6 +278,7 @@ export function loadConfig(envFile: string | undefined, environment = process.en
     buildTimeoutSeconds: seconds('BUILD_TIMEOUT'),
     hookTimeoutSeconds: seconds('HOOK_TIMEOUT'),
     lockTimeoutSeconds: seconds('LOCK_TIMEOUT'),
+    rollbackOnFailure: flag('ROLLBACK_ON_FAILURE'),
     env,
   }
 }
@@ -355,7 +364,7 @@ export interface Helm {
   templateArgs(release: string, chartDir: string): string[]
   /** Whether `helm upgrade --install --dry-run=server` exists (--validate's server-side check, --diff). */
   readonly serverDryRun: boolean
-  /** `helm rollback` to `revision`, or, with none deployed, uninstall. */
+  /** `helm rollback` to `revision` (waiting for it), or, with none deployed, uninstall. */
   repairArgs(release: string, revision: number | undefined, timeoutSeconds: number): string[]
   /** The release's revisions, oldest first, or why helm could not list them. */
   history(release: string): Promise<{ revisions: ReleaseRevision[] } | { error: string }>
@@ -477,6 +486,10 @@ export interface HookContext {
   error?: DeployError
   failedPhase?: Phase
   reason?: 'failed' | 'cancelled'
+  /** `fail` only, with --rollback-on-failure: the revision the release was rolled back to. */
+  rolledBackTo?: number
+  /** `fail` only: the rollback was tried and failed (one line: what and why). */
+  rollbackError?: string
 }
 
 /**
@@ -1074,6 +1087,7 @@ const HELM_VERSIONS = {
     seconds: (s: number) => String(s),
     template: (release: string, dir: string) => ['template', dir, '--name', release],
     serverDryRun: false,
+    uninstall: ['delete', '--purge'],
     // Setup installs or upgrades tiller, then waits for it.
     setup: [
       ['helm', 'init', '--upgrade'],
@@ -1088,6 +1102,7 @@ const HELM_VERSIONS = {
     seconds: (s: number) => `${s}s`,
     template: (release: string, dir: string) => ['template', release, dir],
     serverDryRun: true,
+    uninstall: ['uninstall'],
     setup: [],
     // How helm refuses to upgrade a release that is pending-install/upgrade/rollback.
     pendingRefusal: /another operation \(install\/upgrade\/rollback\) is in progress/,
@@ -1110,7 +1125,7 @@ function makeHelm(major: 2 | 3, exec: Exec): Helm {
     templateArgs: (release, dir) => [...v.template(release, dir)],
     serverDryRun: v.serverDryRun,
     repairArgs: (release, revision, timeoutSeconds) => revision === undefined
-      ? ['uninstall', release, ...ns(release)]
+      ? [...v.uninstall, release, ...ns(release)]
       : ['rollback', release, String(revision), ...ns(release), '--wait', '--timeout', v.seconds(timeoutSeconds)],
     history: (release) => releaseHistory(exec, ['history', release, ...ns(release), '-o', 'json'], release),
     revision: (output) => {
@@ -1284,6 +1299,8 @@ interface Request {
   readonly config: Config
   readonly dryRun: boolean
   readonly recover: boolean
+  /** --rollback-on-failure or ROLLBACK_ON_FAILURE=true. */
+  readonly rollbackOnFailure: boolean
   readonly plugins: readonly Plugin[]
 }
 
@@ -1312,6 +1329,10 @@ interface ChartState {
   phase?: Phase
   timings: Partial<Record<Phase, number>>
   revision?: number
+  /** With --rollback-on-failure, read just before the upgrade: the deployed revision (none on a first install) and the newest. */
+  before?: { live?: number; newest: number }
+  rolledBackTo?: number
+  rollbackError?: string
   privateDir?: string
   /** The chart's deploy lock, while this run holds it. */
   lease?: HeldLease
@@ -2808,6 +2829,7 @@ async function deploy(r: ChartRun, pluginArgs: string[]) {
   await exec('helm', ['dep', 'up'], { cwd: plan.chartDir, timeout: '5m' })
   if (plan.recover && helm.tracksPending && !plan.dryRun) await handlePendingRelease(r)
   else if (plan.recover) r.out.print(`# --recover: a release left pending-* would be rolled back to its last deployed revision (or uninstalled) first`)
+  if (plan.rollbackOnFailure && !plan.dryRun) await recordLiveRevision(r)
   // helm stops waiting at its own --timeout; ours is only a backstop.
   const backstop = `${plan.config.helmTimeoutSeconds + 120}s`
   const args = helm.upgradeArgs(plan.chart, plan.chartDir, plan.config.helmTimeoutSeconds, extra)
@@ -2829,6 +2851,59 @@ async function printDiagnostics({ plan, exec, out, helm, invocation }: ChartRun)
   await exec('kubectl', ['get', 'events', '--namespace', ns, '--sort-by=.lastTimestamp'], opts)
   await exec('kubectl', ['get', 'pods', '--namespace', ns], opts)
   await exec('helm', helm.statusArgs(ns), opts)
+}
+
+// ---------------------------------------------------------------------------------------
+// Rollback on failure (--rollback-on-failure)
+
+/** Just before the upgrade: the revision live now, to go back to, and the newest, to tell whether the upgrade made one. */
+async function recordLiveRevision({ plan, state, helm }: ChartRun) {
+  const history = await helm.history(plan.chart)
+  const revisions = 'revisions' in history ? history.revisions : []
+  state.before = {
+    live: [...revisions].reverse().find((rev) => rev.status === 'deployed')?.revision,
+    newest: revisions.at(-1)?.revision ?? 0,
+  }
+}
+
+/**
+ * After a failure that may have changed the release: back to the revision live before the
+ * run, whose rollout is then waited for. Records the outcome for the fail hooks; never
+ * throws (the run ends with its own error).
+ */
+async function rollBack(r: ChartRun) {
+  const { plan, state, out, helm } = r
+  const { chart } = plan
+  const before = state.before
+  if (!before) return // failed before the upgrade started: the release was not touched
+  if (before.live === undefined) {
+    out.warn(before.newest === 0
+      ? `${chart}: this was its first install, so there is no earlier revision to roll back to; the release is left as it is (\`helm ${helm.repairArgs(chart, undefined, 0).join(' ')}\` removes it)`
+      : `${chart}: no revision was deployed before this run, so there is none to roll back to; the release is left as it is`)
+    return
+  }
+  const history = state.revision === undefined ? await helm.history(chart) : undefined
+  const made = state.revision ?? (history && 'revisions' in history ? history.revisions.at(-1)?.revision ?? 0 : 0)
+  if (made <= before.newest) {
+    out.info(`${chart} is still on revision ${before.live} (the upgrade made no new revision): nothing to roll back`)
+    return
+  }
+  const to = before.live
+  out.warn(`${chart} failed after helm upgrade made revision ${made}: rolling back to revision ${to}, the one live before this run`)
+  try {
+    await inGroup(out, 'rollback', `rollback ${chart}`, async () => {
+      const seconds = plan.config.helmTimeoutSeconds
+      // helm stops waiting at its own --timeout; ours is only a backstop.
+      await r.exec('helm', helm.repairArgs(chart, to, seconds), { timeout: `${seconds + 120}s` })
+      await rollout(r)
+    })
+    state.rolledBackTo = to
+    out.warn(`${chart} rolled back to revision ${to}`)
+  } catch (e) {
+    state.rollbackError = `rollback of ${chart} to revision ${to} failed: ${(e as Error)?.message ?? e}`
+    out.error(state.rollbackError)
+    await printDiagnostics(r)
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -3026,6 +3101,8 @@ function hookContext({ plan, state, exec, out, helm, invocation }: ChartRun, plu
     revision: state.revision,
     validation: state.validation,
     diff: state.diff,
+    rolledBackTo: state.rolledBackTo,
+    rollbackError: state.rollbackError,
     ...failure,
   }
 }
@@ -3113,13 +3190,18 @@ async function runPhases(r: ChartRun) {
   if (phases.diff) await phase(r, 'diff', () => diffChart(r))
   if (phases.deploy) {
     const pluginArgs = await runHook(r, 'beforeDeploy')
-    await phase(r, 'deploy', () => deploy(r, pluginArgs))
-    await runHook(r, 'afterDeploy')
-    await phase(r, 'rollout', () => rollout(r).catch(async (e) => {
-      await printDiagnostics(r)
+    try {
+      await phase(r, 'deploy', () => deploy(r, pluginArgs))
+      await runHook(r, 'afterDeploy')
+      await phase(r, 'rollout', () => rollout(r).catch(async (e) => {
+        await printDiagnostics(r)
+        throw e
+      }))
+      await runHook(r, 'afterRollout')
+    } catch (e) {
+      if (r.plan.rollbackOnFailure && !r.invocation.cancelled) await rollBack(r)
       throw e
-    }))
-    await runHook(r, 'afterRollout')
+    }
   }
 }
 
@@ -3242,6 +3324,9 @@ the staging chart goes first and the others follow only if it succeeds.
                     (read-only; runs before --deploy when both are given)
   --dry-run         announce the commands the run would execute; runs nothing
   --recover         repair a release an interrupted run left pending, then deploy
+  --rollback-on-failure
+                    when the rollout or a check after the upgrade fails, roll back to the
+                    revision live before the run (also ROLLBACK_ON_FAILURE=true)
   --plugin NAME     load plugins/NAME.ts (the repository's, else the one shipped with
                     deploy.ts) or a path; repeatable; also DEPLOY_PLUGINS
   --parallel N      charts deployed at once after the staging chart (default: all, at most 8)
@@ -3266,7 +3351,7 @@ promotion), 130/143 interrupted (SIGINT/SIGTERM).`
 const DEFAULT_PARALLEL = 8
 
 const FLAGS = {
-  boolean: ['setup', 'build', 'push', 'deploy', 'validate', 'diff', 'dry-run', 'recover', 'list', 'verbose', 'version', 'help', 'json'],
+  boolean: ['setup', 'build', 'push', 'deploy', 'validate', 'diff', 'dry-run', 'recover', 'rollback-on-failure', 'list', 'verbose', 'version', 'help', 'json'],
   string: ['env-file', 'plugin', 'parallel', 'changed'],
 }
 
@@ -3353,8 +3438,12 @@ function chartTools(invocation: Invocation, request: Request, config: Config, ch
 }
 
 /** The dry run's header: what is planned, and which plugins would be called. */
-function printPlan({ plan, out }: ChartRun) {
+function printPlan({ plan, out, helm }: ChartRun) {
   out.print(`# dry run: ${plan.chart} at ${plan.commit.slice(0, 12)}, Helm ${plan.helmMajor}; nothing below is executed`)
+  if (plan.rollbackOnFailure && plan.phases.deploy) {
+    const rollback = helm.repairArgs(plan.chart, 0, plan.config.helmTimeoutSeconds)
+    out.print(`# on failure after the upgrade: helm ${rollback.join(' ').replace(' 0 ', ' <the revision live before> ')}`)
+  }
   for (const p of plan.plugins) {
     const hooks = HOOKS.filter((h) => typeof p[h] === 'function')
     out.print(`# plugin ${p.name}: ${hooks.join(', ') || 'no hooks'} (not called in a dry run)`)
@@ -3388,6 +3477,7 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
     config,
     dryRun: args['dry-run'],
     recover: args.recover,
+    rollbackOnFailure: args['rollback-on-failure'] || config.rollbackOnFailure,
     plugins: await loadPlugins(pluginNames(args, config), invocation.secrets),
   }
   // --json with --validate/--diff: stdout carries one JSON document, everything else goes to stderr.

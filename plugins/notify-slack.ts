@@ -64,6 +64,9 @@ interface Report {
   /** The command that failed, when one did. */
   command?: string
   output?: string[]
+  /** With --rollback-on-failure: the revision the release is back on, or why the rollback failed. */
+  rolledBackTo?: number
+  rollbackError?: string
 }
 
 function ciUrl(env: Record<string, string | undefined>): string | undefined {
@@ -97,6 +100,8 @@ function report(ctx: HookContext, event: Report['event']): Report {
     const { output, command } = (ctx.error ?? {}) as { output?: unknown; command?: unknown }
     if (typeof command === 'string') r.command = ctx.redact(command)
     if (typeof output === 'string' && output.trim()) r.output = output.split('\n').slice(-OUTPUT_LINES).map((l) => ctx.redact(l, 300))
+    if (ctx.rolledBackTo !== undefined) r.rolledBackTo = ctx.rolledBackTo
+    if (ctx.rollbackError) r.rollbackError = ctx.redact(ctx.rollbackError, 2000)
   }
   return r
 }
@@ -115,7 +120,7 @@ function slackMessage(r: Report): { text: string } {
     ? `:white_check_mark: *${esc(r.chart)}*: ${esc(what)} succeeded`
     : r.status === 'cancelled'
       ? `:warning: *${esc(r.chart)}*: cancelled during ${esc(r.failedPhase ?? 'the run')}`
-      : `:x: *${esc(r.chart)}*: failed in ${esc(r.failedPhase ?? 'the run')} (${esc(what)})`
+      : `:x: *${esc(r.chart)}*: failed in ${esc(r.failedPhase ?? 'the run')} (${esc(what)})${rollback(r)}`
   const lines = [head]
   if (r.promotionOverride) lines.push(':rotating_light: PROMOTION_OVERRIDE was set: the promotion check from staging was bypassed')
   lines.push(`Commit: \`${esc(r.commit.slice(0, 12) || 'unknown')}\`${r.revision ? `, release revision ${r.revision}` : ''}`)
@@ -129,6 +134,11 @@ function slackMessage(r: Report): { text: string } {
   if (r.error) lines.push(`Error: \`\`\`${esc(r.error)}\`\`\``)
   if (r.output?.length) lines.push(`Last output:\n\`\`\`${esc(r.output.join('\n'))}\`\`\``)
   return { text: lines.join('\n') }
+}
+
+function rollback(r: Report): string {
+  if (r.rolledBackTo !== undefined) return `, rolled back to revision ${r.rolledBackTo}`
+  return r.rollbackError ? `; the rollback failed too: ${esc(r.rollbackError)}` : ''
 }
 
 /** Seconds from a Retry-After header (seconds or an HTTP date), capped; a default backoff otherwise. */

@@ -265,7 +265,7 @@ describe('plugins', { concurrency: 8 }, () => {
     }
     for (const [file, text] of Object.entries(files)) fs.writeFileSync(path.join(repo, file), text)
     const cases: [string[], Record<string, string>, RegExp][] = [
-      [['--plugin', 'good', '--plugin', 'missing'], {}, /plugins\/missing\.ts: plugin not found here nor shipped with deploy\.ts \(shipped: health-check, notify-slack, promote-from-staging\)/],
+      [['--plugin', 'good', '--plugin', 'missing'], {}, /plugins\/missing\.ts: plugin not found here nor shipped with deploy\.ts \(shipped: health-check, notify-slack, pr-comment, promote-from-staging\)/],
       [['--plugin', 'good'], { DEPLOY_PLUGINS: 'boom' }, /plugins\/boom\.ts: plugin failed to load: .*boom while loading/],
       [['--plugin', 'number'], {}, /plugins\/number\.ts: default export is not a plugin/],
       [['--plugin', 'nodefault'], {}, /plugins\/nodefault\.ts: default export is not a plugin/],

@@ -21,7 +21,10 @@ function start(answers) {
       }
       const json = typeof answer.body === 'object'
       const text = answer.body === undefined ? 'ok' : json ? JSON.stringify(answer.body) : answer.body
-      res.writeHead(answer.status ?? 200, { 'content-type': json ? 'application/json' : 'text/plain', ...answer.headers })
+      // `{origin}` in a header stands for this server (absolute Link URLs for pagination).
+      const origin = `http://127.0.0.1:${server.address().port}`
+      const headers = Object.fromEntries(Object.entries(answer.headers ?? {}).map(([k, v]) => [k, v.replaceAll('{origin}', origin)]))
+      res.writeHead(answer.status ?? 200, { 'content-type': json ? 'application/json' : 'text/plain', ...headers })
       res.end(text)
     })
   })

@@ -5,6 +5,7 @@ import { Worker } from 'node:worker_threads'
 
 export interface Answer {
   status?: number
+  /** `{origin}` in a value is replaced by the server's own http://127.0.0.1:PORT. */
   headers?: Record<string, string>
   /** A string is sent as text/plain, an object as JSON. Default: "ok". */
   body?: string | object
