@@ -3361,7 +3361,7 @@ function parseArgs(argv: string[]) {
     ...FLAGS,
     default: { setup: true },
     alias: { 'env-file': 'dotenv' },
-    unknown: (a) => (a.startsWith('-') ? (unknown.push(a), false) : true),
+    unknown: (a: string) => (a.startsWith('-') ? (unknown.push(a), false) : true),
   })
   if (unknown.length) throw usageError(`unknown option ${unknown[0]}; see deploy.ts --help`)
   for (const key of ['env-file', 'parallel', 'changed']) {
@@ -3413,7 +3413,7 @@ function pluginNames(args: Args, config: Config): string[] {
 
 /** The chart names asked for, checked, the staging chart first (production charts follow only when it succeeded). */
 function chartNames(args: Args, config: Config, charts: string[]): string[] {
-  const names = [...new Set(args._.map(String))]
+  const names: string[] = [...new Set<string>(args._.map(String))]
   if (charts.length === 0) throw usageError(noChartsHere())
   if (names.length === 0) throw usageError(`no chart name given; valid charts: ${charts.join(', ')}`)
   const invalid = names.find((n) => !CHART_NAME.test(n))
