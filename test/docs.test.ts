@@ -288,3 +288,15 @@ test('docs/port.md covers every function of deploy.py and names only functions d
     assert.match(source, new RegExp(`^(export )?(const|class) ${name}\\b`, 'm'), `docs/port.md names ${name}, which deploy.ts does not have`)
   }
 })
+
+test('CI: a pull request validates the changed charts, diffs them with read-only credentials, and comments once', () => {
+  const plan = YAML.parse(read('.github/workflows/deploy.yml')).jobs.plan
+  assert.match(plan.if, /github\.event_name == 'pull_request'/)
+  assert.deepEqual(plan.permissions, { contents: 'read', 'pull-requests': 'write' })
+  const run = plan.steps.map((s: { run?: string }) => s.run ?? '').join('\n')
+  assert.match(run, /deploy\.ts --no-setup --validate \$DIFF --plugin pr-comment \$CHARTS/)
+  // --diff only where the read-only key is configured; that step never deploys.
+  const access = plan.steps.find((s: { run?: string }) => s.run?.includes('DIFF=--diff'))
+  assert.match(access.if, /READONLY_KEY != ''/)
+  assert.doesNotMatch(run, /--deploy|--push/)
+})
