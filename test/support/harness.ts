@@ -110,6 +110,8 @@ export interface Rule {
   /** With sleepMs: print stdout every this many ms while sleeping. */
   every?: number
   touch?: string
+  /** Wait, without a clock, until this many matching calls run at once (standin.mjs, barrier()). */
+  barrier?: number
 }
 
 export interface Call {
@@ -123,6 +125,9 @@ export interface Call {
   kubeconfigSha256?: string | null
   dockerPluginsLinked: boolean | null
   env: Record<string, string | null>
+  /** With a barrier rule: the most matching calls seen running at once, and how many had ended when this one started. */
+  peak?: number
+  departedBefore?: number
 }
 
 /** The setup phase as the spec lists it (docker login fixed to --password-stdin); Helm 3 has no tiller. */

@@ -5,7 +5,10 @@
 // rule in $STANDIN_RULES (a JSON array) whose tool matches and whose `match` (a regular
 // expression) matches the joined argv. Rule fields: stdout, stderr, exit, sleepMs,
 // touch (an env var naming a file to create, e.g. KUBECONFIG), every (with sleepMs: also
-// print stdout every this many ms while sleeping, a command that keeps printing).
+// print stdout every this many ms while sleeping, a command that keeps printing), barrier
+// (a number N: wait, without a clock, until N such calls are running at once, or until a
+// call arrives after N others came: how a test sees concurrency whatever the load; the log
+// line is then written on leaving, with `peak` and `departedBefore`: see barrier()).
 import fs from 'node:fs'
 import path from 'node:path'
 import crypto from 'node:crypto'
@@ -26,10 +29,12 @@ const entry = {
   kubeconfigSha256: process.env.KUBECONFIG && fs.existsSync(process.env.KUBECONFIG) ? crypto.createHash('sha256').update(fs.readFileSync(process.env.KUBECONFIG)).digest('hex') : null,
   env: Object.fromEntries(['KUBECONFIG', 'CLOUDSDK_CONFIG', 'AZURE_CONFIG_DIR', 'DOCKER_CONFIG', 'DOCKER_BUILDKIT'].map((k) => [k, process.env[k] ?? null])),
 }
-if (process.env.STANDIN_LOG) fs.appendFileSync(process.env.STANDIN_LOG, JSON.stringify(entry) + '\n')
 const rules = process.env.STANDIN_RULES ? JSON.parse(fs.readFileSync(process.env.STANDIN_RULES, 'utf8')) : []
 const joined = argv.join(' ')
 const rule = rules.find((r) => r.tool === tool && (!r.match || new RegExp(r.match).test(joined))) ?? {}
+const record = () => process.env.STANDIN_LOG && fs.appendFileSync(process.env.STANDIN_LOG, JSON.stringify(entry) + '\n')
+if (rule.barrier && process.env.STANDIN_LOG) await barrier(rule.barrier, `${process.env.STANDIN_LOG}.barrier`)
+record()
 if (rule.touch && process.env[rule.touch]) {
   fs.mkdirSync(path.dirname(process.env[rule.touch]), { recursive: true })
   fs.writeFileSync(process.env[rule.touch], `written by ${tool}\n`)
@@ -46,3 +51,41 @@ if (rule.sleepMs) {
     finish()
   }, rule.sleepMs)
 } else finish()
+
+/**
+ * Enters the barrier and waits until `count` calls were inside at once (the first to see it
+ * leaves a mark for the rest), or leaves at once when it came after `count` others (a
+ * latecomer). `entry.peak`: the most calls it saw inside; `entry.departedBefore`: how many
+ * had left when it arrived.
+ */
+async function barrier(count, dir) {
+  const inside = path.join(dir, 'inside')
+  const full = path.join(dir, 'full')
+  const departures = path.join(dir, 'departures')
+  const lines = (file) => (fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).length : 0)
+  fs.mkdirSync(inside, { recursive: true })
+  entry.departedBefore = lines(departures)
+  fs.appendFileSync(path.join(dir, 'arrivals'), `${process.pid}\n`)
+  fs.writeFileSync(path.join(inside, String(process.pid)), '')
+  const latecomer = lines(path.join(dir, 'arrivals')) > count
+  const safety = Date.now() + 120_000
+  entry.peak = 0
+  for (;;) {
+    const now = fs.readdirSync(inside).length
+    entry.peak = Math.max(entry.peak, now)
+    if (now >= count) fs.writeFileSync(full, '')
+    if (latecomer || fs.existsSync(full) || Date.now() > safety) break
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  // Held a little longer, so that a call beyond `count` that runs alongside (a broken cap)
+  // arrives while they are inside. Only how sure a broken cap is seen depends on this, never a
+  // correct run's result.
+  const hold = Date.now() + 2000
+  while (!latecomer && lines(path.join(dir, 'arrivals')) <= count && Date.now() < hold) {
+    entry.peak = Math.max(entry.peak, fs.readdirSync(inside).length)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  entry.peak = Math.max(entry.peak, fs.readdirSync(inside).length)
+  fs.rmSync(path.join(inside, String(process.pid)), { force: true })
+  fs.appendFileSync(departures, `${process.pid}\n`)
+}
