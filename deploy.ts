@@ -188,8 +188,8 @@ const TOOL_VALUES: Partial<Record<keyof typeof DEFAULTS, [RegExp, string]>> = {
   GCP_PROJECT: [/^[a-z][-a-z0-9.:]*$/, 'a project id such as ea-jupyter'],
   DOCKER_USERNAME: [/^[A-Za-z0-9][-A-Za-z0-9._@+]*$/, 'a registry user name'],
   DOCKER_REGISTRY: [/^[A-Za-z0-9][-A-Za-z0-9.]*(:\d+)?$/, 'a registry host such as ghcr.io or 127.0.0.1:5000'],
-  USER_IMAGE_PREFIX: [/^[a-z0-9][-a-z0-9._/:]*$/, 'an image name prefix such as earthlabhubops/ea-k8s-user-'],
-  HUB_IMAGE_PREFIX: [/^[a-z0-9][-a-z0-9._/:]*$/, 'an image name prefix such as earthlabhubops/ea-k8s-hub-'],
+  USER_IMAGE_PREFIX: [/^[a-z0-9]([-a-z0-9._:]|\/(?!\/))*$/, 'an image name prefix such as earthlabhubops/ea-k8s-user-'],
+  HUB_IMAGE_PREFIX: [/^[a-z0-9]([-a-z0-9._:]|\/(?!\/))*$/, 'an image name prefix such as earthlabhubops/ea-k8s-hub-'],
   STAGING_CHART: [CHART_NAME, 'a chart name (lowercase letters, digits, -)'],
   AWS_REGION: [/^[a-z][-a-z0-9]*$/, 'an AWS region such as us-east-1'],
   EKS_CLUSTER: [/^[A-Za-z0-9][-A-Za-z0-9_]*$/, 'an EKS cluster name'],
@@ -259,12 +259,8 @@ export function loadConfig(envFile: string | undefined, environment = process.en
     }
     if (env[key] !== undefined && env[key] !== '') values[key] = env[key]!
   }
-  for (const key of ['USER_IMAGE_PREFIX', 'HUB_IMAGE_PREFIX'] as const) {
-    // Lower case, digits and . _ - / : as Docker image names allow; the chart name follows.
-    if (!/^[a-z0-9]([a-z0-9._:-]|\/(?!\/))*$/.test(values[key])) throw usageError(`${key}=${values[key]}: not the start of a Docker image name; use lower case letters, digits and . _ - / (e.g. ${DEFAULTS[key]})`)
-  }
-  const seconds = (key: keyof typeof DURATION_RANGES) => checkDuration(key, values[key], DURATION_RANGES[key])
   checkToolValues(values)
+  const seconds = (key: keyof typeof DURATION_RANGES) => checkDuration(key, values[key], DURATION_RANGES[key])
   const flag = (key: 'ROLLBACK_ON_FAILURE') => {
     if (/^(true|1|yes|on)$/i.test(values[key])) return true
     if (/^(false|0|no|off)$/i.test(values[key])) return false

@@ -142,7 +142,7 @@ test('every secret-looking key of the environment and .env is masked, whatever i
     TEAMS_WEBHOOK_URL: 'https://teams.example.org/hook/teams-webhook-value', grafana_admin_password: 'lower-case-key-value',
   }
   const fromFile = { REGISTRY_PASSWORD: 'registry-password-from-dotenv' }
-  const ordinary = { GKE_ZONE: 'europe-west1-b', SSH_KEY_PATH: 'keys/ordinary-path', TOKEN_COUNT: 'ordinary-count-42', DEPLOY_USER: 'ordinary-user' }
+  const ordinary = { GKE_ZONE: 'europe-west1-b', SSH_KEY_PATH: 'keys/ordinary-path', REPLICA_COUNT: 'ordinary-count-42', DEPLOY_USER: 'ordinary-user' }
   commit(repo, { '.env': Object.entries(fromFile).map(([k, v]) => `${k}=${v}\n`).join('') })
   const all = { ...secret, ...fromFile, ...ordinary }
   const r = await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub'], {
