@@ -451,6 +451,12 @@ export interface HookContext {
   run: Exec
   /** Aborted when the hook runs out of time and on SIGINT/SIGTERM: pass it to fetch and waits. */
   signal: AbortSignal
+  /**
+   * `signal`, also aborted (a TimeoutError) after `ms`: one request's bound. Use it rather than
+   * `AbortSignal.any([ctx.signal, AbortSignal.timeout(ms)])`, whose timeout Node 20 may
+   * garbage-collect before it fires (seen here: a hung request then outlived its bound).
+   */
+  within: (ms: number) => AbortSignal
   /** Waits `ms`; rejects with `signal`'s reason as soon as it aborts. */
   sleep: (ms: number) => Promise<void>
   /**
@@ -3068,6 +3074,21 @@ function parseYesNo(text: string | undefined): boolean | undefined {
   return undefined
 }
 
+/** `signal`, or a TimeoutError after `ms`: a controller the timer holds, so nothing collects it early. */
+function signalWithin(signal: AbortSignal, ms: number): AbortSignal {
+  const bound = new AbortController()
+  const timer = setTimeout(() => bound.abort(new DOMException(`timed out after ${ms} ms`, 'TimeoutError')), ms)
+  timer.unref?.()
+  const stop = () => {
+    clearTimeout(timer)
+    bound.abort(signal.reason)
+  }
+  if (signal.aborted) stop()
+  else signal.addEventListener('abort', stop, { once: true })
+  bound.signal.addEventListener('abort', () => signal.removeEventListener('abort', stop), { once: true })
+  return bound.signal
+}
+
 function hookContext({ plan, state, exec, out, helm, invocation }: ChartRun, plugin: Plugin, signal: AbortSignal, failure: FailureFacts): HookContext {
   const sleep = abortableSleep(signal)
   return {
@@ -3085,6 +3106,7 @@ function hookContext({ plan, state, exec, out, helm, invocation }: ChartRun, plu
     log: pluginLog(out, plugin.name),
     run: exec,
     signal,
+    within: (ms) => signalWithin(signal, ms),
     sleep,
     retry: retrying(signal, sleep),
     parseYesNo,

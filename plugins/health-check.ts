@@ -83,11 +83,11 @@ function failure(e: unknown): string {
 class NotReady extends Error {}
 
 /** One probe: the hub's version, or a NotReady saying what it got. */
-async function probe(url: string, headers: Record<string, string>, timeoutMs: number, stop: AbortSignal): Promise<string> {
+async function probe(url: string, headers: Record<string, string>, bounded: AbortSignal, stop: AbortSignal): Promise<string> {
   let res: Response
   let body: string
   try {
-    res = await fetch(url, { headers, signal: AbortSignal.any([stop, AbortSignal.timeout(timeoutMs)]) })
+    res = await fetch(url, { headers, signal: bounded })
     body = await res.text()
   } catch (e) {
     if (stop.aborted) throw e
@@ -136,7 +136,7 @@ const plugin: Plugin = {
     try {
       const version = await ctx.retry(Infinity, backoff, (attempt) => {
         attempts = attempt
-        return probe(url, headers, Math.min(REQUEST_TIMEOUT_MS, Math.max(1_000, deadline - Date.now())), ctx.signal)
+        return probe(url, headers, ctx.within(Math.min(REQUEST_TIMEOUT_MS, Math.max(1_000, deadline - Date.now()))), ctx.signal)
       })
       ctx.log.info(`${url} answers: JupyterHub ${version} (after ${((Date.now() - start) / 1000).toFixed(1)}s, ${attempts} attempt${attempts > 1 ? 's' : ''})`)
     } catch (e) {

@@ -190,7 +190,7 @@ async function post(ctx: HookContext, target: Target, payload: unknown, deadline
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body,
-        signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(Math.min(REQUEST_TIMEOUT_MS, left))]),
+        signal: ctx.within(Math.min(REQUEST_TIMEOUT_MS, left)),
       })
     } catch (e) {
       throw new Error(`${target.label}: ${failure(e)}`)

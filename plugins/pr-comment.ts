@@ -229,7 +229,7 @@ async function request(ctx: HookContext, t: Target, what: string, url: string, d
         ...(body === undefined ? {} : { 'content-type': 'application/json' }),
       },
       body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(Math.min(REQUEST_TIMEOUT_MS, left))]),
+      signal: ctx.within(Math.min(REQUEST_TIMEOUT_MS, left)),
     })
   } catch (e) {
     throw new ApiError(`${what}: ${failure(e)}`)

@@ -8,6 +8,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { diffManifests, helmProblems, unifiedDiff } from '../deploy.ts'
 import { makeRepo, runDeploy, git, tempDir, HELM2, HELM3, SECRET_TOKEN, SETUP_COMMANDS, type Rule } from './support/harness.ts'
+import { withoutLock } from './support/hostile-deploy.ts'
 
 const userTag = (repo: string, hub = 'staginghub') => git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', `user-images/${hub}`)
 const noKubeconfig = () => ({ KUBECONFIG: path.join(tempDir(), 'none') })
@@ -338,7 +339,7 @@ test('with --deploy: validate, then diff, then the deploy; a chart that fails to
   const manifest = 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n'
   const r = await runDeploy(repo, ['--no-setup', '--validate', '--diff', '--deploy', 'staginghub'], { env: withKubeconfig(), rules: [HELM3, notInstalled, preview(manifest)] })
   assert.equal(r.code, 0, r.stderr)
-  assert.deepEqual(r.commands.map((c) => c.split(' ').slice(0, 2).join(' ')).slice(1, 7), ['helm lint', 'helm template', 'helm upgrade', 'helm status', 'helm dep', 'helm upgrade'])
+  assert.deepEqual(withoutLock(r.commands).map((c) => c.split(' ').slice(0, 2).join(' ')).slice(1, 7), ['helm lint', 'helm template', 'helm upgrade', 'helm status', 'helm dep', 'helm upgrade'])
   assert.equal(r.commands.filter((c) => c.includes('--dry-run=server')).length, 1, 'validate and diff share one server-side dry run')
   assert.match(r.stdout, /^staginghub: 0 changed, 1 added, 0 removed$/m)
   const invalid = await runDeploy(repo, ['--no-setup', '--validate', '--deploy', 'staginghub'], {

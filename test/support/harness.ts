@@ -27,11 +27,17 @@ export function tempDir(prefix = 'deploy-test-'): string {
   return dir
 }
 
+function withoutGitLocation(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(env).filter(([k]) => !/^GIT_(DIR|WORK_TREE|INDEX_FILE|OBJECT_DIRECTORY|COMMON_DIR)$/.test(k)))
+}
+
 export function git(cwd: string, ...args: string[]): string {
   return execFileSync('git', args, {
     cwd,
     encoding: 'utf8',
-    env: { ...process.env, GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@example.org', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@example.org' },
+    // Without the caller's GIT_DIR and friends (set under `git bisect run`, hooks): a fixture's
+    // `git init` must not reach the repository the tests run from.
+    env: { ...withoutGitLocation(process.env), GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@example.org', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@example.org' },
   }).trim()
 }
 
