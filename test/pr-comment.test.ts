@@ -8,6 +8,7 @@ import path from 'node:path'
 import { makeRepo, runDeploy, tempDir, ROOT, HELM3, type RunResult } from './support/harness.ts'
 import { startServer, closedPort, stopServers, type Answer, type Received, type TestServer } from './support/http.ts'
 import { MARKER, COMMENT_LIMIT, renderComment, nextLink } from '../plugins/pr-comment.ts'
+import type { ChartDiff, ChartValidation } from '../deploy.ts'
 
 const PLUGIN = path.join(ROOT, 'plugins', 'pr-comment.ts')
 const TOKEN = 'ghs_prCommentToken0123456789abcdef'
@@ -169,15 +170,16 @@ describe('pr-comment', { concurrency: 4 }, () => {
 
 describe('pr-comment rendering', () => {
   const masked = (s: string) => s.split('s3cr3t-value').join('***')
+  // The plugin's sections hold deploy.ts's own ChartValidation and ChartDiff.
   const section = (chart: string, text: string) => ({
     chart,
-    images: [{ kind: 'user', spec: `img/${chart}:abc1234` }, { kind: 'hub', spec: `hub/${chart}:def5678`, built: true }],
+    images: [{ kind: 'user' as const, spec: `img/${chart}:abc1234` }, { kind: 'hub' as const, spec: `hub/${chart}:def5678`, built: true }],
     built: true,
     validation: {
-      valid: true, secrets: 'locked' as const, serverSide: 'skipped' as const, serverSideNote: 'no cluster access', objects: 12,
-      errors: [], warnings: ['jupyterhub: icon is recommended'],
-    },
-    diff: { revision: 7, summary: { changed: 2, added: 1, removed: 0, unchanged: 9 }, text },
+      chart, valid: true, secrets: 'locked', serverSide: 'skipped', serverSideNote: 'no cluster access', objects: 12,
+      errors: [], warnings: ['jupyterhub: icon is recommended'], text: '',
+    } satisfies ChartValidation,
+    diff: { chart, namespace: chart, revision: 7, summary: { changed: 2, added: 1, removed: 0, unchanged: 9 }, objects: [], text } satisfies ChartDiff,
   })
   const diffOf = (lines: number, tag: string) => Array.from({ length: lines }, (_, i) => `+  line ${i} ${tag} ${'x'.repeat(60)}`).join('\n') + '\n'
 
