@@ -8,7 +8,7 @@
  * run: it gives one warning.
  */
 import fs from 'node:fs'
-import type { HookContext, Plugin } from '../deploy.ts'
+import type { ChartDiff, ChartValidation, HookContext, ImageInfo, Plugin } from '../deploy.ts'
 
 /** Where an existing comment is found: the first line of the body. */
 export const MARKER = '<!-- deploy.ts pr-comment -->'
@@ -20,35 +20,16 @@ const BUDGET_MS = 9_000
 /** Pages of 100 comments read at most while looking for ours. */
 const MAX_PAGES = 20
 
-/**
- * What `--validate` and `--diff` leave on the context (ctx.validation, ctx.diff in deploy.ts's
- * plugin contract): the fields this plugin reads. Unset in a run without those flags.
- */
-interface PlanFields {
-  validation?: {
-    valid: boolean
-    secrets: 'used' | 'locked' | 'missing'
-    serverSide: 'checked' | 'skipped'
-    serverSideNote?: string
-    objects: number
-    errors: { message: string }[]
-    warnings: string[]
-  }
-  diff?: {
-    revision?: number
-    summary: { changed: number; added: number; removed: number; unchanged: number }
-    text: string
-  }
-}
-
 /** One chart's part of the comment. */
 interface Section {
   chart: string
-  images: { kind: string; spec: string; built?: boolean }[]
+  images: Pick<ImageInfo, 'kind' | 'spec' | 'built'>[]
   /** Whether the run built (with --build): then an image not built is in the registry already. */
   built: boolean
-  validation?: PlanFields['validation']
-  diff?: PlanFields['diff']
+  /** ctx.validation: unset in a run without --validate. */
+  validation?: ChartValidation
+  /** ctx.diff: unset in a run without --diff. */
+  diff?: ChartDiff
   /** The run failed: the redacted error line. */
   error?: string
   failedPhase?: string
@@ -286,13 +267,12 @@ function ciUrl(env: Record<string, string | undefined>): string | undefined {
 function post(ctx: HookContext): Promise<void> {
   const t = target(ctx)
   if (typeof t === 'string') return Promise.resolve()
-  const plan = ctx as HookContext & PlanFields
   sections.set(ctx.chart, {
     chart: ctx.chart,
     images: ctx.images.map(({ kind, spec, built }) => ({ kind, spec, built })),
     built: ctx.phases.build,
-    validation: plan.validation,
-    diff: plan.diff,
+    validation: ctx.validation,
+    diff: ctx.diff,
     error: ctx.error ? ctx.redact(String(ctx.error.message ?? ctx.error)).split('\n')[0].slice(0, 500) : undefined,
     failedPhase: ctx.failedPhase,
   })

@@ -256,7 +256,8 @@ if (!tools) {
       assert.match(r.stdout, new RegExp(`^ConfigMap/${f.hub}/hub-config: changed\\n--- ConfigMap/${f.hub}/hub-config \\(revision 1\\)\\n\\+\\+\\+ ConfigMap/${f.hub}/hub-config \\(${git(f.repo, 'rev-parse', '--short=7', 'HEAD')}\\)\\n@@ `, 'm'))
       assert.match(r.stdout, /^- {2}cookie-secret: \*\*\*$/m, 'the old value, masked')
       assert.match(r.stdout, /^\+ {2}cookie-secret: \*\*\*$/m, 'the new value, masked')
-      assert.match(r.stdout, new RegExp(`^\\+ {2}singleuser-tag: ${tag}$`, 'm'))
+      // A tag like 647e354 reads as a number in YAML, so it is quoted there.
+      assert.match(r.stdout, new RegExp(`^\\+ {2}singleuser-tag: (${tag}|"${tag}")$`, 'm'))
       assert.match(r.stdout, new RegExp(`^Secret/${f.hub}/hub-secret: changed\\n  secret keys changed cookieSecret \\(values not shown\\)$`, 'm'))
       assert.match(r.stdout, new RegExp(`^Deployment/${f.hub}/user-placeholder: changed$`, 'm'))
       assert.match(r.stdout, new RegExp(`^\\+ +- image: example/user-${f.hub}:${tag}$`, 'm'))
