@@ -2121,22 +2121,6 @@ const ago = (iso: string | undefined) => {
   return Number.isFinite(ms) ? `${Math.max(0, Math.round(ms / 1000))}s ago` : 'at an unknown time'
 }
 
-/** Waits `ms`, or less when the invocation is cancelled (then throws why). */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const stop = () => {
-      clearTimeout(timer)
-      reject(signal.reason)
-    }
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', stop)
-      resolve()
-    }, ms)
-    if (signal.aborted) stop()
-    else signal.addEventListener('abort', stop, { once: true })
-  })
-}
-
 /**
  * Takes the chart's lease, waiting up to LOCK_TIMEOUT while another run holds it. A lease
  * that is released, or that nobody renewed for LEASE_SECONDS, is taken over.
@@ -2187,7 +2171,7 @@ async function acquireLock(r: ChartRun) {
       out.live(`... waiting for the deploy lock of ${chart}, held by ${who}; waiting up to LOCK_TIMEOUT=${config.LOCK_TIMEOUT}`)
       lastNote = Date.now()
     }
-    await pause(Math.min(LOCK_POLL_SECONDS * 1000, Math.max(0, deadline - Date.now())), invocation.signal)
+    await abortableSleep(invocation.signal)(Math.min(LOCK_POLL_SECONDS * 1000, Math.max(0, deadline - Date.now())))
   }
 }
 
