@@ -13,6 +13,8 @@ import { startServer, stopServers } from './support/http.ts'
 import { ROOT, HELM3, PASSWORD, PLANTED, PRIVATE_KEY_LINE, SECRET_TOKEN, GRAFANA_PASSWORD, commit, findLeak, git, makeRepo, runDeploy, standinBin, tempDir, type Rule, type RunResult } from './support/harness.ts'
 
 const read = (file: string) => fs.readFileSync(path.join(ROOT, file), 'utf8')
+/** deploy.ts and the modules beside it in lib/. */
+const sources = () => ['deploy.ts', ...fs.readdirSync(path.join(ROOT, 'lib')).filter((f) => f.endsWith('.ts')).map((f) => `lib/${f}`)].map(read).join('\n')
 const markdown = ['README.md', ...fs.readdirSync(path.join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)]
 
 test('relative links in README and docs/ point at files that exist', () => {
@@ -25,7 +27,7 @@ test('relative links in README and docs/ point at files that exist', () => {
 })
 
 test('the README documents every flag of --help and every exit code', () => {
-  const source = read('deploy.ts')
+  const source = sources()
   const usage = /const USAGE = `([\s\S]*?)`/.exec(source)![1]
   const readme = read('README.md')
   for (const [flag] of usage.matchAll(/--[a-z-]+/g)) assert.ok(readme.includes(flag), `README lacks ${flag}`)
@@ -279,7 +281,7 @@ test('docs/port.md covers every function of deploy.py and names only functions d
   for (const fn of ['setup_auth', 'setup_helm', 'setup_docker', 'last_git_modified', 'get_previous_image_spec', 'image_requires_build', 'build_hub_image', 'build_user_image', 'deploy', 'main']) {
     assert.ok(headings.some((h) => h.split(', ').includes(fn)), `docs/port.md has no section for deploy.py's ${fn}`)
   }
-  const source = read('deploy.ts')
+  const source = sources()
   const named = new Set([...port.matchAll(/`([A-Za-z_]\w*)\(\)`/g)].map(([, name]) => name))
   assert.ok(named.size >= 20, `only ${named.size} functions named`)
   for (const name of named) assert.match(source, new RegExp(`^(export )?(async )?function ${name}\\(`, 'm'), `docs/port.md names ${name}(), which deploy.ts does not have`)

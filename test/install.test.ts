@@ -14,9 +14,10 @@ const pkg = json('package.json')
 const lock = json('package-lock.json')
 const deno = json('deno.json')
 
-/** Bare package names deploy.ts and the shipped plugins import (types included). */
+/** Bare package names deploy.ts, its modules in lib/ and the shipped plugins import (types included). */
 function importedPackages(): Set<string> {
-  const files = ['deploy.ts', ...fs.readdirSync(path.join(ROOT, 'plugins')).filter((f) => f.endsWith('.ts')).map((f) => `plugins/${f}`)]
+  const lib = fs.readdirSync(path.join(ROOT, 'lib')).filter((f) => f.endsWith('.ts')).map((f) => `lib/${f}`)
+  const files = ['deploy.ts', ...lib, ...fs.readdirSync(path.join(ROOT, 'plugins')).filter((f) => f.endsWith('.ts')).map((f) => `plugins/${f}`)]
   const names = new Set<string>()
   for (const file of files) {
     const source = fs.readFileSync(path.join(ROOT, file), 'utf8')

@@ -124,10 +124,10 @@ test('CI logs: each chart\'s output is one block inside its own group (GitHub Ac
   })
 })
 
-test('--changed: a change to deploy.ts, plugins/, package.json or package-lock.json means every chart; an invalid range too', async () => {
+test('--changed: a change to deploy.ts, lib/, plugins/, package.json, package-lock.json or deno.json means every chart; an invalid range too', async () => {
   const repo = makeRepo({ hubs: HUBS })
   const all = ['ea-hub', 'edsc-hub', 'nbgrader-hub', 'staginghub']
-  for (const file of ['deploy.ts', 'plugins/notify.ts', 'package.json', 'package-lock.json']) {
+  for (const file of ['deploy.ts', 'lib/helm.ts', 'plugins/notify.ts', 'package.json', 'package-lock.json', 'deno.json']) {
     const base = git(repo, 'rev-parse', 'HEAD')
     commit(repo, { [file]: `// ${Math.random()}\n` })
     assert.deepEqual(JSON.parse((await runDeploy(repo, ['--changed', `${base}..HEAD`, '--json'])).stdout), all, file)

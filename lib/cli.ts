@@ -1,0 +1,122 @@
+/** The command line: usage, flags, and the checks of what they ask for. */
+import fs from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import minimist from 'minimist'
+import { usageError } from './contract.ts'
+import { CHART_NAME, type Config } from './config.ts'
+import { noChartsHere } from './plan.ts'
+
+export const USAGE = `usage: deploy.ts [--no-setup] [--build] [--push] [--deploy] [options] <chartname>...
+
+Builds the chart's images and deploys it with helm, like deploy.py. With several charts,
+the staging chart goes first and the others follow only if it succeeds.
+
+  --no-setup        skip setup (use your own gcloud/kubectl/docker configuration)
+  --build           build the user and hub images that need it
+  --push            push what was built (only with --build)
+  --deploy          helm upgrade the chart, then wait for its deployments
+  --validate        check the chart without deploying: helm lint and a render with the
+                    deploy's values; with cluster access also a server-side dry run.
+                    On its own it skips setup
+  --diff            show what --deploy would change in the cluster, object by object
+                    (read-only; runs before --deploy when both are given)
+  --dry-run         announce the commands the run would execute; runs nothing
+  --recover         repair a release an interrupted run left pending, then deploy
+  --rollback-on-failure
+                    when the rollout or a check after the upgrade fails, roll back to the
+                    revision live before the run (also ROLLBACK_ON_FAILURE=true)
+  --plugin NAME     load plugins/NAME.ts (the repository's, else the one shipped with
+                    deploy.ts) or a path; repeatable; also DEPLOY_PLUGINS
+  --parallel N      charts deployed at once after the staging chart (default: all, at most 8)
+  --changed RANGE   print the charts whose files RANGE changed, one per line
+  --json            with --changed: print them as a JSON array (a CI matrix); with
+                    --validate/--diff: print the results as one JSON document
+  --env-file FILE   read configuration from FILE instead of .env
+  --dotenv FILE     the same; prefer it under Node 20, which stops on a missing --env-file itself (exit 9)
+  --list            print the charts this repository has
+  --verbose         also show read-only probes (registry lookups, helm history)
+  --version, --help
+
+Exit codes: 0 success, 1 an external command failed, 2 usage or configuration error
+(nothing run), 3 refused by a plugin (its verify hook, or a check such as the staging
+promotion), 130/143 interrupted (SIGINT/SIGTERM).`
+
+/**
+ * Charts deployed at once after staging when --parallel is not given. helm upgrades wait on
+ * the cluster, not on the CPU, so every production chart goes at once; the cap bounds the
+ * helm and kubectl clients one job starts (docs/performance.md, P5).
+ */
+export const DEFAULT_PARALLEL = 8
+
+const FLAGS = {
+  boolean: ['setup', 'build', 'push', 'deploy', 'validate', 'diff', 'dry-run', 'recover', 'rollback-on-failure', 'list', 'verbose', 'version', 'help', 'json'],
+  string: ['env-file', 'plugin', 'parallel', 'changed'],
+}
+
+export function parseArgs(argv: string[]) {
+  const unknown: string[] = []
+  const args = minimist(argv, {
+    ...FLAGS,
+    default: { setup: true },
+    alias: { 'env-file': 'dotenv' },
+    unknown: (a: string) => (a.startsWith('-') ? (unknown.push(a), false) : true),
+  })
+  if (unknown.length) throw usageError(`unknown option ${unknown[0]}; see deploy.ts --help`)
+  for (const key of ['env-file', 'parallel', 'changed']) {
+    if (Array.isArray(args[key])) throw usageError(`--${key} given twice; give it once`)
+    if (args[key] === '') throw usageError(`--${key} needs a value`)
+  }
+  if (args.parallel !== undefined && !/^[1-9]\d*$/.test(args.parallel)) throw usageError(`--parallel ${args.parallel}: give a whole number of charts, 1 or more`)
+  if ([args.plugin ?? []].flat().some((p: string) => !p.trim())) throw usageError('--plugin needs a value: a plugin name or path')
+  checkCombination(args)
+  return args
+}
+
+/** Flag combinations that would do less than they say are refused, not ignored. */
+function checkCombination(args: minimist.ParsedArgs) {
+  if (args.help || args.version) return
+  const given = (flag: string) => args[flag] === true || typeof args[flag] === 'string'
+  const phaseFlags = ['build', 'push', 'deploy', 'validate', 'diff', 'recover', 'dry-run', 'plugin', 'parallel'].filter(given)
+  const drop = phaseFlags.length ? `--${phaseFlags[0]}` : 'the chart names'
+  if (args.changed !== undefined) {
+    if (phaseFlags.length || args._.length) throw usageError(`--changed only lists charts: drop ${drop} (run the deploy as its own command)`)
+    return
+  }
+  if (args.json && !args.validate && !args.diff) throw usageError('--json only applies to --changed, --validate or --diff: add one of them or drop --json')
+  if (args.list) {
+    if (phaseFlags.length || args._.length) throw usageError(`--list only lists charts: drop ${drop}`)
+    return
+  }
+  if (args.push && !args.build) throw usageError('--push pushes only what this run builds: add --build (or drop --push)')
+  if (args.recover && !args.deploy) throw usageError('--recover repairs a release before deploying it: add --deploy (or drop --recover)')
+  if (!args.setup && !args.build && !args.deploy && !args.validate && !args.diff) throw usageError('nothing to do: --no-setup without --build, --deploy, --validate or --diff runs no phase; add one of them')
+}
+
+export function version(): string {
+  const pkg = fileURLToPath(new URL('../package.json', import.meta.url))
+  try {
+    return JSON.parse(fs.readFileSync(pkg, 'utf8')).version
+  } catch {
+    return 'unknown'
+  }
+}
+
+export type Args = ReturnType<typeof parseArgs>
+
+/** The plugins `--plugin` and DEPLOY_PLUGINS name, in that order, each once. */
+export function pluginNames(args: Args, config: Config): string[] {
+  const names = [...[args.plugin ?? []].flat(), ...config.DEPLOY_PLUGINS.split(',')].map((s) => s.trim()).filter(Boolean)
+  return [...new Set(names)]
+}
+
+/** The chart names asked for, checked, the staging chart first (production charts follow only when it succeeded). */
+export function chartNames(args: Args, config: Config, charts: string[]): string[] {
+  const names: string[] = [...new Set<string>(args._.map(String))]
+  if (charts.length === 0) throw usageError(noChartsHere())
+  if (names.length === 0) throw usageError(`no chart name given; valid charts: ${charts.join(', ')}`)
+  const invalid = names.find((n) => !CHART_NAME.test(n))
+  if (invalid !== undefined) throw usageError(`chart name "${invalid}" is not a valid release name (lowercase letters, digits and -, at most 53); valid charts: ${charts.join(', ') || '(none found)'}`)
+  const unknown = names.filter((n) => !charts.includes(n))
+  if (unknown.length) throw usageError(`unknown chart "${unknown[0]}"; valid charts: ${charts.join(', ')}`)
+  return names.sort((a, b) => Number(b === config.STAGING_CHART) - Number(a === config.STAGING_CHART))
+}

@@ -1,0 +1,156 @@
+/** Git: image tags, the commit range, and what is committed. */
+import process from 'node:process'
+import fs from 'node:fs'
+import { usageError, type Exec, type Logger } from './contract.ts'
+import { INSTALL_HINTS, onPath, type Output } from './process.ts'
+import type { Request, Tools } from './plan.ts'
+
+/**
+ * For each dir, the abbreviated hashes of the last five commits that touched it, newest
+ * first, from one `git log` for all dirs: element n-1 is the original's
+ * last_git_modified(dir, n) (`git log -n n --pretty=format:%h dir`, last line).
+ */
+export async function gitModified(exec: Exec, dirs: string[]): Promise<Map<string, string[]>> {
+  const found = new Map(dirs.map((dir) => [dir, [] as string[]]))
+  if (dirs.length === 0) return found
+  // --cc: a merge git lists (one that differs from every parent) names the files it resolved.
+  // -z: file names verbatim (git quotes names outside ASCII otherwise, which then match no dir).
+  const args = ['log', '-z', '--pretty=format:%h', '--name-only', '--cc', '--', ...dirs]
+  const { stdout } = await exec('git', args, { capture: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
+  // Records: `<hash>\n<file>\0<file>\0...`, separated by an empty field.
+  let hash = ''
+  let header = true
+  for (const field of stdout.split('\0')) {
+    if (!field) {
+      header = true
+      continue
+    }
+    let file = field
+    if (header) {
+      const [first, ...rest] = field.split('\n')
+      hash = first
+      file = rest.join('\n')
+      header = false
+    }
+    for (const [dir, hashes] of found) {
+      if (file.startsWith(`${dir}/`) && hashes.at(-1) !== hash && hashes.length < 5) hashes.push(hash)
+    }
+  }
+  return found
+}
+
+/** Local git commands get this long (a huge repository, a stuck filesystem). */
+const GIT_TIMEOUT = '2m'
+
+/** A revision or range (`main..HEAD`, `a1b2c3...d4e5f6`): never an option, no spaces. */
+const COMMIT_RANGE = /^[\w@{}^~:/.-]+$/
+
+/** Refuses a range that is not one, naming where it came from; git also gets --end-of-options. */
+export function checkRange(range: string, source: string): string {
+  if (!COMMIT_RANGE.test(range) || range.startsWith('-')) {
+    throw usageError(`${source}=${range}: not a commit range; give one such as main..HEAD or a1b2c3d...e4f5a6b`)
+  }
+  return range
+}
+
+/** The commit range CI built: Travis's variable, or the before..after of a GitHub push. */
+export function commitRange(env: NodeJS.ProcessEnv, out: Logger): string | undefined {
+  if (env.TRAVIS_COMMIT_RANGE) return checkRange(env.TRAVIS_COMMIT_RANGE, 'TRAVIS_COMMIT_RANGE')
+  if (env.GITHUB_EVENT_NAME === 'push' && env.GITHUB_EVENT_PATH) {
+    let event: { before?: unknown; after?: unknown }
+    try {
+      event = JSON.parse(fs.readFileSync(env.GITHUB_EVENT_PATH, 'utf8'))
+    } catch {
+      out.warn(`GITHUB_EVENT_PATH=${env.GITHUB_EVENT_PATH}: not a readable JSON event, so the pushed range is unknown: an image is rebuilt only when its tag is missing from the registry`)
+      return undefined
+    }
+    if (event && typeof event.before === 'string' && typeof event.after === 'string' && event.before && event.after) {
+      return checkRange(`${event.before}..${event.after}`, 'GITHUB_EVENT_PATH before..after')
+    }
+  }
+  return undefined
+}
+
+/**
+ * The files `range` changed (below `paths`, if given), verbatim (-z); undefined, after a
+ * warning ending in `fallback`, when git cannot read the range (a force push or a first build).
+ */
+async function changedFiles(exec: Exec, out: Output, range: string, fallback: string, paths: string[] = []): Promise<string[] | undefined> {
+  const only = paths.length ? ['--', ...paths] : []
+  const diff = await exec('git', ['diff', '--name-only', '-z', '--end-of-options', range, ...only], { capture: true, nothrow: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
+  if (diff.exitCode === 0) return diff.stdout.split('\0').filter(Boolean)
+  // Only a range git does not know means "everything changed"; any other complaint is git's own.
+  if (!/bad revision|unknown revision|ambiguous argument|invalid (revision|object|symmetric)|bad object/i.test(diff.stderr)) {
+    // Outside a repository git diff only prints its usage: rev-parse says why.
+    const why = await exec('git', ['rev-parse', 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
+    throw usageError(gitProblem(why.exitCode !== 0 ? why.stderr : diff.stderr))
+  }
+  out.warn(`commit range ${range} is not valid here (force push or first build?): ${fallback}`)
+  return undefined
+}
+
+/**
+ * Dirs with uncommitted changes (untracked files included, ignored ones not): what the run
+ * would build or deploy from them is not what the commit says.
+ */
+export async function dirtyDirs(exec: Exec, dirs: string[], ignore?: RegExp): Promise<string[]> {
+  if (dirs.length === 0) return []
+  const args = ['status', '--porcelain=v1', '-z', '--untracked-files=all', '--', ...dirs]
+  const { stdout } = await exec('git', args, { capture: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
+  // Entries: `XY <path>`; a rename or copy adds its source as the next field.
+  const fields = stdout.split('\0')
+  const paths: string[] = []
+  for (let i = 0; i < fields.length; i++) {
+    if (fields[i].length < 4) continue
+    paths.push(fields[i].slice(3))
+    if (/[RC]/.test(fields[i][0])) paths.push(fields[++i] ?? '')
+  }
+  const changed = paths.filter((p) => !ignore?.test(p))
+  return dirs.filter((dir) => changed.some((p) => p === dir || p.startsWith(`${dir}/`)))
+}
+
+/** The dirs the commit range touched; a range git cannot read touched them all. */
+export async function touchedDirs(exec: Exec, out: Output, range: string, dirs: string[]): Promise<Set<string>> {
+  const files = await changedFiles(exec, out, range, `treating ${dirs.join(', ')} as changed`, dirs)
+  if (!files) return new Set(dirs)
+  return new Set(dirs.filter((dir) => files.some((f) => f.startsWith(`${dir}/`))))
+}
+
+/** Charts whose files the commit range changed; deploy.ts, lib/, plugins/, package.json or deno.json mean all. */
+export async function changedCharts(exec: Exec, out: Output, range: string, charts: string[]): Promise<string[]> {
+  const files = await changedFiles(exec, out, range, 'every chart counts as changed')
+  if (!files) return charts
+  const changed = new Set<string>()
+  for (const file of files) {
+    if (file === 'deploy.ts' || file.startsWith('lib/') || file.startsWith('plugins/') || file === 'package.json' || file === 'package-lock.json' || file === 'deno.json') return charts
+    const hub = /^(?:hub-charts|user-images|hub-images)\/([^/]+)\//.exec(file)?.[1] ?? /^secrets\/([^/]+)\.yaml$/.exec(file)?.[1]
+    if (hub) changed.add(hub)
+    if (file.startsWith('monitoring/')) changed.add('monitoring')
+  }
+  return charts.filter((c) => changed.has(c))
+}
+
+/** The git repository and its commit; a shallow clone would give wrong image tags. */
+export async function checkGit(request: Request, { exec, env }: Tools): Promise<string> {
+  if (!onPath('git', env)) throw usageError(`git not found on PATH: ${INSTALL_HINTS.git}`)
+  const rev = await exec('git', ['rev-parse', '--is-shallow-repository', 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
+  if (rev.exitCode !== 0) throw usageError(gitProblem(rev.stderr))
+  const [shallow, commit] = rev.stdout.trim().split('\n')
+  if (shallow === 'true' && (request.phases.build || request.phases.deploy || request.phases.diff)) {
+    throw usageError('this is a shallow clone, so image tags would be wrong: run `git fetch --unshallow` (in CI, clone with full depth)')
+  }
+  return commit
+}
+
+/** Why git cannot read the repository here, in git's own words, with the fix. */
+function gitProblem(stderr: string): string {
+  const said = stderr.split('\n').map((l) => l.replace(/^(fatal|error): /, '').trim()).filter(Boolean)
+  const first = said[0] ?? 'git rev-parse failed'
+  const where = process.cwd()
+  if (/dubious ownership/.test(first)) {
+    return `git refuses ${where}: ${first} (owned by another user); if you trust it, run \`git config --global --add safe.directory ${where}\``
+  }
+  if (/not a git repository/i.test(first)) return `${where} is not a git repository (git: ${first}): run deploy.ts from the root of the ops repository`
+  if (/ambiguous argument 'HEAD'|unknown revision/.test(first)) return `${where} is a git repository without commits: commit the charts first`
+  return `git cannot read the repository in ${where}: ${first}`
+}

@@ -1,0 +1,175 @@
+/**
+ * The Helm adapter (what differs between Helm 2 and Helm 3, as data), and what deploy.ts does
+ * to a release beyond the upgrade: --recover, --rollback-on-failure, diagnostics.
+ */
+import { DeployError, type Exec, type Helm, type ReleaseRevision } from './contract.ts'
+import { inGroup, onPath } from './process.ts'
+import type { ChartRun } from './plan.ts'
+
+/** What each Helm version does its own way. */
+export const HELM_VERSIONS = {
+  2: {
+    // Releases live in tiller: no --namespace for them.
+    namespaced: false,
+    upgradeFlags: ['--force'],
+    createNamespace: [],
+    seconds: (s: number) => String(s),
+    template: (release: string, dir: string) => ['template', dir, '--name', release],
+    serverDryRun: false,
+    uninstall: ['delete', '--purge'],
+    // Setup installs or upgrades tiller, then waits for it.
+    setup: [
+      ['helm', 'init', '--upgrade'],
+      ['kubectl', 'rollout', 'status', '--namespace', 'kube-system', '--watch', 'deployment', 'tiller-deploy'],
+    ],
+    pendingRefusal: undefined,
+  },
+  3: {
+    namespaced: true,
+    upgradeFlags: [],
+    createNamespace: ['--create-namespace'],
+    seconds: (s: number) => `${s}s`,
+    template: (release: string, dir: string) => ['template', release, dir],
+    serverDryRun: true,
+    uninstall: ['uninstall'],
+    setup: [],
+    // How helm refuses to upgrade a release that is pending-install/upgrade/rollback.
+    pendingRefusal: /another operation \(install\/upgrade\/rollback\) is in progress/,
+  },
+} as const
+
+export function makeHelm(major: 2 | 3, exec: Exec): Helm {
+  const v = HELM_VERSIONS[major]
+  const ns = (release: string) => (v.namespaced ? ['--namespace', release] : [])
+  return {
+    major,
+    tracksPending: v.pendingRefusal !== undefined,
+    setup: v.setup,
+    upgradeArgs: (release, chartDir, timeoutSeconds, extra) => [
+      'upgrade', '--install', '--namespace', release, release, chartDir, ...v.upgradeFlags,
+      '--wait', '--timeout', v.seconds(timeoutSeconds), '--cleanup-on-fail', ...v.createNamespace,
+      '-f', `secrets/${release}.yaml`, ...extra,
+    ],
+    statusArgs: (release) => ['status', release, ...ns(release)],
+    templateArgs: (release, dir) => [...v.template(release, dir)],
+    serverDryRun: v.serverDryRun,
+    repairArgs: (release, revision, timeoutSeconds) => revision === undefined
+      ? [...v.uninstall, release, ...ns(release)]
+      : ['rollback', release, String(revision), ...ns(release), '--wait', '--timeout', v.seconds(timeoutSeconds)],
+    history: (release) => releaseHistory(exec, ['history', release, ...ns(release), '-o', 'json'], release),
+    revision: (output) => {
+      const found = /^REVISION: (\d+)$/m.exec(output)?.[1]
+      return found ? Number(found) : undefined
+    },
+    isPendingRefusal: (output) => v.pendingRefusal?.test(output) ?? false,
+  }
+}
+
+/** `helm history -o json` of either version, oldest first, statuses as Helm 3 spells them. */
+async function releaseHistory(exec: Exec, args: string[], release: string): ReturnType<Helm['history']> {
+  const r = await exec('helm', args, { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: '60s' })
+  if (r.exitCode !== 0) {
+    const why = (r.stderr || r.stdout).trim().split('\n').at(-1) || `exit ${r.exitCode}`
+    return { error: `could not read the history of ${release} (${why})` }
+  }
+  let list: unknown
+  try {
+    list = JSON.parse(r.stdout || '[]')
+  } catch {
+    list = undefined
+  }
+  if (!Array.isArray(list)) return { error: `\`helm ${args.join(' ')}\` did not print a JSON list` }
+  const revisions = (list as ReleaseRevision[]).map((rev) => ({ ...rev, revision: Number(rev.revision), status: String(rev.status).toLowerCase().replace(/_/g, '-') }))
+  return { revisions: revisions.sort((a, b) => a.revision - b.revision) }
+}
+
+/** Helm's major version from the client alone (Helm 2 would ask tiller without --client). */
+export async function helmMajorVersion(exec: Exec, env: NodeJS.ProcessEnv): Promise<2 | 3 | undefined> {
+  if (!onPath('helm', env)) return undefined
+  const r = await exec('helm', ['version', '--client', '--short'], { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: '60s' })
+  const major = /v(\d+)\./.exec(r.stdout)?.[1]
+  return major === '2' ? 2 : major === '3' ? 3 : undefined
+}
+
+/**
+ * A release an interrupted run left pending-*: with --recover, rolled back to the last
+ * deployed revision (or uninstalled if it never deployed); otherwise an error naming the
+ * state and the repair. Returns whether the release was pending.
+ */
+export async function handlePendingRelease({ plan, exec, out, helm }: ChartRun): Promise<boolean> {
+  const { chart } = plan
+  const history = await helm.history(chart)
+  const revisions = 'revisions' in history ? history.revisions : []
+  const last = revisions.at(-1)
+  if (!last || !last.status.startsWith('pending-')) return false
+  // Only a whole revision number may reach `helm rollback` (the history is helm's output, not ours).
+  const deployed = [...revisions].reverse().find((r) => (r.status === 'deployed' || r.status === 'superseded') && Number.isInteger(r.revision) && r.revision > 0)
+  const repair = helm.repairArgs(chart, deployed?.revision, plan.config.helmTimeoutSeconds)
+  if (!plan.recover) {
+    throw new DeployError(`release ${chart} is stuck in ${last.status} (revision ${last.revision}, an earlier run was interrupted): repair with \`helm ${repair.join(' ')}\` or rerun with --recover`)
+  }
+  out.warn(`release ${chart} is stuck in ${last.status}: recovering with helm ${repair.join(' ')}`)
+  await exec('helm', repair, { timeout: deployed ? `${plan.config.helmTimeoutSeconds + 120}s` : '5m' })
+  return true
+}
+
+/** What the cluster says about the namespace, printed after a failed upgrade or rollout (not when cancelled). */
+export async function printDiagnostics({ plan, exec, out, helm, invocation }: ChartRun) {
+  if (invocation.cancelled) return
+  const ns = plan.chart
+  out.error(`diagnostics for namespace ${ns}:`)
+  const opts = { nothrow: true, timeout: '60s' } as const
+  await exec('kubectl', ['get', 'events', '--namespace', ns, '--sort-by=.lastTimestamp'], opts)
+  await exec('kubectl', ['get', 'pods', '--namespace', ns], opts)
+  await exec('helm', helm.statusArgs(ns), opts)
+}
+
+/** Just before the upgrade: the revision live now, to go back to, and the newest, to tell whether the upgrade made one. */
+export async function recordLiveRevision({ plan, state, helm }: ChartRun) {
+  const history = await helm.history(plan.chart)
+  const revisions = 'revisions' in history ? history.revisions : []
+  state.before = {
+    live: [...revisions].reverse().find((rev) => rev.status === 'deployed')?.revision,
+    newest: revisions.at(-1)?.revision ?? 0,
+  }
+}
+
+/**
+ * After a failure that may have changed the release: back to the revision live before the
+ * run, whose rollout is then waited for. Records the outcome for the fail hooks; never
+ * throws (the run ends with its own error).
+ */
+export async function rollBack(r: ChartRun, rollout: (r: ChartRun) => Promise<void>) {
+  const { plan, state, out, helm } = r
+  const { chart } = plan
+  const before = state.before
+  if (!before) return // failed before the upgrade started: the release was not touched
+  if (before.live === undefined) {
+    out.warn(before.newest === 0
+      ? `${chart}: this was its first install, so there is no earlier revision to roll back to; the release is left as it is (\`helm ${helm.repairArgs(chart, undefined, 0).join(' ')}\` removes it)`
+      : `${chart}: no revision was deployed before this run, so there is none to roll back to; the release is left as it is`)
+    return
+  }
+  const history = state.revision === undefined ? await helm.history(chart) : undefined
+  const made = state.revision ?? (history && 'revisions' in history ? history.revisions.at(-1)?.revision ?? 0 : 0)
+  if (made <= before.newest) {
+    out.info(`${chart} is still on revision ${before.live} (the upgrade made no new revision): nothing to roll back`)
+    return
+  }
+  const to = before.live
+  out.warn(`${chart} failed after helm upgrade made revision ${made}: rolling back to revision ${to}, the one live before this run`)
+  try {
+    await inGroup(out, 'rollback', `rollback ${chart}`, async () => {
+      const seconds = plan.config.helmTimeoutSeconds
+      // helm stops waiting at its own --timeout; ours is only a backstop.
+      await r.exec('helm', helm.repairArgs(chart, to, seconds), { timeout: `${seconds + 120}s` })
+      await rollout(r)
+    })
+    state.rolledBackTo = to
+    out.warn(`${chart} rolled back to revision ${to}`)
+  } catch (e) {
+    state.rollbackError = `rollback of ${chart} to revision ${to} failed: ${(e as Error)?.message ?? e}`
+    out.error(state.rollbackError)
+    await printDiagnostics(r)
+  }
+}

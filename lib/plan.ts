@@ -1,0 +1,274 @@
+/**
+ * A chart's run: what the command line asks (Request), what preflight fixed (ChartPlan),
+ * what changes as it goes (ChartState), and preflight itself: bad input stops here with
+ * exit 2, before any command with an effect runs.
+ */
+import process from 'node:process'
+import fs from 'node:fs'
+import type YAMLModule from 'yaml'
+import os from 'node:os'
+import path from 'node:path'
+import { DeployError, usageError, type ChartDiff, type ChartValidation, type Exec, type Helm, type ImageInfo, type Phase, type Phases, type Plugin } from './contract.ts'
+import { CHART_NAME, type Config } from './config.ts'
+import { checkSecretsYaml, readIfPlain, readSecretFile, secretFileFor, type Secrets } from './secrets.ts'
+import { INSTALL_HINTS, onPath, type Invocation, type Output } from './process.ts'
+import { HELM_VERSIONS, helmMajorVersion } from './helm.ts'
+import { checkGit, commitRange, dirtyDirs, gitModified } from './git.ts'
+import { CLUSTERS, LOGINS, REGISTRIES, pickProvider, planSetup, setupSteps, type SetupPlan } from './providers.ts'
+import type { HeldLease } from './lock.ts'
+import type { Preview } from './preview.ts'
+
+/**
+ * Registers every secret the charts' run can meet, before a plugin loads or a command
+ * starts: every provider's credential files (by their own masks) and the charts' values.
+ */
+export function collectFileSecrets(secrets: Secrets, config: Config, charts: string[], YAML: typeof YAMLModule) {
+  const files = [...Object.values(CLUSTERS), ...Object.values(REGISTRIES), ...Object.values(LOGINS).flat()].flatMap((p) => p.files)
+  for (const file of new Set(files)) {
+    const text = config[file.key] ? readIfPlain(config[file.key])?.trim() : undefined
+    if (!text) continue
+    let parts: Array<string | undefined> | undefined
+    try {
+      parts = file.masks?.(text, YAML) ?? [text]
+    } catch {
+      parts = undefined
+    }
+    for (const part of parts ?? []) secrets.add(part)
+    // A credential file that does not parse (JSON is YAML too): its lines, by the masking rule.
+    if (file.masks && YAML.parseDocument(text, { logLevel: 'silent' }).errors.length) secrets.addLines(text)
+  }
+  for (const chart of charts) {
+    const values = readIfPlain(`secrets/${chart}.yaml`)
+    if (values) secrets.addYaml(values, YAML)
+  }
+}
+
+/** What the command line asks of every chart. */
+export interface Request {
+  readonly phases: Readonly<Phases>
+  readonly config: Config
+  readonly dryRun: boolean
+  readonly recover: boolean
+  /** --rollback-on-failure or ROLLBACK_ON_FAILURE=true. */
+  readonly rollbackOnFailure: boolean
+  readonly plugins: readonly Plugin[]
+}
+
+/** What every chart of one invocation shares, checked once by preflight. */
+interface RepositoryFacts {
+  readonly commit: string
+  readonly helmMajor: 2 | 3
+  /** Setup's providers, checked, with their secrets in memory. */
+  readonly setupPlan?: SetupPlan
+}
+
+/** One chart's run as preflight fixed it: read-only from then on. */
+export interface ChartPlan extends Request, RepositoryFacts {
+  readonly chart: string
+  readonly chartDir: string
+  /** The build phase marks each image built and pushed. */
+  readonly images: readonly ImageInfo[]
+  /** Each image dir's last five commits, newest first (tags and cache candidates). */
+  readonly history: ReadonlyMap<string, string[]>
+  /** secrets/<chart>.yaml: read (always for a deploy or a diff), or left out of a validation. */
+  readonly secretsFile?: ChartValidation['secrets']
+}
+
+/** What changes while a chart's run goes on. */
+export interface ChartState {
+  phase?: Phase
+  timings: Partial<Record<Phase, number>>
+  revision?: number
+  /** With --rollback-on-failure, read just before the upgrade: the deployed revision (none on a first install) and the newest. */
+  before?: { live?: number; newest: number }
+  rolledBackTo?: number
+  rollbackError?: string
+  privateDir?: string
+  /** The chart's deploy lock, while this run holds it. */
+  lease?: HeldLease
+  /** How the run ended, for the multi-chart summary. */
+  result?: 'ok' | 'failed' | 'skipped'
+  error?: DeployError
+  /** When the run started (ms since the epoch) and how long it took. */
+  startedAt?: number
+  seconds?: number
+  dependenciesReady?: boolean
+  /** The server-side dry run, shared by validate and diff. */
+  preview?: Promise<Preview>
+  validation?: ChartValidation
+  diff?: ChartDiff
+}
+
+/** Where a chart's run writes and what it runs commands with. */
+export interface Tools {
+  readonly exec: Exec
+  readonly out: Output
+  /** The children's environment: setup points it at the run's private config directory. */
+  readonly env: NodeJS.ProcessEnv
+  readonly invocation: Invocation
+}
+
+export interface ChartRun extends Tools {
+  readonly plan: ChartPlan
+  readonly state: ChartState
+  readonly helm: Helm
+}
+
+export function chartDir(chart: string): string {
+  return chart === 'monitoring' ? 'monitoring' : `hub-charts/${chart}`
+}
+
+/** Every chart the repository has: hub-charts/<name>/ with a Chart.yaml, and monitoring. */
+export function discoverCharts(): string[] {
+  const hubs = fs.existsSync('hub-charts')
+    ? fs.readdirSync('hub-charts').filter((d) => CHART_NAME.test(d) && fs.existsSync(`hub-charts/${d}/Chart.yaml`)).sort()
+    : []
+  return fs.existsSync('monitoring/Chart.yaml') ? [...hubs, 'monitoring'] : hubs
+}
+
+/** Why no chart was found here: most often deploy.ts runs in a subdirectory of the repository. */
+export function noChartsHere(): string {
+  for (let dir = path.resolve('..'); ; dir = path.dirname(dir)) {
+    if (fs.existsSync(path.join(dir, 'hub-charts'))) return `no charts in ${process.cwd()}: run deploy.ts from the repository root, ${dir}`
+    if (dir === path.dirname(dir)) break
+  }
+  return `no charts in ${process.cwd()} (no hub-charts/<hub>/Chart.yaml, no monitoring/Chart.yaml): run deploy.ts from the root of the ops repository`
+}
+
+function checkChartYaml(chart: string, YAML: typeof YAMLModule) {
+  const file = `${chartDir(chart)}/Chart.yaml`
+  let doc: { name?: unknown; version?: unknown } | undefined
+  if (!fs.statSync(file).isFile()) throw usageError(`${file}: not a file; fix the chart`)
+  try {
+    doc = YAML.parse(fs.readFileSync(file, 'utf8'))
+  } catch (e) {
+    throw usageError(`${file}: not valid YAML (${String((e as Error).message).split('\n')[0]}); fix the chart`)
+  }
+  if (!doc || typeof doc !== 'object' || !doc.name || !doc.version) {
+    throw usageError(`${file}: needs at least a name and a version; fix the chart`)
+  }
+}
+
+/** Every tool the run's phases need is on PATH (a dry run needs none). */
+function checkTools({ phases, config }: Request, env: NodeJS.ProcessEnv, setupPlan: SetupPlan | undefined) {
+  const needed = new Set<string>()
+  if (setupPlan) [...setupSteps(setupPlan, config, []).map((step) => step.tool), 'kubectl', 'helm'].forEach((t) => needed.add(t))
+  if (phases.build) needed.add('docker')
+  if (phases.deploy) ['helm', 'kubectl'].forEach((t) => needed.add(t))
+  if (phases.validate || phases.diff) needed.add('helm')
+  for (const tool of needed) if (!onPath(tool, env)) throw usageError(`${tool} not found on PATH: ${INSTALL_HINTS[tool]}`)
+}
+
+/** Checks that hold for the whole invocation: git and the repository, setup's providers and files, the tools, Helm's version. */
+export async function checkRepository(request: Request, tools: Tools): Promise<RepositoryFacts> {
+  const commit = await checkGit(request, tools)
+  pickProvider(CLUSTERS, 'CLUSTER_PROVIDER', request.config)
+  pickProvider(REGISTRIES, 'REGISTRY_PROVIDER', request.config)
+  if (request.phases.build) commitRange(tools.env, tools.out)
+  const setupPlan = request.phases.setup ? planSetup(request, tools) : undefined
+  if (!request.dryRun) checkTools(request, tools.env, setupPlan)
+  const major = await helmMajorVersion(tools.exec, tools.env)
+  const { phases } = request
+  if (!major) {
+    if (request.dryRun) tools.out.print('# helm not found: planning for Helm 3')
+    else if (phases.setup || phases.deploy || phases.validate || phases.diff) throw usageError('could not tell the Helm version from `helm version`: install Helm 2 or 3')
+  }
+  if (major === 2 && setupPlan && !setupPlan.cluster.helm2) {
+    throw usageError(`CLUSTER_PROVIDER=${request.config.CLUSTER_PROVIDER} needs Helm 3: Helm 2's tiller is set up only on gke, as the original did (https://helm.sh/docs/intro/install/)`)
+  }
+  if (request.recover && major === 2 && !request.dryRun) throw usageError('--recover needs Helm 3 (Helm 2 releases are repaired through tiller): drop --recover')
+  if (phases.diff && major && !HELM_VERSIONS[major].serverDryRun) throw usageError('--diff needs Helm 3 (it reads the release with `helm status -o json` and a server-side dry run): install Helm 3, or use --validate')
+  if (phases.diff && !request.dryRun && noClusterAccess(phases, tools.env)) throw usageError('--diff needs read access to the cluster: drop --no-setup, or point KUBECONFIG at a kubeconfig')
+  return { commit, helmMajor: major ?? 3, setupPlan }
+}
+
+/** The chart's own checks (its Chart.yaml, its secret values, its image tags), giving its plan. */
+export async function planChart(chart: string, request: Request, facts: RepositoryFacts, tools: Tools): Promise<ChartPlan> {
+  checkChartYaml(chart, tools.invocation.runtime.YAML)
+  const { phases } = request
+  // Its values were registered as secrets before anything ran (collectFileSecrets); here it is checked.
+  const { secretsFile } = chartSecrets(chart, request, tools)
+  const needsImages = phases.build || phases.deploy || phases.validate || phases.diff
+  const { images, history } = needsImages ? await chartImages(tools.exec, chart, request.config) : { images: [], history: new Map() }
+  await checkCommitted(chart, request, images, tools)
+  return { ...request, ...facts, chart, chartDir: chartDir(chart), images, history, secretsFile }
+}
+
+/**
+ * secrets/<chart>.yaml as the run needs it: required for a deploy and a diff (which would
+ * otherwise compare against a release rendered with it), optional for a validation.
+ */
+function chartSecrets(chart: string, request: Request, { out, invocation }: Tools): { secretsFile?: ChartValidation['secrets'] } {
+  const { YAML } = invocation.runtime
+  const file = `secrets/${chart}.yaml`
+  const what = 'the chart\'s secret values file'
+  const fix = `create it with the chart's secret values and encrypt it with git-crypt (docs/adding-a-hub.md, step 3)`
+  const check = (text: string) => checkSecretsYaml(file, text, YAML)
+  const { phases } = request
+  if (phases.deploy || phases.diff) {
+    secretFileFor(request, out, file, what, fix, check)
+    return { secretsFile: 'used' }
+  }
+  if (!phases.validate) return {}
+  let text: string
+  try {
+    text = readSecretFile(file, what, fix)
+  } catch {
+    return { secretsFile: fs.existsSync(file) ? 'locked' : 'missing' }
+  }
+  check(text)
+  return { secretsFile: 'used' }
+}
+
+/**
+ * What the run builds (image dirs) and deploys (the chart dir, its secret values) must be
+ * what the commit says: uncommitted or untracked files there stop the run (a dry run notes them).
+ */
+async function checkCommitted(chart: string, request: Request, images: ImageInfo[], { exec, out }: Tools) {
+  const dirs = [
+    ...(request.phases.build ? images.map((i) => i.dir) : []),
+    ...(request.phases.deploy ? [chartDir(chart), `secrets/${chart}.yaml`] : []),
+  ]
+  // helm dep up (re)writes the chart's charts/ and Chart.lock from Chart.yaml: not a change of ours.
+  const generated = new RegExp(`^${chartDir(chart)}/(charts/|Chart\\.lock$)`)
+  const [dirty] = await dirtyDirs(exec, dirs, generated)
+  if (!dirty) return
+  const image = images.some((i) => i.dir === dirty)
+  const what = image ? `${request.phases.push ? 'built and pushed' : 'built'} under the committed tag` : 'deployed as if committed'
+  const error = usageError(`${dirty} has uncommitted or untracked changes that would be ${what}: commit or stash them first`)
+  if (!request.dryRun) throw error
+  out.print(`# ${error.message} (a real run stops here, exit 2)`)
+}
+
+/** The images a chart has (its user image and hub image, when their dirs exist) and their dirs' history. */
+async function chartImages(exec: Exec, chart: string, config: Config) {
+  const kinds = [['user', 'user-images', config.USER_IMAGE_PREFIX], ['hub', 'hub-images', config.HUB_IMAGE_PREFIX]] as const
+  const present = kinds.filter(([, root]) => fs.existsSync(`${root}/${chart}`))
+  const history = await gitModified(exec, present.map(([, root]) => `${root}/${chart}`))
+  const images = present.map(([kind, root, prefix]): ImageInfo => {
+    const dir = `${root}/${chart}`
+    const tag = history.get(dir)![0]
+    if (!tag) throw usageError(`${dir} has no commits: commit it before building or deploying`)
+    const name = `${prefix}${chart}`
+    return { kind, dir, name, tag, spec: `${name}:${tag}` }
+  })
+  return { images, history }
+}
+
+/** The `--set-string` arguments of one image: the chart's image tag. */
+export function imageSetArgs(image: ImageInfo): string[] {
+  return ['--set-string', `jupyterhub.${image.kind === 'user' ? 'singleuser' : 'hub'}.image.tag=${image.tag}`]
+}
+
+/** The values exactly as the deploy passes them: secrets/<chart>.yaml when the run has it, then the image tags. */
+export function valuesArgs({ plan }: ChartRun): string[] {
+  const secrets = plan.secretsFile === 'used' ? ['-f', `secrets/${plan.chart}.yaml`] : []
+  return [...secrets, ...plan.images.flatMap(imageSetArgs)]
+}
+
+/** Why the run cannot reach a cluster, or undefined when it can: setup runs, or a kubeconfig exists. */
+export function noClusterAccess(phases: Phases, env: NodeJS.ProcessEnv): string | undefined {
+  if (phases.setup) return undefined
+  const files = (env.KUBECONFIG || path.join(env.HOME ?? os.homedir(), '.kube', 'config')).split(path.delimiter)
+  return files.some((f) => f && fs.existsSync(f)) ? undefined : 'no cluster access (--no-setup and no kubeconfig)'
+}

@@ -1,0 +1,333 @@
+/**
+ * --validate and --diff: what a deploy would change, checked and shown before it runs
+ * (docs/workflow.md). Read-only for the cluster: helm lint/template, and with cluster access
+ * `helm status` and `helm upgrade --install --dry-run=server`, which helm runs without writing.
+ */
+import fs from 'node:fs'
+import { DeployError, type ChartValidation, type CommandResult, type ValidationProblem } from './contract.ts'
+import { redactDeep, type Secrets } from './secrets.ts'
+import { tail } from './process.ts'
+import { noClusterAccess, valuesArgs, type ChartRun } from './plan.ts'
+import { diffManifests, parseManifest } from './manifest.ts'
+
+/**
+ * Problems in helm's output (`Error: ...`, lint's `[ERROR] ...`), each one line naming the
+ * chart, the file (as a repository path) and the values path when helm gives them.
+ */
+export function helmProblems(chart: string, dir: string, check: ValidationProblem['check'], output: string): ValidationProblem[] {
+  const blocks: string[] = []
+  let open = false
+  for (const line of output.split('\n')) {
+    const start = /^(?:Error: |\[ERROR\] )(.*)$/.exec(line)
+    if (start) {
+      blocks.push(start[1])
+      open = true
+    } else if (!line.trim() || /^(\[(INFO|WARNING)\]|==> |Use --debug)/.test(line)) {
+      open = false
+    } else if (open) {
+      blocks[blocks.length - 1] += `\n${line}`
+    }
+  }
+  const problems: ValidationProblem[] = []
+  const found = (p: Omit<ValidationProblem, 'check' | 'message'>, reason: string) => {
+    const where = [p.file, p.valuesPath && `values ${p.valuesPath}`].filter(Boolean).join(': ')
+    problems.push({ check, message: `${chart}: ${where ? `${where}: ` : ''}${reason}`, ...p })
+  }
+  /** helm's `<chart>/charts/<sub>/templates/x.yaml` as a repository path, and the subchart values prefix. */
+  const locate = (helmPath: string) => {
+    const rest = helmPath.split('/').slice(1).join('/')
+    const subcharts = [...rest.matchAll(/(?:^|\/)charts\/([^/]+)\//g)].map((m) => m[1].replace(/-\d[^/]*\.tgz$/, ''))
+    return { file: `${dir}/${rest}`, prefix: subcharts.map((s) => `${s}.`).join('') }
+  }
+  for (const block of blocks) {
+    let text = block.replace(/^(UPGRADE FAILED|INSTALLATION FAILED): /, '')
+    // Summaries and consequences of a problem reported on its own line.
+    if (/^\d+ chart\(s\) linted|^:? ?unable to load chart/.test(text)) continue
+    // lint names the file relative to the chart: `templates/: ...`, `values.yaml: ...`
+    const lintFile = /^([\w./-]+): /.exec(text)
+    let file: string | undefined
+    if (lintFile && check === 'lint' && !/^(template: |parse error)/.test(text)) {
+      text = text.slice(lintFile[0].length)
+      if (!lintFile[1].endsWith('/')) file = `${dir}/${lintFile[1]}`
+    }
+    const load = /^cannot load ([\w./-]+): ([\s\S]*)$/.exec(text)
+    if (load) [file, text] = [`${dir}/${load[1]}`, load[2]]
+    const badYaml = /^(?:unable to parse YAML: )?error converting YAML to JSON: (?:yaml: )?([\s\S]*)$/.exec(text)
+    if (badYaml) text = `not valid YAML: ${badYaml[1]}`
+    const schema = /values don't meet the specifications of the schema\(s\) in the following chart\(s\):\n([\s\S]*)/.exec(text)
+    if (schema) {
+      let sub = ''
+      for (const line of schema[1].split('\n')) {
+        const name = /^(\S+):$/.exec(line.trim())?.[1]
+        if (name) sub = name
+        const item = /^- (.+?): (.+)$/.exec(line.trim())
+        if (!item) continue
+        const own = sub === chart || sub === ''
+        const at = item[1] === '(root)' ? '' : item[1]
+        const valuesPath = [own ? '' : sub, at].filter(Boolean).join('.') || '(root)'
+        // A dependency's schema is inside its archive in charts/: name it instead of a path.
+        found(own ? { file: `${dir}/values.schema.json`, valuesPath } : { valuesPath }, own ? item[2] : `${item[2]} (values.schema.json of ${sub})`)
+      }
+      continue
+    }
+    const oneLine = text.replace(/\s*\n\s*/g, ' ').trim()
+    const parsed = /^failed to parse ([^:]+): (?:error converting YAML to JSON: )?(.*)$/.exec(oneLine)
+    if (parsed) {
+      found({ file: parsed[1] }, `not valid YAML: ${parsed[2].replace(/^yaml: /, '')}`)
+      continue
+    }
+    const ref = /(?:template: |parse error at \(|YAML parse error on )([\w.-]+(?:\/[\w.-]+)+?\.(?:ya?ml|tpl|txt|json))((?::\d+){0,2})/.exec(oneLine)
+    if (ref) {
+      const { file: where, prefix } = locate(ref[1])
+      const value = /<\.Values\.([\w.]+)>/.exec(oneLine)?.[1]
+      const reason = oneLine
+        .replace(/^template: \S+: /, '').replace(/^parse error at \([^)]*\): /, '').replace(/^YAML parse error on \S+: /, '')
+        .replace(/executing "[^"]*" /, '')
+      found({ file: `${where}${ref[2]}`, ...(value ? { valuesPath: `${prefix}${value}` } : {}) }, reason)
+      continue
+    }
+    found(file ? { file } : {}, oneLine)
+  }
+  return uniqueProblems(problems)
+}
+
+/** Problems found twice (lint and template often report the same one): keep the first. */
+function uniqueProblems(problems: ValidationProblem[]): ValidationProblem[] {
+  const seen = new Set<string>()
+  return problems.filter((p) => {
+    const key = `${p.file ?? ''}|${p.valuesPath ?? ''}|${p.message.split(': ').at(-1)}`
+    return !seen.has(key) && !!seen.add(key)
+  })
+}
+
+
+/**
+ * The chart's dependencies for validate and diff: none to fetch when charts/ holds every
+ * archive Chart.lock names; `helm dep build` from the lock; `helm dep up` without one (or
+ * when the lock no longer matches Chart.yaml). Once per run.
+ */
+async function chartDependencies({ plan, state, exec, out, invocation }: ChartRun) {
+  if (state.dependenciesReady) return
+  const dir = plan.chartDir
+  const { YAML } = invocation.runtime
+  const read = (file: string) => (fs.existsSync(`${dir}/${file}`) ? YAML.parse(fs.readFileSync(`${dir}/${file}`, 'utf8')) ?? {} : {})
+  type Dependency = { name: string; version?: string }
+  const wanted: Dependency[] = read('Chart.yaml').dependencies ?? read('requirements.yaml').dependencies ?? []
+  state.dependenciesReady = true
+  if (wanted.length === 0) return
+  const lockFile = ['Chart.lock', 'requirements.lock'].find((f) => fs.existsSync(`${dir}/${f}`))
+  const locked: Dependency[] = lockFile ? read(lockFile).dependencies ?? [] : []
+  const cached = lockFile && wanted.every((d) => {
+    const l = locked.find((x) => x.name === d.name)
+    const pinned = d.version && /^\d+\.\d+\.\d+$/.test(d.version) ? d.version === l?.version : true
+    return l && pinned && fs.existsSync(`${dir}/charts/${d.name}-${l.version}.tgz`)
+  })
+  if (cached) {
+    out.info(`${dir}: dependencies already in ${dir}/charts/ as ${lockFile} names them`)
+    return
+  }
+  const opts = { cwd: dir, timeout: '5m', capture: true, nothrow: true } as const
+  let r = lockFile ? await exec('helm', ['dep', 'build'], opts) : undefined
+  if (!r || /out of sync/.test(r.stderr)) r = await exec('helm', ['dep', 'up'], opts)
+  if (r.exitCode !== 0) throw new DeployError(`${plan.chart}: ${dir}: could not fetch the chart's dependencies: ${tail(r.stderr || r.stdout, 1).replace(/^Error: /, '')}`)
+}
+
+export interface Preview {
+  exitCode: number
+  stderr: string
+  /** The manifest the upgrade would apply. */
+  manifest: string
+}
+
+/**
+ * `helm upgrade --install --dry-run=server`, with the deploy's values: the API server's view
+ * (capabilities, lookups, every object built against its schema), and nothing written.
+ * Shared by validate and diff.
+ */
+function upgradePreview(r: ChartRun): Promise<Preview> {
+  const { plan, state, exec } = r
+  const { chart } = plan
+  state.preview ??= (async () => {
+    const args = ['upgrade', '--install', '--namespace', chart, chart, plan.chartDir, '--dry-run=server', '--output', 'json', ...valuesArgs(r)]
+    // The output holds every rendered Secret and the values: captured, parsed, never printed.
+    const done = await exec('helm', args, { capture: true, nothrow: true, timeout: `${plan.config.helmTimeoutSeconds}s` })
+    if (done.exitCode !== 0 || plan.dryRun) return { exitCode: done.exitCode, stderr: done.stderr, manifest: '' }
+    try {
+      return { exitCode: 0, stderr: done.stderr, manifest: String(JSON.parse(done.stdout).manifest ?? '') }
+    } catch {
+      return { exitCode: 1, stderr: `Error: helm upgrade --dry-run=server --output json printed no release (${done.stdout.length} bytes)`, manifest: '' }
+    }
+  })()
+  return state.preview
+}
+
+/** Helm's words when it could not reach the API server at all (as opposed to a refused object). */
+const UNREACHABLE = /Kubernetes cluster unreachable|connection refused|no such host|i\/o timeout|dial tcp/
+
+/**
+ * --validate: dependencies, `helm lint`, a render with the deploy's values, and with cluster
+ * access the server-side dry run. Every problem is one ERROR line; an invalid chart fails the
+ * run (exit 1). The result is `state.validation` (ctx.validation for plugins).
+ */
+export async function validate(r: ChartRun) {
+  const { plan, state, exec, out, helm, env } = r
+  const { chart, chartDir: dir } = plan
+  const { redact } = r.invocation.secrets
+  const result: ChartValidation = { chart, valid: true, secrets: plan.secretsFile ?? 'used', serverSide: 'skipped', objects: 0, errors: [], warnings: [], text: '' }
+  state.validation = result
+  const text: string[] = []
+  const say = (line: string, how: 'print' | 'warn' | 'error' = 'print') => {
+    text.push(redact(line))
+    if (how === 'print') out.print(line)
+    else out[how](line)
+  }
+  if (result.secrets !== 'used') {
+    say(`${chart}: secrets/${chart}.yaml is ${result.secrets === 'locked' ? 'locked (git-crypt)' : 'missing'}: validating without it, so values that need it are not checked`, 'warn')
+  }
+  const ns = ['--namespace', chart]
+  const values = valuesArgs(r)
+  const problems = (check: ValidationProblem['check'], done: CommandResult) => {
+    if (done.exitCode === 0) return []
+    const found = helmProblems(chart, dir, check, `${done.stderr}\n${done.stdout}`)
+    return found.length ? found : [{ check, message: `${chart}: helm ${check} failed: ${tail(done.stderr || done.stdout, 1)}` }]
+  }
+  try {
+    await chartDependencies(r)
+  } catch (e) {
+    result.errors.push({ check: 'dependencies', message: (e as Error).message })
+    result.serverSideNote = 'the chart did not render'
+  }
+  const quiet = { capture: true, nothrow: true, timeout: '5m' } as const
+  if (result.errors.length === 0) {
+    const lint = await exec('helm', ['lint', dir, ...ns, ...values], quiet)
+    for (const m of lint.stdout.matchAll(/^\[WARNING\] (.*)$/gm)) result.warnings.push(`${chart}: ${dir}/${m[1]}`)
+    const template = await exec('helm', [...helm.templateArgs(chart, dir), ...ns, ...values], quiet)
+    if (template.exitCode === 0 && !plan.dryRun) result.objects = parseManifest(template.stdout, chart, r.invocation.runtime.YAML).length
+    result.errors.push(...problems('lint', lint), ...problems('render', template))
+    const why = helm.serverDryRun ? noClusterAccess(plan.phases, env) : `Helm ${helm.major} has no server-side dry run`
+    if (why) {
+      result.serverSideNote = why
+    } else if (result.errors.length === 0) {
+      const preview = await upgradePreview(r)
+      if (preview.exitCode === 0) {
+        result.serverSide = 'checked'
+      } else if (UNREACHABLE.test(preview.stderr)) {
+        result.serverSideNote = `cluster unreachable: ${tail(preview.stderr, 1).replace(/^Error: /, '')}`
+      } else {
+        result.serverSide = 'checked'
+        result.errors.push(...problems('server', { stdout: '', ...preview }))
+      }
+    } else {
+      result.serverSideNote = 'the chart did not render'
+    }
+  }
+  if (plan.dryRun) {
+    state.validation = undefined
+    return
+  }
+  result.errors = uniqueProblems(result.errors)
+  result.valid = result.errors.length === 0
+  for (const w of result.warnings) say(w, 'warn')
+  for (const p of result.errors) say(p.message, 'error')
+  const server = result.serverSide === 'checked' ? 'checked by the API server' : `server-side check skipped: ${result.serverSideNote}`
+  const count = `${result.errors.length} problem${result.errors.length > 1 ? 's' : ''}`
+  say(result.valid ? `${chart}: valid (helm lint, ${result.objects} objects rendered, ${server})` : `${chart}: invalid: ${count}`)
+  result.text = text.join('\n') + '\n'
+  Object.assign(result, redactDeep(result, redact))
+  if (!result.valid) throw new DeployError(`validation of ${chart} failed: ${count} (listed above)`)
+}
+
+interface Release {
+  revision: number
+  manifest: string
+  /** The values the release was installed with (user-supplied, secrets included). */
+  config: Record<string, unknown>
+}
+
+/**
+ * What the release has now, as helm stores it (what `helm get manifest` prints), at the
+ * revision an upgrade compares against: the last deployed one (the last one when none is).
+ * Undefined when the chart is not installed.
+ */
+async function currentRelease({ plan, exec, helm }: ChartRun): Promise<Release | undefined> {
+  const { chart } = plan
+  const status = (extra: string[]) =>
+    exec('helm', [...helm.statusArgs(chart), ...extra, '--output', 'json'], { capture: true, nothrow: true, timeout: '2m' })
+  const parse = (done: CommandResult, what: string) => {
+    if (done.exitCode !== 0) throw new DeployError(`${chart}: could not read ${what}: ${tail(done.stderr, 1).replace(/^Error: /, '')}`)
+    try {
+      return JSON.parse(done.stdout)
+    } catch {
+      throw new DeployError(`${chart}: could not read ${what}: \`helm status --output json\` printed no JSON`)
+    }
+  }
+  const last = await status([])
+  if (last.exitCode !== 0 && /release: not found/.test(last.stderr)) return undefined
+  let release = parse(last, 'the release')
+  if (release.info?.status !== 'deployed') {
+    const history = await helm.history(chart)
+    const deployed = 'revisions' in history ? [...history.revisions].reverse().find((h) => h.status === 'deployed') : undefined
+    if (deployed && deployed.revision !== release.version) release = parse(await status(['--revision', String(deployed.revision)]), `revision ${deployed.revision}`)
+  }
+  return { revision: release.version, manifest: release.manifest ?? '', config: release.config ?? {} }
+}
+
+/** The values a deploy sets that are no secret: the image tags (imageSetArgs). */
+const IMAGE_TAG_VALUE = /^jupyterhub\.(singleuser|hub)\.image\.tag$/
+
+/**
+ * Registers the values the release was installed with: what a deploy passes is
+ * secrets/<chart>.yaml and the image tags, so these are the old secrets, including those
+ * the file no longer has. Masked like the new ones.
+ */
+function addOldSecrets({ invocation }: ChartRun, config: Record<string, unknown>) {
+  const walk = (value: unknown, at: string) => {
+    if (value && typeof value === 'object') {
+      for (const [k, v] of Object.entries(value)) walk(v, at ? `${at}.${k}` : k)
+    } else if ((typeof value === 'string' || typeof value === 'number') && !IMAGE_TAG_VALUE.test(at)) {
+      invocation.secrets.add(String(value))
+    }
+  }
+  walk(config, '')
+}
+
+/**
+ * --diff: object by object, the release's manifest against the one the upgrade would apply.
+ * Read-only: helm status/history and a server-side dry run. The result is `state.diff`
+ * (ctx.diff for plugins); the text goes to the chart's output.
+ */
+export async function diffChart(r: ChartRun) {
+  const { plan, state, exec, out, helm } = r
+  const { chart } = plan
+  await chartDependencies(r)
+  if (plan.dryRun) {
+    await exec('helm', [...helm.statusArgs(chart), '--output', 'json'])
+    await upgradePreview(r)
+    return
+  }
+  const current = await currentRelease(r)
+  if (current) addOldSecrets(r, current.config)
+  const preview = await upgradePreview(r)
+  if (preview.exitCode !== 0) {
+    const first = helmProblems(chart, plan.chartDir, 'server', preview.stderr)[0]?.message ?? `${chart}: ${tail(preview.stderr, 1)}`
+    throw new DeployError(`helm upgrade --dry-run=server failed: ${first}`)
+  }
+  const labels: [string, string] = [current ? `(revision ${current.revision})` : '(not installed)', `(${plan.commit.slice(0, 7)})`]
+  const found = await diffManifests(current?.manifest, preview.manifest, chart, labels)
+  state.diff = redactDeep({ chart, namespace: chart, revision: current?.revision, ...found }, r.invocation.secrets.redact)
+  out.print(state.diff.text)
+}
+
+/** The stable --json document of --validate/--diff (docs/workflow.md). */
+export function previewReport(runs: ChartRun[], redact: Secrets['redact']) {
+  return redactDeep({
+    version: 1,
+    charts: runs.map(({ plan, state }) => ({
+      chart: plan.chart,
+      result: state.result ?? 'not run',
+      error: state.error?.message ?? null,
+      validation: state.validation ?? null,
+      diff: state.diff ?? null,
+    })),
+  }, redact)
+}
