@@ -150,7 +150,8 @@ async function pushImage(r: ChartRun, image: ImageInfo, fire: FireHook) {
 /** The original's build_user_image and build_hub_image, in that order; push follows each build. */
 async function build(r: ChartRun, fire: FireHook) {
   if (r.plan.images.length === 0) {
-    r.out.print(`no user-images/${r.plan.chart} or hub-images/${r.plan.chart}: nothing to build`)
+    const { user, hub } = r.plan.files.imageDirs
+    r.out.print(`no ${user} or ${hub}: nothing to build`)
     return
   }
   const range = commitRange(r.env, r.out)
@@ -170,14 +171,14 @@ function imageArgs({ plan, out }: ChartRun): string[] {
 async function deploy(r: ChartRun, pluginArgs: string[]) {
   const { plan, state, exec, helm } = r
   await acquireLock(r)
-  const extra = [...imageArgs(r), ...pluginArgs]
-  await exec('helm', ['dep', 'up'], { cwd: plan.chartDir, timeout: '5m' })
+  const values = ['-f', plan.files.secretsFile, ...imageArgs(r), ...pluginArgs]
+  await exec('helm', ['dep', 'up'], { cwd: plan.files.chartDir, timeout: '5m' })
   if (plan.recover && helm.tracksPending && !plan.dryRun) await handlePendingRelease(r)
   else if (plan.recover) r.out.print(`# --recover: a release left pending-* would be rolled back to its last deployed revision (or uninstalled) first`)
   if (plan.rollbackOnFailure && !plan.dryRun) await recordLiveRevision(r)
   // helm stops waiting at its own --timeout; ours is only a backstop.
   const backstop = `${plan.config.helmTimeoutSeconds + 120}s`
-  const args = helm.upgradeArgs(plan.chart, plan.chartDir, plan.config.helmTimeoutSeconds, extra)
+  const args = helm.upgradeArgs(plan.chart, plan.files.chartDir, plan.config.helmTimeoutSeconds, values)
   const upgrade = await exec('helm', args, { timeout: backstop }).catch(async (e: DeployError) => {
     // A pending release is refused by helm before it changes anything: name the state and the repair.
     if (helm.isPendingRefusal(e.output ?? '') && (await handlePendingRelease(r))) throw e

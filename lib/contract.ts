@@ -114,7 +114,8 @@ export interface Helm {
   readonly tracksPending: boolean
   /** Commands setup runs for this version, after the cluster credentials (Helm 2: tiller). */
   readonly setup: readonly (readonly string[])[]
-  upgradeArgs(release: string, chartDir: string, timeoutSeconds: number, extra: string[]): string[]
+  /** `helm upgrade --install` of `chart` as `release`; `values` (-f, --set-string, plugins' arguments) come last. */
+  upgradeArgs(release: string, chart: string, timeoutSeconds: number, values: string[]): string[]
   statusArgs(release: string): string[]
   /** `helm template` of the chart as release `release` (values and namespace follow). */
   templateArgs(release: string, chartDir: string): string[]

@@ -45,10 +45,10 @@ export function makeHelm(major: 2 | 3, exec: Exec): Helm {
     major,
     tracksPending: v.pendingRefusal !== undefined,
     setup: v.setup,
-    upgradeArgs: (release, chartDir, timeoutSeconds, extra) => [
-      'upgrade', '--install', '--namespace', release, release, chartDir, ...v.upgradeFlags,
+    upgradeArgs: (release, chart, timeoutSeconds, values) => [
+      'upgrade', '--install', '--namespace', release, release, chart, ...v.upgradeFlags,
       '--wait', '--timeout', v.seconds(timeoutSeconds), '--cleanup-on-fail', ...v.createNamespace,
-      '-f', `secrets/${release}.yaml`, ...extra,
+      ...values,
     ],
     statusArgs: (release) => ['status', release, ...ns(release)],
     templateArgs: (release, dir) => [...v.template(release, dir)],

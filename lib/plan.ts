@@ -38,7 +38,7 @@ export function collectFileSecrets(secrets: Secrets, config: Config, charts: str
     if (file.masks && YAML.parseDocument(text, { logLevel: 'silent' }).errors.length) secrets.addLines(text)
   }
   for (const chart of charts) {
-    const values = readIfPlain(`secrets/${chart}.yaml`)
+    const values = readIfPlain(chartFiles(chart).secretsFile)
     if (values) secrets.addYaml(values, YAML)
   }
 }
@@ -65,6 +65,8 @@ interface RepositoryFacts {
 /** One chart's run as preflight fixed it: read-only from then on. */
 export interface ChartPlan extends Request, RepositoryFacts {
   readonly chart: string
+  readonly files: ChartFiles
+  /** files.chartDir, as plugins read it (ctx.chartDir). */
   readonly chartDir: string
   /** The build phase marks each image built and pushed. */
   readonly images: readonly ImageInfo[]
@@ -114,8 +116,22 @@ export interface ChartRun extends Tools {
   readonly helm: Helm
 }
 
-export function chartDir(chart: string): string {
-  return chart === 'monitoring' ? 'monitoring' : `hub-charts/${chart}`
+/** Where a chart's files are, for every phase: the one place that builds these paths. */
+export interface ChartFiles {
+  /** The chart helm installs: hub-charts/<chart>, or monitoring. */
+  readonly chartDir: string
+  /** The chart's secret values (git-crypt), passed to helm with -f. */
+  readonly secretsFile: string
+  /** Where each image's Dockerfile is (the image is built only when its directory exists). */
+  readonly imageDirs: Readonly<Record<ImageInfo['kind'], string>>
+}
+
+export function chartFiles(chart: string): ChartFiles {
+  return {
+    chartDir: chart === 'monitoring' ? 'monitoring' : `hub-charts/${chart}`,
+    secretsFile: `secrets/${chart}.yaml`,
+    imageDirs: { user: `user-images/${chart}`, hub: `hub-images/${chart}` },
+  }
 }
 
 /** Every chart the repository has: hub-charts/<name>/ with a Chart.yaml, and monitoring. */
@@ -136,7 +152,7 @@ export function noChartsHere(): string {
 }
 
 function checkChartYaml(chart: string, YAML: typeof YAMLModule) {
-  const file = `${chartDir(chart)}/Chart.yaml`
+  const file = `${chartFiles(chart).chartDir}/Chart.yaml`
   let doc: { name?: unknown; version?: unknown } | undefined
   if (!fs.statSync(file).isFile()) throw usageError(`${file}: not a file; fix the chart`)
   try {
@@ -189,9 +205,10 @@ export async function planChart(chart: string, request: Request, facts: Reposito
   // Its values were registered as secrets before anything ran (collectFileSecrets); here it is checked.
   const { secretsFile } = chartSecrets(chart, request, tools)
   const needsImages = phases.build || phases.deploy || phases.validate || phases.diff
-  const { images, history } = needsImages ? await chartImages(tools.exec, chart, request.config) : { images: [], history: new Map() }
-  await checkCommitted(chart, request, images, tools)
-  return { ...request, ...facts, chart, chartDir: chartDir(chart), images, history, secretsFile }
+  const files = chartFiles(chart)
+  const { images, history } = needsImages ? await chartImages(tools.exec, chart, files, request.config) : { images: [], history: new Map() }
+  await checkCommitted(files, request, images, tools)
+  return { ...request, ...facts, chart, files, chartDir: files.chartDir, images, history, secretsFile }
 }
 
 /**
@@ -200,7 +217,7 @@ export async function planChart(chart: string, request: Request, facts: Reposito
  */
 function chartSecrets(chart: string, request: Request, { out, invocation }: Tools): { secretsFile?: ChartValidation['secrets'] } {
   const { YAML } = invocation.runtime
-  const file = `secrets/${chart}.yaml`
+  const file = chartFiles(chart).secretsFile
   const what = 'the chart\'s secret values file'
   const fix = `create it with the chart's secret values and encrypt it with git-crypt (docs/adding-a-hub.md, step 3)`
   const check = (text: string) => checkSecretsYaml(file, text, YAML)
@@ -224,13 +241,13 @@ function chartSecrets(chart: string, request: Request, { out, invocation }: Tool
  * What the run builds (image dirs) and deploys (the chart dir, its secret values) must be
  * what the commit says: uncommitted or untracked files there stop the run (a dry run notes them).
  */
-async function checkCommitted(chart: string, request: Request, images: ImageInfo[], { exec, out }: Tools) {
+async function checkCommitted(files: ChartFiles, request: Request, images: ImageInfo[], { exec, out }: Tools) {
   const dirs = [
     ...(request.phases.build ? images.map((i) => i.dir) : []),
-    ...(request.phases.deploy ? [chartDir(chart), `secrets/${chart}.yaml`] : []),
+    ...(request.phases.deploy ? [files.chartDir, files.secretsFile] : []),
   ]
   // helm dep up (re)writes the chart's charts/ and Chart.lock from Chart.yaml: not a change of ours.
-  const generated = new RegExp(`^${chartDir(chart)}/(charts/|Chart\\.lock$)`)
+  const generated = new RegExp(`^${files.chartDir}/(charts/|Chart\\.lock$)`)
   const [dirty] = await dirtyDirs(exec, dirs, generated)
   if (!dirty) return
   const image = images.some((i) => i.dir === dirty)
@@ -241,12 +258,12 @@ async function checkCommitted(chart: string, request: Request, images: ImageInfo
 }
 
 /** The images a chart has (its user image and hub image, when their dirs exist) and their dirs' history. */
-async function chartImages(exec: Exec, chart: string, config: Config) {
-  const kinds = [['user', 'user-images', config.USER_IMAGE_PREFIX], ['hub', 'hub-images', config.HUB_IMAGE_PREFIX]] as const
-  const present = kinds.filter(([, root]) => fs.existsSync(`${root}/${chart}`))
-  const history = await gitModified(exec, present.map(([, root]) => `${root}/${chart}`))
-  const images = present.map(([kind, root, prefix]): ImageInfo => {
-    const dir = `${root}/${chart}`
+async function chartImages(exec: Exec, chart: string, files: ChartFiles, config: Config) {
+  const kinds = [['user', config.USER_IMAGE_PREFIX], ['hub', config.HUB_IMAGE_PREFIX]] as const
+  const present = kinds.filter(([kind]) => fs.existsSync(files.imageDirs[kind]))
+  const history = await gitModified(exec, present.map(([kind]) => files.imageDirs[kind]))
+  const images = present.map(([kind, prefix]): ImageInfo => {
+    const dir = files.imageDirs[kind]
     const tag = history.get(dir)![0]
     if (!tag) throw usageError(`${dir} has no commits: commit it before building or deploying`)
     const name = `${prefix}${chart}`
@@ -260,9 +277,9 @@ export function imageSetArgs(image: ImageInfo): string[] {
   return ['--set-string', `jupyterhub.${image.kind === 'user' ? 'singleuser' : 'hub'}.image.tag=${image.tag}`]
 }
 
-/** The values exactly as the deploy passes them: secrets/<chart>.yaml when the run has it, then the image tags. */
+/** The values exactly as the deploy passes them: the secrets file when the run has it, then the image tags. */
 export function valuesArgs({ plan }: ChartRun): string[] {
-  const secrets = plan.secretsFile === 'used' ? ['-f', `secrets/${plan.chart}.yaml`] : []
+  const secrets = plan.secretsFile === 'used' ? ['-f', plan.files.secretsFile] : []
   return [...secrets, ...plan.images.flatMap(imageSetArgs)]
 }
 

@@ -108,7 +108,7 @@ function uniqueProblems(problems: ValidationProblem[]): ValidationProblem[] {
  */
 async function chartDependencies({ plan, state, exec, out, invocation }: ChartRun) {
   if (state.dependenciesReady) return
-  const dir = plan.chartDir
+  const dir = plan.files.chartDir
   const { YAML } = invocation.runtime
   const read = (file: string) => (fs.existsSync(`${dir}/${file}`) ? YAML.parse(fs.readFileSync(`${dir}/${file}`, 'utf8')) ?? {} : {})
   type Dependency = { name: string; version?: string }
@@ -148,7 +148,7 @@ function upgradePreview(r: ChartRun): Promise<Preview> {
   const { plan, state, exec } = r
   const { chart } = plan
   state.preview ??= (async () => {
-    const args = ['upgrade', '--install', '--namespace', chart, chart, plan.chartDir, '--dry-run=server', '--output', 'json', ...valuesArgs(r)]
+    const args = ['upgrade', '--install', '--namespace', chart, chart, plan.files.chartDir, '--dry-run=server', '--output', 'json', ...valuesArgs(r)]
     // The output holds every rendered Secret and the values: captured, parsed, never printed.
     const done = await exec('helm', args, { capture: true, nothrow: true, timeout: `${plan.config.helmTimeoutSeconds}s` })
     if (done.exitCode !== 0 || plan.dryRun) return { exitCode: done.exitCode, stderr: done.stderr, manifest: '' }
@@ -171,7 +171,8 @@ const UNREACHABLE = /Kubernetes cluster unreachable|connection refused|no such h
  */
 export async function validate(r: ChartRun) {
   const { plan, state, exec, out, helm, env } = r
-  const { chart, chartDir: dir } = plan
+  const { chart } = plan
+  const dir = plan.files.chartDir
   const { redact } = r.invocation.secrets
   const result: ChartValidation = { chart, valid: true, secrets: plan.secretsFile ?? 'used', serverSide: 'skipped', objects: 0, errors: [], warnings: [], text: '' }
   state.validation = result
@@ -182,7 +183,7 @@ export async function validate(r: ChartRun) {
     else out[how](line)
   }
   if (result.secrets !== 'used') {
-    say(`${chart}: secrets/${chart}.yaml is ${result.secrets === 'locked' ? 'locked (git-crypt)' : 'missing'}: validating without it, so values that need it are not checked`, 'warn')
+    say(`${chart}: ${plan.files.secretsFile} is ${result.secrets === 'locked' ? 'locked (git-crypt)' : 'missing'}: validating without it, so values that need it are not checked`, 'warn')
   }
   const ns = ['--namespace', chart]
   const values = valuesArgs(r)
@@ -309,7 +310,7 @@ export async function diffChart(r: ChartRun) {
   if (current) addOldSecrets(r, current.config)
   const preview = await upgradePreview(r)
   if (preview.exitCode !== 0) {
-    const first = helmProblems(chart, plan.chartDir, 'server', preview.stderr)[0]?.message ?? `${chart}: ${tail(preview.stderr, 1)}`
+    const first = helmProblems(chart, plan.files.chartDir, 'server', preview.stderr)[0]?.message ?? `${chart}: ${tail(preview.stderr, 1)}`
     throw new DeployError(`helm upgrade --dry-run=server failed: ${first}`)
   }
   const labels: [string, string] = [current ? `(revision ${current.revision})` : '(not installed)', `(${plan.commit.slice(0, 7)})`]
