@@ -20,13 +20,13 @@ import { asDeployError } from './lib/secrets.ts'
 import { Invocation, inGroup, tail } from './lib/process.ts'
 import { handlePendingRelease, makeHelm, printDiagnostics, recordLiveRevision, rollBack } from './lib/helm.ts'
 import { commitRange, touchedDirs } from './lib/git.ts'
-import { checkRepository, collectFileSecrets, discoverCharts, imageSetArgs, noChartsHere, planChart, type ChartRun, type Request } from './lib/plan.ts'
+import { chartRun, checkRepository, collectFileSecrets, discoverCharts, imageSetArgs, noChartsHere, planChart, type ChartRun, type Request } from './lib/plan.ts'
 import { CLUSTERS_DOC, privateConfigDir, quietly, setupSteps, type StepFacts } from './lib/providers.ts'
 import { acquireLock } from './lib/lock.ts'
 import { diffChart, previewReport, validate } from './lib/preview.ts'
 import { loadPlugins, runHook } from './lib/hooks.ts'
 import { chartTools, executeAll, printChanged, printPlan, printSummary } from './lib/charts.ts'
-import { DEFAULT_PARALLEL, USAGE, chartNames, parseArgs, pluginNames, version, type Args } from './lib/cli.ts'
+import { DEFAULT_PARALLEL, USAGE, chartNames, parseArgs, phasesOf, pluginNames, version, type Args } from './lib/cli.ts'
 
 // What plugins and tests import from deploy.ts.
 export * from './lib/contract.ts'
@@ -77,7 +77,7 @@ function insecureFlag(name: string): string[] {
 
 /** Whether the registry has `spec`, asked without pulling it; a registry that cannot be asked says no. */
 async function imageExists({ exec, out }: ChartRun, name: string, tag: string): Promise<boolean> {
-  const r = await exec('docker', ['manifest', 'inspect', ...insecureFlag(name), `${name}:${tag}`], { capture: true, nothrow: true, show: 'probe', readOnly: false, timeout: '60s' })
+  const r = await exec('docker', ['manifest', 'inspect', ...insecureFlag(name), `${name}:${tag}`], { capture: true, nothrow: true, show: 'probe', readOnly: false, timeout: 60 })
   if (r.exitCode !== 0 && !/no such manifest|manifest unknown|not found/i.test(r.stderr)) {
     out.warn(`could not ask the registry about ${name}:${tag} (${tail(r.stderr, 1)}): treating it as missing`)
   }
@@ -113,7 +113,7 @@ async function findCacheImage(r: ChartRun, image: ImageInfo): Promise<string | u
   if (!tag) return undefined
   const spec = `${image.name}:${tag}`
   if (buildKit(r)) return spec
-  const pull = await r.exec('docker', ['pull', spec], { nothrow: true, timeout: `${r.plan.config.buildTimeoutSeconds}s` })
+  const pull = await r.exec('docker', ['pull', spec], { nothrow: true, timeout: r.plan.config.buildTimeoutSeconds })
   if (pull.exitCode === 0) return spec
   r.out.warn(`could not pull ${spec}: building without a cache`)
   return undefined
@@ -131,19 +131,19 @@ async function buildImage(r: ChartRun, image: ImageInfo, touched: Set<string> | 
   const cache = await findCacheImage(r, image)
   const cacheArgs = cache ? ['--cache-from', cache] : []
   const inlineCache = buildKit(r) ? ['--build-arg', 'BUILDKIT_INLINE_CACHE=1'] : []
-  await r.exec('docker', ['build', ...cacheArgs, ...inlineCache, '-t', image.spec, image.dir], { timeout: `${r.plan.config.buildTimeoutSeconds}s` })
-  image.built = true
+  await r.exec('docker', ['build', ...cacheArgs, ...inlineCache, '-t', image.spec, image.dir], { timeout: r.plan.config.buildTimeoutSeconds })
+  r.state.images.set(image.dir, { built: true })
   if (r.plan.phases.push) await pushImage(r, image, fire)
   r.out.print(`build completed for ${label} ${image.spec}`)
 }
 
 async function pushImage(r: ChartRun, image: ImageInfo, fire: FireHook) {
   await fire('beforePush')
-  const pushed = await r.exec('docker', ['push', image.spec], { nothrow: true, timeout: `${r.plan.config.buildTimeoutSeconds}s` })
+  const pushed = await r.exec('docker', ['push', image.spec], { nothrow: true, timeout: r.plan.config.buildTimeoutSeconds })
   if (pushed.exitCode !== 0) {
     throw new DeployError(`docker push ${image.spec} failed (exit ${pushed.exitCode}): is the registry reachable and are you logged in?`)
   }
-  image.pushed = true
+  r.state.images.set(image.dir, { built: true, pushed: true })
   await fire('afterPush')
 }
 
@@ -172,12 +172,12 @@ async function deploy(r: ChartRun, pluginArgs: string[]) {
   const { plan, state, exec, helm } = r
   await acquireLock(r)
   const values = ['-f', plan.files.secretsFile, ...imageArgs(r), ...pluginArgs]
-  await exec('helm', ['dep', 'up'], { cwd: plan.files.chartDir, timeout: '5m' })
+  await exec('helm', ['dep', 'up'], { cwd: plan.files.chartDir, timeout: 300 })
   if (plan.recover && helm.tracksPending && !plan.dryRun) await handlePendingRelease(r)
   else if (plan.recover) r.out.print(`# --recover: a release left pending-* would be rolled back to its last deployed revision (or uninstalled) first`)
   if (plan.rollbackOnFailure && !plan.dryRun) await recordLiveRevision(r)
   // helm stops waiting at its own --timeout; ours is only a backstop.
-  const backstop = `${plan.config.helmTimeoutSeconds + 120}s`
+  const backstop = plan.config.helmTimeoutSeconds + 120
   const args = helm.upgradeArgs(plan.chart, plan.files.chartDir, plan.config.helmTimeoutSeconds, values)
   const upgrade = await exec('helm', args, { timeout: backstop }).catch(async (e: DeployError) => {
     // A pending release is refused by helm before it changes anything: name the state and the repair.
@@ -192,7 +192,7 @@ async function rollout({ plan, exec, out }: ChartRun) {
   const ns = plan.chart
   const { config } = plan
   out.info('Waiting for all deployments to be up and running')
-  const list = await exec('kubectl', ['--namespace', ns, 'get', 'deployments', '-o', 'name'], { capture: true, timeout: '2m' })
+  const list = await exec('kubectl', ['--namespace', ns, 'get', 'deployments', '-o', 'name'], { capture: true, timeout: 120 })
   const timeout = `--timeout=${config.rolloutTimeoutSeconds}s`
   if (plan.dryRun) {
     out.info(`Executing kubectl rollout status --namespace ${ns} --watch <each deployment> ${timeout}`)
@@ -209,7 +209,7 @@ async function rollout({ plan, exec, out }: ChartRun) {
   const results = await Promise.allSettled(deployments.map((d) =>
     exec('kubectl', ['rollout', 'status', '--namespace', ns, '--watch', d, timeout], {
       prefix: `[${d.replace(/^.*\//, '')}] `,
-      timeout: `${config.rolloutTimeoutSeconds + 60}s`,
+      timeout: config.rolloutTimeoutSeconds + 60,
     })))
   const failed = deployments.filter((_, i) => results[i].status === 'rejected')
   if (failed.length) throw new DeployError(`rollout of ${failed.join(', ')} did not finish within ${config.ROLLOUT_TIMEOUT}`)
@@ -263,15 +263,7 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
   // Every secret is known before a plugin loads or a command starts, so none can print one.
   collectFileSecrets(invocation.secrets, config, names, invocation.runtime.YAML)
   const request: Request = {
-    phases: {
-      // --validate needs no cluster: on its own it skips setup (a kubeconfig of your own still enables the server-side check).
-      setup: args.setup && (args.build || args.deploy || args.diff || !args.validate),
-      build: args.build,
-      push: args.build && args.push,
-      deploy: args.deploy,
-      validate: args.validate,
-      diff: args.diff,
-    },
+    phases: phasesOf(args),
     config,
     dryRun: args['dry-run'],
     recover: args.recover,
@@ -284,7 +276,7 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
   const facts = await checkRepository(request, tools[0])
   const runs = await Promise.all(names.map(async (chart, i): Promise<ChartRun> => {
     const plan = await planChart(chart, request, facts, tools[i])
-    return { ...tools[i], plan, state: { timings: {} }, helm: makeHelm(plan.helmMajor, tools[i].exec) }
+    return chartRun(tools[i], plan, makeHelm(plan.helmMajor, tools[i].exec))
   }))
   if (request.dryRun) runs.forEach(printPlan)
   const untrap = invocation.trapSignals()

@@ -1,7 +1,7 @@
 /** Many charts in one invocation: each chart's tools, the staging chart first, the summary. */
 import process from 'node:process'
 import fs from 'node:fs'
-import { DeployError, EXIT, HOOKS, type Phase } from './contract.ts'
+import { DeployError, EXIT, HOOKS, HOOK_STEPS, type Phase } from './contract.ts'
 import type { Config } from './config.ts'
 import { asDeployError, masked } from './secrets.ts'
 import { makeExec, type Invocation, type Output } from './process.ts'
@@ -44,7 +44,7 @@ async function reportFailure(run: ChartRun, hookPhase: Phase | undefined) {
   }
   out.error(state.error!.message)
   state.error!.reported = true
-  await runHook(run, 'fail', { error: state.error, failedPhase: hookPhase ?? state.phase, reason: 'failed' })
+  await runHook(run, 'fail', { error: state.error!, failedPhase: hookPhase ?? state.phase, reason: 'failed' })
 }
 
 /** Removes the run's private config directory (its credentials). */
@@ -129,7 +129,9 @@ export function printPlan({ plan, out, helm }: ChartRun) {
   }
   for (const p of plan.plugins) {
     const hooks = HOOKS.filter((h) => typeof p[h] === 'function')
-    out.print(`# plugin ${p.name}: ${hooks.join(', ') || 'no hooks'} (not called in a dry run)`)
+    const called = hooks.filter((h) => HOOK_STEPS[h].dryRun)
+    const when = called.length ? `${called.join(', ')} called in this dry run, the others not` : 'not called in a dry run'
+    out.print(`# plugin ${p.name}: ${hooks.join(', ') || 'no hooks'} (${when})`)
   }
 }
 

@@ -2,7 +2,7 @@
 import fs from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import minimist from 'minimist'
-import { usageError } from './contract.ts'
+import { usageError, type Phases } from './contract.ts'
 import { CHART_NAME, type Config } from './config.ts'
 import { noChartsHere } from './plan.ts'
 
@@ -119,4 +119,17 @@ export function chartNames(args: Args, config: Config, charts: string[]): string
   const unknown = names.filter((n) => !charts.includes(n))
   if (unknown.length) throw usageError(`unknown chart "${unknown[0]}"; valid charts: ${charts.join(', ')}`)
   return names.sort((a, b) => Number(b === config.STAGING_CHART) - Number(a === config.STAGING_CHART))
+}
+
+/** The phases the flags ask for. */
+export function phasesOf(args: Args): Phases {
+  return {
+    // --validate needs no cluster: on its own it skips setup (a kubeconfig of your own still enables the server-side check).
+    setup: args.setup && (args.build || args.deploy || args.diff || !args.validate),
+    build: args.build,
+    push: args.build && args.push,
+    deploy: args.deploy,
+    validate: args.validate,
+    diff: args.diff,
+  }
 }

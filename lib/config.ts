@@ -83,7 +83,7 @@ const DURATION_RANGES = {
 } as const
 
 /** `90s`, `5m`, `1h30m`: how a range's ends are shown. */
-function formatDuration(seconds: number): string {
+export function formatDuration(seconds: number): string {
   const h = Math.floor(seconds / 3600)
   const m = Math.floor((seconds % 3600) / 60)
   const s = seconds % 60

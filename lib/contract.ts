@@ -75,8 +75,8 @@ export interface ExecOptions {
   nothrow?: boolean
   /** Prefix for every relayed output line (used when commands run concurrently). */
   prefix?: string
-  /** Kill the command after this long (a Go-style duration such as `90s`). */
-  timeout?: string
+  /** Kill the command after this long: seconds, or a Go-style duration such as `90s`. */
+  timeout?: number | string
   /** `announce` prints the original's `Executing ...` line; `probe` shows it only with --verbose. */
   show?: 'announce' | 'probe' | 'silent'
   /** Read-only commands also run under --dry-run; others are only announced. */
@@ -190,28 +190,32 @@ export interface ChartDiff {
 }
 
 
-export interface HookContext {
+/** What every hook's context has: the chart's run as preflight planned it, and the tools to act on it. */
+export interface BaseContext {
   chart: string
   phases: Phases
   config: Readonly<Config>
-  helmMajor: 2 | 3
-  /** Helm 2/3 flags and output formats (history, status, rollback) for plugins' own helm calls. */
+  /** Helm's flags and output formats (history, status, rollback) for plugins' own helm calls; `helm.major` is its version. */
   helm: Helm
-  images: ImageInfo[]
+  /** The chart's images; `built` and `pushed` say what the build phase did so far. */
+  images: readonly ImageInfo[]
   /** Full hash of the commit being deployed. */
   commit: string
   /** The chart's directory: hub-charts/<chart>, or monitoring. */
   chartDir: string
-  dryRun: boolean
   /** Milliseconds spent in each finished phase. */
   timings: Partial<Record<Phase, number>>
   /** When this chart's run started (ms since the epoch, as Date.now()). */
   startedAt: number
+  /** The CI run's web page (GitHub Actions, else Travis), when CI runs us. */
+  ciRunUrl?: string
   /** Prints lines as deploy.ts does, each prefixed with the plugin's name (`INFO:root:<name>: ...`). */
   log: Logger
   run: Exec
   /** Aborted when the hook runs out of time and on SIGINT/SIGTERM: pass it to fetch and waits. */
   signal: AbortSignal
+  /** When the hook's time is up (ms since the epoch): plan retries to end before it. */
+  deadline: number
   /**
    * `signal`, also aborted (a TimeoutError) after `ms`: one request's bound. Use it rather than
    * `AbortSignal.any([ctx.signal, AbortSignal.timeout(ms)])`, whose timeout Node 20 may
@@ -239,21 +243,57 @@ export interface HookContext {
    * naming the key, the range and the fix, which stops the run with exit 2.
    */
   duration: (key: string, fallback: string, range?: readonly [number, number]) => number
+}
+
+/** `verify`: the one hook a dry run calls too, so a plugin's checks can be tried without deploying. */
+export interface VerifyContext extends BaseContext {
+  /** --dry-run: check what can be checked here; `ctx.run` only announces commands that are not `readOnly`. */
+  dryRun: boolean
+}
+
+/** What the run found and did so far: set from the phase that makes it on. */
+export interface RunResults {
   /** Release revision after the deploy phase, read from helm's output. */
   revision?: number
   /** --validate: the chart's validation, from the end of the validate phase on (in `fail` too when it found problems). */
   validation?: ChartValidation
   /** --diff: what the deploy would change, from the end of the diff phase on. */
   diff?: ChartDiff
-  /** `fail` only: what went wrong, secrets masked (with the failed command and its last output lines when a command failed) and in which phase; `cancelled` on SIGINT/SIGTERM. */
-  error?: DeployError
+}
+
+/** `afterDeploy`, `afterRollout`, `success`. */
+export interface ResultContext extends BaseContext, RunResults {}
+
+/** `fail`: what went wrong, secrets masked, and what --rollback-on-failure did about it. */
+export interface FailContext extends BaseContext, RunResults {
+  /** With the failed command and its last output lines when a command failed; `cancelled by SIGINT` on a signal. */
+  error: DeployError
   failedPhase?: Phase
-  reason?: 'failed' | 'cancelled'
-  /** `fail` only, with --rollback-on-failure: the revision the release was rolled back to. */
+  reason: 'failed' | 'cancelled'
+  /** With --rollback-on-failure: the revision the release was rolled back to. */
   rolledBackTo?: number
-  /** `fail` only: the rollback was tried and failed (one line: what and why). */
+  /** The rollback was tried and failed (one line: what and why). */
   rollbackError?: string
 }
+
+/** Each hook's context. */
+export interface HookContexts {
+  verify: VerifyContext
+  beforeSetup: BaseContext
+  afterSetup: BaseContext
+  beforeBuild: BaseContext
+  afterBuild: BaseContext
+  beforePush: BaseContext
+  afterPush: BaseContext
+  beforeDeploy: BaseContext
+  afterDeploy: ResultContext
+  afterRollout: ResultContext
+  success: ResultContext
+  fail: FailContext
+}
+
+/** Any hook's context: for a function that serves several hooks (each hook's own type is in HookContexts). */
+export type HookContext = BaseContext & Partial<Omit<VerifyContext & FailContext, keyof BaseContext>>
 
 /**
  * How long `ctx.retry` waits after a failed try: milliseconds; or an iterable of them, one
@@ -263,7 +303,7 @@ export interface HookContext {
 export type Backoff = number | Iterable<number> | ((attempt: number, error: unknown) => number | undefined)
 
 type MaybePromise<T> = T | Promise<T>
-type Hook = (ctx: HookContext) => MaybePromise<void>
+type Hook<N extends HookName> = (ctx: HookContexts[N]) => MaybePromise<void>
 
 /**
  * A plugin: the default export of plugins/<name>.ts. Every hook is optional and receives
@@ -271,19 +311,19 @@ type Hook = (ctx: HookContext) => MaybePromise<void>
  */
 export interface Plugin {
   name: string
-  verify?: Hook
-  beforeSetup?: Hook
-  afterSetup?: Hook
-  beforeBuild?: Hook
-  afterBuild?: Hook
-  beforePush?: Hook
-  afterPush?: Hook
+  verify?: Hook<'verify'>
+  beforeSetup?: Hook<'beforeSetup'>
+  afterSetup?: Hook<'afterSetup'>
+  beforeBuild?: Hook<'beforeBuild'>
+  afterBuild?: Hook<'afterBuild'>
+  beforePush?: Hook<'beforePush'>
+  afterPush?: Hook<'afterPush'>
   /** May return extra arguments for `helm upgrade` (e.g. `--description`). */
-  beforeDeploy?: (ctx: HookContext) => MaybePromise<void | { helmArgs?: string[] }>
-  afterDeploy?: Hook
-  afterRollout?: Hook
-  success?: Hook
-  fail?: Hook
+  beforeDeploy?: (ctx: HookContexts['beforeDeploy']) => MaybePromise<void | { helmArgs?: string[] }>
+  afterDeploy?: Hook<'afterDeploy'>
+  afterRollout?: Hook<'afterRollout'>
+  success?: Hook<'success'>
+  fail?: Hook<'fail'>
 }
 
 export const HOOKS = [
@@ -308,6 +348,8 @@ export interface HookStep {
   refusal?: number
   /** What the hook may return. */
   returns?: 'helmArgs'
+  /** Called in a dry run too (with `ctx.dryRun`); every other hook is not. */
+  dryRun?: boolean
 }
 
 const blocking = (phase: Phase, throws: number = EXIT.failed): HookStep =>
@@ -316,7 +358,7 @@ const bestEffort: HookStep = { blocking: false, timeout: BEST_EFFORT_SECONDS }
 
 /** Every hook's step, in the order a run calls them (push hooks around each push). */
 export const HOOK_STEPS: Record<HookName, HookStep> = {
-  verify: blocking('verify', EXIT.refused),
+  verify: { ...blocking('verify', EXIT.refused), dryRun: true },
   beforeSetup: blocking('setup'),
   afterSetup: blocking('setup'),
   beforeBuild: blocking('build'),

@@ -40,7 +40,7 @@ export async function gitModified(exec: Exec, dirs: string[]): Promise<Map<strin
 }
 
 /** Local git commands get this long (a huge repository, a stuck filesystem). */
-const GIT_TIMEOUT = '2m'
+const GIT_TIMEOUT = 120
 
 /** A revision or range (`main..HEAD`, `a1b2c3...d4e5f6`): never an option, no spaces. */
 const COMMIT_RANGE = /^[\w@{}^~:/.-]+$/

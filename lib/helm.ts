@@ -67,7 +67,7 @@ export function makeHelm(major: 2 | 3, exec: Exec): Helm {
 
 /** `helm history -o json` of either version, oldest first, statuses as Helm 3 spells them. */
 async function releaseHistory(exec: Exec, args: string[], release: string): ReturnType<Helm['history']> {
-  const r = await exec('helm', args, { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: '60s' })
+  const r = await exec('helm', args, { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: 60 })
   if (r.exitCode !== 0) {
     const why = (r.stderr || r.stdout).trim().split('\n').at(-1) || `exit ${r.exitCode}`
     return { error: `could not read the history of ${release} (${why})` }
@@ -86,7 +86,7 @@ async function releaseHistory(exec: Exec, args: string[], release: string): Retu
 /** Helm's major version from the client alone (Helm 2 would ask tiller without --client). */
 export async function helmMajorVersion(exec: Exec, env: NodeJS.ProcessEnv): Promise<2 | 3 | undefined> {
   if (!onPath('helm', env)) return undefined
-  const r = await exec('helm', ['version', '--client', '--short'], { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: '60s' })
+  const r = await exec('helm', ['version', '--client', '--short'], { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: 60 })
   const major = /v(\d+)\./.exec(r.stdout)?.[1]
   return major === '2' ? 2 : major === '3' ? 3 : undefined
 }
@@ -109,7 +109,7 @@ export async function handlePendingRelease({ plan, exec, out, helm }: ChartRun):
     throw new DeployError(`release ${chart} is stuck in ${last.status} (revision ${last.revision}, an earlier run was interrupted): repair with \`helm ${repair.join(' ')}\` or rerun with --recover`)
   }
   out.warn(`release ${chart} is stuck in ${last.status}: recovering with helm ${repair.join(' ')}`)
-  await exec('helm', repair, { timeout: deployed ? `${plan.config.helmTimeoutSeconds + 120}s` : '5m' })
+  await exec('helm', repair, { timeout: deployed ? plan.config.helmTimeoutSeconds + 120 : 300 })
   return true
 }
 
@@ -118,7 +118,7 @@ export async function printDiagnostics({ plan, exec, out, helm, invocation }: Ch
   if (invocation.cancelled) return
   const ns = plan.chart
   out.error(`diagnostics for namespace ${ns}:`)
-  const opts = { nothrow: true, timeout: '60s' } as const
+  const opts = { nothrow: true, timeout: 60 } as const
   await exec('kubectl', ['get', 'events', '--namespace', ns, '--sort-by=.lastTimestamp'], opts)
   await exec('kubectl', ['get', 'pods', '--namespace', ns], opts)
   await exec('helm', helm.statusArgs(ns), opts)
@@ -162,7 +162,7 @@ export async function rollBack(r: ChartRun, rollout: (r: ChartRun) => Promise<vo
     await inGroup(out, 'rollback', `rollback ${chart}`, async () => {
       const seconds = plan.config.helmTimeoutSeconds
       // helm stops waiting at its own --timeout; ours is only a backstop.
-      await r.exec('helm', helm.repairArgs(chart, to, seconds), { timeout: `${seconds + 120}s` })
+      await r.exec('helm', helm.repairArgs(chart, to, seconds), { timeout: seconds + 120 })
       await rollout(r)
     })
     state.rolledBackTo = to

@@ -2,10 +2,10 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { DeployError, EXIT, HOOKS, HOOK_STEPS, RefusedError, isRefusal, usageError, type HookContext, type HookName, type HookStep, type ImageInfo, type Logger, type Plugin } from './contract.ts'
+import { DeployError, EXIT, HOOKS, HOOK_STEPS, RefusedError, isRefusal, usageError, type BaseContext, type FailContext, type HookContext, type HookContexts, type HookName, type HookStep, type Logger, type Plugin } from './contract.ts'
 import { checkDuration, parseDuration } from './config.ts'
 import { errorLine, type Secrets } from './secrets.ts'
-import { abortableSleep, signalWithin } from './process.ts'
+import { abortableSleep, ciRunUrl, signalWithin } from './process.ts'
 import type { ChartRun } from './plan.ts'
 
 /** The plugins shipped beside deploy.ts (a file: URL, or an https: one when Deno runs deploy.ts from a URL). */
@@ -82,7 +82,7 @@ export async function loadPlugins(names: string[], secrets: Secrets): Promise<Pl
 }
 
 /** What a `fail` hook learns about the failure. */
-type FailureFacts = Pick<HookContext, 'error' | 'failedPhase' | 'reason'>
+export type FailureFacts = Pick<FailContext, 'error' | 'failedPhase' | 'reason'>
 
 /** A plugin's logger: deploy.ts's lines, prefixed with the plugin's name. */
 function pluginLog(out: Logger, name: string): Logger {
@@ -122,23 +122,24 @@ export function parseYesNo(text: string | undefined): boolean | undefined {
   return undefined
 }
 
-function hookContext({ plan, state, exec, out, helm, invocation }: ChartRun, plugin: Plugin, signal: AbortSignal, failure: FailureFacts): HookContext {
+/** What every hook gets; `deadline` is when the hook's time is up. */
+function baseContext({ plan, state, exec, out, helm, invocation }: ChartRun, plugin: Plugin, signal: AbortSignal, deadline: number): BaseContext {
   const sleep = abortableSleep(signal)
   return {
     chart: plan.chart,
     phases: plan.phases,
     config: plan.config,
-    helmMajor: plan.helmMajor,
     helm,
-    images: plan.images as ImageInfo[],
+    images: plan.images.map((image) => ({ ...image, ...state.images.get(image.dir) })),
     commit: plan.commit,
     chartDir: plan.chartDir,
-    dryRun: plan.dryRun,
     timings: state.timings,
     startedAt: state.startedAt ?? Date.now(),
     log: pluginLog(out, plugin.name),
     run: exec,
+    ciRunUrl: ciRunUrl(plan.config.env),
     signal,
+    deadline,
     within: (ms) => signalWithin(signal, ms),
     sleep,
     retry: retrying(signal, sleep),
@@ -149,28 +150,37 @@ function hookContext({ plan, state, exec, out, helm, invocation }: ChartRun, plu
     redact: invocation.secrets.redact,
     parseDuration,
     duration: (key, fallback, range = [1, 24 * 3600]) => checkDuration(key, plan.config.env[key]?.trim() || fallback, range),
-    revision: state.revision,
-    validation: state.validation,
-    diff: state.diff,
-    rolledBackTo: state.rolledBackTo,
-    rollbackError: state.rollbackError,
-    ...failure,
   }
+}
+
+/** `hook`'s context: the base, and what that hook learns besides (HookContexts). */
+function hookContext<N extends HookName>(r: ChartRun, hook: N, base: BaseContext, failure: FailureFacts | undefined): HookContexts[N] {
+  const { plan, state } = r
+  const results = { revision: state.revision, validation: state.validation, diff: state.diff }
+  const extra: Partial<Record<HookName, object>> = {
+    verify: { dryRun: plan.dryRun },
+    afterDeploy: results,
+    afterRollout: results,
+    success: results,
+    fail: { ...results, ...failure, rolledBackTo: state.rolledBackTo, rollbackError: state.rollbackError },
+  }
+  return { ...base, ...extra[hook] } as HookContexts[N]
 }
 
 /**
  * Calls one plugin's hook, bounded by `seconds` and, for a blocking hook, by the
  * invocation's cancellation: either aborts `ctx.signal` and rejects.
  */
-async function callHook(r: ChartRun, plugin: Plugin, hook: HookName, step: HookStep, failure: FailureFacts) {
+async function callHook(r: ChartRun, plugin: Plugin, hook: HookName, step: HookStep, failure: FailureFacts | undefined) {
   const seconds = step.timeout === 'HOOK_TIMEOUT' ? r.plan.config.hookTimeoutSeconds : step.timeout
+  const deadline = Date.now() + seconds * 1000
   const bound = new AbortController()
   const timer = setTimeout(() => bound.abort(new Error(`did not finish within ${seconds}s`)), seconds * 1000)
   const signal = step.blocking ? AbortSignal.any([bound.signal, r.invocation.signal]) : bound.signal
   const stopped = new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }))
   const fn = plugin[hook] as (ctx: HookContext) => unknown
   try {
-    return await Promise.race([fn.call(plugin, hookContext(r, plugin, signal, failure)), stopped])
+    return await Promise.race([fn.call(plugin, hookContext(r, hook, baseContext(r, plugin, signal, deadline), failure)), stopped])
   } finally {
     clearTimeout(timer)
   }
@@ -189,10 +199,10 @@ function helmArgsOf(result: unknown, secrets: Secrets): string[] {
  * Runs `hook` of every plugin in load order, as HOOK_STEPS says: a blocking hook's throw
  * stops the run, a best-effort hook's is one warning. Returns what the hooks gave (helmArgs).
  */
-export async function runHook(r: ChartRun, hook: HookName, failure: FailureFacts = {}): Promise<string[]> {
+export async function runHook(r: ChartRun, hook: HookName, failure?: FailureFacts): Promise<string[]> {
   const step = HOOK_STEPS[hook]
   const given: string[] = []
-  if (r.plan.dryRun) return given
+  if (r.plan.dryRun && !step.dryRun) return given
   for (const plugin of r.plan.plugins.filter((p) => p[hook])) {
     try {
       const result = await callHook(r, plugin, hook, step, failure)

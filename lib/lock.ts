@@ -9,7 +9,7 @@
 import process from 'node:process'
 import os from 'node:os'
 import { DeployError } from './contract.ts'
-import { abortableSleep, tail } from './process.ts'
+import { abortableSleep, ciRunUrl, tail } from './process.ts'
 import type { ChartRun } from './plan.ts'
 
 /** A holder that has not renewed its lease for this long (by the waiting run's clock) is gone. */
@@ -36,8 +36,7 @@ export interface HeldLease {
 
 /** Who this run is, as the lease (and a waiting run's message) names it. */
 function holderName(env: NodeJS.ProcessEnv): string {
-  const github = env.GITHUB_RUN_ID && env.GITHUB_REPOSITORY ? `${env.GITHUB_SERVER_URL ?? 'https://github.com'}/${env.GITHUB_REPOSITORY}/actions/runs/${env.GITHUB_RUN_ID}` : undefined
-  const where = env.TRAVIS_JOB_WEB_URL ?? github ?? `${os.userInfo().username}@${os.hostname()}`
+  const where = ciRunUrl(env) ?? `${os.userInfo().username}@${os.hostname()}`
   return `${where} (pid ${process.pid})`
 }
 
@@ -50,7 +49,7 @@ function leaseObject(chart: string, data: LeaseData, resourceVersion?: string): 
   })
 }
 
-const lockCommand = { capture: true, nothrow: true, show: 'probe', timeout: '60s' } as const
+const lockCommand = { capture: true, nothrow: true, show: 'probe', timeout: 60 } as const
 
 /** kubectl create or replace of the lease: the resourceVersion it got, or kubectl's error line. */
 async function writeLease({ plan, exec }: ChartRun, verb: 'create' | 'replace', data: LeaseData, resourceVersion?: string, cleanup = false) {
@@ -141,7 +140,7 @@ export async function acquireLock(r: ChartRun) {
 /** Holds the lease: renewed every RENEW_SECONDS until released. */
 function holdLock(r: ChartRun, data: LeaseData, resourceVersion: string | undefined) {
   const lease: HeldLease = { data, resourceVersion }
-  r.state.lease = lease
+  r.lock.lease = lease
   const renew = async () => {
     data.renewed = new Date().toISOString()
     const w = await writeLease(r, 'replace', data, lease.resourceVersion)
@@ -158,8 +157,8 @@ function holdLock(r: ChartRun, data: LeaseData, resourceVersion: string | undefi
 
 /** Marks the lease released, if it is still ours (the write names our resourceVersion); also after a cancel. */
 export async function releaseLock(r: ChartRun) {
-  const lease = r.state.lease
-  r.state.lease = undefined
+  const lease = r.lock.lease
+  r.lock.lease = undefined
   if (!lease) return
   clearInterval(lease.timer)
   await lease.renewing

@@ -68,8 +68,8 @@ export interface ChartPlan extends Request, RepositoryFacts {
   readonly files: ChartFiles
   /** files.chartDir, as plugins read it (ctx.chartDir). */
   readonly chartDir: string
-  /** The build phase marks each image built and pushed. */
-  readonly images: readonly ImageInfo[]
+  /** What the build phase did to them is in the state (ChartState.images). */
+  readonly images: readonly Readonly<ImageInfo>[]
   /** Each image dir's last five commits, newest first (tags and cache candidates). */
   readonly history: ReadonlyMap<string, string[]>
   /** secrets/<chart>.yaml: read (always for a deploy or a diff), or left out of a validation. */
@@ -86,17 +86,14 @@ export interface ChartState {
   rolledBackTo?: number
   rollbackError?: string
   privateDir?: string
-  /** The chart's deploy lock, while this run holds it. */
-  lease?: HeldLease
+  /** What the build phase did to each image, by its dir (the plan's images stay as preflight made them). */
+  images: Map<string, { built?: boolean; pushed?: boolean }>
   /** How the run ended, for the multi-chart summary. */
   result?: 'ok' | 'failed' | 'skipped'
   error?: DeployError
   /** When the run started (ms since the epoch) and how long it took. */
   startedAt?: number
   seconds?: number
-  dependenciesReady?: boolean
-  /** The server-side dry run, shared by validate and diff. */
-  preview?: Promise<Preview>
   validation?: ChartValidation
   diff?: ChartDiff
 }
@@ -114,6 +111,15 @@ export interface ChartRun extends Tools {
   readonly plan: ChartPlan
   readonly state: ChartState
   readonly helm: Helm
+  /** The deploy lock's lease while this run holds it (lib/lock.ts). */
+  readonly lock: { lease?: HeldLease }
+  /** Shared by --validate and --diff (lib/preview.ts): the dependencies fetched once, the server-side dry run. */
+  readonly preview: { dependenciesFetched?: boolean; upgrade?: Promise<Preview> }
+}
+
+/** A chart's run, ready to execute: its plan, and state, lock and preview not yet touched. */
+export function chartRun(tools: Tools, plan: ChartPlan, helm: Helm): ChartRun {
+  return { ...tools, plan, helm, state: { timings: {}, images: new Map() }, lock: {}, preview: {} }
 }
 
 /** Where a chart's files are, for every phase: the one place that builds these paths. */

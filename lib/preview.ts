@@ -10,11 +10,8 @@ import { tail } from './process.ts'
 import { noClusterAccess, valuesArgs, type ChartRun } from './plan.ts'
 import { diffManifests, parseManifest } from './manifest.ts'
 
-/**
- * Problems in helm's output (`Error: ...`, lint's `[ERROR] ...`), each one line naming the
- * chart, the file (as a repository path) and the values path when helm gives them.
- */
-export function helmProblems(chart: string, dir: string, check: ValidationProblem['check'], output: string): ValidationProblem[] {
+/** helm's error blocks: `Error: ...` and lint's `[ERROR] ...`, each with its continuation lines. */
+function errorBlocks(output: string): string[] {
   const blocks: string[] = []
   let open = false
   for (const line of output.split('\n')) {
@@ -28,66 +25,76 @@ export function helmProblems(chart: string, dir: string, check: ValidationProble
       blocks[blocks.length - 1] += `\n${line}`
     }
   }
+  return blocks
+}
+
+type Found = (p: Omit<ValidationProblem, 'check' | 'message'>, reason: string) => void
+
+/** A values.schema.json failure: a problem per item, with its values path (a subchart's prefixed). */
+function schemaProblems(chart: string, dir: string, list: string, found: Found) {
+  let sub = ''
+  for (const line of list.split('\n')) {
+    const name = /^(\S+):$/.exec(line.trim())?.[1]
+    if (name) sub = name
+    const item = /^- (.+?): (.+)$/.exec(line.trim())
+    if (!item) continue
+    const own = sub === chart || sub === ''
+    const at = item[1] === '(root)' ? '' : item[1]
+    const valuesPath = [own ? '' : sub, at].filter(Boolean).join('.') || '(root)'
+    // A dependency's schema is inside its archive in charts/: name it instead of a path.
+    found(own ? { file: `${dir}/values.schema.json`, valuesPath } : { valuesPath }, own ? item[2] : `${item[2]} (values.schema.json of ${sub})`)
+  }
+}
+
+/** helm's `<chart>/charts/<sub>/templates/x.yaml` as a repository path, and the subchart values prefix. */
+function locate(dir: string, helmPath: string) {
+  const rest = helmPath.split('/').slice(1).join('/')
+  const subcharts = [...rest.matchAll(/(?:^|\/)charts\/([^/]+)\//g)].map((m) => m[1].replace(/-\d[^/]*\.tgz$/, ''))
+  return { file: `${dir}/${rest}`, prefix: subcharts.map((s) => `${s}.`).join('') }
+}
+
+/** One error block as problems: the file and values path when the text names them. */
+function blockProblems(chart: string, dir: string, check: ValidationProblem['check'], block: string, found: Found) {
+  let text = block.replace(/^(UPGRADE FAILED|INSTALLATION FAILED): /, '')
+  // Summaries and consequences of a problem reported on its own line.
+  if (/^\d+ chart\(s\) linted|^:? ?unable to load chart/.test(text)) return
+  // lint names the file relative to the chart: `templates/: ...`, `values.yaml: ...`
+  const lintFile = /^([\w./-]+): /.exec(text)
+  let file: string | undefined
+  if (lintFile && check === 'lint' && !/^(template: |parse error)/.test(text)) {
+    text = text.slice(lintFile[0].length)
+    if (!lintFile[1].endsWith('/')) file = `${dir}/${lintFile[1]}`
+  }
+  const load = /^cannot load ([\w./-]+): ([\s\S]*)$/.exec(text)
+  if (load) [file, text] = [`${dir}/${load[1]}`, load[2]]
+  const badYaml = /^(?:unable to parse YAML: )?error converting YAML to JSON: (?:yaml: )?([\s\S]*)$/.exec(text)
+  if (badYaml) text = `not valid YAML: ${badYaml[1]}`
+  const schema = /values don't meet the specifications of the schema\(s\) in the following chart\(s\):\n([\s\S]*)/.exec(text)
+  if (schema) return schemaProblems(chart, dir, schema[1], found)
+  const oneLine = text.replace(/\s*\n\s*/g, ' ').trim()
+  const parsed = /^failed to parse ([^:]+): (?:error converting YAML to JSON: )?(.*)$/.exec(oneLine)
+  if (parsed) return found({ file: parsed[1] }, `not valid YAML: ${parsed[2].replace(/^yaml: /, '')}`)
+  const ref = /(?:template: |parse error at \(|YAML parse error on )([\w.-]+(?:\/[\w.-]+)+?\.(?:ya?ml|tpl|txt|json))((?::\d+){0,2})/.exec(oneLine)
+  if (!ref) return found(file ? { file } : {}, oneLine)
+  const { file: where, prefix } = locate(dir, ref[1])
+  const value = /<\.Values\.([\w.]+)>/.exec(oneLine)?.[1]
+  const reason = oneLine
+    .replace(/^template: \S+: /, '').replace(/^parse error at \([^)]*\): /, '').replace(/^YAML parse error on \S+: /, '')
+    .replace(/executing "[^"]*" /, '')
+  found({ file: `${where}${ref[2]}`, ...(value ? { valuesPath: `${prefix}${value}` } : {}) }, reason)
+}
+
+/**
+ * Problems in helm's output (`Error: ...`, lint's `[ERROR] ...`), each one line naming the
+ * chart, the file (as a repository path) and the values path when helm gives them.
+ */
+export function helmProblems(chart: string, dir: string, check: ValidationProblem['check'], output: string): ValidationProblem[] {
   const problems: ValidationProblem[] = []
-  const found = (p: Omit<ValidationProblem, 'check' | 'message'>, reason: string) => {
+  const found: Found = (p, reason) => {
     const where = [p.file, p.valuesPath && `values ${p.valuesPath}`].filter(Boolean).join(': ')
     problems.push({ check, message: `${chart}: ${where ? `${where}: ` : ''}${reason}`, ...p })
   }
-  /** helm's `<chart>/charts/<sub>/templates/x.yaml` as a repository path, and the subchart values prefix. */
-  const locate = (helmPath: string) => {
-    const rest = helmPath.split('/').slice(1).join('/')
-    const subcharts = [...rest.matchAll(/(?:^|\/)charts\/([^/]+)\//g)].map((m) => m[1].replace(/-\d[^/]*\.tgz$/, ''))
-    return { file: `${dir}/${rest}`, prefix: subcharts.map((s) => `${s}.`).join('') }
-  }
-  for (const block of blocks) {
-    let text = block.replace(/^(UPGRADE FAILED|INSTALLATION FAILED): /, '')
-    // Summaries and consequences of a problem reported on its own line.
-    if (/^\d+ chart\(s\) linted|^:? ?unable to load chart/.test(text)) continue
-    // lint names the file relative to the chart: `templates/: ...`, `values.yaml: ...`
-    const lintFile = /^([\w./-]+): /.exec(text)
-    let file: string | undefined
-    if (lintFile && check === 'lint' && !/^(template: |parse error)/.test(text)) {
-      text = text.slice(lintFile[0].length)
-      if (!lintFile[1].endsWith('/')) file = `${dir}/${lintFile[1]}`
-    }
-    const load = /^cannot load ([\w./-]+): ([\s\S]*)$/.exec(text)
-    if (load) [file, text] = [`${dir}/${load[1]}`, load[2]]
-    const badYaml = /^(?:unable to parse YAML: )?error converting YAML to JSON: (?:yaml: )?([\s\S]*)$/.exec(text)
-    if (badYaml) text = `not valid YAML: ${badYaml[1]}`
-    const schema = /values don't meet the specifications of the schema\(s\) in the following chart\(s\):\n([\s\S]*)/.exec(text)
-    if (schema) {
-      let sub = ''
-      for (const line of schema[1].split('\n')) {
-        const name = /^(\S+):$/.exec(line.trim())?.[1]
-        if (name) sub = name
-        const item = /^- (.+?): (.+)$/.exec(line.trim())
-        if (!item) continue
-        const own = sub === chart || sub === ''
-        const at = item[1] === '(root)' ? '' : item[1]
-        const valuesPath = [own ? '' : sub, at].filter(Boolean).join('.') || '(root)'
-        // A dependency's schema is inside its archive in charts/: name it instead of a path.
-        found(own ? { file: `${dir}/values.schema.json`, valuesPath } : { valuesPath }, own ? item[2] : `${item[2]} (values.schema.json of ${sub})`)
-      }
-      continue
-    }
-    const oneLine = text.replace(/\s*\n\s*/g, ' ').trim()
-    const parsed = /^failed to parse ([^:]+): (?:error converting YAML to JSON: )?(.*)$/.exec(oneLine)
-    if (parsed) {
-      found({ file: parsed[1] }, `not valid YAML: ${parsed[2].replace(/^yaml: /, '')}`)
-      continue
-    }
-    const ref = /(?:template: |parse error at \(|YAML parse error on )([\w.-]+(?:\/[\w.-]+)+?\.(?:ya?ml|tpl|txt|json))((?::\d+){0,2})/.exec(oneLine)
-    if (ref) {
-      const { file: where, prefix } = locate(ref[1])
-      const value = /<\.Values\.([\w.]+)>/.exec(oneLine)?.[1]
-      const reason = oneLine
-        .replace(/^template: \S+: /, '').replace(/^parse error at \([^)]*\): /, '').replace(/^YAML parse error on \S+: /, '')
-        .replace(/executing "[^"]*" /, '')
-      found({ file: `${where}${ref[2]}`, ...(value ? { valuesPath: `${prefix}${value}` } : {}) }, reason)
-      continue
-    }
-    found(file ? { file } : {}, oneLine)
-  }
+  for (const block of errorBlocks(output)) blockProblems(chart, dir, check, block, found)
   return uniqueProblems(problems)
 }
 
@@ -106,14 +113,14 @@ function uniqueProblems(problems: ValidationProblem[]): ValidationProblem[] {
  * archive Chart.lock names; `helm dep build` from the lock; `helm dep up` without one (or
  * when the lock no longer matches Chart.yaml). Once per run.
  */
-async function chartDependencies({ plan, state, exec, out, invocation }: ChartRun) {
-  if (state.dependenciesReady) return
+async function chartDependencies({ plan, preview, exec, out, invocation }: ChartRun) {
+  if (preview.dependenciesFetched) return
   const dir = plan.files.chartDir
   const { YAML } = invocation.runtime
   const read = (file: string) => (fs.existsSync(`${dir}/${file}`) ? YAML.parse(fs.readFileSync(`${dir}/${file}`, 'utf8')) ?? {} : {})
   type Dependency = { name: string; version?: string }
   const wanted: Dependency[] = read('Chart.yaml').dependencies ?? read('requirements.yaml').dependencies ?? []
-  state.dependenciesReady = true
+  preview.dependenciesFetched = true
   if (wanted.length === 0) return
   const lockFile = ['Chart.lock', 'requirements.lock'].find((f) => fs.existsSync(`${dir}/${f}`))
   const locked: Dependency[] = lockFile ? read(lockFile).dependencies ?? [] : []
@@ -126,7 +133,7 @@ async function chartDependencies({ plan, state, exec, out, invocation }: ChartRu
     out.info(`${dir}: dependencies already in ${dir}/charts/ as ${lockFile} names them`)
     return
   }
-  const opts = { cwd: dir, timeout: '5m', capture: true, nothrow: true } as const
+  const opts = { cwd: dir, timeout: 300, capture: true, nothrow: true } as const
   let r = lockFile ? await exec('helm', ['dep', 'build'], opts) : undefined
   if (!r || /out of sync/.test(r.stderr)) r = await exec('helm', ['dep', 'up'], opts)
   if (r.exitCode !== 0) throw new DeployError(`${plan.chart}: ${dir}: could not fetch the chart's dependencies: ${tail(r.stderr || r.stdout, 1).replace(/^Error: /, '')}`)
@@ -147,10 +154,10 @@ export interface Preview {
 function upgradePreview(r: ChartRun): Promise<Preview> {
   const { plan, state, exec } = r
   const { chart } = plan
-  state.preview ??= (async () => {
+  r.preview.upgrade ??= (async () => {
     const args = ['upgrade', '--install', '--namespace', chart, chart, plan.files.chartDir, '--dry-run=server', '--output', 'json', ...valuesArgs(r)]
     // The output holds every rendered Secret and the values: captured, parsed, never printed.
-    const done = await exec('helm', args, { capture: true, nothrow: true, timeout: `${plan.config.helmTimeoutSeconds}s` })
+    const done = await exec('helm', args, { capture: true, nothrow: true, timeout: plan.config.helmTimeoutSeconds })
     if (done.exitCode !== 0 || plan.dryRun) return { exitCode: done.exitCode, stderr: done.stderr, manifest: '' }
     try {
       return { exitCode: 0, stderr: done.stderr, manifest: String(JSON.parse(done.stdout).manifest ?? '') }
@@ -158,11 +165,72 @@ function upgradePreview(r: ChartRun): Promise<Preview> {
       return { exitCode: 1, stderr: `Error: helm upgrade --dry-run=server --output json printed no release (${done.stdout.length} bytes)`, manifest: '' }
     }
   })()
-  return state.preview
+  return r.preview.upgrade
 }
 
 /** Helm's words when it could not reach the API server at all (as opposed to a refused object). */
 const UNREACHABLE = /Kubernetes cluster unreachable|connection refused|no such host|i\/o timeout|dial tcp/
+
+/** What helm found wrong in a failed command's output; its last line when nothing more precise. */
+function commandProblems(chart: string, dir: string, check: ValidationProblem['check'], done: CommandResult): ValidationProblem[] {
+  if (done.exitCode === 0) return []
+  const found = helmProblems(chart, dir, check, `${done.stderr}\n${done.stdout}`)
+  return found.length ? found : [{ check, message: `${chart}: helm ${check} failed: ${tail(done.stderr || done.stdout, 1)}` }]
+}
+
+/** `helm lint` and `helm template` with the deploy's values: their problems and warnings, the objects rendered. */
+async function lintAndRender(r: ChartRun, result: ChartValidation) {
+  const { plan, exec, helm } = r
+  const { chart } = plan
+  const dir = plan.files.chartDir
+  const args = ['--namespace', chart, ...valuesArgs(r)]
+  const quiet = { capture: true, nothrow: true, timeout: 300 } as const
+  const lint = await exec('helm', ['lint', dir, ...args], quiet)
+  for (const m of lint.stdout.matchAll(/^\[WARNING\] (.*)$/gm)) result.warnings.push(`${chart}: ${dir}/${m[1]}`)
+  const template = await exec('helm', [...helm.templateArgs(chart, dir), ...args], quiet)
+  if (template.exitCode === 0 && !plan.dryRun) result.objects = parseManifest(template.stdout, chart, r.invocation.runtime.YAML).length
+  result.errors.push(...commandProblems(chart, dir, 'lint', lint), ...commandProblems(chart, dir, 'render', template))
+}
+
+/** The API server's check of every object (the server-side dry run), when the cluster can be reached. */
+async function serverCheck(r: ChartRun, result: ChartValidation) {
+  const { plan, helm, env } = r
+  const why = helm.serverDryRun ? noClusterAccess(plan.phases, env) : `Helm ${helm.major} has no server-side dry run`
+  if (why) {
+    result.serverSideNote = why
+    return
+  }
+  if (result.errors.length) {
+    result.serverSideNote = 'the chart did not render'
+    return
+  }
+  const preview = await upgradePreview(r)
+  if (preview.exitCode !== 0 && UNREACHABLE.test(preview.stderr)) {
+    result.serverSideNote = `cluster unreachable: ${tail(preview.stderr, 1).replace(/^Error: /, '')}`
+    return
+  }
+  result.serverSide = 'checked'
+  result.errors.push(...commandProblems(plan.chart, plan.files.chartDir, 'server', { stdout: '', ...preview }))
+}
+
+/** Prints what --validate found, and keeps it masked as the result's text. */
+function reportValidation(r: ChartRun, result: ChartValidation, text: string[]) {
+  const { plan, out } = r
+  const { redact } = r.invocation.secrets
+  const say = (line: string, how: 'print' | 'warn' | 'error' = 'print') => {
+    text.push(redact(line))
+    if (how === 'print') out.print(line)
+    else out[how](line)
+  }
+  for (const w of result.warnings) say(w, 'warn')
+  for (const p of result.errors) say(p.message, 'error')
+  const server = result.serverSide === 'checked' ? 'checked by the API server' : `server-side check skipped: ${result.serverSideNote}`
+  const count = `${result.errors.length} problem${result.errors.length > 1 ? 's' : ''}`
+  say(result.valid ? `${plan.chart}: valid (helm lint, ${result.objects} objects rendered, ${server})` : `${plan.chart}: invalid: ${count}`)
+  result.text = text.join('\n') + '\n'
+  Object.assign(result, redactDeep(result, redact))
+  return count
+}
 
 /**
  * --validate: dependencies, `helm lint`, a render with the deploy's values, and with cluster
@@ -170,27 +238,15 @@ const UNREACHABLE = /Kubernetes cluster unreachable|connection refused|no such h
  * run (exit 1). The result is `state.validation` (ctx.validation for plugins).
  */
 export async function validate(r: ChartRun) {
-  const { plan, state, exec, out, helm, env } = r
+  const { plan, state, out } = r
   const { chart } = plan
-  const dir = plan.files.chartDir
-  const { redact } = r.invocation.secrets
   const result: ChartValidation = { chart, valid: true, secrets: plan.secretsFile ?? 'used', serverSide: 'skipped', objects: 0, errors: [], warnings: [], text: '' }
   state.validation = result
   const text: string[] = []
-  const say = (line: string, how: 'print' | 'warn' | 'error' = 'print') => {
-    text.push(redact(line))
-    if (how === 'print') out.print(line)
-    else out[how](line)
-  }
   if (result.secrets !== 'used') {
-    say(`${chart}: ${plan.files.secretsFile} is ${result.secrets === 'locked' ? 'locked (git-crypt)' : 'missing'}: validating without it, so values that need it are not checked`, 'warn')
-  }
-  const ns = ['--namespace', chart]
-  const values = valuesArgs(r)
-  const problems = (check: ValidationProblem['check'], done: CommandResult) => {
-    if (done.exitCode === 0) return []
-    const found = helmProblems(chart, dir, check, `${done.stderr}\n${done.stdout}`)
-    return found.length ? found : [{ check, message: `${chart}: helm ${check} failed: ${tail(done.stderr || done.stdout, 1)}` }]
+    const line = `${chart}: ${plan.files.secretsFile} is ${result.secrets === 'locked' ? 'locked (git-crypt)' : 'missing'}: validating without it, so values that need it are not checked`
+    text.push(r.invocation.secrets.redact(line))
+    out.warn(line)
   }
   try {
     await chartDependencies(r)
@@ -198,29 +254,9 @@ export async function validate(r: ChartRun) {
     result.errors.push({ check: 'dependencies', message: (e as Error).message })
     result.serverSideNote = 'the chart did not render'
   }
-  const quiet = { capture: true, nothrow: true, timeout: '5m' } as const
   if (result.errors.length === 0) {
-    const lint = await exec('helm', ['lint', dir, ...ns, ...values], quiet)
-    for (const m of lint.stdout.matchAll(/^\[WARNING\] (.*)$/gm)) result.warnings.push(`${chart}: ${dir}/${m[1]}`)
-    const template = await exec('helm', [...helm.templateArgs(chart, dir), ...ns, ...values], quiet)
-    if (template.exitCode === 0 && !plan.dryRun) result.objects = parseManifest(template.stdout, chart, r.invocation.runtime.YAML).length
-    result.errors.push(...problems('lint', lint), ...problems('render', template))
-    const why = helm.serverDryRun ? noClusterAccess(plan.phases, env) : `Helm ${helm.major} has no server-side dry run`
-    if (why) {
-      result.serverSideNote = why
-    } else if (result.errors.length === 0) {
-      const preview = await upgradePreview(r)
-      if (preview.exitCode === 0) {
-        result.serverSide = 'checked'
-      } else if (UNREACHABLE.test(preview.stderr)) {
-        result.serverSideNote = `cluster unreachable: ${tail(preview.stderr, 1).replace(/^Error: /, '')}`
-      } else {
-        result.serverSide = 'checked'
-        result.errors.push(...problems('server', { stdout: '', ...preview }))
-      }
-    } else {
-      result.serverSideNote = 'the chart did not render'
-    }
+    await lintAndRender(r, result)
+    await serverCheck(r, result)
   }
   if (plan.dryRun) {
     state.validation = undefined
@@ -228,13 +264,7 @@ export async function validate(r: ChartRun) {
   }
   result.errors = uniqueProblems(result.errors)
   result.valid = result.errors.length === 0
-  for (const w of result.warnings) say(w, 'warn')
-  for (const p of result.errors) say(p.message, 'error')
-  const server = result.serverSide === 'checked' ? 'checked by the API server' : `server-side check skipped: ${result.serverSideNote}`
-  const count = `${result.errors.length} problem${result.errors.length > 1 ? 's' : ''}`
-  say(result.valid ? `${chart}: valid (helm lint, ${result.objects} objects rendered, ${server})` : `${chart}: invalid: ${count}`)
-  result.text = text.join('\n') + '\n'
-  Object.assign(result, redactDeep(result, redact))
+  const count = reportValidation(r, result, text)
   if (!result.valid) throw new DeployError(`validation of ${chart} failed: ${count} (listed above)`)
 }
 
@@ -253,7 +283,7 @@ interface Release {
 async function currentRelease({ plan, exec, helm }: ChartRun): Promise<Release | undefined> {
   const { chart } = plan
   const status = (extra: string[]) =>
-    exec('helm', [...helm.statusArgs(chart), ...extra, '--output', 'json'], { capture: true, nothrow: true, timeout: '2m' })
+    exec('helm', [...helm.statusArgs(chart), ...extra, '--output', 'json'], { capture: true, nothrow: true, timeout: 120 })
   const parse = (done: CommandResult, what: string) => {
     if (done.exitCode !== 0) throw new DeployError(`${chart}: could not read ${what}: ${tail(done.stderr, 1).replace(/^Error: /, '')}`)
     try {

@@ -7,7 +7,7 @@ import path from 'node:path'
 import type { Buffer } from 'node:buffer'
 import type YAMLModule from 'yaml'
 import { DeployError, EXIT, type CommandResult, type Exec, type ExecOptions, type HookContext, type Logger } from './contract.ts'
-import { SHELL_STARTUP, parseDuration } from './config.ts'
+import { MAX_DURATION_SECONDS, SHELL_STARTUP, formatDuration, parseDuration } from './config.ts'
 import { Secrets, errorLine } from './secrets.ts'
 
 /** Which CI runs us: its collapsible log sections and error annotations. */
@@ -17,6 +17,16 @@ export interface Ci {
 }
 
 export const ciOf = (env: NodeJS.ProcessEnv): Ci => ({ travis: env.TRAVIS === 'true', github: env.GITHUB_ACTIONS === 'true' })
+
+/** The web page of the CI run that runs us: the one place that knows each CI's variables. */
+export function ciRunUrl(env: Record<string, string | undefined>): string | undefined {
+  const github = env.GITHUB_REPOSITORY && env.GITHUB_RUN_ID
+    ? `${env.GITHUB_SERVER_URL ?? 'https://github.com'}/${env.GITHUB_REPOSITORY}/actions/runs/${env.GITHUB_RUN_ID}`
+    : undefined
+  const travis = env.TRAVIS_BUILD_WEB_URL ?? env.TRAVIS_JOB_WEB_URL
+  // Only one CI runs us; should both leave variables behind, the one that says it runs us wins.
+  return env.TRAVIS === 'true' ? travis ?? github : github ?? travis
+}
 
 export interface OutputOptions {
   /** Before every line: `[ea-hub] ` when several charts run. */
@@ -271,63 +281,83 @@ const DEFAULT_COMMAND_TIMEOUT = '30m'
 /** How long a command that outlived its limit gets to stop on SIGTERM before SIGKILL. */
 const KILL_GRACE_SECONDS = 10
 
+/** A command's bound in seconds: its own (seconds, or a duration such as `90s`), or DEFAULT_COMMAND_TIMEOUT's. */
+function commandLimit(tool: string, timeout: ExecOptions['timeout']): number {
+  const limit = typeof timeout === 'number' ? timeout : parseDuration(timeout ?? DEFAULT_COMMAND_TIMEOUT)
+  if (!(limit > 0 && limit <= MAX_DURATION_SECONDS)) throw new DeployError(`${tool}: timeout ${timeout} is not a duration from 1s to 7 days (e.g. 90s, 10m, 1h)`)
+  return limit
+}
+
+interface Started {
+  env: NodeJS.ProcessEnv
+  out: Output
+  invocation: Invocation
+  /** Seconds the command may run; then SIGTERM, and SIGKILL KILL_GRACE_SECONDS later. */
+  limit: number
+  heartbeatSeconds: number
+}
+
+/** Runs one command under zx to its end: relayed line by line, bounded, stopped with the invocation. */
+async function spawn(tool: string, args: string[], options: ExecOptions, { env, out, invocation, limit, heartbeatSeconds }: Started) {
+  const { capture = false, prefix = '' } = options
+  const beat = heartbeat(out, `${prefix}${tool} ${args.slice(0, 2).join(' ')}`, capture ? 0 : heartbeatSeconds)
+  const { $ } = await invocation.load()
+  const p = $({
+    cwd: options.cwd,
+    env,
+    input: options.input,
+    // A child that reads stdin must not wait on ours: it gets stdin only when we feed it.
+    stdio: options.input === undefined ? ['ignore', 'pipe', 'pipe'] : 'pipe',
+    quiet: capture,
+    verbose: !capture,
+    nothrow: true,
+    timeout: `${limit}s`,
+    log: relay(out, prefix, beat.reset) as never,
+  })`${tool} ${args}`
+  const release = options.cleanup ? () => undefined : stopOnCancel(invocation, p.pid)
+  // zx sends SIGTERM at the limit; a child that ignores it is killed KILL_GRACE_SECONDS later.
+  const hardStop = setTimeout(() => {
+    try {
+      if (p.pid) process.kill(p.pid, 'SIGKILL')
+    } catch {
+      // Already gone.
+    }
+  }, (limit + KILL_GRACE_SECONDS) * 1000)
+  return p.finally(() => {
+    clearTimeout(hardStop)
+    release()
+    beat.stop()
+  })
+}
+
 export function makeExec({ env: given, dryRun, out, heartbeatSeconds, invocation }: ExecSettings): Exec {
   const { redact } = invocation.secrets
   return async (tool, args, options = {}) => {
     // zx starts each tool through bash: nothing may make that shell run code first. Read
     // at each call, since setup adds the private config dirs to the same env object.
     const env = Object.fromEntries(Object.entries(given).filter(([k]) => !SHELL_STARTUP.test(k)))
-    const { capture = false, show = 'announce', prefix = '' } = options
+    const { capture = false, show = 'announce' } = options
     const line = `${tool} ${args.join(' ')}`
     // A dry run announces every command it skips exactly as a real run announces the ones it runs.
     const announce = () => out.info(`${capture ? 'Executing and capturing' : 'Executing'} ${line}`)
-    // Every command is bounded: by its own limit, or by DEFAULT_COMMAND_TIMEOUT.
-    const limit = parseDuration(options.timeout ?? DEFAULT_COMMAND_TIMEOUT)
-    if (!(limit > 0)) throw new DeployError(`${tool}: timeout ${options.timeout} is not a duration from 1s to 7 days (e.g. 90s, 10m, 1h)`)
+    const limit = commandLimit(tool, options.timeout)
     if (dryRun && !options.readOnly) {
       announce()
       return { stdout: '', stderr: '', exitCode: 0 }
     }
     if (invocation.signal.aborted && !options.cleanup) throw invocation.signal.reason
     if (show === 'announce' || (show === 'probe' && invocation.verbose)) announce()
-    const beat = heartbeat(out, `${prefix}${tool} ${args.slice(0, 2).join(' ')}`, capture ? 0 : heartbeatSeconds)
-    const { $ } = await invocation.load()
-    const p = $({
-      cwd: options.cwd,
-      env,
-      input: options.input,
-      // A child that reads stdin must not wait on ours: it gets stdin only when we feed it.
-      stdio: options.input === undefined ? ['ignore', 'pipe', 'pipe'] : 'pipe',
-      quiet: capture,
-      verbose: !capture,
-      nothrow: true,
-      timeout: `${limit}s`,
-      log: relay(out, prefix, beat.reset) as never,
-    })`${tool} ${args}`
-    const release = options.cleanup ? () => undefined : stopOnCancel(invocation, p.pid)
-    // zx sends SIGTERM at the limit; a child that ignores it is killed KILL_GRACE_SECONDS later.
-    const hardStop = setTimeout(() => {
-      try {
-        if (p.pid) process.kill(p.pid, 'SIGKILL')
-      } catch {
-        // Already gone.
-      }
-    }, (limit + KILL_GRACE_SECONDS) * 1000)
-    const done = await p.finally(() => {
-      clearTimeout(hardStop)
-      release()
-      beat.stop()
-    })
+    const done = await spawn(tool, args, options, { env, out, invocation, limit, heartbeatSeconds })
     const result = { stdout: done.stdout, stderr: done.stderr, exitCode: done.exitCode ?? 1 }
-    if (result.exitCode !== 0 && !options.nothrow) throw commandError(line, { ...result, signal: done.signal }, options, redact)
+    if (result.exitCode !== 0 && !options.nothrow) throw commandError(line, { ...result, signal: done.signal, capture }, limit, redact)
     return result
   }
 }
 
 /** A failed command as one line (what, how it ended, with captured output its last line), plus its output's tail. */
-function commandError(line: string, done: CommandResult & { signal: NodeJS.Signals | null }, options: ExecOptions, redact: Secrets['redact']): DeployError {
-  const why = done.signal ? `was stopped by ${done.signal} (limit ${options.timeout ?? DEFAULT_COMMAND_TIMEOUT})` : `exited with ${done.exitCode}`
-  const detail = options.capture ? `: ${tail(done.stderr || done.stdout, 1)}` : ''
+function commandError(line: string, done: CommandResult & { signal: NodeJS.Signals | null; capture?: boolean }, limit: number, redact: Secrets['redact']): DeployError {
+  const why = done.signal ? `was stopped by ${done.signal} (limit ${formatDuration(limit)})` : `exited with ${done.exitCode}`
+  const detail = done.capture ? `: ${tail(done.stderr || done.stdout, 1)}` : ''
   // Masked before it is shortened, so the cut cannot leave part of a secret.
   return new DeployError(`${redact(line, 100)} ${redact(`${why}${detail}`)}`, EXIT.failed, {
     command: redact(line),

@@ -80,7 +80,7 @@ interface RegistryProvider extends Provider {
 
 type CloudCli = 'gcloud' | 'aws' | 'az'
 
-export const quietly = { show: 'silent', timeout: '5m' } as const
+export const quietly = { show: 'silent', timeout: 300 } as const
 
 /** The type of a Google credential file: `service_account` (a key) or `external_account` (keyless). */
 function credentialType(text: string | undefined): string | undefined {

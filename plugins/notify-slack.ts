@@ -16,8 +16,8 @@ const MAX_RETRIES = 2
 const RETRY_AFTER_CAP_S = 3
 /** Lines of a failed command's output included in a failure message. */
 const OUTPUT_LINES = 10
-/** deploy.ts stops waiting for a success/fail hook after 10 s: stay below that. */
-const BUDGET_MS = 9_000
+/** Requests end this long before the hook's deadline, so the hook returns its own error. */
+const MARGIN_MS = 1_000
 
 interface Target {
   label: string
@@ -53,7 +53,7 @@ interface Report {
   phases: string[]
   images: Pick<ImageInfo, 'kind' | 'name' | 'tag' | 'spec' | 'built' | 'pushed'>[]
   commit: string
-  helmMajor: 2 | 3
+  helmMajor: HookContext['helm']['major']
   revision?: number
   durationMs: { elapsed: number; sum: number }
   timings: HookContext['timings']
@@ -69,14 +69,6 @@ interface Report {
   rollbackError?: string
 }
 
-function ciUrl(env: Record<string, string | undefined>): string | undefined {
-  if (env.TRAVIS_BUILD_WEB_URL) return env.TRAVIS_BUILD_WEB_URL
-  if (env.GITHUB_SERVER_URL && env.GITHUB_REPOSITORY && env.GITHUB_RUN_ID) {
-    return `${env.GITHUB_SERVER_URL}/${env.GITHUB_REPOSITORY}/actions/runs/${env.GITHUB_RUN_ID}`
-  }
-  return undefined
-}
-
 function report(ctx: HookContext, event: Report['event']): Report {
   const sum = Object.values(ctx.timings).reduce((a, b) => a + (b ?? 0), 0)
   const r: Report = {
@@ -86,11 +78,11 @@ function report(ctx: HookContext, event: Report['event']): Report {
     phases: Object.entries(ctx.phases).filter(([, on]) => on).map(([name]) => name),
     images: ctx.images.map(({ kind, name, tag, spec, built, pushed }) => ({ kind, name, tag, spec, built, pushed })),
     commit: ctx.commit,
-    helmMajor: ctx.helmMajor,
+    helmMajor: ctx.helm.major,
     revision: ctx.revision,
     durationMs: { elapsed: Date.now() - ctx.startedAt, sum },
     timings: ctx.timings,
-    ciUrl: ciUrl(ctx.config.env),
+    ciUrl: ctx.ciRunUrl,
     promotionOverride: ctx.parseYesNo(ctx.config.env.PROMOTION_OVERRIDE) === true,
   }
   if (event === 'fail') {
@@ -204,7 +196,7 @@ async function notify(ctx: HookContext, event: Report['event']) {
   const all = targets(ctx)
   if (!all.length) return
   const r = report(ctx, event)
-  const deadline = Date.now() + BUDGET_MS
+  const deadline = ctx.deadline - MARGIN_MS
   const results = await Promise.allSettled(all.map(async (t) => {
     await post(ctx, t, t.body(r), deadline)
     ctx.log.info(`posted to ${t.label}`)

@@ -15,8 +15,8 @@ export const MARKER = '<!-- deploy.ts pr-comment -->'
 /** GitHub refuses a comment body longer than this ("maximum is 65536 characters"). */
 export const COMMENT_LIMIT = 65_536
 const REQUEST_TIMEOUT_MS = 5_000
-/** deploy.ts stops waiting for a success/fail hook after 10 s: stay below that. */
-const BUDGET_MS = 9_000
+/** Requests end this long before the hook's deadline, so the hook returns its own error. */
+const MARGIN_MS = 1_000
 /** Pages of 100 comments read at most while looking for ours. */
 const MAX_PAGES = 20
 
@@ -243,7 +243,7 @@ async function findComment(ctx: HookContext, t: Target, deadline: number): Promi
 }
 
 async function upsert(ctx: HookContext, t: Target, body: string) {
-  const deadline = Date.now() + BUDGET_MS
+  const deadline = ctx.deadline - MARGIN_MS
   commentId ??= await findComment(ctx, t, deadline)
   if (commentId !== undefined) {
     await request(ctx, t, 'updating the comment', `${t.api}/repos/${t.repo}/issues/comments/${commentId}`, deadline, 'PATCH', { body })
@@ -254,13 +254,6 @@ async function upsert(ctx: HookContext, t: Target, body: string) {
   const created = (await res.json().catch(() => ({}))) as { id?: unknown }
   if (typeof created.id === 'number') commentId = created.id
   ctx.log.info(`commented the plan on pull request #${t.pr}`)
-}
-
-function ciUrl(env: Record<string, string | undefined>): string | undefined {
-  if (env.GITHUB_SERVER_URL && env.GITHUB_REPOSITORY && env.GITHUB_RUN_ID) {
-    return `${env.GITHUB_SERVER_URL}/${env.GITHUB_REPOSITORY}/actions/runs/${env.GITHUB_RUN_ID}`
-  }
-  return env.TRAVIS_BUILD_WEB_URL
 }
 
 /** Records this chart's section and rewrites the comment with every section so far. */
@@ -276,7 +269,7 @@ function post(ctx: HookContext): Promise<void> {
     error: ctx.error ? ctx.redact(String(ctx.error.message ?? ctx.error)).split('\n')[0].slice(0, 500) : undefined,
     failedPhase: ctx.failedPhase,
   })
-  const body = renderComment([...sections.values()], ctx.commit, ctx.redact, ciUrl(ctx.config.env))
+  const body = renderComment([...sections.values()], ctx.commit, ctx.redact, ctx.ciRunUrl)
   const done = queue.then(() => upsert(ctx, t, body)).catch((e) => {
     // Warn, never fail: the comment is a convenience, the run's result stands.
     const message = e instanceof ApiError ? e.message : 'unexpected error'

@@ -127,6 +127,8 @@ const plugin: Plugin = {
     overridden(ctx)
     // Every deploy records the chart's dependencies: a chart file that cannot say them stops the run before anything changes.
     if (ctx.phases.deploy) dependencies(ctx.chartDir)
+    // A dry run reaches no cluster: the local checks above are what it can try.
+    if (ctx.dryRun) return
     return ctx.phases.setup ? undefined : check(ctx)
   },
   afterSetup: (ctx) => check(ctx),

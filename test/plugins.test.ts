@@ -33,7 +33,10 @@ interface Recorded {
   images: { kind: string; tag: string; spec: string; built?: boolean; pushed?: boolean }[]
   commit: string
   helmMajor: number
-  dryRun: boolean
+  dryRun?: boolean
+  /** Fields a hook's context must not have. */
+  stale: string[]
+  deadlineLeft: number
   timings: string[]
   revision?: number
   error?: string
@@ -67,7 +70,8 @@ for (const hook of ${JSON.stringify(HOOKS)}) {
   plugin[hook] = async (ctx) => {
     fs.appendFileSync(FILE, JSON.stringify({
       plugin: NAME, hook, chart: ctx.chart, phases: ctx.phases, images: ctx.images, commit: ctx.commit,
-      helmMajor: ctx.helmMajor, dryRun: ctx.dryRun, timings: Object.keys(ctx.timings), revision: ctx.revision,
+      helmMajor: ctx.helm.major, dryRun: ctx.dryRun, stale: ['helmMajor', ...(hook === 'verify' ? [] : ['dryRun'])].filter((k) => k in ctx),
+      deadlineLeft: ctx.deadline - Date.now(), timings: Object.keys(ctx.timings), revision: ctx.revision,
       error: ctx.error?.message, failedPhase: ctx.failedPhase, reason: ctx.reason, redact: typeof ctx.redact,
       parseDuration: ctx.parseDuration('1m30s'), run: typeof ctx.run, log: typeof ctx.log.warn,
     }) + '\\n')
@@ -140,7 +144,11 @@ describe('plugins', { concurrency: 8 }, () => {
       assert.deepEqual(e.phases, { setup: true, build: true, push: true, deploy: true, validate: false, diff: false })
       assert.equal(e.commit, head)
       assert.equal(e.helmMajor, 3)
-      assert.equal(e.dryRun, false)
+      // dryRun means something only in verify, the one hook a dry run calls.
+      assert.equal(e.dryRun, e.hook === 'verify' ? false : undefined)
+      assert.deepEqual(e.stale, [])
+      // Every hook knows when its time is up: HOOK_TIMEOUT (15m) for blocking hooks, 10 s for success/fail.
+      assert.ok(e.deadlineLeft > 0 && e.deadlineLeft <= (e.hook === 'success' ? 10_000 : 900_000), `${e.hook} deadline ${e.deadlineLeft}`)
       assert.equal(e.redact, 'function')
       assert.equal(e.run, 'function')
       assert.equal(e.log, 'function')
@@ -426,7 +434,7 @@ export default {
     assert.deepEqual(fs.readFileSync(file, 'utf8').trim().split('\n'), ['sleep ended: cancelled by SIGTERM', 'fail cancelled deploy'])
   })
 
-  test('--dry-run lists the plugins and their hooks and calls none', async () => {
+  test('--dry-run lists the plugins and their hooks and calls only verify, with ctx.dryRun', async () => {
     const repo = makeRepo()
     const rec = writeRecorder(repo, 'rec')
     const slack = await server()
@@ -434,9 +442,9 @@ export default {
       env: { SLACK_WEBHOOK_URL: `${slack.origin}/services/T1/B1/dryrunsecret` },
     })
     assert.equal(r.code, 0, r.stderr)
-    assert.match(r.stdout, new RegExp(`# plugin rec: ${HOOKS.join(', ')} \\(not called in a dry run\\)`))
-    assert.match(r.stdout, /# plugin notify-slack: verify, success, fail \(not called in a dry run\)/)
-    assert.deepEqual(recorded(rec), [])
+    assert.match(r.stdout, new RegExp(`# plugin rec: ${HOOKS.join(', ')} \\(verify called in this dry run, the others not\\)`))
+    assert.match(r.stdout, /# plugin notify-slack: verify, success, fail \(verify called in this dry run, the others not\)/)
+    assert.deepEqual(recorded(rec).map((e) => [e.hook, e.dryRun]), [['verify', true]])
     assert.equal((await slack.received()).length, 0)
     assert.match(r.stderr, /^INFO:root:Executing helm upgrade --install /m)
     assert.ok(!(r.stdout + r.stderr).includes('--description'))
