@@ -141,7 +141,7 @@ function checkToolValues(values: typeof DEFAULTS) {
 }
 
 /** Reads a .env file strictly: dotenv skips lines it cannot parse, we name them instead. */
-function readEnvFile(file: string, required: boolean): Record<string, string> {
+function readEnvFile(file: string, { required }: { required: boolean }): Record<string, string> {
   if (!fs.existsSync(file)) {
     if (required) throw usageError(`${file}: no such env file (check --env-file)`)
     return {}
@@ -173,7 +173,7 @@ export const SHELL_STARTUP = /^(BASH_ENV|ENV|SHELLOPTS|BASHOPTS|PS4|PROMPT_COMMA
 
 export function loadConfig(envFile: string | undefined, environment = process.env): Config {
   const file = envFile ?? '.env'
-  const fromFile = readEnvFile(file, envFile !== undefined)
+  const fromFile = readEnvFile(file, { required: envFile !== undefined })
   const runsCode = Object.keys(fromFile).find((k) => RUNS_CODE.test(k))
   if (runsCode) throw usageError(`${file}: ${runsCode} would make the commands deploy.ts starts run other code or read elsewhere; remove it from ${file} (set it in the environment if you really mean it)`)
   const env = { ...fromFile, ...environment }

@@ -52,7 +52,7 @@ function leaseObject(chart: string, data: LeaseData, resourceVersion?: string): 
 const lockCommand = { capture: true, nothrow: true, show: 'probe', timeout: 60 } as const
 
 /** kubectl create or replace of the lease: the resourceVersion it got, or kubectl's error line. */
-async function writeLease({ plan, exec }: ChartRun, verb: 'create' | 'replace', data: LeaseData, resourceVersion?: string, cleanup = false) {
+async function writeLease({ plan, exec }: ChartRun, verb: 'create' | 'replace', data: LeaseData, { resourceVersion, cleanup = false }: { resourceVersion?: string; cleanup?: boolean } = {}) {
   const input = leaseObject(plan.chart, data, resourceVersion)
   const r = await exec('kubectl', [verb, '--namespace', plan.chart, '-o', 'json', '-f', '-'], { ...lockCommand, input, cleanup })
   if (r.exitCode !== 0) return { error: tail(r.stderr || r.stdout, 1) || `kubectl ${verb} exited with ${r.exitCode}` }
@@ -117,7 +117,7 @@ export async function acquireLock(r: ChartRun) {
     // Gone: unchanged for a lease's length as we saw it, or renewed long ago by its own clock.
     const gone = Date.now() - seen.since >= LEASE_SECONDS * 1000 || Date.now() - Date.parse(lease.data.renewed ?? '') > 10 * LEASE_SECONDS * 1000
     if (lease.data.released === 'true' || gone) {
-      const taken = await writeLease(r, 'replace', data, lease.resourceVersion)
+      const taken = await writeLease(r, 'replace', data, { resourceVersion: lease.resourceVersion })
       if (!taken.error) {
         if (lease.data.released !== 'true') out.warn(`took over the deploy lock of ${chart} from ${lease.data.holder ?? 'an unknown run'}, which stopped renewing it (last renewed ${ago(lease.data.renewed)})`)
         return holdLock(r, data, taken.resourceVersion)
@@ -143,7 +143,7 @@ function holdLock(r: ChartRun, data: LeaseData, resourceVersion: string | undefi
   r.lock.lease = lease
   const renew = async () => {
     data.renewed = new Date().toISOString()
-    const w = await writeLease(r, 'replace', data, lease.resourceVersion)
+    const w = await writeLease(r, 'replace', data, { resourceVersion: lease.resourceVersion })
     if (!w.error) lease.resourceVersion = w.resourceVersion
     else if (!lease.lost) {
       lease.lost = /Conflict|modified|not found/.test(w.error)
@@ -163,6 +163,6 @@ export async function releaseLock(r: ChartRun) {
   clearInterval(lease.timer)
   await lease.renewing
   if (lease.lost) return
-  const w = await writeLease(r, 'replace', { ...lease.data, renewed: new Date().toISOString(), released: 'true' }, lease.resourceVersion, true)
+  const w = await writeLease(r, 'replace', { ...lease.data, renewed: new Date().toISOString(), released: 'true' }, { resourceVersion: lease.resourceVersion, cleanup: true })
   if (w.error) r.out.warn(`could not release the deploy lock of ${r.plan.chart} (${w.error}): the next run takes it over ${LEASE_SECONDS}s after its last renewal`)
 }
