@@ -107,9 +107,12 @@ export interface ReleaseRevision {
   app_version?: string
 }
 
-/** What differs between Helm 2 and Helm 3, in one place: flags, output formats, commands. */
+/** The Helm versions deploy.ts works with. */
+export type HelmMajor = 2 | 3 | 4
+
+/** What differs between Helm 2, 3 and 4, in one place: flags, output formats, commands. */
 export interface Helm {
-  readonly major: 2 | 3
+  readonly major: HelmMajor
   /** Whether a release can be left pending-* and repaired by deploy.ts (--recover). */
   readonly tracksPending: boolean
   /** Commands setup runs for this version, after the cluster credentials (Helm 2: tiller). */

@@ -1,8 +1,8 @@
 /**
- * The Helm adapter (what differs between Helm 2 and Helm 3, as data), and what deploy.ts does
+ * The Helm adapter (what differs between Helm 2, 3 and 4, as data), and what deploy.ts does
  * to a release beyond the upgrade: --recover, --rollback-on-failure, diagnostics.
  */
-import { DeployError, type Exec, type Helm, type ReleaseRevision } from './contract.ts'
+import { DeployError, type Exec, type Helm, type HelmMajor, type ReleaseRevision } from './contract.ts'
 import { inGroup, onPath } from './process.ts'
 import type { ChartRun } from './plan.ts'
 
@@ -12,6 +12,7 @@ export const HELM_VERSIONS = {
     // Releases live in tiller: no --namespace for them.
     namespaced: false,
     upgradeFlags: ['--force'],
+    wait: ['--wait'],
     createNamespace: [],
     seconds: (s: number) => String(s),
     template: (release: string, dir: string) => ['template', dir, '--name', release],
@@ -27,6 +28,7 @@ export const HELM_VERSIONS = {
   3: {
     namespaced: true,
     upgradeFlags: [],
+    wait: ['--wait'],
     createNamespace: ['--create-namespace'],
     seconds: (s: number) => `${s}s`,
     template: (release: string, dir: string) => ['template', release, dir],
@@ -36,9 +38,28 @@ export const HELM_VERSIONS = {
     // How helm refuses to upgrade a release that is pending-install/upgrade/rollback.
     pendingRefusal: /another operation \(install\/upgrade\/rollback\) is in progress/,
   },
+  4: {
+    namespaced: true,
+    upgradeFlags: [],
+    // Helm 4's --wait takes a strategy. `watcher` waits, with watches, until every object is
+    // ready as kstatus judges it (a Deployment's new pods available, a Job complete); a bare
+    // --wait means the same, said here so the log reads what helm does. `legacy` is Helm 3's
+    // polling; the default, `hookOnly`, would not wait for the hub at all.
+    wait: ['--wait=watcher'],
+    createNamespace: ['--create-namespace'],
+    seconds: (s: number) => `${s}s`,
+    template: (release: string, dir: string) => ['template', release, dir],
+    serverDryRun: true,
+    uninstall: ['uninstall'],
+    setup: [],
+    pendingRefusal: /another operation \(install\/upgrade\/rollback\) is in progress/,
+  },
 } as const
 
-export function makeHelm(major: 2 | 3, exec: Exec): Helm {
+/** The Helm versions deploy.ts knows, as a refusal names them. */
+const SUPPORTED = `Helm ${Object.keys(HELM_VERSIONS).join(', ').replace(/, (\d)$/, ' or $1')}`
+
+export function makeHelm(major: HelmMajor, exec: Exec): Helm {
   const v = HELM_VERSIONS[major]
   const ns = (release: string) => (v.namespaced ? ['--namespace', release] : [])
   return {
@@ -47,7 +68,7 @@ export function makeHelm(major: 2 | 3, exec: Exec): Helm {
     setup: v.setup,
     upgradeArgs: (release, chart, timeoutSeconds, values) => [
       'upgrade', '--install', '--namespace', release, release, chart, ...v.upgradeFlags,
-      '--wait', '--timeout', v.seconds(timeoutSeconds), '--cleanup-on-fail', ...v.createNamespace,
+      ...v.wait, '--timeout', v.seconds(timeoutSeconds), '--cleanup-on-fail', ...v.createNamespace,
       ...values,
     ],
     statusArgs: (release) => ['status', release, ...ns(release)],
@@ -55,7 +76,7 @@ export function makeHelm(major: 2 | 3, exec: Exec): Helm {
     serverDryRun: v.serverDryRun,
     repairArgs: (release, revision, timeoutSeconds) => revision === undefined
       ? [...v.uninstall, release, ...ns(release)]
-      : ['rollback', release, String(revision), ...ns(release), '--wait', '--timeout', v.seconds(timeoutSeconds)],
+      : ['rollback', release, String(revision), ...ns(release), ...v.wait, '--timeout', v.seconds(timeoutSeconds)],
     history: (release) => releaseHistory(exec, ['history', release, ...ns(release), '-o', 'json'], release),
     revision: (output) => {
       const found = /^REVISION: (\d+)$/m.exec(output)?.[1]
@@ -83,12 +104,27 @@ async function releaseHistory(exec: Exec, args: string[], release: string): Retu
   return { revisions: revisions.sort((a, b) => a.revision - b.revision) }
 }
 
-/** Helm's major version from the client alone (Helm 2 would ask tiller without --client). */
-export async function helmMajorVersion(exec: Exec, env: NodeJS.ProcessEnv): Promise<2 | 3 | undefined> {
+/** A local probe (`helm version`) answers in milliseconds: this bound only catches a stuck one. */
+const LOCAL_PROBE_SECONDS = 15
+
+/**
+ * Helm's version from the client alone: `--client` keeps Helm 2 from asking tiller, and
+ * Helm 4, which has no tiller and no `--client`, is asked again without it. Undefined when
+ * helm is not on PATH; `major` unset when helm printed a version deploy.ts does not know.
+ */
+export async function helmVersion(exec: Exec, env: NodeJS.ProcessEnv): Promise<{ major?: HelmMajor; said: string } | undefined> {
   if (!onPath('helm', env)) return undefined
-  const r = await exec('helm', ['version', '--client', '--short'], { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: 60 })
-  const major = /v(\d+)\./.exec(r.stdout)?.[1]
-  return major === '2' ? 2 : major === '3' ? 3 : undefined
+  const probe = (args: string[]) => exec('helm', args, { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: LOCAL_PROBE_SECONDS })
+  let r = await probe(['version', '--client', '--short'])
+  if (r.exitCode !== 0 && /unknown flag: --client/.test(r.stderr)) r = await probe(['version', '--short'])
+  const said = (r.stdout.trim() || r.stderr.trim() || `exit ${r.exitCode}`).split('\n')[0].slice(0, 200)
+  const major = /^(?:Client: )?v(\d+)\.\d+/m.exec(r.stdout)?.[1]
+  return { major: major && Object.hasOwn(HELM_VERSIONS, major) ? (Number(major) as HelmMajor) : undefined, said }
+}
+
+/** Why deploy.ts cannot work with the helm it found, naming what it printed. */
+export function unsupportedHelm(said: string): string {
+  return `helm version printed "${said}": deploy.ts supports ${SUPPORTED}; install one of them (https://helm.sh/docs/intro/install/)`
 }
 
 /**

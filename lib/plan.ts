@@ -8,11 +8,11 @@ import fs from 'node:fs'
 import type YAMLModule from 'yaml'
 import os from 'node:os'
 import path from 'node:path'
-import { DeployError, usageError, type ChartDiff, type ChartValidation, type Exec, type Helm, type ImageInfo, type Phase, type Phases, type Plugin } from './contract.ts'
+import { DeployError, usageError, type HelmMajor, type ChartDiff, type ChartValidation, type Exec, type Helm, type ImageInfo, type Phase, type Phases, type Plugin } from './contract.ts'
 import { CHART_NAME, type Config } from './config.ts'
 import { checkSecretsYaml, readIfPlain, readSecretFile, secretFileFor, type Secrets } from './secrets.ts'
 import { INSTALL_HINTS, onPath, type Invocation, type Output } from './process.ts'
-import { HELM_VERSIONS, helmMajorVersion } from './helm.ts'
+import { HELM_VERSIONS, helmVersion, unsupportedHelm } from './helm.ts'
 import { checkGit, commitRange, dirtyDirs, gitModified } from './git.ts'
 import { CLUSTERS, LOGINS, REGISTRIES, pickProvider, planSetup, setupSteps, type SetupPlan } from './providers.ts'
 import type { HeldLease } from './lock.ts'
@@ -57,7 +57,7 @@ export interface Request {
 /** What every chart of one invocation shares, checked once by preflight. */
 interface RepositoryFacts {
   readonly commit: string
-  readonly helmMajor: 2 | 3
+  readonly helmMajor: HelmMajor
   /** Setup's providers, checked, with their secrets in memory. */
   readonly setupPlan?: SetupPlan
 }
@@ -189,11 +189,13 @@ export async function checkRepository(request: Request, tools: Tools): Promise<R
   if (request.phases.build) commitRange(tools.env, tools.out)
   const setupPlan = request.phases.setup ? planSetup(request, tools) : undefined
   if (!request.dryRun) checkTools(request, tools.env, setupPlan)
-  const major = await helmMajorVersion(tools.exec, tools.env)
+  const version = await helmVersion(tools.exec, tools.env)
+  const major = version?.major
   const { phases } = request
   if (!major) {
-    if (request.dryRun) tools.out.print('# helm not found: planning for Helm 3')
-    else if (phases.setup || phases.deploy || phases.validate || phases.diff) throw usageError('could not tell the Helm version from `helm version`: install Helm 2 or 3')
+    const why = version ? unsupportedHelm(version.said) : 'helm not found'
+    if (request.dryRun) tools.out.print(`# ${why}: planning for Helm 3`)
+    else if (phases.setup || phases.deploy || phases.validate || phases.diff) throw usageError(why)
   }
   if (major === 2 && setupPlan && !setupPlan.cluster.helm2) {
     throw usageError(`CLUSTER_PROVIDER=${request.config.CLUSTER_PROVIDER} needs Helm 3: Helm 2's tiller is set up only on gke, as the original did (https://helm.sh/docs/intro/install/)`)

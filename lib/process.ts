@@ -380,7 +380,7 @@ export function onPath(tool: string, env: NodeJS.ProcessEnv): boolean {
 export const INSTALL_HINTS: Record<string, string> = {
   git: 'install git (apt-get install git)',
   docker: 'install Docker (https://docs.docker.com/engine/install/)',
-  helm: 'install Helm 3 (https://helm.sh/docs/intro/install/)',
+  helm: 'install Helm 4 (https://helm.sh/docs/intro/install/)',
   kubectl: 'install kubectl (https://kubernetes.io/docs/tasks/tools/) or `gcloud components install kubectl`',
   gcloud: 'install the Google Cloud SDK (https://cloud.google.com/sdk/docs/install)',
   aws: 'install the AWS CLI v2 (https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html)',
