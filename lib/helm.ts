@@ -6,6 +6,21 @@ import { DeployError, type Exec, type Helm, type HelmMajor, type ReleaseRevision
 import { inGroup, onPath } from './process.ts'
 import type { ChartRun } from './plan.ts'
 
+/** Helm 3, which Helm 4 follows but for its --wait. */
+const HELM3 = {
+  namespaced: true,
+  upgradeFlags: [],
+  wait: ['--wait'],
+  createNamespace: ['--create-namespace'],
+  seconds: (s: number) => `${s}s`,
+  template: (release: string, dir: string) => ['template', release, dir],
+  serverDryRun: true,
+  uninstall: ['uninstall'],
+  setup: [],
+  // How helm refuses to upgrade a release that is pending-install/upgrade/rollback.
+  pendingRefusal: /another operation \(install\/upgrade\/rollback\) is in progress/,
+} as const
+
 /** What each Helm version does its own way. */
 export const HELM_VERSIONS = {
   2: {
@@ -25,34 +40,14 @@ export const HELM_VERSIONS = {
     ],
     pendingRefusal: undefined,
   },
-  3: {
-    namespaced: true,
-    upgradeFlags: [],
-    wait: ['--wait'],
-    createNamespace: ['--create-namespace'],
-    seconds: (s: number) => `${s}s`,
-    template: (release: string, dir: string) => ['template', release, dir],
-    serverDryRun: true,
-    uninstall: ['uninstall'],
-    setup: [],
-    // How helm refuses to upgrade a release that is pending-install/upgrade/rollback.
-    pendingRefusal: /another operation \(install\/upgrade\/rollback\) is in progress/,
-  },
+  3: HELM3,
   4: {
-    namespaced: true,
-    upgradeFlags: [],
+    ...HELM3,
     // Helm 4's --wait takes a strategy. `watcher` waits, with watches, until every object is
     // ready as kstatus judges it (a Deployment's new pods available, a Job complete); a bare
     // --wait means the same, said here so the log reads what helm does. `legacy` is Helm 3's
     // polling; the default, `hookOnly`, would not wait for the hub at all.
     wait: ['--wait=watcher'],
-    createNamespace: ['--create-namespace'],
-    seconds: (s: number) => `${s}s`,
-    template: (release: string, dir: string) => ['template', release, dir],
-    serverDryRun: true,
-    uninstall: ['uninstall'],
-    setup: [],
-    pendingRefusal: /another operation \(install\/upgrade\/rollback\) is in progress/,
   },
 } as const
 

@@ -65,6 +65,38 @@ test('Helm 3: no --force, a timeout with a unit, --create-namespace, the release
   assert.ok(r.commands.includes('kubectl rollout status --namespace staginghub --watch deployment.apps/hub --timeout=90s'))
 })
 
+/** Helm 4: `--client` is gone; `helm version --short` answers. */
+const helm4 = (version = 'v4.1.4+g05fa379'): Rule[] => [
+  { tool: 'helm', match: '^version --client', stderr: 'Error: unknown flag: --client\n', exit: 1 },
+  { tool: 'helm', match: '^version --short$', stdout: `${version}\n` },
+]
+
+test('Helm 4: asked again without --client; --wait=watcher, the rest as Helm 3; the rollback waits the same way', { timeout: 60_000 }, async () => {
+  const repo = makeRepo()
+  const tag = userTag(repo)
+  const r = await runDeploy(repo, ['--no-setup', '--deploy', '--rollback-on-failure', 'staginghub'], {
+    rules: [...helm4(), history('deployed'), { tool: 'helm', match: '^upgrade', stdout: 'REVISION: 2\n' }, { tool: 'kubectl', match: 'get deployments', exit: 1 }],
+  })
+  assert.equal(r.code, 1, r.stderr)
+  assert.deepEqual(withoutLock(r.commands).slice(0, 5), [
+    'helm version --client --short',
+    'helm version --short',
+    'helm dep up',
+    'helm history staginghub --namespace staginghub -o json',
+    `helm upgrade --install --namespace staginghub staginghub hub-charts/staginghub --wait=watcher --timeout 600s --cleanup-on-fail --create-namespace -f secrets/staginghub.yaml --set-string jupyterhub.singleuser.image.tag=${tag}`,
+  ])
+  assert.ok(r.commands.includes('helm rollback staginghub 1 --namespace staginghub --wait=watcher --timeout 600s'), r.commands.join('\n'))
+})
+
+test('a Helm major deploy.ts does not know, or a version it cannot read, is refused before anything runs', { timeout: 60_000 }, async () => {
+  for (const said of ['v5.0.0+gabcdef', 'helm: command output nobody expected']) {
+    const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], { rules: helm4(said) })
+    assert.equal(r.code, 2, r.stderr)
+    assert.match(r.stderr, new RegExp(`^ERROR: helm version printed "${said.replace(/[.+]/g, '\\$&')}": deploy.ts supports Helm 2, 3 or 4; install one of them`, 'm'))
+    assert.deepEqual(r.commands, ['helm version --client --short', 'helm version --short'])
+  }
+})
+
 test('the monitoring chart deploys from monitoring/ with no image tags', async () => {
   const r = await runDeploy(makeRepo({ monitoring: true }), ['--no-setup', '--deploy', 'monitoring'], { rules: [HELM3] })
   assert.equal(r.code, 0, r.stderr)
