@@ -115,18 +115,18 @@ test('CI files pin third-party actions by commit and use one helm and one kubect
       assert.match(ref, /^[0-9a-f]{40}$/, `${file}: ${action} pinned by tag, not by commit`)
       assert.match(line, /# v\d+\.\d+\.\d+$/, `${file}: ${action} lacks its version in a comment`)
     }
-    // Versions outside `uses:` lines: helm is v3.x.y, kubectl v1.x.y.
+    // Versions outside `uses:` lines: helm is v3.x.y or v4.x.y, kubectl v1.x.y.
     const body = text.split('\n').filter((l) => !/uses:/.test(l)).join('\n')
-    for (const [, v] of body.matchAll(/\bv(3\.\d+\.\d+)\b/g)) versions.helm.add(v)
+    for (const [, v] of body.matchAll(/\bv([34]\.\d+\.\d+)\b/g)) versions.helm.add(v)
     for (const [, v] of body.matchAll(/\bv(1\.\d+\.\d+)\b/g)) versions.kubectl.add(v)
     // An apt-get install on a fresh runner needs the package lists first.
     const install = text.search(/apt-get install/)
     if (install >= 0) assert.ok(text.lastIndexOf('apt-get update', install) >= 0, `${file}: apt-get install without apt-get update before it`)
     assert.doesNotMatch(text, /curl[^\n|]*\|\s*(sudo\s+)?(ba)?sh\b/, `${file}: an unpinned installer piped into a shell`)
   }
-  // The tests' helm and kubectl come from the layer package: 3.17 and 1.32.
-  assert.deepEqual([...versions.helm], ['3.17.2'], 'helm versions in CI files')
-  assert.deepEqual([...versions.kubectl], ['1.32.3'], 'kubectl versions in CI files')
+  // CI installs what a new user gets today, the tests' newer toolchain (the v35 layer package): Helm 4.1 and kubectl 1.35.
+  assert.deepEqual([...versions.helm], ['4.1.4'], 'helm versions in CI files')
+  assert.deepEqual([...versions.kubectl], ['1.35.2'], 'kubectl versions in CI files')
 })
 
 test('CI deploys monitoring after the production hubs and installs the runtime only', () => {
