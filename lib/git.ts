@@ -7,36 +7,16 @@ import type { Request, Tools } from './plan.ts'
 
 /**
  * For each dir, the abbreviated hashes of the last five commits that touched it, newest
- * first, from one `git log` for all dirs: element n-1 is the original's
- * last_git_modified(dir, n) (`git log -n n --pretty=format:%h dir`, last line).
+ * first: the original's own command, `git log -n 5 --pretty=format:%h -- <dir>`, once per
+ * dir and all at once. Element n-1 is last_git_modified(dir, n). One `git log --name-only`
+ * for every dir cannot give the same answers: git picks a path's commits (merges, reverts,
+ * renames) by simplifying the history for that path, which a list of files per commit does
+ * not reproduce (a cleanly merged branch lists no files under --cc, and its merge would be lost).
  */
 export async function gitModified(exec: Exec, dirs: string[]): Promise<Map<string, string[]>> {
-  const found = new Map(dirs.map((dir) => [dir, [] as string[]]))
-  if (dirs.length === 0) return found
-  // --cc: a merge git lists (one that differs from every parent) names the files it resolved.
-  // -z: file names verbatim (git quotes names outside ASCII otherwise, which then match no dir).
-  const args = ['log', '-z', '--pretty=format:%h', '--name-only', '--cc', '--', ...dirs]
-  const { stdout } = await exec('git', args, { capture: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
-  // Records: `<hash>\n<file>\0<file>\0...`, separated by an empty field.
-  let hash = ''
-  let header = true
-  for (const field of stdout.split('\0')) {
-    if (!field) {
-      header = true
-      continue
-    }
-    let file = field
-    if (header) {
-      const [first, ...rest] = field.split('\n')
-      hash = first
-      file = rest.join('\n')
-      header = false
-    }
-    for (const [dir, hashes] of found) {
-      if (file.startsWith(`${dir}/`) && hashes.at(-1) !== hash && hashes.length < 5) hashes.push(hash)
-    }
-  }
-  return found
+  const logs = await Promise.all(dirs.map((dir) =>
+    exec('git', ['log', '-n', '5', '--pretty=format:%h', '--', dir], { capture: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })))
+  return new Map(dirs.map((dir, i) => [dir, logs[i].stdout.split('\n').map((l) => l.trim()).filter(Boolean)]))
 }
 
 /** Local git commands get this long (a huge repository, a stuck filesystem). */

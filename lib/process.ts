@@ -303,7 +303,8 @@ async function spawn(tool: string, args: string[], options: ExecOptions, { env, 
   const beat = heartbeat(out, `${prefix}${tool} ${args.slice(0, 2).join(' ')}`, capture ? 0 : heartbeatSeconds)
   const { $ } = await invocation.load()
   const p = $({
-    cwd: options.cwd,
+    // zx would otherwise use the directory it was first loaded in.
+    cwd: options.cwd ?? process.cwd(),
     env,
     input: options.input,
     // A child that reads stdin must not wait on ours: it gets stdin only when we feed it.
