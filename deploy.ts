@@ -18,7 +18,7 @@ import { DeployError, EXIT, type ImageInfo, type Phase } from './lib/contract.ts
 import { loadConfig, type Config } from './lib/config.ts'
 import { asDeployError } from './lib/secrets.ts'
 import { Invocation, inGroup, tail } from './lib/process.ts'
-import { handlePendingRelease, makeHelm, printDiagnostics, recordLiveRevision, rollBack } from './lib/helm.ts'
+import { handlePendingRelease, makeHelm, printDiagnostics, recordLiveRevision, rollBack, warnVersionSkew } from './lib/helm.ts'
 import { commitRange, touchedDirs } from './lib/git.ts'
 import { chartRun, checkRepository, collectFileSecrets, discoverCharts, imageSetArgs, noChartsHere, planChart, type ChartRun, type Request } from './lib/plan.ts'
 import { CLUSTERS_DOC, privateConfigDir, quietly, setupSteps, type StepFacts } from './lib/providers.ts'
@@ -170,6 +170,7 @@ function imageArgs({ plan, out }: ChartRun): string[] {
 
 async function deploy(r: ChartRun, pluginArgs: string[]) {
   const { plan, state, exec, helm } = r
+  await warnVersionSkew(r)
   await acquireLock(r)
   const values = ['-f', plan.files.secretsFile, ...imageArgs(r), ...pluginArgs]
   await exec('helm', ['dep', 'up'], { cwd: plan.files.chartDir, timeout: 300 })

@@ -144,6 +144,24 @@ export async function handlePendingRelease({ plan, exec, out, helm }: ChartRun):
   return true
 }
 
+/**
+ * One line when kubectl is more than one minor version away from the cluster's (kubectl's
+ * supported skew): helm and kubectl then talk to an API they were not tested against.
+ */
+export async function warnVersionSkew({ plan, exec, out }: ChartRun) {
+  if (plan.dryRun) return // a probe, not a step of the plan
+  const r = await exec('kubectl', ['version', '-o', 'json'], { capture: true, nothrow: true, show: 'probe', timeout: 60 })
+  let versions: { clientVersion?: { minor?: string }; serverVersion?: { minor?: string } } = {}
+  try {
+    versions = JSON.parse(r.stdout)
+  } catch {
+    return // no cluster answer (a dry run, a stand-in): the deploy says what is wrong
+  }
+  const minor = (v?: { minor?: string }) => Number.parseInt(v?.minor ?? '', 10)
+  const [client, server] = [minor(versions.clientVersion), minor(versions.serverVersion)]
+  if (Math.abs(client - server) > 1) out.warn(`kubectl 1.${client} is more than one minor version away from the cluster's Kubernetes 1.${server}: install kubectl 1.${server - 1} to 1.${server + 1} (https://kubernetes.io/releases/version-skew-policy/)`)
+}
+
 /** What the cluster says about the namespace, printed after a failed upgrade or rollout (not when cancelled). */
 export async function printDiagnostics({ plan, exec, out, helm, invocation }: ChartRun) {
   if (invocation.cancelled) return

@@ -97,6 +97,21 @@ test('a Helm major deploy.ts does not know, or a version it cannot read, is refu
   }
 })
 
+test('kubectl more than one minor version away from the cluster gets one warning line; within one, none', { timeout: 60_000 }, async () => {
+  const version = (client: number, server: number): Rule => ({
+    tool: 'kubectl', match: '^version -o json$',
+    stdout: JSON.stringify({ clientVersion: { major: '1', minor: String(client) }, serverVersion: { major: '1', minor: `${server}+` } }),
+  })
+  const skewed = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], { rules: [HELM3, version(35, 32)] })
+  assert.equal(skewed.code, 0, skewed.stderr)
+  assert.deepEqual(skewed.stderr.split('\n').filter((l) => l.includes('minor version')), [
+    'WARNING: kubectl 1.35 is more than one minor version away from the cluster\'s Kubernetes 1.32: install kubectl 1.31 to 1.33 (https://kubernetes.io/releases/version-skew-policy/)',
+  ])
+  const near = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], { rules: [HELM3, version(33, 32)] })
+  assert.equal(near.code, 0, near.stderr)
+  assert.doesNotMatch(near.stderr, /minor version/)
+})
+
 test('the monitoring chart deploys from monitoring/ with no image tags', async () => {
   const r = await runDeploy(makeRepo({ monitoring: true }), ['--no-setup', '--deploy', 'monitoring'], { rules: [HELM3] })
   assert.equal(r.code, 0, r.stderr)
