@@ -21,7 +21,7 @@ import { Invocation, inGroup, tail } from './lib/process.ts'
 import { handlePendingRelease, makeHelm, printDiagnostics, recordLiveRevision, rollBack, warnVersionSkew } from './lib/helm.ts'
 import { commitRange, touchedDirs } from './lib/git.ts'
 import { chartRun, checkRepository, collectFileSecrets, discoverCharts, imageSetArgs, noChartsHere, planChart, type ChartRun, type Request } from './lib/plan.ts'
-import { CLUSTERS_DOC, privateConfigDir, quietly, setupSteps, type StepFacts } from './lib/providers.ts'
+import { privateConfigDir, quietly, setupSteps, takeToken, type StepFacts } from './lib/providers.ts'
 import { acquireLock } from './lib/lock.ts'
 import { diffChart, previewReport, validate } from './lib/preview.ts'
 import { loadPlugins, runHook } from './lib/hooks.ts'
@@ -55,18 +55,9 @@ async function setup({ plan, state, exec, env, helm, out, invocation }: ChartRun
   const held: Record<string, string | undefined> = { ...setupPlan.secrets }
   for (const step of setupSteps(setupPlan, config, helm.setup)) {
     const input = step.stdin && (held[step.stdin] ?? '')
-    const r = await exec(step.tool, step.args(facts), { ...quietly, capture: step.capture, input })
-    if (step.yields && !plan.dryRun) {
-      let token: string | undefined
-      try {
-        token = (step.parse ?? ((text: string) => text))(r.stdout)?.trim()
-      } catch {
-        token = undefined
-      }
-      if (!token) throw new DeployError(`${step.tool} ${step.args(facts).slice(0, 2).join(' ')} printed no token: check its login and permissions (${CLUSTERS_DOC})`)
-      invocation.secrets.add(token)
-      held[step.yields] = token
-    }
+    // A step that prints a token is not stopped by exec: what it printed is masked first, failed or not.
+    const r = await exec(step.tool, step.args(facts), { ...quietly, capture: step.capture, input, nothrow: step.yields !== undefined })
+    if (step.yields && !plan.dryRun) held[step.yields] = takeToken(step, step.args(facts), r, invocation.secrets)
   }
 }
 
@@ -309,8 +300,10 @@ async function main(argv: string[]): Promise<number> {
     }
     invocation.verbose = args.verbose
     const config = loadConfig(args['env-file'])
-    invocation.secrets.addFromEnv(config.env)
     const charts = discoverCharts()
+    // A chart's name is never masked, even where a secret file has a value equal to it.
+    invocation.secrets.allow([...charts, config.STAGING_CHART])
+    invocation.secrets.addFromEnv(config.env)
     if (args.list) {
       if (charts.length === 0) log.warn(noChartsHere())
       else log.print(charts.join('\n'))

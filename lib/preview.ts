@@ -316,7 +316,8 @@ function addOldSecrets({ invocation }: ChartRun, config: Record<string, unknown>
     if (value && typeof value === 'object') {
       for (const [k, v] of Object.entries(value)) walk(v, at ? `${at}.${k}` : k)
     } else if ((typeof value === 'string' || typeof value === 'number') && !IMAGE_TAG_VALUE.test(at)) {
-      invocation.secrets.add(String(value))
+      // By the masking rule, as secrets/<chart>.yaml's own values: `true` or `300` stay readable.
+      invocation.secrets.addValue(at.split('.').at(-1) ?? '', value)
     }
   }
   walk(config, '')

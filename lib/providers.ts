@@ -6,10 +6,10 @@ import fs from 'node:fs'
 import type YAMLModule from 'yaml'
 import os from 'node:os'
 import path from 'node:path'
-import { DeployError, usageError, type Helm } from './contract.ts'
+import { DeployError, usageError, type CommandResult, type Helm } from './contract.ts'
 import type { Config, DEFAULTS } from './config.ts'
-import { secretFileFor } from './secrets.ts'
-import type { Invocation, Output } from './process.ts'
+import { secretFileFor, secretKey, tokenLike, type Secrets } from './secrets.ts'
+import { tail, type Invocation, type Output } from './process.ts'
 
 type Key = keyof typeof DEFAULTS
 
@@ -106,12 +106,32 @@ function googleCredentialSecrets(text: string): string[] {
 const pemPrivateKey = (text: string) => [/-----BEGIN [A-Z ]*PRIVATE KEY-----([\s\S]*?)-----END/.exec(text)?.[1]]
 
 /** The credentials in a kubeconfig: tokens, client keys, passwords; never server names or users. */
+/** An exec plugin's environment: the values of secret-looking names, and every credential-like value. */
+function envSecrets(env: unknown[]): string[] {
+  return env.flatMap((e) => {
+    const { name, value } = (e ?? {}) as { name?: unknown; value?: unknown }
+    return typeof value === 'string' && (secretKey(String(name)) || tokenLike(value)) ? [value] : []
+  })
+}
+
+/** The values of `--token x`, `--password=x` and the like in an argument list. */
+function flagValues(args: string[]): string[] {
+  const secretFlag = /^--?[\w-]*(token|password|secret|key)[\w-]*$/i
+  return args.flatMap((a, i) => {
+    const [flag, value] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, args[i + 1]]
+    return secretFlag.test(flag) && value && !value.startsWith('-') ? [value] : []
+  })
+}
+
 function kubeconfigSecrets(text: string, YAML: typeof YAMLModule): string[] {
   const found: string[] = []
   const walk = (v: unknown) => {
     if (!v || typeof v !== 'object') return
     for (const [k, child] of Object.entries(v)) {
       if (/^(token|client-key-data|password|id-token|refresh-token|client-secret|access-token)$/.test(k) && typeof child === 'string') found.push(child)
+      // An exec plugin's environment and its --token-style arguments carry credentials too.
+      else if (k === 'env' && Array.isArray(child)) found.push(...envSecrets(child))
+      else if (k === 'args' && Array.isArray(child)) found.push(...flagValues(child.map(String)))
       else walk(child)
     }
   }
@@ -121,6 +141,26 @@ function kubeconfigSecrets(text: string, YAML: typeof YAMLModule): string[] {
     // kubectl names a kubeconfig it cannot read
   }
   return found
+}
+
+/**
+ * The token a login step printed, masked before anything can print it: every token-like word
+ * of its output (also when it failed after printing one, as `az acr login --expose-token`
+ * can), then the token itself. A failure or a missing token is one line, the token masked.
+ */
+export function takeToken(step: SetupStep, args: string[], r: CommandResult, secrets: Secrets): string {
+  for (const word of `${r.stdout}\n${r.stderr}`.match(/[A-Za-z0-9._~+/=-]{16,}/g) ?? []) if (tokenLike(word)) secrets.add(word)
+  const what = `${step.tool} ${args.slice(0, 2).join(' ')}`
+  if (r.exitCode !== 0) throw new DeployError(secrets.redact(`${what} exited with ${r.exitCode}: ${tail(r.stderr || r.stdout, 1)}`))
+  let token: string | undefined
+  try {
+    token = (step.parse ?? ((text: string) => text))(r.stdout)?.trim()
+  } catch {
+    token = undefined
+  }
+  if (!token) throw new DeployError(`${what} printed no token: check its login and permissions (${CLUSTERS_DOC})`)
+  secrets.add(token)
+  return token
 }
 
 const GCLOUD_KEY: SecretFile = { key: 'GCLOUD_KEY_FILE', what: 'the Google Cloud credential file', masks: googleCredentialSecrets }

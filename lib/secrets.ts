@@ -17,16 +17,33 @@ export const asDeployError = (e: unknown, secrets: Secrets) => (e instanceof Dep
 
 /** Words of a key name (`secretToken`, `DOCKER_PASSWORD`, `client-secret`), lower-cased. */
 const keyWords = (key: string) => key.replace(/([a-z0-9])([A-Z])/g, '$1 $2').toLowerCase().split(/[^a-z0-9]+/).filter(Boolean)
-const SECRET_WORDS = new Set(['token', 'tokens', 'secret', 'secrets', 'password', 'passwords', 'passwd', 'pass', 'passphrase', 'key', 'keys', 'apikey', 'privatekey', 'auth', 'authorization', 'credential', 'credentials', 'cookie', 'webhook', 'signature', 'salt', 'dsn'])
+const SECRET_WORDS = new Set(['token', 'tokens', 'secret', 'secrets', 'password', 'passwords', 'passwd', 'pass', 'passphrase', 'key', 'keys', 'apikey', 'privatekey', 'auth', 'authorization', 'credential', 'credentials', 'cookie', 'webhook', 'signature', 'salt', 'dsn', 'pwd', 'pat', 'jwt'])
+/** Secret only after another word (`MYSQL_PWD`, `GITHUB_PAT`, `CI_JOB_JWT`): alone, `PWD` is the working directory. */
+const QUALIFIED_WORDS = new Set(['pwd', 'pat', 'jwt'])
+/** The long secret words count fused to another word too (`PGPASSWORD`, `APITOKEN`). */
+const FUSED_WORD = /(password|passwd|passphrase|token|secret|credential)s?$/
 /** A last word that makes the key name a place or an identity, not the secret itself (`GCLOUD_KEY_FILE`). */
 const NOT_SECRET_TAILS = new Set(['file', 'path', 'dir', 'directory', 'name', 'username', 'user', 'type', 'url', 'sock', 'socket', 'timeout', 'interval', 'enabled'])
 
 /** Whether a key's value is a secret by the key's name alone. */
 export function secretKey(key: string): boolean {
-  const words = keyWords(key)
+  // A number after a word is a second of the same kind (`DB_PASSWORD2`).
+  const words = keyWords(key).map((w) => w.replace(/(?<=[a-z])\d+$/, ''))
   if (words.includes('webhook')) return true
-  return words.some((w) => SECRET_WORDS.has(w)) && !NOT_SECRET_TAILS.has(words.at(-1)!)
+  const secret = (w: string, i: number) => (SECRET_WORDS.has(w) ? !QUALIFIED_WORDS.has(w) || i > 0 : FUSED_WORD.test(w))
+  return words.some(secret) && !NOT_SECRET_TAILS.has(words.at(-1)!)
 }
+
+/**
+ * Whether a word looks like a credential (a token, a key): long, of the characters tokens are
+ * made of, and not a host name or a path, which stay readable.
+ */
+export function tokenLike(word: string): boolean {
+  return word.length >= 16 && /^[A-Za-z0-9._~+/=-]+$/.test(word) && !/^[a-z0-9.-]+$/.test(word) && !word.includes('/')
+}
+
+/** Never a secret, whatever its key: booleans, null, small numbers (docs/reliability.md). */
+const NEVER_SECRET = /^(true|false|yes|no|on|off|null|none|~|[-+]?\d{1,6}(\.\d+)?)$/i
 
 /** Text that is never a secret by itself: booleans, null, small numbers (with a unit), short words. */
 export function ordinaryValue(text: string): boolean {
@@ -46,45 +63,73 @@ function base64Cores(text: string): string[] {
     for (const b of padded) binary += String.fromCharCode(b)
     const b64 = btoa(binary)
     const core = b64.slice(Math.ceil((8 * skip) / 6), Math.floor((8 * (skip + bytes.length)) / 6))
-    if (core.length >= 6) cores.push(core, core.replace(/\+/g, '-').replace(/\//g, '_'))
+    if (core.length >= 4) cores.push(core, core.replace(/\+/g, '-').replace(/\//g, '_'))
   }
   return cores
 }
 
 const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
-/** userinfo of any URL (`scheme://user:password@host`). */
-const URL_USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^\s/?#@'"<>]+@/gi
+/** userinfo of any URL (`scheme://user:password@host`); as URL parsers read it, the last `@` before the host ends it. */
+const URL_USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^\s/?#'"<>]*@/gi
+
+/** From this length on a secret is masked wherever it stands: glued to other text it still leaks. */
+const MASK_INSIDE_WORDS = 8
+
+/** A short form masked only as a whole token (no letter or digit glued to an edge that is one), a long one anywhere. */
+const tokenPattern = (form: string) => form.length >= MASK_INSIDE_WORDS
+  ? escapeRegExp(form)
+  : `${/^[A-Za-z0-9]/.test(form) ? '(?<![A-Za-z0-9])' : ''}${escapeRegExp(form)}${/[A-Za-z0-9]$/.test(form) ? '(?![A-Za-z0-9])' : ''}`
 
 /** The secret values of one invocation: each is printed as ***. */
 export class Secrets {
+  /** Secrets and their encodings: short ones masked as whole tokens, the rest anywhere. */
   private readonly values = new Set<string>()
-  /** Secrets too short to mask inside other words: masked only where they stand alone. */
-  private readonly short = new Set<string>()
+  /** The parts of their base64 forms, masked wherever they stand (inside a longer base64 text too). */
+  private readonly cores = new Set<string>()
+  /** Names that are never secrets (the charts'): a value equal to one is not registered. */
+  private readonly names = new Set<string>()
+  /** The masking expressions, built again after a registration. */
+  private pattern: { tokens?: RegExp; cores?: RegExp } | undefined
 
   /** Registers a secret value: from now on it is printed as ***, in every common encoding. */
   add(value: string | number | boolean | undefined | null) {
     if (value === undefined || value === null) return
     const v = String(value).trim()
-    if (!v) return
-    if (v.length < 4) {
-      this.short.add(v)
-      return
-    }
+    if (!v || NEVER_SECRET.test(v) || this.names.has(v)) return
     const forms = new Set([v, JSON.stringify(v).slice(1, -1), encodeURIComponent(v), encodeURIComponent(v).replace(/%20/g, '+')])
     // Multi-line secrets (private keys) may be relayed line by line; their armor lines are not secret.
     for (const line of v.split(/\\n|\r?\n/)) {
       const l = line.trim()
-      if (l.length >= 4 && !/^-----(BEGIN|END) [A-Z ]+-----$/.test(l)) forms.add(l)
+      if (l.length >= 4 && !/^-----(BEGIN|END) [A-Z ]+-----$/.test(l) && !this.names.has(l)) forms.add(l)
     }
-    if (v.length >= 6) for (const core of base64Cores(v)) forms.add(core)
     for (const form of forms) this.values.add(form)
+    if (v.length >= 4) for (const core of base64Cores(v)) this.cores.add(core)
+    this.pattern = undefined
   }
 
-  /** Registers a value that came from a secret file under `key`, by the masking rule. */
-  private addValue(key: string, value: unknown) {
+  /** Names that are never masked, whatever a file says (a chart's name, equal to some value, stays readable). */
+  allow(names: Iterable<string>) {
+    for (const name of names) this.names.add(name)
+  }
+
+  /** Registers a value found under `key` in a secret file (or a release's values), by the masking rule. */
+  addValue(key: string, value: unknown) {
     if (value === undefined || value === null) return
     const text = String(value)
     if (secretKey(key) || !ordinaryValue(text)) this.add(text)
+  }
+
+  /** One expression for all tokens and one for all base64 parts, longest first. */
+  private expressions() {
+    if (this.pattern) return this.pattern
+    const longestFirst = (set: Set<string>) => [...set].sort((a, b) => b.length - a.length)
+    const tokens = longestFirst(this.values).map(tokenPattern)
+    const cores = longestFirst(this.cores).map(escapeRegExp)
+    this.pattern = {
+      tokens: tokens.length ? new RegExp(tokens.join('|'), 'g') : undefined,
+      cores: cores.length ? new RegExp(cores.join('|'), 'g') : undefined,
+    }
+    return this.pattern
   }
 
   /**
@@ -93,12 +138,13 @@ export class Secrets {
    * ends inside a secret masks the part left.
    */
   redact = (text: string, max?: number): string => {
+    const { tokens, cores } = this.expressions()
     let out = String(text).replace(URL_USERINFO, '$1***@')
-    for (const s of [...this.values].sort((a, b) => b.length - a.length)) out = out.split(s).join('***')
-    for (const s of this.short) out = out.replace(new RegExp(`(?<![A-Za-z0-9])${escapeRegExp(s)}(?![A-Za-z0-9])`, 'g'), '***')
+    if (tokens) out = out.replace(tokens, '***')
+    if (cores) out = out.replace(cores, '***')
     if (max === undefined || out.length <= max) return out
     let cut = out.slice(0, Math.max(0, max - 1))
-    for (const s of this.values) {
+    for (const s of [...this.values, ...this.cores]) {
       for (let k = Math.min(s.length - 1, cut.length); k >= 3; k--) {
         if (cut.endsWith(s.slice(0, k))) {
           cut = cut.slice(0, cut.length - k) + '***'
@@ -114,7 +160,7 @@ export class Secrets {
     for (const [key, value] of Object.entries(env)) {
       if (!value) continue
       if (secretKey(key)) this.add(value)
-      for (const m of value.matchAll(/[a-z][a-z0-9+.-]*:\/\/([^\s/?#@]+)@/gi)) this.addUserinfo(m[1])
+      for (const m of value.matchAll(/[a-z][a-z0-9+.-]*:\/\/([^\s/?#]+)@/gi)) this.addUserinfo(m[1])
     }
   }
 

@@ -50,12 +50,12 @@ test('a value YAML reads as a number is masked as written and as parsed', async 
   assert.match(r.stdout, /^client_id=\*\*\* parsed=\*\*\*$/m)
 })
 
-test('values under secret-looking keys are masked whatever their length or type', async () => {
+test('values under secret-looking keys are masked whatever their length; a small number under one is not (issue 18)', async () => {
   const repo = repoWith({ 'secrets/staginghub.yaml': `db:\n  password: 4711\n  apiKey: x9z\n  authToken: ${H.token}\n` })
   const r = await hostileRun(repo, DEPLOY, { secrets: [H.token], rules: helmPrints(`pw=4711 key=x9z token=${H.token} word=x9zq\n`) })
   assert.equal(r.code, 0, show(r))
-  // A secret shorter than 4 characters is masked where it stands alone, not inside other words.
-  assert.match(r.stdout, /^pw=\*\*\* key=\*\*\* token=\*\*\* word=x9zq$/m)
+  // A short secret is masked where it stands alone, not inside other words; small numbers are never secrets.
+  assert.match(r.stdout, /^pw=4711 key=\*\*\* token=\*\*\* word=x9zq$/m)
 })
 
 test('booleans, small numbers, short words and paths are not masked (secrets file, .env and environment)', async () => {
@@ -415,4 +415,84 @@ test('a plugin that passes a secret to helm as an argument is stopped before hel
 test('an image prefix Docker cannot use: exit 2 naming the key, before anything runs', async () => {
   const r = await hostileRun(makeRepo(), ['--no-setup', '--build', 'staginghub'], { env: { USER_IMAGE_PREFIX: 'EarthLab/User Images-' } })
   assertRefused(r, /^ERROR: USER_IMAGE_PREFIX=EarthLab\/User Images-: not an image name prefix such as earthlabhubops\/ea-k8s-user-; fix it in \.env or the environment$/)
+})
+
+// ---------------------------------------------------------------------------------------
+// Issue 18, class 2: masking that neither leaks nor blinds
+
+test('a URL password holding a raw @ is masked up to the last @ before the host', { timeout: 30_000 }, async () => {
+  const password = 'S3cr@tPassw0rd-9z'
+  const url = `postgres://app:${password}@db.example.org/hub`
+  const r = await hostileRun(makeRepo(), DEPLOY, { env: { DATABASE_URL: url }, secrets: [password], rules: helmPrints(`connecting to ${url}\nalso mysql://u:${password}@other:3306\n`) })
+  assert.equal(r.code, 0, show(r))
+  assert.match(r.stdout, /^connecting to postgres:\/\/\*\*\*@db\.example\.org\/hub$/m)
+  assert.match(r.stdout, /^also mysql:\/\/\*\*\*@other:3306$/m)
+})
+
+test('credentials by their common names: PGPASSWORD, MYSQL_PWD, GITHUB_PAT, CI_JOB_JWT, DB_PASSWORD2, APITOKEN; PWD stays readable', { timeout: 30_000 }, async () => {
+  const names = ['PGPASSWORD', 'MYSQL_PWD', 'GITHUB_PAT', 'CI_JOB_JWT', 'DB_PASSWORD2', 'APITOKEN', 'npm_authToken2']
+  const env = Object.fromEntries(names.map((n, i) => [n, `value-of-${i}-zq8Xk2p`]))
+  const text = names.map((n, i) => `${n}=value-of-${i}-zq8Xk2p`).join(' ')
+  const r = await hostileRun(makeRepo(), DEPLOY, { env, secrets: Object.values(env), rules: helmPrints(`${text}\n`) })
+  assert.equal(r.code, 0, show(r))
+  assert.match(r.stdout, new RegExp(`^${names.map((n) => `${n}=\\*\\*\\*`).join(' ')}$`, 'm'))
+  for (const plain of ['PWD', 'OLDPWD', 'PATH', 'PAT_COUNT_LIMIT']) assert.equal(secretKey(plain), false, plain)
+})
+
+test('booleans, small numbers and chart names under secret-looking keys stay readable (issue 18: no blinding)', { timeout: 30_000 }, async () => {
+  const repo = repoWith({
+    'secrets/staginghub.yaml': `jupyterhub:\n  hub:\n    config:\n      Authenticator:\n        enable_auth_state: true\n        auth_refresh_age: 300\n        auth_hub_name: staginghub\n        secret_null: null\n  proxy:\n    secretToken: ${H.token}\n`,
+  })
+  const text = `enable_auth_state=true age=300 construed a 300s wait on staginghub; none null token=${H.token}\n`
+  const r = await hostileRun(repo, DEPLOY, { secrets: [H.token], rules: helmPrints(text) })
+  assert.equal(r.code, 0, show(r))
+  assert.match(r.stdout, /^enable_auth_state=true age=300 construed a 300s wait on staginghub; none null token=\*\*\*$/m)
+  // The chart's name is readable in every line and the summary.
+  assert.match(r.stdout, /^==> deploy staginghub$/m)
+  assert.match(r.stdout, /^staginghub +rollout +ok/m)
+})
+
+test('the base64 of a short secret is masked; a short secret inside a word is not', { timeout: 30_000 }, async () => {
+  const repo = repoWith({ 'secrets/staginghub.yaml': `db:\n  password: k9Zq\n` })
+  const text = `b64=${b64('k9Zq')} b64nopad=${b64('k9Zq').replace(/=+$/, '')} pair=${b64('app:k9Zq')} word=k9Zqx alone=k9Zq\n`
+  const r = await hostileRun(repo, DEPLOY, { rules: helmPrints(text) })
+  assert.equal(r.code, 0, show(r))
+  const line = r.stdout.split('\n').find((l) => l.startsWith('b64='))!
+  assert.ok(!line.includes(b64('k9Zq').replace(/=+$/, '')), line)
+  assert.ok(!line.includes(b64('app:k9Zq').slice(4, 10)), line)
+  assert.match(line, / word=k9Zqx alone=\*\*\*$/)
+})
+
+test('a token a login prints before it fails is masked in the error, the fail hooks and the output', { timeout: 30_000 }, async () => {
+  const token = 'ya29.a0AfB_byLeakyAccessToken0123456789abcdef'
+  const repo = makeRepo()
+  commit(repo, { 'plugins/seen.ts': `import fs from 'node:fs'\nexport default { name: 'seen', fail(ctx: { error: { message: string } }) { fs.writeFileSync('fail-hook.txt', ctx.error.message) } }\n` })
+  const r = await hostileRun(repo, ['--deploy', '--plugin', 'seen', 'staginghub'], {
+    env: { REGISTRY_PROVIDER: 'gar', USER_IMAGE_PREFIX: 'us-docker.pkg.dev/p/r/user-', HUB_IMAGE_PREFIX: 'us-docker.pkg.dev/p/r/hub-' },
+    secrets: [token],
+    rules: [HELM3, { tool: 'gcloud', match: '^auth print-access-token', stdout: `${token}\n`, stderr: `ERROR: (gcloud.auth.print-access-token) refreshing failed after printing ${token}\n`, exit: 1 }],
+  })
+  assert.equal(r.code, 1, show(r))
+  assert.match(errorLines(r.stderr).join('\n'), /gcloud auth print-access-token exited with 1: ERROR: \(gcloud\.auth\.print-access-token\) refreshing failed after printing \*\*\*/)
+  assert.ok(!fs.readFileSync(path.join(repo, 'fail-hook.txt'), 'utf8').includes('AccessToken'), 'the fail hook saw the token')
+  assert.ok(!r.commands.some((c) => c.startsWith('docker login')), 'no login with a failed token')
+})
+
+test('a kubeconfig exec plugin\'s env values and --token arguments are masked', { timeout: 30_000 }, async () => {
+  const envValue = 'exec-env-credential-7Hq2Lm9Xz'
+  const argToken = 'exec-arg-token-Pq4Rt8Vw2Yz'
+  const kubeconfig = [
+    'apiVersion: v1', 'kind: Config', 'clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443"}}]',
+    'contexts: [{name: c, context: {cluster: c, user: u}}]', 'current-context: c',
+    'users:', '- name: u', '  user:', '    exec:', '      apiVersion: client.authentication.k8s.io/v1', '      command: get-token',
+    `      args: ["--cluster", "c", "--token=${argToken}"]`, `      env: [{name: AWS_SESSION, value: "${envValue}"}, {name: REGION, value: "eu-west-1"}]`, '',
+  ].join('\n')
+  const repo = repoWith({ 'secrets/kubeconfig.yaml': kubeconfig })
+  const r = await hostileRun(repo, ['--deploy', 'staginghub'], {
+    env: { CLUSTER_PROVIDER: 'kubeconfig', REGISTRY_PROVIDER: 'none' },
+    secrets: [envValue, argToken],
+    rules: helmPrints(`env=${envValue} arg=${argToken} region=eu-west-1 cluster=c\n`),
+  })
+  assert.equal(r.code, 0, show(r))
+  assert.match(r.stdout, /^env=\*\*\* arg=\*\*\* region=eu-west-1 cluster=c$/m)
 })
