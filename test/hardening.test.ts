@@ -95,7 +95,7 @@ test('secrets a failing tool prints are redacted from the output and the error',
 })
 
 test('the secret scan every scenario gets does find a leak', () => {
-  const call = { tool: 'docker', argv: ['login', '-p', PASSWORD], cwd: '', stdinSha256: null, dockerPluginsLinked: null, env: {}, pid: 1, startedAt: 0 }
+  const call = { tool: 'docker', argv: ['login', '-p', PASSWORD], cwd: '', stdin: 'none' as const, stdinSha256: null, dockerPluginsLinked: null, env: {}, pid: 1, startedAt: 0 }
   assert.match(findLeak({ stdout: '', stderr: '', calls: [call] }, [PASSWORD])!, /argv of docker/)
   assert.match(findLeak({ stdout: `x ${SECRET_TOKEN}`, stderr: '', calls: [] }, [SECRET_TOKEN])!, /output/)
   assert.equal(findLeak({ stdout: '***', stderr: '', calls: [] }, [PASSWORD]), undefined)
