@@ -24,7 +24,7 @@ function recordingPlugin(repo: string): string {
 }
 
 for (const [signal, code] of [['SIGTERM', 143], ['SIGINT', 130]] as const) {
-  test(`${signal} during helm upgrade: passed to the child, fail hooks run with cancelled, exit ${code}, no orphan`, async () => {
+  test(`${signal} during helm upgrade: passed on as ${signal} to the running command, fail hooks run with cancelled, exit ${code}, no orphan`, async () => {
     const repo = makeRepo()
     const failFile = recordingPlugin(repo)
     let sent = false
@@ -42,6 +42,8 @@ for (const [signal, code] of [['SIGTERM', 143], ['SIGINT', 130]] as const) {
     const upgrade = r.calls.find((c) => c.argv[0] === 'upgrade')!
     assert.ok(upgrade, 'the upgrade was running')
     assert.equal(alive(upgrade.pid), false, 'the helm child was stopped with the run')
+    // Tools clean up differently on each: the signal is passed on as it came.
+    assert.deepEqual(r.signals, [{ tool: 'helm', pid: upgrade.pid, signal }])
     assert.equal(fs.readFileSync(failFile, 'utf8'), 'cancelled deploy\n')
   })
 }

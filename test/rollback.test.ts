@@ -189,6 +189,29 @@ describe('--rollback-on-failure', { concurrency: 6 }, () => {
     assert.deepEqual(bad.commands, [])
   })
 
+  for (const [signal, code] of [['SIGTERM', 143], ['SIGINT', 130]] as const) {
+    test(`${signal} during the rollout: exit ${code}, nothing rolled back (the next run's --recover decides), the fail hooks told no rollback`, async () => {
+      const { repo, seen } = checkedRepo()
+      let sent = false
+      const r = await runDeploy(repo, ['--no-setup', '--deploy', '--rollback-on-failure', '--plugin', 'check', 'staginghub'], {
+        rules: [HELM3, deployments, history(['superseded', 'deployed']), upgraded(3),
+          { tool: 'kubectl', match: '^rollout status', sleepMs: 60_000, every: 200, stdout: 'Waiting for deployment "hub" rollout to finish: 0 of 1 updated replicas are available...\n' }],
+        // Sent once the rollout's kubectl runs (it prints), after the upgrade made revision 3.
+        onSpawn: (child) => child.stdout!.on('data', (d: Buffer) => {
+          if (!sent && d.toString().includes('Waiting for deployment')) {
+            sent = true
+            child.kill(signal)
+          }
+        }),
+      })
+      assert.equal(r.code, code, r.stderr)
+      assert.ok(sent, 'the rollout was running')
+      assert.ok(!r.commands.some((c) => c.startsWith('helm rollback')), r.commands.join('\n'))
+      assert.doesNotMatch(r.stderr, /rolling back|rolled back|rollback of/)
+      assert.deepEqual(seen().map((s) => [s.hook, s.rolledBackTo, s.rollbackError]), [['fail', undefined, undefined]])
+    })
+  }
+
   test('--dry-run says what a failure would do', async () => {
     const r = await runDeploy(makeRepo(), ['--dry-run', '--no-setup', '--deploy', '--rollback-on-failure', 'staginghub'])
     assert.equal(r.code, 0, r.stderr)
