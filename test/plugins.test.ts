@@ -528,6 +528,23 @@ export default {
     }
   })
 
+  test('notify-slack: a failed command\'s long output is shown by its end, where the error is, not its beginning', async () => {
+    const slack = await server()
+    const hook = await server()
+    const progress = Array.from({ length: 30 }, (_, i) => `progress line ${i + 1}`)
+    const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', '--plugin', shipped('notify-slack'), 'staginghub'], {
+      rules: [HELM3, { tool: 'helm', match: '^upgrade', exit: 1, stdout: `${progress.join('\n')}\n`, stderr: 'Error: UPGRADE FAILED: the cause, at the very end\n' }],
+      env: { SLACK_WEBHOOK_URL: `${slack.origin}/services/T0AAA/B0BBB/endOfOutput`, NOTIFY_WEBHOOK_URL: `${hook.origin}/h` },
+    })
+    assert.equal(r.code, 1, r.stderr)
+    // The last ten lines, the error last.
+    const last = [...progress.slice(-9), 'Error: UPGRADE FAILED: the cause, at the very end']
+    const { text } = (await slack.json())[0] as { text: string }
+    assert.ok(text.includes(`Last output:\n\`\`\`${last.join('\n')}\`\`\``), text)
+    assert.doesNotMatch(text, /progress line (1|2|3|20)\n/)
+    assert.deepEqual(((await hook.json())[0] as { output: string[] }).output, last)
+  })
+
   test('notify-slack: retries 5xx and 429, honouring Retry-After up to its cap', async () => {
     const slack = await server([{ status: 500 }, { status: 429, headers: { 'retry-after': '3600' } }, { status: 200 }])
     const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', '--plugin', shipped('notify-slack'), 'staginghub'], {
