@@ -133,6 +133,36 @@ test('the cache search skips duplicate candidate tags', async () => {
   assert.equal(r.commands.filter((c) => c === `docker manifest inspect ${USER}:${only}`).length, 1)
 })
 
+test('one tag candidate per commit, however many of the dir\'s files it touched: the five newest commits, each looked up once', async () => {
+  const repo = makeRepo()
+  const dir = 'user-images/staginghub'
+  const oldest = git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', dir)
+  const tags = [
+    commit(repo, { [`${dir}/Dockerfile`]: 'FROM scratch\nLABEL v=1\n', [`${dir}/a.txt`]: 'a\n' }),
+    commit(repo, { [`${dir}/b.txt`]: 'b\n', [`${dir}/c.txt`]: 'c\n', [`${dir}/d/e.txt`]: 'e\n' }),
+    commit(repo, { [`${dir}/Dockerfile`]: 'FROM scratch\nLABEL v=3\n' }),
+    commit(repo, { [`${dir}/f.txt`]: 'f\n', [`${dir}/g.txt`]: 'g\n', 'README.md': 'not the dir\n' }),
+    commit(repo, { [`${dir}/h.txt`]: 'h\n', [`${dir}/i.txt`]: 'i\n', [`${dir}/j.txt`]: 'j\n' }),
+  ]
+  const newest = tags.at(-1)!
+  const r = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], { env: { TRAVIS_COMMIT_RANGE: `${newest}~1..${newest}` }, rules: [HELM3, missing] })
+  assert.equal(r.code, 0, r.stderr)
+  assert.deepEqual(dockerCalls(r.commands), [...lookups(...tags.map((t) => `${USER}:${t}`)), `docker build -t ${USER}:${newest} ${dir}`])
+  assert.ok(!r.commands.includes(`docker manifest inspect ${USER}:${oldest}`), 'the sixth commit back is no candidate')
+})
+
+test('a dir is matched as a dir: ea-hub2\'s commits and range are not ea-hub\'s', async () => {
+  const repo = makeRepo({ hubs: ['ea-hub', 'ea-hub2'] })
+  const own = git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', 'user-images/ea-hub')
+  const other = commit(repo, { 'user-images/ea-hub2/Dockerfile': 'FROM scratch\nLABEL v=2\n' })
+  const image = (hub: string, tag: string) => `earthlabhubops/ea-k8s-user-${hub}:${tag}`
+  const r = await runDeploy(repo, ['--no-setup', '--build', 'ea-hub', 'ea-hub2'], { env: { TRAVIS_COMMIT_RANGE: `${other}~1..${other}` }, rules: [HELM3, present(image('ea-hub', own)), missing] })
+  assert.equal(r.code, 0, r.stderr)
+  assert.match(r.stdout, new RegExp(`Do not need to rebuild image, using ${image('ea-hub', own)}$`, 'm'))
+  assert.ok(r.commands.includes(`docker build -t ${image('ea-hub2', other)} user-images/ea-hub2`), r.commands.join('\n'))
+  assert.ok(!r.commands.some((c) => c.startsWith('docker build') && c.includes('ea-hub:')), r.commands.join('\n'))
+})
+
 test('a hub image is built after the user image and named as such', async () => {
   const repo = makeRepo({ hubImages: ['staginghub'] })
   const hubTag = git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', 'hub-images/staginghub')

@@ -94,6 +94,18 @@ test('--changed prints the charts a range touched; --json for a CI matrix', asyn
   assert.deepEqual(JSON.parse(none.stdout), [])
 })
 
+test('--changed matches a dir as a dir: a commit touching ea-hub2\'s chart, images and secrets lists ea-hub2, never ea-hub', async () => {
+  const repo = makeRepo({ hubs: ['ea-hub', 'ea-hub2', 'staginghub'], hubImages: ['ea-hub2'] })
+  const base = git(repo, 'rev-parse', 'HEAD')
+  commit(repo, {
+    'hub-charts/ea-hub2/values.yaml': 'a: 2\n', 'user-images/ea-hub2/Dockerfile': 'FROM scratch\nLABEL v=2\n',
+    'hub-images/ea-hub2/Dockerfile': 'FROM scratch\nLABEL v=2\n', 'secrets/ea-hub2.yaml': 'b: 2\n', 'secrets/ea-hub.yaml.bak': 'old\n',
+  })
+  const r = await runDeploy(repo, ['--changed', `${base}..HEAD`, '--json'])
+  assert.equal(r.code, 0, r.stderr)
+  assert.deepEqual(JSON.parse(r.stdout), ['ea-hub2'])
+})
+
 test('CI logs: each chart\'s output is one block inside its own group (GitHub Actions) or fold (Travis)', async () => {
   const repo = makeRepo({ hubs: HUBS })
   const rules = [HELM3, { tool: 'helm', match: '^upgrade', stdout: 'upgrade line 1\nupgrade line 2\n' } as Rule]
