@@ -186,6 +186,48 @@ test('a GitHub push event whose before is an option: exit 2 naming the event fil
   refused(r, /GITHUB_EVENT_PATH before\.\.after=--output=pwned\.txt\.\.\w+: not a commit range/)
 })
 
+/** A `git` first on PATH that logs each call's arguments (a line each, split by \\x1f), then runs the real git. */
+function gitSpy(): { path: string; calls: () => string[][] } {
+  const dir = tempDir('deploy-git-spy-')
+  const log = path.join(dir, 'calls.log')
+  const real = ['/usr/bin/git', '/bin/git', '/usr/local/bin/git'].find((g) => fs.existsSync(g))!
+  fs.writeFileSync(path.join(dir, 'git'), `#!/bin/sh\n{ printf '%s\\037' "$@"; echo; } >> '${log}'\nexec '${real}' "$@"\n`, { mode: 0o755 })
+  const calls = () => (fs.existsSync(log) ? fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).map((l) => l.split('\x1f').slice(0, -1)) : [])
+  return { path: `${dir}${path.delimiter}${process.env.PATH}`, calls }
+}
+/** The git calls that got `value` as an argument or as one side of a range. */
+const gave = (calls: string[][], value: string) => calls.filter((args) => args.some((a) => a === value || a.split(/\.\.\.?/).includes(value)))
+
+// A range starting with `-` is an option to git, whatever else the pattern allows: one with no
+// `=` and no space too. Refused with exit 2 before git ever sees it.
+for (const range of ['-p', '--stat']) {
+  test(`--changed=${range}: exit 2 before any git command`, async () => {
+    const spy = gitSpy()
+    refused(await runDeploy(makeRepo(), [`--changed=${range}`], { path: spy.path }), `--changed=${range}: not a commit range; give one such as main..HEAD`)
+    assert.deepEqual(spy.calls(), [], 'git never ran')
+  })
+
+  test(`TRAVIS_COMMIT_RANGE=${range}: exit 2 naming it; git never sees it, nothing built`, async () => {
+    const spy = gitSpy()
+    const r = await runDeploy(makeRepo(), ['--no-setup', '--build', 'staginghub'], { path: spy.path, env: { TRAVIS_COMMIT_RANGE: range } })
+    refused(r, `TRAVIS_COMMIT_RANGE=${range}: not a commit range`)
+    assert.deepEqual(gave(spy.calls(), range), [])
+  })
+}
+
+for (const side of ['before', 'after'] as const) {
+  test(`a GitHub push event whose ${side} starts with -: exit 2 naming the event file; git never sees it, nothing built`, async () => {
+    const repo = makeRepo()
+    const head = git(repo, 'rev-parse', 'HEAD')
+    const event = path.join(tempDir(), 'event.json')
+    fs.writeFileSync(event, JSON.stringify({ before: head, after: head, [side]: '--stat' }))
+    const spy = gitSpy()
+    const r = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], { path: spy.path, env: { GITHUB_EVENT_NAME: 'push', GITHUB_EVENT_PATH: event } })
+    refused(r, /^ERROR: GITHUB_EVENT_PATH before\.\.after=\S+: not a commit range/)
+    assert.deepEqual(gave(spy.calls(), '--stat'), [])
+  })
+}
+
 for (const [key, value] of [
   ['GKE_CLUSTER', '--impersonate-service-account=evil@example.org'],
   ['GKE_ZONE', '--verbosity=debug'],
