@@ -34,6 +34,24 @@ test('unknown chart: exit 2 listing the valid charts', async () => {
   assertUsageError(await runDeploy(makeRepo({ hubs: ['staginghub', 'ea-hub'] }), ['--deploy', 'nope']), 'unknown chart "nope"; valid charts: ea-hub, staginghub')
 })
 
+test('a chart name is a release name: 53 characters accepted (chart and STAGING_CHART), 54 refused', async () => {
+  const longest = `h${'x'.repeat(51)}1`
+  const over = `h${'x'.repeat(52)}1`
+  assert.deepEqual([longest.length, over.length], [53, 54])
+  const repo = makeRepo({ hubs: ['staginghub', longest, over] })
+  const [list, ok, refused, staging] = await Promise.all([
+    runDeploy(repo, ['--list']),
+    runDeploy(repo, ['--dry-run', '--no-setup', '--deploy', longest], { env: { STAGING_CHART: longest } }),
+    runDeploy(repo, ['--dry-run', '--no-setup', '--deploy', over]),
+    runDeploy(repo, ['--dry-run', '--no-setup', '--deploy', longest], { env: { STAGING_CHART: over } }),
+  ])
+  assert.deepEqual(list.stdout.trim().split('\n'), [longest, 'staginghub'])
+  assert.equal(ok.code, 0, ok.stderr)
+  assert.match(ok.stderr, new RegExp(`Executing helm upgrade --install --namespace ${longest} ${longest} hub-charts/${longest} `))
+  assertUsageError(refused, `chart name "${over}" is not a valid release name (lowercase letters, digits and -, at most 53)`)
+  assertUsageError(staging, `STAGING_CHART=${over}: not a chart name`)
+})
+
 test('unknown flag: exit 2 naming it', async () => {
   assertUsageError(await runDeploy(makeRepo(), ['--deplyo', 'staginghub']), 'unknown option --deplyo')
 })

@@ -43,6 +43,29 @@ test('a timeout that does not parse is a configuration error (exit 2)', () => {
     e instanceof DeployError && e.exitCode === 2 && /HELM_TIMEOUT=ten: not a duration/.test(e.message))
 })
 
+test('every duration key at both edges of the range docs/reliability.md gives it: the ends accepted, one second beyond refused', () => {
+  const bounds = fs.readFileSync(path.join(ROOT, 'docs/reliability.md'), 'utf8').split('## Bounds')[1]
+  const rows = [...bounds.matchAll(/^\| `([A-Z_]+)` \| `[^`]*` \| (\S+) to (\S+) \|/gm)]
+  assert.deepEqual(rows.map((m) => m[1]), ['HELM_TIMEOUT', 'ROLLOUT_TIMEOUT', 'HEARTBEAT_INTERVAL', 'BUILD_TIMEOUT', 'HOOK_TIMEOUT', 'LOCK_TIMEOUT'])
+  const property = { HELM_TIMEOUT: 'helmTimeoutSeconds', ROLLOUT_TIMEOUT: 'rolloutTimeoutSeconds', HEARTBEAT_INTERVAL: 'heartbeatSeconds', BUILD_TIMEOUT: 'buildTimeoutSeconds', HOOK_TIMEOUT: 'hookTimeoutSeconds', LOCK_TIMEOUT: 'lockTimeoutSeconds' } as const
+  const file = path.join(tempDir(), 'empty.env')
+  fs.writeFileSync(file, '')
+  for (const [, key, low, high] of rows) {
+    const [min, max] = [parseDuration(low === '0' ? '0s' : low), parseDuration(high)]
+    const name = property[key as keyof typeof property]
+    const range = `from ${low === '0' ? '0s' : low} to ${high}`
+    assert.equal(loadConfig(file, { [key]: `${min}s` })[name], min, `${key} at its lower end`)
+    assert.equal(loadConfig(file, { [key]: `${max}s` })[name], max, `${key} at its upper end`)
+    assert.equal(loadConfig(file, { [key]: high })[name], max, `${key}=${high}`)
+    assert.throws(() => loadConfig(file, { [key]: `${max + 1}s` }), (e: unknown) =>
+      e instanceof DeployError && e.exitCode === 2 && e.message === `${key}=${max + 1}s: out of range; use a duration ${range}`)
+    if (min > 0) {
+      assert.throws(() => loadConfig(file, { [key]: `${min - 1}s` }), (e: unknown) =>
+        e instanceof DeployError && e.exitCode === 2 && e.message === `${key}=${min - 1}s: out of range; use a duration ${range}`)
+    }
+  }
+})
+
 test('a multi-line quoted value is not a malformed line; an unterminated quote is', () => {
   const dir = tempDir()
   fs.writeFileSync(path.join(dir, 'ok.env'), 'KEY="line one\nline two"\nGKE_ZONE=z\n')

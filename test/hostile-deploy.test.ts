@@ -438,6 +438,20 @@ test('a command given a limit past 7 days is refused before it starts, naming th
   assert.deepEqual(r.commands, ['helm version --client --short'])
 })
 
+test('a command\'s limit at its edges: 1s and 7 days (168h) run, 0s and 7 days and a second refused', async () => {
+  const repo = pluginRepo(`for (const timeout of ['1s', '168h', '0s', '604801s']) {
+    try { await ctx.run('true', [], { timeout, capture: true }); ctx.log.info(timeout + ': ran') } catch (e) { ctx.log.info(timeout + ': ' + e.message) }
+  }`)
+  const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'probe', 'staginghub'])
+  assert.equal(r.code, 0, show(r))
+  assert.deepEqual(r.stderr.split('\n').filter((l) => l.startsWith('INFO:root:probe: ')).map((l) => l.slice('INFO:root:probe: '.length)), [
+    '1s: ran',
+    '168h: ran',
+    '0s: true: timeout 0s is not a duration from 1s to 7 days (e.g. 90s, 10m, 1h)',
+    '604801s: true: timeout 604801s is not a duration from 1s to 7 days (e.g. 90s, 10m, 1h)',
+  ])
+})
+
 test('a command that ignores SIGTERM at its limit is killed: the run ends, naming the limit', async () => {
   const repo = pluginRepo(`await ctx.run('node', ['-e', "process.on('SIGTERM', () => {}); setInterval(() => {}, 1000)"], { timeout: '1s' })`)
   const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'probe', 'staginghub'])

@@ -72,10 +72,14 @@ test('production charts deploy all at once by default, at most 8; --parallel N a
   assert.deepEqual(upgrades(serial).map((c) => c.peak), [1, 1, 1], '--parallel 1 runs them one after another')
 })
 
-test('--parallel must be a positive whole number', async () => {
-  const r = await runDeploy(makeRepo(), ['--parallel', 'lots', '--deploy', 'staginghub'])
-  assert.equal(r.code, 2)
-  assert.match(r.stderr, /--parallel lots: give a whole number/)
+test('--parallel must be a positive whole number: 1 accepted, 0 refused', async () => {
+  const repo = makeRepo()
+  const [lots, zero, one] = await Promise.all(['lots', '0', '1'].map((n) => runDeploy(repo, ['--dry-run', '--no-setup', '--parallel', n, '--deploy', 'staginghub'])))
+  for (const [r, n] of [[lots, 'lots'], [zero, '0']] as const) {
+    assert.equal(r.code, 2, r.stderr)
+    assert.equal(r.stderr.trim(), `ERROR: --parallel ${n}: give a whole number of charts, 1 or more`)
+  }
+  assert.equal(one.code, 0, one.stderr)
 })
 
 test('--changed prints the charts a range touched; --json for a CI matrix', async () => {

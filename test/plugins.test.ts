@@ -791,6 +791,17 @@ export default {
     assert.equal((await hub.received()).length, 0)
   })
 
+  test('health-check: HEALTH_CHECK_TIMEOUT at the edges of its range (1s to 1h): 1s and 1h accepted, 0s and 3601s refused', async () => {
+    const plugin = shipped('health-check')
+    const repo = makeRepo()
+    const runs = await Promise.all(['1s', '1h', '0s', '3601s'].map((t) => runDeploy(repo, ['--no-setup', '--deploy', '--plugin', plugin, 'staginghub'], { env: { HEALTH_CHECK_TIMEOUT: t } })))
+    assert.deepEqual(runs.map((r) => r.code), [0, 0, 2, 2], runs.map((r) => r.stderr).join('\n'))
+    assert.deepEqual(runs.slice(2).map((r) => errorLines(r)), [
+      ['ERROR: plugin health-check verify: HEALTH_CHECK_TIMEOUT=0s: out of range; use a duration from 1s to 1h'],
+      ['ERROR: plugin health-check verify: HEALTH_CHECK_TIMEOUT=3601s: out of range; use a duration from 1s to 1h'],
+    ])
+  })
+
   test('health-check: the URL from values.yaml (https, ingress host + baseUrl); skipped without one; bad timeout refused', async () => {
     const plain = await server([{ status: 200, body: { version: '5.2.1' } }])
     const withIngress = makeRepo()

@@ -212,6 +212,24 @@ describe('pr-comment rendering', () => {
     for (const line of body.split('\n').filter((l) => l.startsWith('+  line'))) assert.match(line, / x{60}$/)
   })
 
+  test('at the edge of GitHub\'s limit: a comment of exactly 65536 characters is whole, one more and the diff is cut', () => {
+    // GitHub's own number ("maximum is 65536 characters"), not the plugin's constant.
+    const GITHUB_LIMIT = 65_536
+    const render = (text: string) => renderComment([section('staginghub', text)], '0123456789abcdef', (t) => t)
+    const line = (i: number) => `+  line ${i} ${'x'.repeat(60)}\n`
+    const base = render(line(0)).length - line(0).length
+    let text = ''
+    for (let i = 0; base + text.length + line(i).length <= GITHUB_LIMIT; i++) text += line(i)
+    // The last line padded so that the whole comment is exactly at the limit.
+    text = text.replace(/\n$/, `${'y'.repeat(GITHUB_LIMIT - base - text.length)}\n`)
+    const whole = render(text)
+    assert.equal(whole.length, GITHUB_LIMIT)
+    assert.ok(whole.includes(text) && !whole.includes('Diff cut to'), 'exactly at the limit: whole')
+    const over = render(text.replace(/\n$/, 'z\n'))
+    assert.ok(over.length <= GITHUB_LIMIT, `${over.length}`)
+    assert.match(over, /_Diff cut to \d+ of \d+ lines to fit GitHub's comment limit/)
+  })
+
   test('Link headers: rel="next" among others, quoted or not', () => {
     assert.equal(nextLink('<https://api.github.com/x?page=2>; rel="next", <https://api.github.com/x?page=5>; rel="last"'), 'https://api.github.com/x?page=2')
     assert.equal(nextLink('<https://a/x?page=1>; rel="prev", <https://a/x?page=3>; rel=next'), 'https://a/x?page=3')
