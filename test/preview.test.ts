@@ -7,7 +7,7 @@ import { Buffer } from 'node:buffer'
 import fs from 'node:fs'
 import path from 'node:path'
 import { diffManifests, helmProblems, unifiedDiff } from '../deploy.ts'
-import { makeRepo, runDeploy, git, tempDir, HELM2, HELM3, SECRET_TOKEN, SETUP_COMMANDS, type Rule } from './support/harness.ts'
+import { makeRepo, runDeploy, git, tempDir, ROOT, HELM2, HELM3, SECRET_TOKEN, SETUP_COMMANDS, type Rule } from './support/harness.ts'
 import { withoutLock } from './support/hostile-deploy.ts'
 
 const userTag = (repo: string, hub = 'staginghub') => git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', `user-images/${hub}`)
@@ -319,6 +319,94 @@ test('dependencies: `helm dep build` from Chart.lock, `helm dep up` without one;
   const cached = await runDeploy(repo, ['--validate', 'staginghub'], { env: noKubeconfig() })
   assert.equal(cached.code, 0, cached.stderr)
   assert.ok(!cached.commands.some((c) => c.startsWith('helm dep')), cached.commands.join('\n'))
+})
+
+/**
+ * The --json schema docs/workflow.md documents: the example's keys, the `{ ... }` item lists
+ * of its table (`key?` optional), which fields may be `null`, and the two it says are absent
+ * at times (`revision`, `serverSideNote`).
+ */
+function documentedReport() {
+  const section = fs.readFileSync(path.join(ROOT, 'docs/workflow.md'), 'utf8').split('### `--json`')[1].split('\n## ')[0]
+  const example = JSON.parse(/```json\n([\s\S]*?)\n```/.exec(section)![1])
+  const table = section.slice(section.indexOf('| field |'))
+  const items = (field: string) => {
+    const list = new RegExp(`\`${field}\`:[^{|]*\`\\{ ([^}]*) \\}\``).exec(table)![1].split(', ')
+    return { required: list.filter((k) => !k.endsWith('?')), optional: list.filter((k) => k.endsWith('?')).map((k) => k.slice(0, -1)) }
+  }
+  const nullable = [...table.matchAll(/^\| `(?:charts\[\]\.)?(\w+)` \|[^|\n]*`null`/gm)].map((m) => m[1])
+  for (const said of ['`revision` (absent when not installed)', 'with `serverSideNote` saying why']) assert.ok(table.includes(said), said)
+  const chart = example.charts[0]
+  return {
+    top: Object.keys(example),
+    chart: Object.keys(chart),
+    nullable,
+    validation: { required: Object.keys(chart.validation), optional: ['serverSideNote'] },
+    problem: items('errors'),
+    diff: { required: Object.keys(chart.diff).filter((k) => k !== 'revision'), optional: ['revision'] },
+    summary: Object.keys(chart.diff.summary),
+    object: items('objects'),
+    results: [...(/`charts\[\]\.result` \| (.*) \|/.exec(table)![1].matchAll(/`([^`]+)`/g))].map((m) => m[1]),
+  }
+}
+
+test('--json: every key docs/workflow.md documents is in the report, `null` where there is no value, nothing else', async () => {
+  const doc = documentedReport()
+  assert.deepEqual(doc.nullable, ['error', 'validation', 'diff'])
+  const keys = (what: string, o: object, { required, optional = [] }: { required: string[]; optional?: string[] }) => {
+    for (const k of required) assert.ok(k in o, `${what}: ${k} missing in ${JSON.stringify(o)}`)
+    for (const k of Object.keys(o)) assert.ok(required.includes(k) || optional.includes(k), `${what}: ${k} is not documented`)
+  }
+  const check = (report: { charts: Record<string, unknown>[] }) => {
+    keys('the report', report, { required: doc.top })
+    for (const c of report.charts) {
+      keys(`chart ${c.chart}`, c, { required: doc.chart })
+      assert.ok(doc.results.includes(c.result as string), `result ${c.result}`)
+      for (const k of doc.nullable) assert.notEqual(c[k], undefined, `${c.chart}: ${k} is null, not absent`)
+      assert.equal(c.error === null, c.result !== 'failed', `${c.chart}: error is null unless it failed`)
+      const v = c.validation as { errors: object[] } | null
+      if (v) {
+        keys(`validation of ${c.chart}`, v, doc.validation)
+        for (const e of v.errors) keys(`a problem of ${c.chart}`, e, doc.problem)
+      }
+      const d = c.diff as { summary: object; objects: object[] } | null
+      if (d) {
+        keys(`diff of ${c.chart}`, d, doc.diff)
+        keys(`diff summary of ${c.chart}`, d.summary, { required: doc.summary })
+        for (const o of d.objects) keys(`a changed object of ${c.chart}`, o, doc.object)
+      }
+    }
+  }
+  const repo = makeRepo({ hubs: ['staginghub', 'ea-hub'] })
+  const secret = (value: string) => `apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\ndata:\n  k: ${Buffer.from(value).toString('base64')}\n`
+  const cm = (v: string) => `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  v: "${v}"\n`
+  const invalidEa: Rule = { tool: 'helm', match: '^lint .*ea-hub', exit: 1, stdout: '[ERROR] templates/x.yaml: template: ea-hub/templates/x.yaml:1:3: executing "ea-hub/templates/x.yaml" at <.Values.a.b>: nil pointer evaluating interface {}.b\n' }
+  const [both, validateOnly, deployFailed] = await Promise.all([
+    // staginghub installed and changed (a Secret and a ConfigMap); ea-hub invalid, so not diffed.
+    runDeploy(repo, ['--no-setup', '--validate', '--diff', '--json', 'staginghub', 'ea-hub'], {
+      env: withKubeconfig(), secrets: ['old-secret-value', 'new-secret-value'],
+      rules: [HELM3, invalidEa, status(3, `${cm('1')}---\n${secret('old-secret-value')}`), preview(`${cm('2')}---\n${secret('new-secret-value')}`)],
+    }),
+    // No --diff, no cluster: the server-side check skipped (with its note), diff null.
+    runDeploy(repo, ['--validate', '--json', 'staginghub'], { env: noKubeconfig() }),
+    // Staging's upgrade fails after it validated: ea-hub is skipped, nothing known of it.
+    runDeploy(repo, ['--no-setup', '--validate', '--deploy', '--json', 'staginghub', 'ea-hub'], {
+      env: withKubeconfig(), rules: [HELM3, preview(''), { tool: 'helm', match: '^upgrade (?!.*--dry-run)', exit: 1, stderr: 'Error: UPGRADE FAILED: boom\n' }],
+    }),
+  ])
+  const reports = [both, validateOnly, deployFailed].map((r) => JSON.parse(r.stdout))
+  reports.forEach(check)
+  const [b, v, f] = reports
+  assert.deepEqual(b.charts.map((c: { chart: string; result: string }) => [c.chart, c.result]), [['staginghub', 'ok'], ['ea-hub', 'failed']])
+  assert.equal(b.charts[0].diff.revision, 3)
+  assert.deepEqual(b.charts[0].diff.objects.map((o: { id: string; secretKeys?: object }) => [o.id, 'secretKeys' in o]), [['ConfigMap/staginghub/c', false], ['Secret/staginghub/s', true]])
+  assert.equal(b.charts[1].diff, null)
+  assert.equal(b.charts[1].validation.errors.length, 1)
+  assert.equal(typeof b.charts[1].error, 'string')
+  assert.equal(v.charts[0].diff, null)
+  assert.equal(v.charts[0].validation.serverSide, 'skipped')
+  assert.deepEqual(f.charts.map((c: { chart: string; result: string; error: unknown; validation: unknown; diff: unknown }) => [c.chart, c.result, typeof c.error, c.validation === null, c.diff]),
+    [['staginghub', 'failed', 'string', false, null], ['ea-hub', 'skipped', 'object', true, null]])
 })
 
 test('--json on GitHub Actions: stdout is the JSON document alone, also when the chart is invalid', async () => {
