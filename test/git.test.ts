@@ -11,7 +11,7 @@ function original(repo: string, dir: string): string[] {
   return lines
 }
 
-test('one git log gives each dir the last five commits the original would find', async () => {
+test('one git log gives each dir the last five commits the original would find', { timeout: 20_000 }, async () => {
   const repo = makeRepo({ hubImages: ['staginghub'] })
   for (let i = 0; i < 4; i++) {
     commit(repo, { 'user-images/staginghub/Dockerfile': `FROM scratch\nLABEL v=${i}\n` })
