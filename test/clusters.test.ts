@@ -64,7 +64,7 @@ contexts: [{ name: hubs, context: { cluster: hubs, user: deployer } }]
 current-context: hubs
 `
 
-test('the default, gke + dockerhub, named explicitly, is still the original\'s setup (Helm 2 and 3)', async () => {
+test('the default, gke + dockerhub, named explicitly, is still the original\'s setup (Helm 2 and 3)', { timeout: 25_000 }, async () => {
   const env = { CLUSTER_PROVIDER: 'gke', REGISTRY_PROVIDER: 'dockerhub' }
   for (const [rule, major] of [[HELM2, 2], [HELM3, 3]] as const) {
     const r = await runDeploy(makeRepo(), ['staginghub'], { rules: [rule], env })
@@ -73,7 +73,7 @@ test('the default, gke + dockerhub, named explicitly, is still the original\'s s
   }
 })
 
-test('gke with a workload identity federation file logs in keyless with gcloud auth login --cred-file', async () => {
+test('gke with a workload identity federation file logs in keyless with gcloud auth login --cred-file', { timeout: 20_000 }, async () => {
   const repo = makeRepo({ secrets: { 'secrets/gke-wif.json': WIF_FILE } })
   const r = await runDeploy(repo, ['staginghub'], {
     env: { GCLOUD_KEY_FILE: 'secrets/gke-wif.json' },
@@ -92,7 +92,7 @@ test('gke with a workload identity federation file logs in keyless with gcloud a
   ])
 })
 
-test('eks + ecr: update-kubeconfig into the private KUBECONFIG, the ECR password piped to docker login', async () => {
+test('eks + ecr: update-kubeconfig into the private KUBECONFIG, the ECR password piped to docker login', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['staginghub'], { env: { ...AWS, ...ECR }, rules: [HELM3, ECR_RULE] })
   assert.equal(r.code, 0, r.stderr)
   assert.deepEqual(r.commands, [
@@ -106,7 +106,7 @@ test('eks + ecr: update-kubeconfig into the private KUBECONFIG, the ECR password
   assertPrivateKubeconfig(r)
 })
 
-test('aks + acr with a federated token: the token reaches az on stdin (@-), the ACR token reaches docker on stdin', async () => {
+test('aks + acr with a federated token: the token reaches az on stdin (@-), the ACR token reaches docker on stdin', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['staginghub'], { env: { ...AKS, ...ACR, ...azureFederated() }, rules: [HELM3, ACR_RULE] })
   assert.equal(r.code, 0, r.stderr)
   assert.deepEqual(commands(r), [
@@ -124,7 +124,7 @@ test('aks + acr with a federated token: the token reaches az on stdin (@-), the 
   assertPrivateKubeconfig(r)
 })
 
-test('aks with a certificate and kubelogin, registry none: no password anywhere, no docker login', async () => {
+test('aks with a certificate and kubelogin, registry none: no password anywhere, no docker login', { timeout: 15_000 }, async () => {
   const pem = path.join(tempDir(), 'sp.pem')
   fs.writeFileSync(pem, `-----BEGIN PRIVATE KEY-----\n${CLOUD_TOKENS.certificateKey}\n-----END PRIVATE KEY-----\n-----BEGIN CERTIFICATE-----\nMIIBcert\n-----END CERTIFICATE-----\n`)
   const r = await runDeploy(makeRepo(), ['staginghub'], {
@@ -140,7 +140,7 @@ test('aks with a certificate and kubelogin, registry none: no password anywhere,
   ])
 })
 
-test('kubeconfig + gar: the repository\'s kubeconfig copied privately, a gcloud access token piped to docker login', async () => {
+test('kubeconfig + gar: the repository\'s kubeconfig copied privately, a gcloud access token piped to docker login', { timeout: 20_000 }, async () => {
   const repo = makeRepo({ secrets: { 'secrets/kubeconfig.yaml': KUBECONFIG_YAML } })
   const r = await runDeploy(repo, ['--deploy', 'staginghub'], {
     env: { CLUSTER_PROVIDER: 'kubeconfig', REGISTRY_PROVIDER: 'gar', USER_IMAGE_PREFIX: 'us-docker.pkg.dev/hubs/images/user-', HUB_IMAGE_PREFIX: 'us-docker.pkg.dev/hubs/images/hub-' },
@@ -165,7 +165,7 @@ test('kubeconfig + gar: the repository\'s kubeconfig copied privately, a gcloud 
   assertPrivateKubeconfig(r)
 })
 
-test('kubeconfig + none needs no cloud CLI at all', async () => {
+test('kubeconfig + none needs no cloud CLI at all', { timeout: 15_000 }, async () => {
   const bin = standinBin(['helm', 'kubectl', 'docker'])
   for (const tool of ['git', 'bash', 'node']) {
     const real = (process.env.PATH ?? '').split(':').map((d) => path.join(d, tool)).find((p) => fs.existsSync(p))!
@@ -177,7 +177,7 @@ test('kubeconfig + none needs no cloud CLI at all', async () => {
   assert.deepEqual(r.commands, [HELM_VERSION])
 })
 
-test('preflight: an unknown provider, a missing key or file, a missing CLI is one line, exit 2, nothing run', async () => {
+test('preflight: an unknown provider, a missing key or file, a missing CLI is one line, exit 2, nothing run', { timeout: 45_000 }, async () => {
   const repo = makeRepo()
   const cases: Array<[Record<string, string>, string, string[]?]> = [
     [{ CLUSTER_PROVIDER: 'gcp' }, 'CLUSTER_PROVIDER=gcp: unknown provider; use one of gke, eks, aks, kubeconfig'],
@@ -201,12 +201,12 @@ test('preflight: an unknown provider, a missing key or file, a missing CLI is on
   }
 })
 
-test('Helm 2 stays GKE-only: another provider with Helm 2 is refused before setup', async () => {
+test('Helm 2 stays GKE-only: another provider with Helm 2 is refused before setup', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['staginghub'], { env: AWS, rules: [HELM2] })
   assertUsageError(r, 'CLUSTER_PROVIDER=eks needs Helm 3: Helm 2\'s tiller is set up only on gke')
 })
 
-test('--no-setup ignores the provider keys (the user\'s own credentials) but still checks the provider names', async () => {
+test('--no-setup ignores the provider keys (the user\'s own credentials) but still checks the provider names', { timeout: 15_000 }, async () => {
   // A phase is needed (--no-setup alone does nothing and is refused); the dry run runs only the Helm probe.
   const ok = await runDeploy(makeRepo(), ['--dry-run', '--no-setup', '--deploy', 'staginghub'], { env: { CLUSTER_PROVIDER: 'eks', REGISTRY_PROVIDER: 'ecr' } })
   assert.equal(ok.code, 0, ok.stderr)
@@ -214,7 +214,7 @@ test('--no-setup ignores the provider keys (the user\'s own credentials) but sti
   assertUsageError(await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], { env: { CLUSTER_PROVIDER: 'EKS' } }), 'CLUSTER_PROVIDER=EKS: unknown provider')
 })
 
-test('--dry-run shows the chosen providers\' commands and runs none of them', async () => {
+test('--dry-run shows the chosen providers\' commands and runs none of them', { timeout: 20_000 }, async () => {
   // A dry run announces each command it skips as a real run announces what it runs.
   const plan = (r: RunResult) => r.stderr.split('\n').filter((l) => l.startsWith('INFO:root:Executing')).map((l) => l.replace(/^INFO:root:Executing (and capturing )?/, ''))
   const eks = await runDeploy(makeRepo(), ['--dry-run', 'staginghub'], { env: { ...AWS, ...ECR } })
@@ -241,14 +241,14 @@ test('--dry-run shows the chosen providers\' commands and runs none of them', as
   assert.ok(!(kube.stdout + kube.stderr).includes(PASSWORD))
 })
 
-test('a cloud CLI that prints no token fails the run naming the command, before docker login', async () => {
+test('a cloud CLI that prints no token fails the run naming the command, before docker login', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['staginghub'], { env: { ...AWS, ...ECR }, rules: [HELM3, { tool: 'aws', match: '^ecr', stdout: '' }] })
   assert.equal(r.code, 1)
   assert.match(r.stderr, /aws ecr get-login-password printed no token/)
   assert.ok(!r.commands.some((c) => c.startsWith('docker login')))
 })
 
-test('docs/clusters.md: its deploy.ts example runs as written and plans the provider\'s commands', async () => {
+test('docs/clusters.md: its deploy.ts example runs as written and plans the provider\'s commands', { timeout: 15_000 }, async () => {
   const doc = fs.readFileSync(path.join(ROOT, 'docs/clusters.md'), 'utf8')
   const lines = doc.split('\n').filter((l) => /npx tsx deploy\.ts /.test(l))
   assert.ok(lines.length >= 1)

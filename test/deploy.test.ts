@@ -14,7 +14,7 @@ const history = (...statuses: string[]): Rule => ({
 })
 const userTag = (repo: string) => git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', 'user-images/staginghub')
 
-test('Helm 2: the whole CI run matches the original command for command', async () => {
+test('Helm 2: the whole CI run matches the original command for command', { timeout: 20_000 }, async () => {
   const repo = makeRepo()
   const t1 = userTag(repo)
   const t2 = commit(repo, { 'user-images/staginghub/Dockerfile': 'FROM scratch\nLABEL v=2\n' })
@@ -47,7 +47,7 @@ test('Helm 2: the whole CI run matches the original command for command', async 
   assert.match(r.stdout, new RegExp(`Using ${USER}:${t2} as user image for staginghub`))
 })
 
-test('Helm 3: no --force, a timeout with a unit, --create-namespace, the release revision read back', async () => {
+test('Helm 3: no --force, a timeout with a unit, --create-namespace, the release revision read back', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const tag = userTag(repo)
   const r = await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub'], {
@@ -112,7 +112,7 @@ test('kubectl more than one minor version away from the cluster gets one warning
   assert.doesNotMatch(near.stderr, /minor version/)
 })
 
-test('the monitoring chart deploys from monitoring/ with no image tags', async () => {
+test('the monitoring chart deploys from monitoring/ with no image tags', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo({ monitoring: true }), ['--no-setup', '--deploy', 'monitoring'], { rules: [HELM3] })
   assert.equal(r.code, 0, r.stderr)
   const upgrade = r.commands.find((c) => c.startsWith('helm upgrade'))!
@@ -120,7 +120,7 @@ test('the monitoring chart deploys from monitoring/ with no image tags', async (
   assert.match(r.calls.find((c) => c.argv.join(' ') === 'dep up')!.cwd, /\/monitoring$/)
 })
 
-test('a hub image sets jupyterhub.hub.image.tag after the user image tag', async () => {
+test('a hub image sets jupyterhub.hub.image.tag after the user image tag', { timeout: 15_000 }, async () => {
   const repo = makeRepo({ hubImages: ['staginghub'] })
   const hubTag = git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', 'hub-images/staginghub')
   const r = await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub'], { rules: [HELM3] })
@@ -129,14 +129,14 @@ test('a hub image sets jupyterhub.hub.image.tag after the user image tag', async
   assert.match(r.stdout, /as hub image for staginghub/)
 })
 
-test('an empty deployment list skips the wait with a message', async () => {
+test('an empty deployment list skips the wait with a message', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], { rules: [HELM3, { tool: 'kubectl', match: 'get deployments', stdout: '\n' }] })
   assert.equal(r.code, 0, r.stderr)
   assert.match(r.stderr, /no deployments in namespace staginghub: nothing to wait for/)
   assert.ok(!r.commands.some((c) => c.startsWith('kubectl rollout status')))
 })
 
-test('rollouts run at once, each output line prefixed with its deployment', async () => {
+test('rollouts run at once, each output line prefixed with its deployment', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
     rules: [HELM3, deployments,
       { tool: 'kubectl', match: 'rollout status .* deployment.apps/hub', sleepMs: 1500, stdout: 'deployment "hub" successfully rolled out\n' },
@@ -149,7 +149,7 @@ test('rollouts run at once, each output line prefixed with its deployment', asyn
   assert.ok(second - first < 1500, 'the second wait started while the first (1.5 s) was still running')
 })
 
-test('a kubectl that ignores its own --timeout is stopped by the run\'s limit on the process', async () => {
+test('a kubectl that ignores its own --timeout is stopped by the run\'s limit on the process', { timeout: 195_000 }, async () => {
   // ROLLOUT_TIMEOUT=1s: kubectl is told 1 s and the run stops it 60 s later; this one would
   // hang for 2.5 minutes and then report success.
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
@@ -164,7 +164,7 @@ test('a kubectl that ignores its own --timeout is stopped by the run\'s limit on
   assert.throws(() => process.kill(wait.pid, 0), 'the hanging kubectl was stopped')
 })
 
-test('a failed rollout prints events, pods and helm status, then exits 1', async () => {
+test('a failed rollout prints events, pods and helm status, then exits 1', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
     rules: [HELM3, deployments,
       { tool: 'kubectl', match: 'rollout status .* deployment.apps/proxy', exit: 1, stderr: 'error: timed out waiting for the condition\n' },
@@ -180,7 +180,7 @@ test('a failed rollout prints events, pods and helm status, then exits 1', async
   assert.match(r.stderr, /ERROR: rollout of deployment.apps\/proxy did not finish within 10m/)
 })
 
-test('a failed helm upgrade prints the diagnostics too (Helm 2: helm status without namespace)', async () => {
+test('a failed helm upgrade prints the diagnostics too (Helm 2: helm status without namespace)', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
     rules: [HELM2, { tool: 'helm', match: '^upgrade', exit: 1, stderr: 'Error: UPGRADE FAILED: timed out waiting for the condition\n' }],
   })
@@ -190,7 +190,7 @@ test('a failed helm upgrade prints the diagnostics too (Helm 2: helm status with
 })
 
 for (const state of ['pending-install', 'pending-upgrade', 'pending-rollback']) {
-  test(`a release stuck in ${state} is refused with the repair, and --recover repairs it`, async () => {
+  test(`a release stuck in ${state} is refused with the repair, and --recover repairs it`, { timeout: 25_000 }, async () => {
     const statuses = state === 'pending-install' ? [state] : ['superseded', 'deployed', state]
     const repo = makeRepo()
     const helmRefuses: Rule = { tool: 'helm', match: '^upgrade', exit: 1, stderr: 'Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress\n' }
@@ -210,7 +210,7 @@ for (const state of ['pending-install', 'pending-upgrade', 'pending-rollback']) 
 /** The commands a run announced (`INFO:root:Executing ...` on stderr), without the prefix. */
 const announced = (stderr: string) => stderr.split('\n').filter((l) => l.startsWith('INFO:root:Executing ')).map((l) => l.slice('INFO:root:'.length))
 
-test('--dry-run announces every command in order as a real run does (stderr, INFO:root:Executing), redacted, and runs nothing but read-only probes', async () => {
+test('--dry-run announces every command in order as a real run does (stderr, INFO:root:Executing), redacted, and runs nothing but read-only probes', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const r = await runDeploy(repo, ['--dry-run', '--build', '--push', '--deploy', 'staginghub'], { rules: [HELM2] })
   assert.equal(r.code, 0, r.stderr)
@@ -229,7 +229,7 @@ test('--dry-run announces every command in order as a real run does (stderr, INF
   assert.ok(!(r.stdout + r.stderr).includes(PASSWORD) && !(r.stdout + r.stderr).includes(SECRET_TOKEN))
 })
 
-test('a real run announces the same lines as its dry run (which also lists setup\'s unannounced commands)', async () => {
+test('a real run announces the same lines as its dry run (which also lists setup\'s unannounced commands)', { timeout: 20_000 }, async () => {
   const repo = makeRepo({ hubImages: ['staginghub'] })
   const args = ['--build', '--push', '--deploy', 'staginghub']
   // Both images changed in the range and their cache images exist: the real run does what the plan assumes.
@@ -251,7 +251,7 @@ test('a real run announces the same lines as its dry run (which also lists setup
   for (const line of SETUP_COMMANDS[3]) assert.ok(planned.includes(`Executing${line.startsWith('gcloud auth') || line.startsWith('docker login') ? ' and capturing' : ''} ${line}`), line)
 })
 
-test('--dry-run with no helm on PATH plans for Helm 3 and says so', async () => {
+test('--dry-run with no helm on PATH plans for Helm 3 and says so', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const r = await runDeploy(repo, ['--dry-run', '--no-setup', '--deploy', 'staginghub'], { path: '/usr/bin:/bin', noStandins: true })
   assert.equal(r.code, 0, r.stderr)
@@ -259,7 +259,7 @@ test('--dry-run with no helm on PATH plans for Helm 3 and says so', async () => 
   assert.match(r.stderr, /^INFO:root:Executing helm upgrade --install .* --timeout 600s --cleanup-on-fail --create-namespace/m)
 })
 
-test('--dry-run on a fresh clone (secrets still locked or absent) notes them and plans the whole run', async () => {
+test('--dry-run on a fresh clone (secrets still locked or absent) notes them and plans the whole run', { timeout: 15_000 }, async () => {
   const repo = makeRepo({ noSetupSecrets: true })
   git(repo, 'rm', '-q', 'secrets/staginghub.yaml')
   const r = await runDeploy(repo, ['--dry-run', '--build', '--push', '--deploy', 'staginghub'], { path: '/usr/bin:/bin', noStandins: true })

@@ -17,7 +17,7 @@ const read = (file: string) => fs.readFileSync(path.join(ROOT, file), 'utf8')
 const sources = () => ['deploy.ts', ...fs.readdirSync(path.join(ROOT, 'lib')).filter((f) => f.endsWith('.ts')).map((f) => `lib/${f}`)].map(read).join('\n')
 const markdown = ['README.md', ...fs.readdirSync(path.join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)]
 
-test('relative links in README and docs/ point at files that exist', () => {
+test('relative links in README and docs/ point at files that exist', { timeout: 5_000 }, () => {
   for (const file of markdown) {
     for (const [, target] of read(file).matchAll(/\]\(([^)#\s]+)(?:#[^)]*)?\)/g)) {
       if (/^[a-z]+:/.test(target)) continue
@@ -26,7 +26,7 @@ test('relative links in README and docs/ point at files that exist', () => {
   }
 })
 
-test('the README documents every flag of --help and every exit code', () => {
+test('the README documents every flag of --help and every exit code', { timeout: 5_000 }, () => {
   const source = sources()
   const usage = /const USAGE = `([\s\S]*?)`/.exec(source)![1]
   const readme = read('README.md')
@@ -34,7 +34,7 @@ test('the README documents every flag of --help and every exit code', () => {
   for (const code of ['0', '1', '2', '3', '130', '143']) assert.match(readme, new RegExp(`\\| ${code}|${code} \\|| ${code} /|/ ${code} `), `exit code ${code}`)
 })
 
-test('CI workflow files are valid YAML and call deploy.ts only with documented flags', () => {
+test('CI workflow files are valid YAML and call deploy.ts only with documented flags', { timeout: 5_000 }, () => {
   const files = ['.travis.yml', ...(fs.existsSync(path.join(ROOT, '.github/workflows')) ? fs.readdirSync(path.join(ROOT, '.github/workflows')).map((f) => `.github/workflows/${f}`) : [])]
   const readme = read('README.md')
   for (const file of files) {
@@ -55,7 +55,7 @@ const fenced = (text: string) => [...text.matchAll(/^( *)```(\w*)\n([\s\S]*?)^\1
 const stderrLines = (r: RunResult, prefix: RegExp) => r.stderr.split('\n').filter((l) => prefix.test(l))
 const PODS: Rule = { tool: 'kubectl', match: 'get pods', stdout: 'pod/hub-1\npod/proxy-2\n' }
 
-test('docs/plugins.md: every example runs as written', async () => {
+test('docs/plugins.md: every example runs as written', { timeout: 50_000 }, async () => {
   const doc = read('docs/plugins.md')
   const blocks = fenced(doc)
   const example = blocks.find((b) => b.lang === 'ts' && b.lines[0].startsWith('// plugins/freeze.ts'))!
@@ -106,7 +106,7 @@ test('docs/plugins.md: every example runs as written', async () => {
 
 const ciFiles = ['.travis.yml', '.github/workflows/deploy.yml', '.github/actions/tools/action.yml']
 
-test('CI files pin third-party actions by commit and use one helm and one kubectl version', () => {
+test('CI files pin third-party actions by commit and use one helm and one kubectl version', { timeout: 5_000 }, () => {
   const versions = { helm: new Set<string>(), kubectl: new Set<string>() }
   for (const file of ciFiles) {
     const text = read(file)
@@ -129,7 +129,7 @@ test('CI files pin third-party actions by commit and use one helm and one kubect
   assert.deepEqual([...versions.kubectl], ['1.35.2'], 'kubectl versions in CI files')
 })
 
-test('CI deploys monitoring after the production hubs and installs the runtime only', () => {
+test('CI deploys monitoring after the production hubs and installs the runtime only', { timeout: 5_000 }, () => {
   const workflow = YAML.parse(read('.github/workflows/deploy.yml'))
   assert.deepEqual(workflow.jobs.monitoring.needs, ['changes', 'staging', 'production'])
   assert.match(workflow.jobs.changes.steps.find((s: { id?: string }) => s.id === 'changed').run, /select\(\. != "staginghub" and \. != "monitoring"\)/)
@@ -233,7 +233,7 @@ function runExample(repo: string, bin: string, work: string, hub: string, comman
   return spawnSync('bash', ['-c', `set -eo pipefail\n${command.replaceAll('<hub>', 'new-hub')}`], { cwd: repo, env, encoding: 'utf8' })
 }
 
-after(() => stopServers())
+after(() => stopServers(), { timeout: 30_000 })
 
 for (const file of markdown) {
   const { examples, files } = docExamples(file)
@@ -259,7 +259,7 @@ for (const file of markdown) {
   })
 }
 
-test('deploy.ts commands quoted in the prose name only charts this repository has', () => {
+test('deploy.ts commands quoted in the prose name only charts this repository has', { timeout: 5_000 }, () => {
   const charts = new Set([...fs.readdirSync(path.join(ROOT, 'hub-charts')), 'monitoring'])
   const valued = new Set(['--parallel', '--changed', '--plugin', '--env-file', '--dotenv'])
   // performance.md describes the benchmarks' own fixture charts (hub1 … hub6).
@@ -275,7 +275,7 @@ test('deploy.ts commands quoted in the prose name only charts this repository ha
   }
 })
 
-test('docs/port.md covers every function of deploy.py and names only functions deploy.ts has', () => {
+test('docs/port.md covers every function of deploy.py and names only functions deploy.ts has', { timeout: 5_000 }, () => {
   const port = read('docs/port.md')
   const headings = [...port.matchAll(/^## (.+)$/gm)].map(([, h]) => h)
   for (const fn of ['setup_auth', 'setup_helm', 'setup_docker', 'last_git_modified', 'get_previous_image_spec', 'image_requires_build', 'build_hub_image', 'build_user_image', 'deploy', 'main']) {
@@ -291,7 +291,7 @@ test('docs/port.md covers every function of deploy.py and names only functions d
   }
 })
 
-test('CI: a pull request validates the changed charts, diffs them with read-only credentials, and comments once', () => {
+test('CI: a pull request validates the changed charts, diffs them with read-only credentials, and comments once', { timeout: 5_000 }, () => {
   const plan = YAML.parse(read('.github/workflows/deploy.yml')).jobs.plan
   assert.match(plan.if, /github\.event_name == 'pull_request'/)
   assert.deepEqual(plan.permissions, { contents: 'read', 'pull-requests': 'write' })

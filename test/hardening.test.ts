@@ -24,7 +24,7 @@ function recordingPlugin(repo: string): string {
 }
 
 for (const [signal, code] of [['SIGTERM', 143], ['SIGINT', 130]] as const) {
-  test(`${signal} during helm upgrade: passed to the child, fail hooks run with cancelled, exit ${code}, no orphan`, async () => {
+  test(`${signal} during helm upgrade: passed on as ${signal} to the running command, fail hooks run with cancelled, exit ${code}, no orphan`, { timeout: 25_000 }, async () => {
     const repo = makeRepo()
     const failFile = recordingPlugin(repo)
     let sent = false
@@ -42,11 +42,13 @@ for (const [signal, code] of [['SIGTERM', 143], ['SIGINT', 130]] as const) {
     const upgrade = r.calls.find((c) => c.argv[0] === 'upgrade')!
     assert.ok(upgrade, 'the upgrade was running')
     assert.equal(alive(upgrade.pid), false, 'the helm child was stopped with the run')
+    // Tools clean up differently on each: the signal is passed on as it came.
+    assert.deepEqual(r.signals, [{ tool: 'helm', pid: upgrade.pid, signal }])
     assert.equal(fs.readFileSync(failFile, 'utf8'), 'cancelled deploy\n')
   })
 }
 
-test('in CI, a silent long command gets heartbeat lines naming what it waits for', async () => {
+test('in CI, a silent long command gets heartbeat lines naming what it waits for', { timeout: 30_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
     env: { HEARTBEAT_INTERVAL: '1s' },
     rules: [HELM3, { tool: 'helm', match: '^upgrade', sleepMs: 3500 }],
@@ -57,7 +59,7 @@ test('in CI, a silent long command gets heartbeat lines naming what it waits for
   assert.match(beats[0], /\(\d+s\)$/)
 })
 
-test('a command that keeps printing gets no heartbeat lines', async () => {
+test('a command that keeps printing gets no heartbeat lines', { timeout: 55_000 }, async () => {
   // It prints every 100 ms for 11 s; a heartbeat would need 5 s of silence (it would get two).
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
     env: { HEARTBEAT_INTERVAL: '5s' },
@@ -68,14 +70,14 @@ test('a command that keeps printing gets no heartbeat lines', async () => {
   assert.deepEqual(r.stdout.split('\n').filter((l) => l.includes('still waiting')), [])
 })
 
-test('Travis: each phase is a fold', async () => {
+test('Travis: each phase is a fold', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], { env: { TRAVIS: 'true' }, rules: [HELM3] })
   assert.equal(r.code, 0, r.stderr)
   const folds = r.stdout.split('\n').filter((l) => l.startsWith('travis_fold:'))
   assert.deepEqual(folds, ['travis_fold:start:deploy', 'travis_fold:end:deploy', 'travis_fold:start:rollout', 'travis_fold:end:rollout'])
 })
 
-test('GitHub Actions: each phase is a group, a failure an ::error:: annotation', async () => {
+test('GitHub Actions: each phase is a group, a failure an ::error:: annotation', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
     env: { GITHUB_ACTIONS: 'true' },
     rules: [HELM3, { tool: 'helm', match: '^upgrade', exit: 1 }],
@@ -86,7 +88,7 @@ test('GitHub Actions: each phase is a group, a failure an ::error:: annotation',
   assert.match(r.stdout, /^::error::helm upgrade --install --namespace staginghub staginghub hub-charts\/staginghub .*… exited with 1$/m)
 })
 
-test('secrets a failing tool prints are redacted from the output and the error', async () => {
+test('secrets a failing tool prints are redacted from the output and the error', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['--deploy', 'staginghub'], {
     rules: [HELM3, { tool: 'helm', match: '^upgrade', exit: 1, stderr: `Error: values: secretToken=${SECRET_TOKEN} password=${PASSWORD}\n` }],
   })
@@ -94,14 +96,14 @@ test('secrets a failing tool prints are redacted from the output and the error',
   assert.match(r.stderr, /secretToken=\*\*\* password=\*\*\*/)
 })
 
-test('the secret scan every scenario gets does find a leak', () => {
-  const call = { tool: 'docker', argv: ['login', '-p', PASSWORD], cwd: '', stdinSha256: null, dockerPluginsLinked: null, env: {}, pid: 1, startedAt: 0 }
+test('the secret scan every scenario gets does find a leak', { timeout: 5_000 }, () => {
+  const call = { tool: 'docker', argv: ['login', '-p', PASSWORD], cwd: '', stdin: 'none' as const, stdinSha256: null, dockerPluginsLinked: null, env: {}, pid: 1, startedAt: 0 }
   assert.match(findLeak({ stdout: '', stderr: '', calls: [call] }, [PASSWORD])!, /argv of docker/)
   assert.match(findLeak({ stdout: `x ${SECRET_TOKEN}`, stderr: '', calls: [] }, [SECRET_TOKEN])!, /output/)
   assert.equal(findLeak({ stdout: '***', stderr: '', calls: [] }, [PASSWORD]), undefined)
 })
 
-test('a bound that is hit names what was being waited for', async () => {
+test('a bound that is hit names what was being waited for', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['--no-setup', '--build', 'staginghub'], {
     env: { BUILD_TIMEOUT: '1s' },
     rules: [HELM3, { tool: 'docker', match: '^manifest', exit: 1, stderr: 'no such manifest\n' }, { tool: 'docker', match: '^build', sleepMs: 20_000 }],
@@ -110,7 +112,7 @@ test('a bound that is hit names what was being waited for', async () => {
   assert.match(r.stderr, /ERROR: docker build -t earthlabhubops\/ea-k8s-user-staginghub:\w+ user-images\/staginghub was stopped by SIGTERM \(limit 1s\)/)
 })
 
-test('a blocking plugin hook that hangs is bounded by HOOK_TIMEOUT and named', async () => {
+test('a blocking plugin hook that hangs is bounded by HOOK_TIMEOUT and named', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   commit(repo, { 'plugins/stuck.ts': "export default { name: 'stuck', afterDeploy: () => new Promise(() => {}) }\n" })
   const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'stuck', 'staginghub'], { env: { HOOK_TIMEOUT: '1s' } })
@@ -119,7 +121,7 @@ test('a blocking plugin hook that hangs is bounded by HOOK_TIMEOUT and named', a
   assert.ok(!r.commands.some((c) => c.startsWith('kubectl rollout')))
 })
 
-test('secret-looking values of the environment and .env are redacted from relayed output', async () => {
+test('secret-looking values of the environment and .env are redacted from relayed output', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const token = 'ghp_0123456789abcdefTOKEN'
   const hook = 'https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXX'
@@ -133,7 +135,7 @@ test('secret-looking values of the environment and .env are redacted from relaye
   assert.match(r.stdout, /token \*\*\* hook \*\*\*/)
 })
 
-test('every secret-looking key of the environment and .env is masked, whatever its case; ordinary values are not', async () => {
+test('every secret-looking key of the environment and .env is masked, whatever its case; ordinary values are not', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   // One key per ending the rule names (docs/configuration.md), and keys that only look close.
   const secret = {

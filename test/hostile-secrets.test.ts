@@ -10,7 +10,7 @@ import { HOSTILE as H, hostileRun, assertRefused, show } from './support/hostile
 import { startServer, closedPort, stopServers } from './support/http.ts'
 import { secretKey, ordinaryValue, Secrets } from '../deploy.ts'
 
-after(stopServers)
+after(stopServers, { timeout: 30_000 })
 
 const shipped = (name: string) => path.join(ROOT, 'plugins', `${name}.ts`)
 const b64 = (s: string) => Buffer.from(s).toString('base64')
@@ -29,13 +29,13 @@ const errorLines = (stderr: string) => stderr.split('\n').filter((l) => l.starts
 // ---------------------------------------------------------------------------------------
 // Class 1: secrets
 
-test('secrets file that is not YAML: file and line named, its content never shown, nothing run', async () => {
+test('secrets file that is not YAML: file and line named, its content never shown, nothing run', { timeout: 15_000 }, async () => {
   const repo = repoWith({ 'secrets/staginghub.yaml': `jupyterhub:\n  proxy:\n    secretToken: ${H.token}\n  hub: [${H.password}\n    cookieSecret: x\n` })
   const r = await hostileRun(repo, DEPLOY, { secrets: [H.token, H.password] })
   assertRefused(r, /^ERROR: secrets\/staginghub\.yaml:\d+: not valid YAML \([a-z ]+\); fix the file \(its content is not shown: it holds secrets\)$/)
 })
 
-test('secrets file that is not YAML under --dry-run: noted in the plan by file and line, no content', async () => {
+test('secrets file that is not YAML under --dry-run: noted in the plan by file and line, no content', { timeout: 15_000 }, async () => {
   const repo = repoWith({ 'secrets/staginghub.yaml': `jupyterhub:\n  proxy:\n    secretToken: "${H.token}\n  hub: {a: [${H.password}}\n` })
   const r = await hostileRun(repo, ['--dry-run', ...DEPLOY], { secrets: [H.token, H.password] })
   assert.equal(r.code, 0, show(r))
@@ -43,14 +43,14 @@ test('secrets file that is not YAML under --dry-run: noted in the plan by file a
   assert.equal(r.calls.filter((c) => c.argv[0] !== 'version').length, 0, show(r))
 })
 
-test('a value YAML reads as a number is masked as written and as parsed', async () => {
+test('a value YAML reads as a number is masked as written and as parsed', { timeout: 15_000 }, async () => {
   const repo = repoWith({ 'secrets/staginghub.yaml': `jupyterhub:\n  hub:\n    config:\n      GitHubOAuthenticator:\n        client_id: ${H.number}\n` })
   const r = await hostileRun(repo, DEPLOY, { secrets: [H.number], rules: helmPrints(`client_id=${H.number} parsed=${Number(H.number)}\n`) })
   assert.equal(r.code, 0, show(r))
   assert.match(r.stdout, /^client_id=\*\*\* parsed=\*\*\*$/m)
 })
 
-test('values under secret-looking keys are masked whatever their length; a small number under one is not (issue 18)', async () => {
+test('values under secret-looking keys are masked whatever their length; a small number under one is not (issue 18)', { timeout: 20_000 }, async () => {
   const repo = repoWith({ 'secrets/staginghub.yaml': `db:\n  password: 4711\n  apiKey: x9z\n  authToken: ${H.token}\n` })
   const r = await hostileRun(repo, DEPLOY, { secrets: [H.token], rules: helmPrints(`pw=4711 key=x9z token=${H.token} word=x9zq\n`) })
   assert.equal(r.code, 0, show(r))
@@ -58,7 +58,7 @@ test('values under secret-looking keys are masked whatever their length; a small
   assert.match(r.stdout, /^pw=4711 key=\*\*\* token=\*\*\* word=x9zq$/m)
 })
 
-test('booleans, small numbers, short words and paths are not masked (secrets file, .env and environment)', async () => {
+test('booleans, small numbers, short words and paths are not masked (secrets file, .env and environment)', { timeout: 30_000 }, async () => {
   const repo = repoWith({
     'secrets/staginghub.yaml': `jupyterhub:\n  proxy:\n    secretToken: ${H.token}\n    https:\n      enabled: true\n      port: 1000\n  auth:\n    type: github\n  singleuser:\n    storage: 10Gi\n`,
   })
@@ -70,7 +70,7 @@ test('booleans, small numbers, short words and paths are not masked (secrets fil
   assert.match(r.stdout, /^staginghub +rollout +ok/m)
 })
 
-test('credentials in any URL a tool prints are masked (userinfo), registered or not', async () => {
+test('credentials in any URL a tool prints are masked (userinfo), registered or not', { timeout: 20_000 }, async () => {
   const r = await hostileRun(makeRepo(), DEPLOY, {
     secrets: [H.url],
     rules: helmPrints(`Get "https://robot:${H.url}@charts.example.org/index.yaml": 401\nalso oci://${H.url}@registry.example.org/x\n`),
@@ -80,7 +80,7 @@ test('credentials in any URL a tool prints are masked (userinfo), registered or 
   assert.match(r.stdout, /^also oci:\/\/\*\*\*@registry\.example\.org\/x$/m)
 })
 
-test('health-check URL with credentials: sent as basic auth, never printed', async () => {
+test('health-check URL with credentials: sent as basic auth, never printed', { timeout: 15_000 }, async () => {
   const server = await startServer([{ status: 200, body: { version: '5.2.1' } }])
   const r = await hostileRun(makeRepo(), ['--no-setup', '--deploy', '--plugin', shipped('health-check'), 'staginghub'], {
     env: { HUB_URL_STAGINGHUB: `http://hubadmin:${H.url}@127.0.0.1:${server.port}/` },
@@ -94,7 +94,7 @@ test('health-check URL with credentials: sent as basic auth, never printed', asy
   await server.close()
 })
 
-test('health-check URL with credentials that never answers: the failure names the URL, not the password', async () => {
+test('health-check URL with credentials that never answers: the failure names the URL, not the password', { timeout: 15_000 }, async () => {
   const port = await closedPort()
   const r = await hostileRun(makeRepo(), ['--no-setup', '--deploy', '--plugin', shipped('health-check'), 'staginghub'], {
     env: { HUB_URL_STAGINGHUB: `http://hubadmin:${encodeURIComponent(H.password)}@127.0.0.1:${port}/`, HEALTH_CHECK_TIMEOUT: '1s' },
@@ -105,7 +105,7 @@ test('health-check URL with credentials that never answers: the failure names th
   assert.match(errorLines(r.stderr)[0], new RegExp(`^ERROR: plugin health-check afterRollout: http://127\\.0\\.0\\.1:${port}/hub/api did not answer`))
 })
 
-test('base64 forms of secrets (rendered Secret manifests, docker auth) are masked in relayed output', async () => {
+test('base64 forms of secrets (rendered Secret manifests, docker auth) are masked in relayed output', { timeout: 15_000 }, async () => {
   const manifest = [
     'Error: UPGRADE FAILED: cannot patch Secret "hub":',
     `  proxy.token: ${b64(SECRET_TOKEN)}`,
@@ -125,7 +125,7 @@ test('base64 forms of secrets (rendered Secret manifests, docker auth) are maske
   }
 })
 
-test('URL-encoded and JSON-escaped forms of a secret with special characters are masked', async () => {
+test('URL-encoded and JSON-escaped forms of a secret with special characters are masked', { timeout: 15_000 }, async () => {
   const special = 'Hj3#kP9!m"W2\\xQ7$ z'
   const repo = repoWith({ 'secrets/staginghub.yaml': `postgres:\n  password: '${special}'\n` })
   const text = `dsn=postgres://app@db/x?password=${encodeURIComponent(special)} form=${encodeURIComponent(special).replace(/%20/g, '+')} json=${JSON.stringify({ pw: special })}\n`
@@ -134,7 +134,7 @@ test('URL-encoded and JSON-escaped forms of a secret with special characters are
   assert.match(r.stdout, /^dsn=postgres:\/\/\*\*\*@db\/x\?password=\*\*\* form=\*\*\* json=\{"pw":"\*\*\*"\}$/m)
 })
 
-test('a multi-line value (block scalar) is masked whole, line by line and JSON-escaped', async () => {
+test('a multi-line value (block scalar) is masked whole, line by line and JSON-escaped', { timeout: 15_000 }, async () => {
   const indented = H.multiline.split('\n').map((l) => `        ${l}`).join('\n')
   const repo = repoWith({ 'secrets/staginghub.yaml': `jupyterhub:\n  proxy:\n    https:\n      key: |\n${indented}\n` })
   const [first, , last] = H.multiline.split('\n')
@@ -144,21 +144,21 @@ test('a multi-line value (block scalar) is masked whole, line by line and JSON-e
   assert.match(r.stdout, /^first: \*\*\*\nlast: \*\*\*\n\*\*\*\nkey="\*\*\*"$/m)
 })
 
-test('a shortened message is masked before the cut: no part of a secret at its end', async () => {
+test('a shortened message is masked before the cut: no part of a secret at its end', { timeout: 15_000 }, async () => {
   const repo = repoWithPlugin('long', `verify(ctx: { config: { env: Record<string, string> } }) { throw new Error('x'.repeat(480) + ctx.config.env.DEPLOY_HOOK_TOKEN + 'y'.repeat(40)) }`)
   const r = await hostileRun(repo, ['--no-setup', '--deploy', '--plugin', 'long', 'staginghub'], { env: { DEPLOY_HOOK_TOKEN: H.token }, secrets: [H.token] })
   assertRefused(r, /^ERROR: plugin long verify: x{480}\*\*\*y+…$/, 3)
   assert.ok(errorLines(r.stderr)[0].length <= 'ERROR: plugin long verify: '.length + 500, show(r))
 })
 
-test('a plugin that fails to load with a secret in its error: exit 2, masked', async () => {
+test('a plugin that fails to load with a secret in its error: exit 2, masked', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   commit(repo, { 'plugins/loader.ts': `import fs from 'node:fs'\nthrow new Error('bad config: ' + fs.readFileSync('secrets/staginghub.yaml', 'utf8').replace(/\\n/g, ' '))\n` })
   const r = await hostileRun(repo, ['--no-setup', '--deploy', '--plugin', 'loader', 'staginghub'])
   assertRefused(r, /^ERROR: plugins\/loader\.ts: plugin failed to load: bad config: jupyterhub: +proxy: +secretToken: \*\*\*/)
 })
 
-test('a plugin hook that throws a secret: masked in the error and the GitHub annotation, exit 1', async () => {
+test('a plugin hook that throws a secret: masked in the error and the GitHub annotation, exit 1', { timeout: 15_000 }, async () => {
   const repo = repoWithPlugin('leaky', `afterDeploy(ctx: { config: { env: Record<string, string> } }) { throw new Error('cannot post with ' + ctx.config.env.SLACK_WEBHOOK_URL + '\\n' + 'second line') }`)
   const hook = `https://hooks.slack.com/services/T0/B0/${H.token}`
   const r = await hostileRun(repo, ['--no-setup', '--deploy', '--plugin', 'leaky', 'staginghub'], { env: { SLACK_WEBHOOK_URL: hook, GITHUB_ACTIONS: 'true' }, secrets: [hook, H.token] })
@@ -168,7 +168,7 @@ test('a plugin hook that throws a secret: masked in the error and the GitHub ann
   assert.ok(!r.commands.some((c) => c.startsWith('kubectl rollout')), show(r))
 })
 
-test('a promise a plugin never awaits rejects with a secret: one masked line, exit 1, credentials removed', async () => {
+test('a promise a plugin never awaits rejects with a secret: one masked line, exit 1, credentials removed', { timeout: 15_000 }, async () => {
   const repo = repoWithPlugin('unawaited', `afterDeploy(ctx: { config: { env: Record<string, string> } }) { Promise.reject(new Error('async ' + ctx.config.env.API_TOKEN)); return new Promise((r) => setTimeout(r, 5000)) }`)
   const r = await hostileRun(repo, ['--deploy', '--plugin', 'unawaited', 'staginghub'], { env: { API_TOKEN: H.token }, secrets: [H.token] })
   assert.equal(r.code, 1, show(r))
@@ -177,7 +177,7 @@ test('a promise a plugin never awaits rejects with a secret: one masked line, ex
   assert.ok(!r.commands.some((c) => c.startsWith('kubectl rollout')), show(r))
 })
 
-test('an exception thrown in a plugin callback: one masked line, exit 1', async () => {
+test('an exception thrown in a plugin callback: one masked line, exit 1', { timeout: 15_000 }, async () => {
   const repo = repoWithPlugin('callback', `verify(ctx: { config: { env: Record<string, string> } }) { setTimeout(() => { throw new TypeError('cb ' + ctx.config.env.DB_PASSWORD) }, 10); return new Promise((r) => setTimeout(r, 5000)) }`)
   const r = await hostileRun(repo, ['--no-setup', '--deploy', '--plugin', 'callback', 'staginghub'], { env: { DB_PASSWORD: H.password }, secrets: [H.password] })
   assert.equal(r.code, 1, show(r))
@@ -185,7 +185,7 @@ test('an exception thrown in a plugin callback: one masked line, exit 1', async 
   assert.deepEqual(r.commands.filter((c) => !c.startsWith('helm version')), [], show(r))
 })
 
-test('a fail hook that throws a secret: a masked warning, the first failure\'s exit code kept', async () => {
+test('a fail hook that throws a secret: a masked warning, the first failure\'s exit code kept', { timeout: 15_000 }, async () => {
   const repo = repoWithPlugin('failing', `fail(ctx: { config: { env: Record<string, string> } }) { throw new Error('notify failed: ' + ctx.config.env.NOTIFY_TOKEN) }`)
   const r = await hostileRun(repo, ['--no-setup', '--deploy', '--plugin', 'failing', 'staginghub'], {
     env: { NOTIFY_TOKEN: H.token },
@@ -196,7 +196,7 @@ test('a fail hook that throws a secret: a masked warning, the first failure\'s e
   assert.match(r.stderr, /^WARNING: plugin failing fail failed: notify failed: \*\*\*$/m)
 })
 
-test('a failing command\'s last line in the error is masked (docker login echoing the password)', async () => {
+test('a failing command\'s last line in the error is masked (docker login echoing the password)', { timeout: 15_000 }, async () => {
   const r = await hostileRun(makeRepo(), ['staginghub'], {
     rules: [HELM3, { tool: 'docker', match: '^login', exit: 1, stderr: `Error response from daemon: Get "https://registry-1.docker.io/v2/": unauthorized: incorrect password ${PASSWORD}\n` }],
   })
@@ -204,25 +204,25 @@ test('a failing command\'s last line in the error is masked (docker login echoin
   assert.match(errorLines(r.stderr)[0], /^ERROR: docker login -u earthlabcu --password-stdin exited with 1: Error response .*unauthorized: incorrect password \*\*\*$/)
 })
 
-test('a service account key that is not JSON: exit 2 naming the file, content never shown', async () => {
+test('a service account key that is not JSON: exit 2 naming the file, content never shown', { timeout: 15_000 }, async () => {
   const repo = repoWith({ 'secrets/gke-auth-key.json': `{"type": "service_account", "private_key": "${H.multiline.replace(/\n/g, '\\n')}` })
   const r = await hostileRun(repo, ['staginghub'], { secrets: [H.multiline] })
   assertRefused(r, /^ERROR: secrets\/gke-auth-key\.json: GCLOUD_KEY_FILE \(the Google Cloud credential file\) is not valid JSON; download it again \(its content is not shown: it holds secrets\)$/)
 })
 
-test('an empty Docker password file: exit 2 naming the file and the key', async () => {
+test('an empty Docker password file: exit 2 naming the file and the key', { timeout: 15_000 }, async () => {
   const r = await hostileRun(repoWith({ 'secrets/dockerhub': '\n' }), ['staginghub'])
   assertRefused(r, /^ERROR: secrets\/dockerhub: DOCKER_PASSWORD_FILE \(the Docker Hub password\) is empty; put the credential in it$/)
 })
 
-test('a .env line that does not parse is named by line, its content (a secret) never shown', async () => {
+test('a .env line that does not parse is named by line, its content (a secret) never shown', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   commit(repo, { '.env': `GKE_ZONE=europe-west1-b\nthis line holds ${H.token}\n` })
   const r = await hostileRun(repo, DEPLOY, { secrets: [H.token] })
   assertRefused(r, /^ERROR: \.env:2: not a KEY=VALUE line; fix or remove it$/)
 })
 
-test('the masking rule, both directions: which keys and which values are secrets', () => {
+test('the masking rule, both directions: which keys and which values are secrets', { timeout: 5_000 }, () => {
   for (const key of ['secretToken', 'DOCKER_PASSWORD', 'client-secret', 'apiKey', 'GIT_CRYPT_KEY', 'auth', 'CI_DEPLOY_TOKEN', 'SLACK_WEBHOOK_URL', 'credentials', 'cookieSecret', 'db.pass']) {
     assert.equal(secretKey(key), true, key)
   }
@@ -233,7 +233,7 @@ test('the masking rule, both directions: which keys and which values are secrets
   for (const value of ['12345678901234567890', 'hub.example.org', 'abc123def', 'LoadBalancerX', 'pa55word', 'p a s s']) assert.equal(ordinaryValue(value), false, value)
 })
 
-test('shortening never leaves the start of a secret at the cut', () => {
+test('shortening never leaves the start of a secret at the cut', { timeout: 5_000 }, () => {
   const secrets = new Secrets()
   secrets.add(H.url)
   assert.equal(secrets.redact(`${'x'.repeat(20)}${H.url.slice(0, 7)}`, 25), `${'x'.repeat(20)}***…`)
@@ -243,7 +243,7 @@ test('shortening never leaves the start of a secret at the cut', () => {
 // ---------------------------------------------------------------------------------------
 // Class 4: I/O faults and unclear errors
 
-test('output closed early (| head -1): the deploy runs to the end, exit 0, credentials removed', async () => {
+test('output closed early (| head -1): the deploy runs to the end, exit 0, credentials removed', { timeout: 15_000 }, async () => {
   const r = await hostileRun(makeRepo(), ['--deploy', 'staginghub'], {
     rules: [HELM3, { tool: 'kubectl', match: 'get deployments', stdout: 'deployment.apps/hub\n' }],
     onSpawn: (child) => child.stdout!.once('data', () => child.stdout!.destroy()),
@@ -253,31 +253,31 @@ test('output closed early (| head -1): the deploy runs to the end, exit 0, crede
   assert.ok(r.commands.some((c) => c.startsWith('kubectl rollout status')), show(r))
 })
 
-test('a repository git refuses (dubious ownership): git\'s complaint and the fix, exit 2', async () => {
+test('a repository git refuses (dubious ownership): git\'s complaint and the fix, exit 2', { timeout: 15_000 }, async () => {
   const r = await hostileRun(makeRepo(), DEPLOY, { env: { GIT_TEST_ASSUME_DIFFERENT_OWNER: '1' } })
   assertRefused(r, /^ERROR: git refuses .*: detected dubious ownership in repository at .* \(owned by another user\); if you trust it, run `git config --global --add safe\.directory /)
 })
 
-test('DOCKER_USERNAME= (empty) in .env: exit 2 naming the key, not the default used silently', async () => {
+test('DOCKER_USERNAME= (empty) in .env: exit 2 naming the key, not the default used silently', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   commit(repo, { '.env': 'DOCKER_USERNAME=\n' })
   const r = await hostileRun(repo, ['staginghub'])
   assertRefused(r, /^ERROR: DOCKER_USERNAME is set but empty \(in \.env\): give it a value, or remove it to use the default \(earthlabcu\)$/)
 })
 
-test('an empty key in the environment (a CI secret not configured): exit 2 naming it', async () => {
+test('an empty key in the environment (a CI secret not configured): exit 2 naming it', { timeout: 15_000 }, async () => {
   const r = await hostileRun(makeRepo(), DEPLOY, { env: { GKE_CLUSTER: '' } })
   assertRefused(r, /^ERROR: GKE_CLUSTER is set but empty \(in the environment\)/)
 })
 
-test('a missing secrets/<chart>.yaml: the message names the real fix', async () => {
+test('a missing secrets/<chart>.yaml: the message names the real fix', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   fs.rmSync(path.join(repo, 'secrets/staginghub.yaml'))
   const r = await hostileRun(repo, DEPLOY)
   assertRefused(r, /^ERROR: secrets\/staginghub\.yaml: the chart's secret values file not found; create it with the chart's secret values and encrypt it with git-crypt \(docs\/adding-a-hub\.md, step 3\)$/)
 })
 
-test('secrets/<chart>.yaml that is a directory: exit 2, not a JavaScript error', async () => {
+test('secrets/<chart>.yaml that is a directory: exit 2, not a JavaScript error', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   fs.rmSync(path.join(repo, 'secrets/staginghub.yaml'))
   fs.mkdirSync(path.join(repo, 'secrets/staginghub.yaml'))
@@ -285,20 +285,20 @@ test('secrets/<chart>.yaml that is a directory: exit 2, not a JavaScript error',
   assertRefused(r, /^ERROR: secrets\/staginghub\.yaml: the chart's secret values file is a directory, not a file; create it/)
 })
 
-test('run from hub-charts/: a hint to run from the repository root', async () => {
+test('run from hub-charts/: a hint to run from the repository root', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const r = await hostileRun(path.join(repo, 'hub-charts'), DEPLOY)
   assertRefused(r, new RegExp(`^ERROR: no charts in .*hub-charts: run deploy\\.ts from the repository root, .*${path.basename(repo)}$`))
 })
 
-test('--list from hub-charts/: the same hint as a warning', async () => {
+test('--list from hub-charts/: the same hint as a warning', { timeout: 15_000 }, async () => {
   const r = await hostileRun(path.join(makeRepo(), 'hub-charts'), ['--list'])
   assert.equal(r.code, 0, show(r))
   assert.equal(r.stdout, '')
   assert.match(r.stderr, /^WARNING: no charts in .*hub-charts: run deploy\.ts from the repository root/m)
 })
 
-test('a Chart.yaml that is a directory: exit 2 naming it', async () => {
+test('a Chart.yaml that is a directory: exit 2 naming it', { timeout: 15_000 }, async () => {
   const repo = makeRepo({ hubs: ['staginghub', 'ea-hub'] })
   fs.rmSync(path.join(repo, 'hub-charts/ea-hub/Chart.yaml'))
   fs.mkdirSync(path.join(repo, 'hub-charts/ea-hub/Chart.yaml'))
@@ -306,34 +306,34 @@ test('a Chart.yaml that is a directory: exit 2 naming it', async () => {
   assertRefused(r, /^ERROR: hub-charts\/ea-hub\/Chart\.yaml: not a file; fix the chart$/)
 })
 
-test('--env-file naming a directory: exit 2 naming it', async () => {
+test('--env-file naming a directory: exit 2 naming it', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const r = await hostileRun(repo, ['--dotenv', 'secrets', ...DEPLOY])
   assertRefused(r, /^ERROR: secrets: not a file; give --env-file a file$/)
 })
 
-test('promote-from-staging with dependencies written as a map: one line naming the file and the fix', async () => {
+test('promote-from-staging with dependencies written as a map: one line naming the file and the fix', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   commit(repo, { 'hub-charts/staginghub/Chart.yaml': 'apiVersion: v2\nname: staginghub\nversion: 0.1.0\ndependencies:\n  jupyterhub:\n    version: 3.3.7\n' })
   const r = await hostileRun(repo, ['--no-setup', '--deploy', '--plugin', shipped('promote-from-staging'), 'staginghub'])
   assertRefused(r, /^ERROR: plugin promote-from-staging verify: hub-charts\/staginghub\/Chart\.yaml: dependencies must be a list of entries \(- name: …, version: …, repository: …\), not a map; fix the chart$/)
 })
 
-test('promote-from-staging with a requirements.yaml that is not YAML: file and line, exit 2', async () => {
+test('promote-from-staging with a requirements.yaml that is not YAML: file and line, exit 2', { timeout: 20_000 }, async () => {
   const repo = makeRepo()
   commit(repo, { 'hub-charts/staginghub/requirements.yaml': 'dependencies:\n  - name: jupyterhub\n   version: [3\n' })
   const r = await hostileRun(repo, ['--no-setup', '--deploy', '--plugin', shipped('promote-from-staging'), 'staginghub'])
   assertRefused(r, /^ERROR: plugin promote-from-staging verify: hub-charts\/staginghub\/requirements\.yaml:\d+: not valid YAML; fix the chart$/)
 })
 
-test('health-check with a values.yaml that is not YAML: one line naming the file, before anything is deployed', async () => {
+test('health-check with a values.yaml that is not YAML: one line naming the file, before anything is deployed', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   commit(repo, { 'hub-charts/staginghub/values.yaml': 'jupyterhub:\n  ingress:\n    hosts: [hub.example.org\n  hub: {}\n' })
   const r = await hostileRun(repo, ['--no-setup', '--deploy', '--plugin', shipped('health-check'), 'staginghub'])
   assertRefused(r, /^ERROR: plugin health-check verify: hub-charts\/staginghub\/values\.yaml:\d+: not valid YAML; fix it, or set HUB_URL_STAGINGHUB to the hub's URL$/)
 })
 
-test('health-check with a hub URL that is not http(s): exit 2 naming the key, before anything is deployed', async () => {
+test('health-check with a hub URL that is not http(s): exit 2 naming the key, before anything is deployed', { timeout: 15_000 }, async () => {
   const r = await hostileRun(makeRepo(), ['--no-setup', '--deploy', '--plugin', shipped('health-check'), 'staginghub'], {
     env: { HUB_URL_STAGINGHUB: `ftp://admin:${H.url}@hub.example.org/` },
     secrets: [H.url],
@@ -341,7 +341,7 @@ test('health-check with a hub URL that is not http(s): exit 2 naming the key, be
   assertRefused(r, /^ERROR: plugin health-check verify: HUB_URL_STAGINGHUB: the hub URL is not an http\(s\) URL; give one like https:\/\/hub\.example\.org\/$/)
 })
 
-test('BASH_ENV in .env: exit 2 naming it, nothing sourced or run', async () => {
+test('BASH_ENV in .env: exit 2 naming it, nothing sourced or run', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const marker = path.join(tempDir(), 'sourced')
   commit(repo, { '.env': 'BASH_ENV=hook.sh\n', 'hook.sh': `touch ${marker}\n` })
@@ -350,14 +350,14 @@ test('BASH_ENV in .env: exit 2 naming it, nothing sourced or run', async () => {
   assert.equal(fs.existsSync(marker), false)
 })
 
-test('GIT_DIR in .env (git would read another repository): exit 2 naming it', async () => {
+test('GIT_DIR in .env (git would read another repository): exit 2 naming it', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   commit(repo, { '.env': `GIT_DIR=${makeRepo()}/.git\n` })
   const r = await hostileRun(repo, DEPLOY)
   assertRefused(r, /^ERROR: \.env: GIT_DIR would make the commands/)
 })
 
-test('BASH_ENV and ENV in the environment never reach the shell that starts a tool', async () => {
+test('BASH_ENV and ENV in the environment never reach the shell that starts a tool', { timeout: 15_000 }, async () => {
   const dir = tempDir()
   const marker = path.join(dir, 'sourced')
   fs.writeFileSync(path.join(dir, 'hook.sh'), `echo sourced >> ${marker}\n`)
@@ -367,7 +367,7 @@ test('BASH_ENV and ENV in the environment never reach the shell that starts a to
   assert.equal(fs.existsSync(marker), false, 'a shell sourced BASH_ENV or ENV')
 })
 
-test('an exported bash function named like a tool (BASH_FUNC_helm%%) does not replace it', async () => {
+test('an exported bash function named like a tool (BASH_FUNC_helm%%) does not replace it', { timeout: 15_000 }, async () => {
   const r = await hostileRun(makeRepo(), DEPLOY, { env: { 'BASH_FUNC_helm%%': '() { echo hijacked; }' } })
   assert.equal(r.code, 0, show(r))
   assert.ok(r.commands.some((c) => c.startsWith('helm upgrade --install')), show(r))
@@ -383,18 +383,18 @@ for (const [args, message] of [
   [['--list', 'staginghub'], /^ERROR: --list only lists charts: drop the chart names$/],
   [['--changed', 'HEAD~1..HEAD', '--build'], /^ERROR: --changed only lists charts: drop --build/],
 ] as const) {
-  test(`flags that do not go together: ${args.join(' ')}`, async () => {
+  test(`flags that do not go together: ${args.join(' ')}`, { timeout: 15_000 }, async () => {
     assertRefused(await hostileRun(makeRepo(), [...args]), message)
   })
 }
 
-test('--changed in a repository git refuses: git\'s complaint, not "every chart changed"', async () => {
+test('--changed in a repository git refuses: git\'s complaint, not "every chart changed"', { timeout: 15_000 }, async () => {
   const r = await hostileRun(makeRepo(), ['--changed', 'HEAD~1..HEAD'], { env: { GIT_TEST_ASSUME_DIFFERENT_OWNER: '1' } })
   assertRefused(r, /^ERROR: git refuses .*: detected dubious ownership in repository at /)
   assert.equal(r.stdout, '')
 })
 
-test('an unreadable GITHUB_EVENT_PATH is named in a warning, not ignored silently', async () => {
+test('an unreadable GITHUB_EVENT_PATH is named in a warning, not ignored silently', { timeout: 15_000 }, async () => {
   const r = await hostileRun(makeRepo(), ['--no-setup', '--build', 'staginghub'], {
     env: { GITHUB_EVENT_NAME: 'push', GITHUB_EVENT_PATH: path.join(tempDir(), 'missing-event.json') },
     rules: [HELM3, { tool: 'docker', match: '^manifest', exit: 0 }],
@@ -404,7 +404,7 @@ test('an unreadable GITHUB_EVENT_PATH is named in a warning, not ignored silentl
   assert.ok(!r.commands.some((c) => c.startsWith('docker build')), show(r))
 })
 
-test('a plugin that passes a secret to helm as an argument is stopped before helm runs', async () => {
+test('a plugin that passes a secret to helm as an argument is stopped before helm runs', { timeout: 15_000 }, async () => {
   const repo = repoWithPlugin('setter', `beforeDeploy(ctx: { config: { env: Record<string, string> } }) { return { helmArgs: ['--set', 'hub.token=' + ctx.config.env.HUB_API_TOKEN] } }`)
   const r = await hostileRun(repo, ['--no-setup', '--deploy', '--plugin', 'setter', 'staginghub'], { env: { HUB_API_TOKEN: H.token }, secrets: [H.token] })
   assert.equal(r.code, 1, show(r))
@@ -412,7 +412,7 @@ test('a plugin that passes a secret to helm as an argument is stopped before hel
   assert.ok(!r.commands.some((c) => c.startsWith('helm upgrade') || c.startsWith('helm dep')), show(r))
 })
 
-test('an image prefix Docker cannot use: exit 2 naming the key, before anything runs', async () => {
+test('an image prefix Docker cannot use: exit 2 naming the key, before anything runs', { timeout: 15_000 }, async () => {
   const r = await hostileRun(makeRepo(), ['--no-setup', '--build', 'staginghub'], { env: { USER_IMAGE_PREFIX: 'EarthLab/User Images-' } })
   assertRefused(r, /^ERROR: USER_IMAGE_PREFIX=EarthLab\/User Images-: not an image name prefix such as earthlabhubops\/ea-k8s-user-; fix it in \.env or the environment$/)
 })

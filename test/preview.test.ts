@@ -7,7 +7,7 @@ import { Buffer } from 'node:buffer'
 import fs from 'node:fs'
 import path from 'node:path'
 import { diffManifests, helmProblems, unifiedDiff } from '../deploy.ts'
-import { makeRepo, runDeploy, git, tempDir, HELM2, HELM3, SECRET_TOKEN, SETUP_COMMANDS, type Rule } from './support/harness.ts'
+import { makeRepo, runDeploy, git, tempDir, ROOT, HELM2, HELM3, SECRET_TOKEN, SETUP_COMMANDS, type Rule } from './support/harness.ts'
 import { withoutLock } from './support/hostile-deploy.ts'
 
 const userTag = (repo: string, hub = 'staginghub') => git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', `user-images/${hub}`)
@@ -24,7 +24,7 @@ const preview = (manifest: string): Rule => ({ tool: 'helm', match: '^upgrade .*
 const status = (version: number, manifest: string, config: object = {}, state = 'deployed', match = '^status'): Rule =>
   ({ tool: 'helm', match, stdout: JSON.stringify({ name: 'staginghub', version, info: { status: state }, manifest, config }) })
 
-test('--validate on its own: no setup, helm lint and helm template with exactly the deploy\'s values; no cluster, no server-side check', async () => {
+test('--validate on its own: no setup, helm lint and helm template with exactly the deploy\'s values; no cluster, no server-side check', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const r = await runDeploy(repo, ['--validate', 'staginghub'], { env: noKubeconfig() })
   assert.equal(r.code, 0, r.stderr)
@@ -36,7 +36,7 @@ test('--validate on its own: no setup, helm lint and helm template with exactly 
   assert.match(r.stdout, /^staginghub: valid \(helm lint, 0 objects rendered, server-side check skipped: no cluster access \(--no-setup and no kubeconfig\)\)$/m)
 })
 
-test('--validate with a kubeconfig adds the server-side dry run; a monitoring chart has no image tags', async () => {
+test('--validate with a kubeconfig adds the server-side dry run; a monitoring chart has no image tags', { timeout: 15_000 }, async () => {
   const repo = makeRepo({ monitoring: true })
   const r = await runDeploy(repo, ['--no-setup', '--validate', 'staginghub'], { env: withKubeconfig(), rules: [HELM3, preview('')] })
   assert.equal(r.code, 0, r.stderr)
@@ -51,7 +51,7 @@ test('--validate with a kubeconfig adds the server-side dry run; a monitoring ch
   assert.deepEqual(m.commands.slice(1), ['helm lint monitoring --namespace monitoring -f secrets/monitoring.yaml', 'helm template monitoring monitoring --namespace monitoring -f secrets/monitoring.yaml'])
 })
 
-test('--validate: an unreachable cluster skips the server-side check with a reason; a refused object is a problem (exit 1)', async () => {
+test('--validate: an unreachable cluster skips the server-side check with a reason; a refused object is a problem (exit 1)', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const unreachable = await runDeploy(repo, ['--no-setup', '--validate', 'staginghub'], {
     env: withKubeconfig(),
@@ -68,7 +68,7 @@ test('--validate: an unreachable cluster skips the server-side check with a reas
   assert.match(refused.stderr, /^ERROR: validation of staginghub failed: 1 problem \(listed above\)$/m)
 })
 
-test('--validate with Helm 2: `helm template --name`, no server-side check', async () => {
+test('--validate with Helm 2: `helm template --name`, no server-side check', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const r = await runDeploy(repo, ['--validate', 'staginghub'], { rules: [HELM2], env: withKubeconfig() })
   assert.equal(r.code, 0, r.stderr)
@@ -76,7 +76,7 @@ test('--validate with Helm 2: `helm template --name`, no server-side check', asy
   assert.match(r.stdout, /server-side check skipped: Helm 2 has no server-side dry run/)
 })
 
-test('--validate of several charts validates every one, even after an invalid staging chart; --json has them all', async () => {
+test('--validate of several charts validates every one, even after an invalid staging chart; --json has them all', { timeout: 15_000 }, async () => {
   const repo = makeRepo({ hubs: ['staginghub', 'ea-hub'] })
   const r = await runDeploy(repo, ['--validate', '--json', 'ea-hub', 'staginghub'], {
     env: noKubeconfig(),
@@ -92,7 +92,7 @@ test('--validate of several charts validates every one, even after an invalid st
   })
 })
 
-test('--diff is refused before anything runs: with Helm 2, with --no-setup and no kubeconfig, with the secrets locked', async () => {
+test('--diff is refused before anything runs: with Helm 2, with --no-setup and no kubeconfig, with the secrets locked', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const helm2 = await runDeploy(repo, ['--no-setup', '--diff', 'staginghub'], { rules: [HELM2], env: withKubeconfig() })
   assert.equal(helm2.code, 2)
@@ -108,7 +108,7 @@ test('--diff is refused before anything runs: with Helm 2, with --no-setup and n
   assert.deepEqual(locked.commands, ['helm version --client --short'])
 })
 
-test('--diff after setup: helm status, then the server-side dry run with the deploy\'s values; not installed means all added', async () => {
+test('--diff after setup: helm status, then the server-side dry run with the deploy\'s values; not installed means all added', { timeout: 20_000 }, async () => {
   const repo = makeRepo()
   const manifest = 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  x: "1"\n---\n# Source: c/templates/ns.yaml\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: extra\n'
   const r = await runDeploy(repo, ['--diff', 'staginghub'], { rules: [HELM3, notInstalled, preview(manifest)] })
@@ -127,7 +127,7 @@ test('--diff after setup: helm status, then the server-side dry run with the dep
   ].join('\n'))
 })
 
-test('--diff object by object: identity by group, order of keys ignored, Secret values never shown, old secret values masked', async () => {
+test('--diff object by object: identity by group, order of keys ignored, Secret values never shown, old secret values masked', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const OLD = 'old-proxy-token-0123456789'
   // a secret secrets/<chart>.yaml no longer has: still in the release's values, so still masked
@@ -184,7 +184,7 @@ test('--diff object by object: identity by group, order of keys ignored, Secret 
   assert.match(r.stderr, /^staginghub: 3 changed, 0 added, 1 removed$/m)
 })
 
-test('--diff compares against the last deployed revision when the last one failed', async () => {
+test('--diff compares against the last deployed revision when the last one failed', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const cm = (v: string) => `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  v: "${v}"\n`
   const history: Rule = { tool: 'helm', match: '^history', stdout: JSON.stringify([{ revision: 3, status: 'superseded' }, { revision: 4, status: 'deployed' }, { revision: 5, status: 'failed' }]) }
@@ -202,7 +202,7 @@ test('--diff compares against the last deployed revision when the last one faile
   assert.match(r.stdout, /^staginghub: 0 changed, 0 added, 0 removed$/m)
 })
 
-test('--dry-run with --validate --diff announces the commands and runs none', async () => {
+test('--dry-run with --validate --diff announces the commands and runs none', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const r = await runDeploy(repo, ['--dry-run', '--no-setup', '--validate', '--diff', 'staginghub'], { env: withKubeconfig() })
   assert.equal(r.code, 0, r.stderr)
@@ -216,7 +216,7 @@ test('--dry-run with --validate --diff announces the commands and runs none', as
   ])
 })
 
-test('unifiedDiff: hunks with three lines of context, merged when close, numbered from 1', () => {
+test('unifiedDiff: hunks with three lines of context, merged when close, numbered from 1', { timeout: 5_000 }, () => {
   const a = Array.from({ length: 20 }, (_, i) => `line ${i + 1}`).join('\n') + '\n'
   const b = a.replace('line 2\n', 'line two\n').replace('line 5\n', '').replace('line 18\n', 'line 18\nline 18.5\n')
   assert.equal(unifiedDiff(a, a, ['a', 'b']), '')
@@ -228,7 +228,7 @@ test('unifiedDiff: hunks with three lines of context, merged when close, numbere
   assert.equal(unifiedDiff('', 'x\n', ['a', 'b']), '--- a\n+++ b\n@@ -0,0 +1,1 @@\n+x\n')
 })
 
-test('helmProblems: chart, repository path and values path from helm\'s messages', () => {
+test('helmProblems: chart, repository path and values path from helm\'s messages', { timeout: 5_000 }, () => {
   const dir = 'hub-charts/ea-hub'
   assert.deepEqual(helmProblems('ea-hub', dir, 'render', 'Error: template: ea-hub/charts/jupyterhub/templates/hub/deployment.yaml:12:20: executing "ea-hub/charts/jupyterhub/templates/hub/deployment.yaml" at <.Values.hub.image.name>: nil pointer evaluating interface {}.name\n'), [{
     check: 'render',
@@ -258,7 +258,7 @@ test('helmProblems: chart, repository path and values path from helm\'s messages
   assert.deepEqual([...new Set(both.map((p) => p.message))], ['ea-hub: hub-charts/ea-hub/values.yaml: not valid YAML: mapping values are not allowed in this context'])
 })
 
-test('plugins see ctx.validation and ctx.diff in success, and ctx.validation in fail of an invalid chart', async () => {
+test('plugins see ctx.validation and ctx.diff in success, and ctx.validation in fail of an invalid chart', { timeout: 20_000 }, async () => {
   const repo = makeRepo({ hubs: ['staginghub', 'ea-hub'] })
   const out = path.join(tempDir(), 'seen.jsonl')
   fs.writeFileSync(path.join(repo, 'plugins-record.ts'), `import fs from 'node:fs'
@@ -286,7 +286,7 @@ export default { name: 'record', success: record('success'), fail: record('fail'
   assert.deepEqual(ea.validation.errors, [{ check: 'lint', file: 'hub-charts/ea-hub/Chart.yaml', message: 'ea-hub: hub-charts/ea-hub/Chart.yaml: version is required' }])
 })
 
-test('diffManifests: a Secret written as data or as stringData with the same values is no change; comments and empty documents are ignored', async () => {
+test('diffManifests: a Secret written as data or as stringData with the same values is no change; comments and empty documents are ignored', { timeout: 5_000 }, async () => {
   const before = `# Source: x/templates/s.yaml\napiVersion: v1\nkind: Secret\nmetadata:\n  name: s\ndata:\n  k: ${Buffer.from('v\u00e9').toString('base64')}\n---\n---\n`
   const after = '---\n# Source: x/templates/s.yaml\napiVersion: v1\nkind: Secret\nmetadata:\n  name: s\nstringData:\n  k: "v\u00e9"\n'
   const same = await diffManifests(before, after, 'ns', ['old', 'new'])
@@ -297,7 +297,7 @@ test('diffManifests: a Secret written as data or as stringData with the same val
   assert.equal(fresh.text, 'ns is not installed: every object is added\nSecret/ns/s: added\n  secret keys added k (values not shown)\nns: 0 changed, 1 added, 0 removed\n')
 })
 
-test('dependencies: `helm dep build` from Chart.lock, `helm dep up` without one; a failure is a validation problem', async () => {
+test('dependencies: `helm dep build` from Chart.lock, `helm dep up` without one; a failure is a validation problem', { timeout: 20_000 }, async () => {
   const repo = makeRepo()
   const chart = path.join(repo, 'hub-charts/staginghub')
   fs.appendFileSync(path.join(chart, 'Chart.yaml'), 'dependencies:\n  - name: jupyterhub\n    version: 3.3.8\n    repository: https://hub.jupyter.org/helm-chart/\n')
@@ -321,7 +321,95 @@ test('dependencies: `helm dep build` from Chart.lock, `helm dep up` without one;
   assert.ok(!cached.commands.some((c) => c.startsWith('helm dep')), cached.commands.join('\n'))
 })
 
-test('--json on GitHub Actions: stdout is the JSON document alone, also when the chart is invalid', async () => {
+/**
+ * The --json schema docs/workflow.md documents: the example's keys, the `{ ... }` item lists
+ * of its table (`key?` optional), which fields may be `null`, and the two it says are absent
+ * at times (`revision`, `serverSideNote`).
+ */
+function documentedReport() {
+  const section = fs.readFileSync(path.join(ROOT, 'docs/workflow.md'), 'utf8').split('### `--json`')[1].split('\n## ')[0]
+  const example = JSON.parse(/```json\n([\s\S]*?)\n```/.exec(section)![1])
+  const table = section.slice(section.indexOf('| field |'))
+  const items = (field: string) => {
+    const list = new RegExp(`\`${field}\`:[^{|]*\`\\{ ([^}]*) \\}\``).exec(table)![1].split(', ')
+    return { required: list.filter((k) => !k.endsWith('?')), optional: list.filter((k) => k.endsWith('?')).map((k) => k.slice(0, -1)) }
+  }
+  const nullable = [...table.matchAll(/^\| `(?:charts\[\]\.)?(\w+)` \|[^|\n]*`null`/gm)].map((m) => m[1])
+  for (const said of ['`revision` (absent when not installed)', 'with `serverSideNote` saying why']) assert.ok(table.includes(said), said)
+  const chart = example.charts[0]
+  return {
+    top: Object.keys(example),
+    chart: Object.keys(chart),
+    nullable,
+    validation: { required: Object.keys(chart.validation), optional: ['serverSideNote'] },
+    problem: items('errors'),
+    diff: { required: Object.keys(chart.diff).filter((k) => k !== 'revision'), optional: ['revision'] },
+    summary: Object.keys(chart.diff.summary),
+    object: items('objects'),
+    results: [...(/`charts\[\]\.result` \| (.*) \|/.exec(table)![1].matchAll(/`([^`]+)`/g))].map((m) => m[1]),
+  }
+}
+
+test('--json: every key docs/workflow.md documents is in the report, `null` where there is no value, nothing else', { timeout: 20_000 }, async () => {
+  const doc = documentedReport()
+  assert.deepEqual(doc.nullable, ['error', 'validation', 'diff'])
+  const keys = (what: string, o: object, { required, optional = [] }: { required: string[]; optional?: string[] }) => {
+    for (const k of required) assert.ok(k in o, `${what}: ${k} missing in ${JSON.stringify(o)}`)
+    for (const k of Object.keys(o)) assert.ok(required.includes(k) || optional.includes(k), `${what}: ${k} is not documented`)
+  }
+  const check = (report: { charts: Record<string, unknown>[] }) => {
+    keys('the report', report, { required: doc.top })
+    for (const c of report.charts) {
+      keys(`chart ${c.chart}`, c, { required: doc.chart })
+      assert.ok(doc.results.includes(c.result as string), `result ${c.result}`)
+      for (const k of doc.nullable) assert.notEqual(c[k], undefined, `${c.chart}: ${k} is null, not absent`)
+      assert.equal(c.error === null, c.result !== 'failed', `${c.chart}: error is null unless it failed`)
+      const v = c.validation as { errors: object[] } | null
+      if (v) {
+        keys(`validation of ${c.chart}`, v, doc.validation)
+        for (const e of v.errors) keys(`a problem of ${c.chart}`, e, doc.problem)
+      }
+      const d = c.diff as { summary: object; objects: object[] } | null
+      if (d) {
+        keys(`diff of ${c.chart}`, d, doc.diff)
+        keys(`diff summary of ${c.chart}`, d.summary, { required: doc.summary })
+        for (const o of d.objects) keys(`a changed object of ${c.chart}`, o, doc.object)
+      }
+    }
+  }
+  const repo = makeRepo({ hubs: ['staginghub', 'ea-hub'] })
+  const secret = (value: string) => `apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\ndata:\n  k: ${Buffer.from(value).toString('base64')}\n`
+  const cm = (v: string) => `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  v: "${v}"\n`
+  const invalidEa: Rule = { tool: 'helm', match: '^lint .*ea-hub', exit: 1, stdout: '[ERROR] templates/x.yaml: template: ea-hub/templates/x.yaml:1:3: executing "ea-hub/templates/x.yaml" at <.Values.a.b>: nil pointer evaluating interface {}.b\n' }
+  const [both, validateOnly, deployFailed] = await Promise.all([
+    // staginghub installed and changed (a Secret and a ConfigMap); ea-hub invalid, so not diffed.
+    runDeploy(repo, ['--no-setup', '--validate', '--diff', '--json', 'staginghub', 'ea-hub'], {
+      env: withKubeconfig(), secrets: ['old-secret-value', 'new-secret-value'],
+      rules: [HELM3, invalidEa, status(3, `${cm('1')}---\n${secret('old-secret-value')}`), preview(`${cm('2')}---\n${secret('new-secret-value')}`)],
+    }),
+    // No --diff, no cluster: the server-side check skipped (with its note), diff null.
+    runDeploy(repo, ['--validate', '--json', 'staginghub'], { env: noKubeconfig() }),
+    // Staging's upgrade fails after it validated: ea-hub is skipped, nothing known of it.
+    runDeploy(repo, ['--no-setup', '--validate', '--deploy', '--json', 'staginghub', 'ea-hub'], {
+      env: withKubeconfig(), rules: [HELM3, preview(''), { tool: 'helm', match: '^upgrade (?!.*--dry-run)', exit: 1, stderr: 'Error: UPGRADE FAILED: boom\n' }],
+    }),
+  ])
+  const reports = [both, validateOnly, deployFailed].map((r) => JSON.parse(r.stdout))
+  reports.forEach(check)
+  const [b, v, f] = reports
+  assert.deepEqual(b.charts.map((c: { chart: string; result: string }) => [c.chart, c.result]), [['staginghub', 'ok'], ['ea-hub', 'failed']])
+  assert.equal(b.charts[0].diff.revision, 3)
+  assert.deepEqual(b.charts[0].diff.objects.map((o: { id: string; secretKeys?: object }) => [o.id, 'secretKeys' in o]), [['ConfigMap/staginghub/c', false], ['Secret/staginghub/s', true]])
+  assert.equal(b.charts[1].diff, null)
+  assert.equal(b.charts[1].validation.errors.length, 1)
+  assert.equal(typeof b.charts[1].error, 'string')
+  assert.equal(v.charts[0].diff, null)
+  assert.equal(v.charts[0].validation.serverSide, 'skipped')
+  assert.deepEqual(f.charts.map((c: { chart: string; result: string; error: unknown; validation: unknown; diff: unknown }) => [c.chart, c.result, typeof c.error, c.validation === null, c.diff]),
+    [['staginghub', 'failed', 'string', false, null], ['ea-hub', 'skipped', 'object', true, null]])
+})
+
+test('--json on GitHub Actions: stdout is the JSON document alone, also when the chart is invalid', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const r = await runDeploy(repo, ['--validate', '--json', 'staginghub'], {
     env: { ...noKubeconfig(), GITHUB_ACTIONS: 'true' },
@@ -334,7 +422,7 @@ test('--json on GitHub Actions: stdout is the JSON document alone, also when the
   assert.doesNotMatch(r.stdout, /::(group|error)::/)
 })
 
-test('with --deploy: validate, then diff, then the deploy; a chart that fails to validate is not deployed', async () => {
+test('with --deploy: validate, then diff, then the deploy; a chart that fails to validate is not deployed', { timeout: 20_000 }, async () => {
   const repo = makeRepo()
   const manifest = 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n'
   const r = await runDeploy(repo, ['--no-setup', '--validate', '--diff', '--deploy', 'staginghub'], { env: withKubeconfig(), rules: [HELM3, notInstalled, preview(manifest)] })
@@ -351,7 +439,7 @@ test('with --deploy: validate, then diff, then the deploy; a chart that fails to
   assert.match(invalid.stderr, /^ERROR: staginghub: hub-charts\/staginghub\/templates\/x\.yaml:1:3: values a\.b: at <\.Values\.a\.b>: nil pointer evaluating interface \{\}\.b$/m)
 })
 
-test('--diff: a helm that prints no release JSON is one error line, exit 1', async () => {
+test('--diff: a helm that prints no release JSON is one error line, exit 1', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const r = await runDeploy(repo, ['--no-setup', '--diff', 'staginghub'], { env: withKubeconfig(), rules: [HELM3, { tool: 'helm', match: '^status', stdout: 'STATUS: deployed\n' }] })
   assert.equal(r.code, 1)

@@ -14,7 +14,7 @@ const servers: TestServer[] = []
 after(async () => {
   await Promise.all(servers.map((s) => s.close()))
   await stopServers()
-})
+}, { timeout: 30_000 })
 
 const deployments: Rule = { tool: 'kubectl', match: 'get deployments -o name', stdout: 'deployment.apps/hub\n' }
 const upgraded = (revision: number): Rule => ({ tool: 'helm', match: '^upgrade', stdout: `NAME: staginghub\nSTATUS: deployed\nREVISION: ${revision}\n` })
@@ -61,7 +61,7 @@ const after_ = (r: RunResult, prefix: string) => withoutLock(r.commands).slice(w
 const tagOf = (repo: string) => git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', 'user-images/staginghub')
 
 describe('--rollback-on-failure', { concurrency: 6 }, () => {
-  test('Helm 3: a failing check after the rollout rolls back to the revision live before, waits for it, tells the fail hooks and Slack', async () => {
+  test('Helm 3: a failing check after the rollout rolls back to the revision live before, waits for it, tells the fail hooks and Slack', { timeout: 85_000 }, async () => {
     const { repo, seen } = checkedRepo()
     const slack = await startServer()
     const hook = await startServer()
@@ -93,7 +93,7 @@ describe('--rollback-on-failure', { concurrency: 6 }, () => {
     assert.equal(body.status, 'failed')
   })
 
-  test('Helm 2: the same with helm 2\'s flags (no --namespace, the timeout in seconds) and upper-case statuses', async () => {
+  test('Helm 2: the same with helm 2\'s flags (no --namespace, the timeout in seconds) and upper-case statuses', { timeout: 60_000 }, async () => {
     const { repo, seen } = checkedRepo()
     const r = await runDeploy(repo, ['--no-setup', '--deploy', '--rollback-on-failure', '--plugin', 'check', 'staginghub'], {
       rules: [HELM2, deployments, history(['SUPERSEDED', 'DEPLOYED', 'FAILED']), upgraded(4)],
@@ -109,7 +109,7 @@ describe('--rollback-on-failure', { concurrency: 6 }, () => {
     assert.equal(seen()[0].rolledBackTo, 2)
   })
 
-  test('a rollout that does not finish: rolled back; when the rollback\'s own rollout fails too, the rollback is reported as failed', async () => {
+  test('a rollout that does not finish: rolled back; when the rollback\'s own rollout fails too, the rollback is reported as failed', { timeout: 85_000 }, async () => {
     const { repo, seen } = checkedRepo()
     const r = await runDeploy(repo, ['--no-setup', '--deploy', '--rollback-on-failure', '--plugin', 'check', 'staginghub'], {
       rules: [HELM3, deployments, history(['deployed']), upgraded(2), { tool: 'kubectl', match: '^rollout status', exit: 1, stderr: 'error: timed out waiting for the condition\n' }],
@@ -131,7 +131,7 @@ describe('--rollback-on-failure', { concurrency: 6 }, () => {
     assert.match(fail.rollbackError!, /rollout of deployment\.apps\/hub did not finish/)
   })
 
-  test('helm rollback itself fails: reported with helm\'s reason and diagnostics; exit 1', async () => {
+  test('helm rollback itself fails: reported with helm\'s reason and diagnostics; exit 1', { timeout: 70_000 }, async () => {
     const { repo, seen } = checkedRepo()
     const r = await runDeploy(repo, ['--no-setup', '--deploy', '--rollback-on-failure', '--plugin', 'check', 'staginghub'], {
       rules: [HELM3, deployments, history(['superseded', 'deployed']), upgraded(3),
@@ -146,7 +146,7 @@ describe('--rollback-on-failure', { concurrency: 6 }, () => {
     assert.match(seen()[0].rollbackError!, /helm rollback staginghub 2 .*exited with 1/)
   })
 
-  test('a first install that fails: nothing to roll back to, said so; no rollback', async () => {
+  test('a first install that fails: nothing to roll back to, said so; no rollback', { timeout: 60_000 }, async () => {
     const { repo, seen } = checkedRepo()
     const r = await runDeploy(repo, ['--no-setup', '--deploy', '--rollback-on-failure', '--plugin', 'check', 'staginghub'], {
       rules: [HELM3, deployments, NO_RELEASE, { tool: 'helm', match: '^upgrade', exit: 1, stderr: 'Error: context deadline exceeded\n' }],
@@ -158,7 +158,7 @@ describe('--rollback-on-failure', { concurrency: 6 }, () => {
     assert.equal(seen()[0].rollbackError, undefined)
   })
 
-  test('an upgrade that fails without a new revision changed nothing: nothing rolled back', async () => {
+  test('an upgrade that fails without a new revision changed nothing: nothing rolled back', { timeout: 65_000 }, async () => {
     const { repo } = checkedRepo()
     const r = await runDeploy(repo, ['--no-setup', '--deploy', '--rollback-on-failure', 'staginghub'], {
       rules: [HELM3, deployments, history(['superseded', 'deployed']), { tool: 'helm', match: '^upgrade', exit: 1, stderr: 'Error: parse error\n' }],
@@ -168,7 +168,7 @@ describe('--rollback-on-failure', { concurrency: 6 }, () => {
     assert.match(r.stderr, /staginghub is still on revision 2 \(the upgrade made no new revision\): nothing to roll back/)
   })
 
-  test('without the flag nothing changes: no history read, no rollback; ROLLBACK_ON_FAILURE=true in .env turns it on; a bad value is refused', async () => {
+  test('without the flag nothing changes: no history read, no rollback; ROLLBACK_ON_FAILURE=true in .env turns it on; a bad value is refused', { timeout: 45_000 }, async () => {
     const { repo } = checkedRepo()
     const rules = [HELM3, deployments, history(['deployed']), upgraded(2)]
     const env = { CHECK_FAILS: '1' }
@@ -189,7 +189,30 @@ describe('--rollback-on-failure', { concurrency: 6 }, () => {
     assert.deepEqual(bad.commands, [])
   })
 
-  test('--dry-run says what a failure would do', async () => {
+  for (const [signal, code] of [['SIGTERM', 143], ['SIGINT', 130]] as const) {
+    test(`${signal} during the rollout: exit ${code}, nothing rolled back (the next run's --recover decides), the fail hooks told no rollback`, { timeout: 45_000 }, async () => {
+      const { repo, seen } = checkedRepo()
+      let sent = false
+      const r = await runDeploy(repo, ['--no-setup', '--deploy', '--rollback-on-failure', '--plugin', 'check', 'staginghub'], {
+        rules: [HELM3, deployments, history(['superseded', 'deployed']), upgraded(3),
+          { tool: 'kubectl', match: '^rollout status', sleepMs: 60_000, every: 200, stdout: 'Waiting for deployment "hub" rollout to finish: 0 of 1 updated replicas are available...\n' }],
+        // Sent once the rollout's kubectl runs (it prints), after the upgrade made revision 3.
+        onSpawn: (child) => child.stdout!.on('data', (d: Buffer) => {
+          if (!sent && d.toString().includes('Waiting for deployment')) {
+            sent = true
+            child.kill(signal)
+          }
+        }),
+      })
+      assert.equal(r.code, code, r.stderr)
+      assert.ok(sent, 'the rollout was running')
+      assert.ok(!r.commands.some((c) => c.startsWith('helm rollback')), r.commands.join('\n'))
+      assert.doesNotMatch(r.stderr, /rolling back|rolled back|rollback of/)
+      assert.deepEqual(seen().map((s) => [s.hook, s.rolledBackTo, s.rollbackError]), [['fail', undefined, undefined]])
+    })
+  }
+
+  test('--dry-run says what a failure would do', { timeout: 20_000 }, async () => {
     const r = await runDeploy(makeRepo(), ['--dry-run', '--no-setup', '--deploy', '--rollback-on-failure', 'staginghub'])
     assert.equal(r.code, 0, r.stderr)
     assert.match(r.stdout, /# on failure after the upgrade: helm rollback staginghub <the revision live before> --namespace staginghub --wait --timeout 600s/)

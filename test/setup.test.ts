@@ -9,19 +9,19 @@ import { makeRepo, runDeploy, tempDir, HELM2, HELM3, PASSWORD, PRIVATE_KEY_LINE,
 
 const sha256 = (s: string) => crypto.createHash('sha256').update(s).digest('hex')
 
-test('Helm 2 setup runs the original commands, with docker login --password-stdin', async () => {
+test('Helm 2 setup runs the original commands, with docker login --password-stdin', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['staginghub'], { rules: [HELM2] })
   assert.equal(r.code, 0, r.stderr)
   assert.deepEqual(r.commands, ['helm version --client --short', ...SETUP_COMMANDS[2]])
 })
 
-test('Helm 3 setup has no helm init and no tiller wait', async () => {
+test('Helm 3 setup has no helm init and no tiller wait', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['staginghub'], { rules: [HELM3] })
   assert.equal(r.code, 0, r.stderr)
   assert.deepEqual(r.commands, ['helm version --client --short', ...SETUP_COMMANDS[3]])
 })
 
-test('configuration keys replace the hard-coded cluster, project, zone and Docker user', async () => {
+test('configuration keys replace the hard-coded cluster, project, zone and Docker user', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['staginghub'], {
     env: { GKE_CLUSTER: 'hubs', GKE_ZONE: 'europe-west4-a', GCP_PROJECT: 'uni-hubs', DOCKER_USERNAME: 'unibot', DOCKER_REGISTRY: 'ghcr.io' },
   })
@@ -30,7 +30,7 @@ test('configuration keys replace the hard-coded cluster, project, zone and Docke
   assert.ok(r.commands.includes('docker login -u unibot --password-stdin ghcr.io'))
 })
 
-test('the Docker password reaches docker login on stdin only, never argv or logs', async () => {
+test('the Docker password reaches docker login on stdin only, never argv or logs', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['--verbose', 'staginghub'])
   assert.equal(r.code, 0, r.stderr)
   const login = r.calls.find((c) => c.tool === 'docker' && c.argv[0] === 'login')!
@@ -39,7 +39,7 @@ test('the Docker password reaches docker login on stdin only, never argv or logs
   assert.ok(!(r.stdout + r.stderr).includes(PASSWORD))
 })
 
-test('a secret a tool prints is redacted from the relayed output', async () => {
+test('a secret a tool prints is redacted from the relayed output', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['staginghub'], {
     rules: [HELM3, { tool: 'gcloud', match: 'get-credentials', stdout: `debug: password=${PASSWORD} key=${PRIVATE_KEY_LINE}\n` }],
   })
@@ -48,7 +48,7 @@ test('a secret a tool prints is redacted from the relayed output', async () => {
   assert.ok(!(r.stdout + r.stderr).includes(PRIVATE_KEY_LINE))
 })
 
-test('setup writes credentials to a private per-run dir that later commands inherit', async () => {
+test('setup writes credentials to a private per-run dir that later commands inherit', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const r = await runDeploy(repo, ['--deploy', 'staginghub'], {
     rules: [HELM3, { tool: 'gcloud', match: 'get-credentials', touch: 'KUBECONFIG' }, { tool: 'kubectl', match: 'get deployments', stdout: '' }],
@@ -67,7 +67,7 @@ test('setup writes credentials to a private per-run dir that later commands inhe
   assert.ok(!fs.existsSync(path.dirname(kubeconfig)), 'the private dir is removed after the run')
 })
 
-test('the private DOCKER_CONFIG keeps the user\'s CLI plugins (buildx) reachable', async () => {
+test('the private DOCKER_CONFIG keeps the user\'s CLI plugins (buildx) reachable', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const userDocker = tempDir('docker-cfg-')
   fs.mkdirSync(path.join(userDocker, 'cli-plugins'))
@@ -78,7 +78,7 @@ test('the private DOCKER_CONFIG keeps the user\'s CLI plugins (buildx) reachable
   assert.equal(login.dockerPluginsLinked, true)
 })
 
-test('--no-setup uses the user\'s own configuration as is', async () => {
+test('--no-setup uses the user\'s own configuration as is', { timeout: 15_000 }, async () => {
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], {
     env: { KUBECONFIG: '/home/someone/.kube/config', DOCKER_CONFIG: undefined },
   })

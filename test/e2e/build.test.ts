@@ -87,19 +87,19 @@ const dockerBuilds = (r: RunResult) => r.stderr.split('\n').filter((l) => /Execu
 
 if (!engine) {
   const reason = 'reason' in services ? services.reason : ''
-  if (process.env.CI === 'true') test('Docker engine and registry are available (CI=true: required)', () => assert.fail(reason))
-  else test('deploy.ts --build --push with a real Docker engine and registry', { skip: reason }, () => {})
+  if (process.env.CI === 'true') test('Docker engine and registry are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(reason))
+  else test('deploy.ts --build --push with a real Docker engine and registry', { skip: reason, timeout: 5_000 }, () => {})
 } else {
-  describe('deploy.ts --no-setup --build --push with a real Docker engine and registry', { concurrency: true, timeout: 180_000 }, () => {
+  describe('deploy.ts --no-setup --build --push with a real Docker engine and registry', { concurrency: true }, () => {
     after(async () => {
       for (const child of children) child.kill('SIGKILL')
       // best effort: do not leave the test images in the engine
       if (localImages.size) await new Promise((resolve) => execFile(engine.docker, ['image', 'rm', '-f', ...localImages], () => resolve(undefined)))
       if ('stop' in services) await services.stop() // only what this run started
-    })
+    }, { timeout: 30_000 })
 
     for (const builder of ['BuildKit', 'legacy'] as const) {
-      test(`${builder} builder: builds and pushes, skips an unchanged image, rebuilds a changed one with the previous as cache`, async () => {
+      test(`${builder} builder: builds and pushes, skips an unchanged image, rebuilds a changed one with the previous as cache`, { timeout: 60_000 }, async () => {
         const f = await makeFixture()
         const prefix = `${engine.registry}/e2e-${randomBytes(4).toString('hex')}/user-`
         const name = `${prefix}${f.hub}`
@@ -151,7 +151,7 @@ if (!engine) {
       })
     }
 
-    test('a push to a registry that does not answer fails, naming the image', async () => {
+    test('a push to a registry that does not answer fails, naming the image', { timeout: 60_000 }, async () => {
       const f = await makeFixture()
       const name = `${NO_REGISTRY}/e2e-${randomBytes(4).toString('hex')}/user-${f.hub}`
       const spec = `${name}:${tagOf(f)}`

@@ -158,15 +158,15 @@ const image = (api: KubeApi, f: Fixture, name: string) => api.get('deployments',
 const finalError = (r: RunResult) => r.stderr.trim().split('\n').at(-1) ?? ''
 
 if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', () => assert.fail(UNAVAILABLE))
-  else test('deploy.ts --deploy with real helm and kubectl', { skip: UNAVAILABLE }, () => {})
+  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(UNAVAILABLE))
+  else test('deploy.ts --deploy with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
 } else {
-  describe('deploy.ts --deploy with real helm and kubectl', { concurrency: true, timeout: 180_000 }, () => {
+  describe('deploy.ts --deploy with real helm and kubectl', { concurrency: true }, () => {
     after(() => {
       for (const child of children) child.kill('SIGKILL')
-    })
+    }, { timeout: 30_000 })
 
-    test('installs, waits for every deployment, then upgrades to the new user image tag', async (t) => {
+    test('installs, waits for every deployment, then upgrades to the new user image tag', { timeout: 80_000 }, async (t) => {
       const { api, deploy } = await cluster(t)
       const f = makeFixture()
       const tag1 = userTag(f)
@@ -205,7 +205,7 @@ if (!tools) {
       assert.match(second.stdout, /^\[user-placeholder\] deployment "user-placeholder" successfully rolled out$/m)
     })
 
-    test('CLUSTER_PROVIDER=kubeconfig: setup deploys through a private copy of the repository\'s kubeconfig', async (t) => {
+    test('CLUSTER_PROVIDER=kubeconfig: setup deploys through a private copy of the repository\'s kubeconfig', { timeout: 65_000 }, async (t) => {
       const { api, deploy } = await cluster(t)
       const f = makeFixture()
       const file = path.join(tempDir(), 'kubeconfig')
@@ -220,7 +220,7 @@ if (!tools) {
       assert.ok(!all(r).includes(token), 'the kubeconfig\'s token is masked')
     })
 
-    test('helm --wait times out on a deployment that never becomes ready: exit 1 with diagnostics', async (t) => {
+    test('helm --wait times out on a deployment that never becomes ready: exit 1 with diagnostics', { timeout: 60_000 }, async (t) => {
       const { api, deploy } = await cluster(t, { neverReady: (name) => name === 'hub' })
       const f = makeFixture()
       const r = await deploy(f, ['--no-setup', '--deploy', f.hub], { HELM_TIMEOUT: '3', ROLLOUT_TIMEOUT: '3s' })
@@ -239,7 +239,7 @@ if (!tools) {
       assert.deepEqual(revisions(api, f), [[1, 'failed']])
     })
 
-    test('a rollout that does not finish within ROLLOUT_TIMEOUT: exit 1 with diagnostics', async (t) => {
+    test('a rollout that does not finish within ROLLOUT_TIMEOUT: exit 1 with diagnostics', { timeout: 60_000 }, async (t) => {
       // maxUnavailable 1 lets helm --wait accept 0 ready pods, so kubectl rollout status is what fails
       const { api, deploy } = await cluster(t, { neverReady: (name) => name === 'user-placeholder' })
       const f = makeFixture({ maxUnavailable: { 'user-placeholder': 1 } })
@@ -260,7 +260,7 @@ if (!tools) {
       assert.equal(finalError(r), 'ERROR: rollout of deployment.apps/user-placeholder did not finish within 3s')
     })
 
-    test('a chart that does not render: exit 1, a clean error, no release', async (t) => {
+    test('a chart that does not render: exit 1, a clean error, no release', { timeout: 60_000 }, async (t) => {
       const { api, deploy } = await cluster(t)
       const f = makeFixture({ broken: true })
       const r = await deploy(f, ['--no-setup', '--deploy', f.hub])
@@ -273,7 +273,7 @@ if (!tools) {
       assert.doesNotMatch(r.stderr, /kubectl rollout status/)
     })
 
-    test('a release left pending-upgrade: refused with the repair command; --recover rolls back, then deploys', async (t) => {
+    test('a release left pending-upgrade: refused with the repair command; --recover rolls back, then deploys', { timeout: 100_000 }, async (t) => {
       const { api, deploy, helm } = await cluster(t)
       const f = makeFixture()
       exits(await deploy(f, ['--no-setup', '--deploy', f.hub]), 0)
@@ -305,7 +305,7 @@ if (!tools) {
       assert.equal(JSON.parse(status.stdout).info.status, 'deployed')
     })
 
-    test('a first install left pending-install: refused with `helm uninstall`; --recover uninstalls, then installs', async (t) => {
+    test('a first install left pending-install: refused with `helm uninstall`; --recover uninstalls, then installs', { timeout: 85_000 }, async (t) => {
       const { api, deploy } = await cluster(t)
       const f = makeFixture()
       api.seedHelmRelease({ name: f.hub, namespace: f.hub, status: 'pending-install', description: 'Initial install underway' })

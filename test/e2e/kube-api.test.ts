@@ -136,23 +136,23 @@ const image = (api: KubeApi, ns: string, name: string) => api.get('deployments',
 const json = (r: Result) => JSON.parse(r.stdout);
 
 if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available in CI', () => assert.fail(unavailable));
-  else test('real helm and kubectl against the simulated Kubernetes API', { skip: unavailable }, () => {});
+  if (process.env.CI === 'true') test('real helm and kubectl are available in CI', { timeout: 5_000 }, () => assert.fail(unavailable));
+  else test('real helm and kubectl against the simulated Kubernetes API', { skip: unavailable, timeout: 5_000 }, () => {});
 } else {
-  describe('real helm and kubectl against the simulated Kubernetes API', { concurrency: true, timeout: 120_000 }, () => {
-    before(writeChart);
+  describe('real helm and kubectl against the simulated Kubernetes API', { concurrency: true }, () => {
+    before(writeChart, { timeout: 30_000 });
     after(async () => {
       for (const child of children) child.kill('SIGKILL');
       if (root) await rm(root, { recursive: true, force: true });
-    });
+    }, { timeout: 30_000 });
 
-    test('helm dep up vendors the file:// dependency without network', async () => {
+    test('helm dep up vendors the file:// dependency without network', { timeout: 60_000 }, async () => {
       const r = ok(await helmDepUp(), 'helm dep up');
       assert.match(r.stdout, /Saving 1 charts/);
       assert.ok(existsSync(path.join(chartDir, 'charts', 'jupyterhub-0.1.0.tgz')));
     });
 
-    test('upgrade --install twice, then status, history, rollback and uninstall', async (t) => {
+    test('upgrade --install twice, then status, history, rollback and uninstall', { timeout: 60_000 }, async (t) => {
       const { api, helm, upgrade } = await cluster(t);
       const install = ok(await upgrade('hubns', 'hub', 'abc1234', ['--wait', '--timeout', '60s', '--description', '{"commit":"abc"}']), 'install');
       assert.match(install.stdout, /STATUS: deployed/);
@@ -197,7 +197,7 @@ if (!tools) {
       assert.match(gone.stderr, /release: not found/);
     });
 
-    test('kubectl get deployments, rollout status, events and pods', async (t) => {
+    test('kubectl get deployments, rollout status, events and pods', { timeout: 60_000 }, async (t) => {
       const { api, kubectl, upgrade } = await cluster(t, { readyDelayMs: 300, neverReady: () => true });
       ok(await upgrade('ns', 'hub', 'abc1234', ['--timeout', '60s']), 'helm upgrade --install (no --wait)');
       const names = ok(await kubectl('--namespace', 'ns', 'get', 'deployments', '-o', 'name'), 'get deployments');
@@ -224,7 +224,7 @@ if (!tools) {
       assert.match(pods.stdout, /\nproxy-\w+-\w+\s+1\/1\s+Running/);
     });
 
-    test('a never-ready deployment: rollout status times out, helm --wait fails', async (t) => {
+    test('a never-ready deployment: rollout status times out, helm --wait fails', { timeout: 60_000 }, async (t) => {
       const { api, helm, kubectl, upgrade } = await cluster(t, { neverReady: (name) => name === 'proxy' });
       ok(await upgrade('ns', 'hub', 'abc1234', ['--timeout', '60s']), 'helm upgrade --install (no --wait)');
       const rollout = await kubectl('rollout', 'status', '--namespace', 'ns', '--watch', 'deployment/proxy', '--timeout=3s');
@@ -245,7 +245,7 @@ if (!tools) {
       assert.equal(image(api, 'ns', 'hub'), 'example/hub:bad');
     });
 
-    test('an interrupted release (pending-upgrade) blocks helm upgrade', async (t) => {
+    test('an interrupted release (pending-upgrade) blocks helm upgrade', { timeout: 60_000 }, async (t) => {
       const { api, helm, upgrade } = await cluster(t);
       ok(await upgrade('ns', 'hub', 'abc1234', ['--timeout', '60s']), 'helm upgrade --install (no --wait)');
       api.seedHelmRelease({ name: 'hub', namespace: 'ns', status: 'pending-upgrade' });
@@ -261,7 +261,7 @@ if (!tools) {
       assert.equal(image(api, 'ns', 'hub'), 'example/hub:abc1234', 'nothing was applied');
     });
 
-    test('server-side dry runs (helm --dry-run=server, kubectl apply/delete/diff) answer but change nothing', async (t) => {
+    test('server-side dry runs (helm --dry-run=server, kubectl apply/delete/diff) answer but change nothing', { timeout: 60_000 }, async (t) => {
       const { api, helm, kubectl, upgrade } = await cluster(t);
       ok(await upgrade('ns', 'hub', 'abc1234'), 'install');
       const mark = api.requests.length;
@@ -293,7 +293,7 @@ if (!tools) {
       assert.deepEqual(history.map((h: { revision: number; status: string }) => [h.revision, h.status]), [[1, 'deployed']]);
     });
 
-    test('a failed upgrade rolled back: helm rollback REL 1 --wait deploys revision 3 with the manifest of 1', async (t) => {
+    test('a failed upgrade rolled back: helm rollback REL 1 --wait deploys revision 3 with the manifest of 1', { timeout: 60_000 }, async (t) => {
       // pods of the new image never become ready; those of the old one do
       const { api, helm, upgrade } = await cluster(t, { neverReady: (_, pod) => pod.spec.containers.some((c) => c.image === 'example/hub:bad') });
       ok(await upgrade('ns', 'hub', 'abc1234'), 'install');

@@ -3,7 +3,8 @@
 // release a live run is changing, a stale or released lease is taken over.
 // Run: node --import tsx --test test/e2e/lock.test.ts
 // No timing assumptions: the first run is held in `helm upgrade --wait` by pods that are
-// not ready until the test heals them, after it saw what the second run did.
+// not ready until the test heals them, after it saw what the second run did. One test waits
+// on the clock: the documented renewal (every 20 s) and takeover (120 s) times are what it pins.
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
@@ -67,7 +68,8 @@ async function cluster(t: TestContext) {
   await api.writeKubeconfig(kubeconfig)
   const PATH = `${tools!.binDir}${path.delimiter}${process.env.PATH}`
   const env = { ...scrubbed, HOME: home, KUBECONFIG: kubeconfig, HELM_TIMEOUT: '120', ROLLOUT_TIMEOUT: '60s', HEARTBEAT_INTERVAL: '1s' }
-  const start = (repo: string, args: string[], extra: Record<string, string> = {}): Started => {
+  /** Starts a run, killed after `limitMs` whatever happens (a test that fails must not leave it running). */
+  const start = (repo: string, args: string[], extra: Record<string, string> = {}, { limitMs = 150_000 } = {}): Started => {
     let output = ''
     const waiters: Array<[RegExp, () => void]> = []
     let resolveChild: (c: ChildProcess) => void
@@ -76,7 +78,7 @@ async function cluster(t: TestContext) {
       env: { ...env, ...extra }, path: PATH, noStandins: true,
       onSpawn: (c) => {
         resolveChild(c)
-        const timer = setTimeout(() => c.kill('SIGKILL'), 150_000)
+        const timer = setTimeout(() => c.kill('SIGKILL'), limitMs)
         c.on('close', () => clearTimeout(timer))
         const feed = (d: Buffer) => {
           output += d
@@ -105,11 +107,11 @@ const lease = (api: KubeApi, hub: string) => api.get('configmaps', hub, 'deploy-
 const finalError = (r: RunResult) => r.stderr.trim().split('\n').at(-1) ?? ''
 
 if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', () => assert.fail(UNAVAILABLE))
-  else test('the deploy lock with real helm and kubectl', { skip: UNAVAILABLE }, () => {})
+  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(UNAVAILABLE))
+  else test('the deploy lock with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
 } else {
-  describe('the deploy lock with real helm and kubectl', { concurrency: true, timeout: 200_000 }, () => {
-    test('a second deploy while one is live, LOCK_TIMEOUT=0: stops naming the live run, changes nothing', async (t) => {
+  describe('the deploy lock with real helm and kubectl', { concurrency: true }, () => {
+    test('a second deploy while one is live, LOCK_TIMEOUT=0: stops naming the live run, changes nothing', { timeout: 90_000 }, async (t) => {
       const { api, start } = await cluster(t)
       const f = makeFixture()
       api.setNeverReady(() => true)
@@ -127,7 +129,7 @@ if (!tools) {
       assert.equal(lease(api, f.hub)?.released, 'true', 'the live run released its lease at the end')
     })
 
-    test('a second deploy waits for the live one (LOCK_TIMEOUT), then deploys after it', async (t) => {
+    test('a second deploy waits for the live one (LOCK_TIMEOUT), then deploys after it', { timeout: 125_000 }, async (t) => {
       const { api, start } = await cluster(t)
       const f = makeFixture()
       api.setNeverReady(() => true)
@@ -145,7 +147,54 @@ if (!tools) {
       assert.match(lease(api, f.hub)?.holder ?? '', new RegExp(`\\(pid ${(await second.child).pid}\\)$`), 'the second run held it last')
     })
 
-    test('--recover while a live run is installing: never uninstalls or rolls back its release', async (t) => {
+    test('a live holder is never taken over: it renews its lease well within the takeover time, and a run waiting past that time still waits', { timeout: 300_000 }, async (t) => {
+      // docs/reliability.md: renewed every 20 s; taken over when a waiter saw it unchanged for 120 s.
+      const RENEWAL_GAP_MS = 30_000
+      const { api, start } = await cluster(t)
+      const f = makeFixture()
+      api.setNeverReady(() => true)
+      const first = start(f.repo, ['--no-setup', '--deploy', f.hub], { HELM_TIMEOUT: '270' }, { limitMs: 280_000 })
+      await first.saw(/Executing helm upgrade/)
+      const holder = `(pid ${(await first.child).pid})`
+      // The waiter gives up 15 s after the earliest a takeover could come.
+      const waiter = start(f.repo, ['--no-setup', '--deploy', f.hub], { LOCK_TIMEOUT: '135s' }, { limitMs: 250_000 })
+      let renewed = lease(api, f.hub)?.renewed
+      let renewedAt = Date.now()
+      const gaps: number[] = []
+      let watch: NodeJS.Timeout | undefined
+      // Fails at once when the lease changes hands or goes unrenewed too long, not when the waiter ends.
+      const watched = new Promise<never>((_, reject) => {
+        watch = setInterval(() => {
+          const now = lease(api, f.hub)
+          if (!now?.holder?.endsWith(holder)) reject(new Error(`the live run's lease was taken over: ${JSON.stringify(now)}`))
+          else if (now.renewed !== renewed) {
+            gaps.push(Date.now() - renewedAt)
+            ;[renewed, renewedAt] = [now.renewed, Date.now()]
+          } else if (Date.now() - renewedAt > RENEWAL_GAP_MS) reject(new Error(`the live run did not renew its lease for ${RENEWAL_GAP_MS / 1000} s (renewals seen after ${gaps.join(', ') || 'none'} ms)`))
+        }, 250)
+      })
+      try {
+        const second = await Promise.race([waiter.done, watched])
+        assert.equal(second.code, 1, show(second))
+        assert.match(finalError(second), new RegExp(`^ERROR: ${f.hub} is being deployed by .*${holder.replace(/[()]/g, '\\$&')} .*: not deploying alongside it after waiting LOCK_TIMEOUT=135s`))
+        assert.doesNotMatch(second.stderr, /took over|Executing helm (dep|upgrade)/)
+        assert.ok(gaps.length >= 5, `renewals seen after ${gaps.join(', ')} ms`)
+        assert.deepEqual(revisions(api, f.hub), [[1, 'pending-install']], 'the waiter never touched the release')
+      } catch (e) {
+        ;(await first.child).kill('SIGKILL')
+        throw e
+      } finally {
+        clearInterval(watch)
+        ;(await waiter.child).kill('SIGKILL')
+      }
+      api.setNeverReady(undefined)
+      const r = await first.done
+      assert.equal(r.code, 0, show(r))
+      assert.doesNotMatch(r.stderr, /could not renew/)
+      assert.deepEqual(revisions(api, f.hub), [[1, 'deployed']])
+    })
+
+    test('--recover while a live run is installing: never uninstalls or rolls back its release', { timeout: 100_000 }, async (t) => {
       const { api, start } = await cluster(t)
       const f = makeFixture()
       api.setNeverReady(() => true)
@@ -162,7 +211,7 @@ if (!tools) {
       assert.deepEqual(revisions(api, f.hub), [[1, 'deployed']], 'the live run finished its own install')
     })
 
-    test('a run stopped by SIGTERM releases its lease: the next run, LOCK_TIMEOUT=0, is not held up', async (t) => {
+    test('a run stopped by SIGTERM releases its lease: the next run, LOCK_TIMEOUT=0, is not held up', { timeout: 125_000 }, async (t) => {
       const { api, start } = await cluster(t)
       const f = makeFixture()
       api.setNeverReady(() => true)
@@ -180,7 +229,7 @@ if (!tools) {
       assert.equal(revisions(api, f.hub).at(-1)?.[1], 'deployed')
     })
 
-    test('a lease nobody renews any more is taken over, naming its old holder', async (t) => {
+    test('a lease nobody renews any more is taken over, naming its old holder', { timeout: 85_000 }, async (t) => {
       const { api, start } = await cluster(t)
       const f = makeFixture()
       const old = new Date(Date.now() - 3600_000).toISOString()

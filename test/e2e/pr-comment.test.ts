@@ -122,17 +122,17 @@ function assertNoSecret(body: string, hubs: Hub[]) {
 }
 
 if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', () => assert.fail(UNAVAILABLE))
-  else test('pr-comment with real helm and kubectl', { skip: UNAVAILABLE }, () => {})
+  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(UNAVAILABLE))
+  else test('pr-comment with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
 } else {
-  describe('pr-comment on --validate --diff with real helm and kubectl', { concurrency: true, timeout: 240_000 }, () => {
+  describe('pr-comment on --validate --diff with real helm and kubectl', { concurrency: true }, () => {
     after(async () => {
       for (const child of children) child.kill('SIGKILL')
       await Promise.all(servers.map((s) => s.close()))
       await stopServers()
-    })
+    }, { timeout: 30_000 })
 
-    test('an installed chart changed: the comment holds the validation line, the diff summary and the diff in <details>, no secret', async (t) => {
+    test('an installed chart changed: the comment holds the validation line, the diff summary and the diff in <details>, no secret', { timeout: 60_000 }, async (t) => {
       const { api, github, deploy } = await setup(t)
       const hub = newHub()
       const repo = makeRepo([hub])
@@ -167,7 +167,7 @@ if (!tools) {
       assertNoSecret(body, [hub, old])
     })
 
-    test('two charts, one installed and one not: one comment covering both', async (t) => {
+    test('two charts, one installed and one not: one comment covering both', { timeout: 60_000 }, async (t) => {
       const { github, deploy } = await setup(t)
       const hubs = [newHub(), newHub()]
       const repo = makeRepo(hubs)

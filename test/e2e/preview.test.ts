@@ -146,15 +146,15 @@ function exits(r: RunResult, code: number) {
 const writes = (api: KubeApi, from: number) => api.requests.slice(from).filter((r) => r.write).map((r) => `${r.method} ${r.path}${r.query}`)
 
 if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', () => assert.fail(UNAVAILABLE))
-  else test('deploy.ts --validate/--diff with real helm and kubectl', { skip: UNAVAILABLE }, () => {})
+  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(UNAVAILABLE))
+  else test('deploy.ts --validate/--diff with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
 } else {
-  describe('deploy.ts --validate and --diff with real helm and kubectl', { concurrency: true, timeout: 240_000 }, () => {
+  describe('deploy.ts --validate and --diff with real helm and kubectl', { concurrency: true }, () => {
     after(() => {
       for (const child of children) child.kill('SIGKILL')
-    })
+    }, { timeout: 30_000 })
 
-    test('--validate with no cluster: dependencies, lint and a render with the deploy\'s values; the kubeconfig is not needed', async (t) => {
+    test('--validate with no cluster: dependencies, lint and a render with the deploy\'s values; the kubeconfig is not needed', { timeout: 60_000 }, async (t) => {
       const { deploy } = await cluster(t)
       const f = makeFixture()
       const r = await deploy(f, ['--validate', f.hub], { KUBECONFIG: path.join(tempDir(), 'none') })
@@ -173,7 +173,7 @@ if (!tools) {
       assert.match(again.stderr, /dependencies already in hub-charts\/\w+\/charts\/ as Chart\.lock names them/)
     })
 
-    test('--validate names the file and the values path of each problem, exits 1, and --json carries them', async (t) => {
+    test('--validate names the file and the values path of each problem, exits 1, and --json carries them', { timeout: 60_000 }, async (t) => {
       const { deploy } = await cluster(t)
       const f = makeFixture()
       commit(f.repo, {
@@ -204,7 +204,7 @@ if (!tools) {
       assert.match(broken.stderr, new RegExp(`^ERROR: ${f.hub}: hub-charts/${f.hub}/templates/broken\\.yaml:3: unclosed action started at `, 'm'))
     })
 
-    test('--validate with secrets still locked renders without them and says so in one line', async (t) => {
+    test('--validate with secrets still locked renders without them and says so in one line', { timeout: 60_000 }, async (t) => {
       const { deploy } = await cluster(t)
       const f = makeFixture()
       fs.writeFileSync(path.join(f.repo, `secrets/${f.hub}.yaml`), Buffer.concat([Buffer.from('\0GITCRYPT\0'), randomBytes(40)]))
@@ -216,7 +216,7 @@ if (!tools) {
       assert.match(r.stdout, new RegExp(`^${f.hub}: valid `, 'm'))
     })
 
-    test('--diff on a chart not installed: everything added; read-only; then a deploy and a change: changed, added, removed, Secret values hidden', async (t) => {
+    test('--diff on a chart not installed: everything added; read-only; then a deploy and a change: changed, added, removed, Secret values hidden', { timeout: 60_000 }, async (t) => {
       const { api, deploy } = await cluster(t)
       const f = makeFixture()
 

@@ -96,17 +96,17 @@ const image = (api: KubeApi, f: Fixture) => api.get('deployments', f.hub, 'user-
 const brokenImage = (tag: string): NeverReady => (_deployment, pod) => pod.spec.containers.some((c) => c.image?.endsWith(`:${tag}`))
 
 if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', () => assert.fail(UNAVAILABLE))
-  else test('deploy.ts --rollback-on-failure with real helm and kubectl', { skip: UNAVAILABLE }, () => {})
+  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(UNAVAILABLE))
+  else test('deploy.ts --rollback-on-failure with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
 } else {
-  describe('deploy.ts --rollback-on-failure with real helm and kubectl', { concurrency: true, timeout: 300_000 }, () => {
+  describe('deploy.ts --rollback-on-failure with real helm and kubectl', { concurrency: true }, () => {
     after(async () => {
       for (const child of children) child.kill('SIGKILL')
       await Promise.all(servers.map((s) => s.close()))
       await stopServers()
-    })
+    }, { timeout: 30_000 })
 
-    test('a new image that never becomes ready: revision 2 failed, the release back on 1 (as revision 3), the old image running', async (t) => {
+    test('a new image that never becomes ready: revision 2 failed, the release back on 1 (as revision 3), the old image running', { timeout: 70_000 }, async (t) => {
       const { api, deploy } = await cluster(t)
       const f = makeFixture()
       const good = userTag(f)
@@ -130,7 +130,7 @@ if (!tools) {
       assert.equal(image(api, f), `example/user-${f.hub}:${good}`)
     })
 
-    test('a health check that fails after a good rollout: revision 2 superseded by the rollback to 1; notify-slack says so', async (t) => {
+    test('a health check that fails after a good rollout: revision 2 superseded by the rollback to 1; notify-slack says so', { timeout: 65_000 }, async (t) => {
       const { api, deploy } = await cluster(t)
       const f = makeFixture()
       const good = userTag(f)
@@ -156,7 +156,7 @@ if (!tools) {
       assert.equal(body.rolledBackTo, 1)
     })
 
-    test('a first install that fails: no rollback, a clear message, the failed release left for inspection', async (t) => {
+    test('a first install that fails: no rollback, a clear message, the failed release left for inspection', { timeout: 60_000 }, async (t) => {
       const { api, deploy } = await cluster(t, { neverReady: () => true })
       const f = makeFixture()
       const r = await deploy(f, ['--no-setup', '--deploy', '--rollback-on-failure', f.hub], { HELM_TIMEOUT: '3' })

@@ -126,6 +126,8 @@ export interface Call {
   startedAt: number
   argv: string[]
   cwd: string
+  /** What it got on stdin: `none`, `read` (fed, to its end), or `open` (a pipe nobody fed nor closed: left unread). */
+  stdin: 'none' | 'read' | 'open'
   stdinSha256: string | null
   /** sha256 of the file KUBECONFIG names, when it exists. */
   kubeconfigSha256?: string | null
@@ -158,12 +160,20 @@ export function standinBin(tools = ['gcloud', 'aws', 'az', 'kubelogin', 'helm', 
   return bin
 }
 
+/** A signal a stand-in received (it then died of it). */
+export interface Signalled {
+  tool: string
+  pid: number
+  signal: NodeJS.Signals
+}
+
 export interface RunResult {
   code: number | null
   signal: NodeJS.Signals | null
   stdout: string
   stderr: string
   calls: Call[]
+  signals: Signalled[]
   /** Every call as `tool arg arg ...`, in order. */
   commands: string[]
   home: string
@@ -179,6 +189,11 @@ export interface RunOptions {
   secrets?: string[]
   /** Called with the child once it started (to send signals). */
   onSpawn?: (child: ReturnType<typeof spawn>) => void
+  /**
+   * deploy.ts's stdin is a pipe this test never writes to nor closes (default: none, so the
+   * test runner's stdin never reaches deploy.ts or its commands).
+   */
+  openStdin?: boolean
 }
 
 /** The secret scan every scenario gets: output and every recorded argv. */
@@ -213,6 +228,10 @@ export function deployCommand(): string[] {
   return [process.execPath, '--import', TSX_LOADER, DEPLOY]
 }
 
+function jsonLines<T>(file: string): T[] {
+  return fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)) : []
+}
+
 /** Runs deploy.ts in `repo` with stand-ins first on PATH and a fresh HOME. */
 export function runDeploy(repo: string, args: string[], options: RunOptions = {}): Promise<RunResult> {
   const work = tempDir('deploy-run-')
@@ -231,20 +250,22 @@ export function runDeploy(repo: string, args: string[], options: RunOptions = {}
   for (const [k, v] of Object.entries(options.env ?? {})) if (v !== undefined) env[k] = v
   const [cmd, ...pre] = deployCommand()
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, [...pre, ...args], { cwd: repo, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(cmd, [...pre, ...args], { cwd: repo, env, stdio: [options.openStdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
-    child.stdout.on('data', (d) => (stdout += d))
-    child.stderr.on('data', (d) => (stderr += d))
+    child.stdout!.on('data', (d) => (stdout += d))
+    child.stderr!.on('data', (d) => (stderr += d))
     child.on('error', reject)
     options.onSpawn?.(child)
     child.on('close', (code, signal) => {
-      const calls: Call[] = fs.existsSync(logFile)
-        ? fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l))
-        : []
-      const result = { code, signal, stdout, stderr, calls, commands: calls.map((c) => [c.tool, ...c.argv].join(' ')), home }
+      child.stdin?.destroy()
+      const calls = jsonLines<Call>(logFile)
+      const result = { code, signal, stdout, stderr, calls, signals: jsonLines<Signalled>(`${logFile}.signals`), commands: calls.map((c) => [c.tool, ...c.argv].join(' ')), home }
       const leak = findLeak(result, [...PLANTED, ...(options.secrets ?? [])])
+      // Outside the tests a command given a stdin nobody feeds (a terminal, CI's pipe) may wait on it for ever.
+      const open = calls.find((c) => c.stdin === 'open')
       if (leak) reject(new Error(`secret leaked: ${leak}`))
+      else if (open) reject(new Error(`${open.tool} ${open.argv.join(' ')} was given a stdin that stayed open and silent: deploy.ts passed its own on`))
       else resolve(result)
     })
   })

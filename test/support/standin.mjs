@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Recording stand-in for gcloud, aws, az, kubelogin, helm, kubectl and docker (symlinked under those names).
-// Appends one JSON line per call to $STANDIN_LOG: the tool, its argv, its cwd, the
-// sha256 of its stdin and of the kubeconfig it would use, and the config dirs it was given; then answers from the first
+// Appends one JSON line per call to $STANDIN_LOG: the tool, its argv, its cwd, what it got on
+// stdin (see readStdin) and the sha256 of that and of the kubeconfig it would use, and the
+// config dirs it was given; then answers from the first
 // rule in $STANDIN_RULES (a JSON array) whose tool matches and whose `match` (a regular
 // expression) matches the joined argv. Rule fields: stdout, stderr, exit, sleepMs,
 // touch (an env var naming a file to create, e.g. KUBECONFIG), every (with sleepMs: also
@@ -9,22 +10,34 @@
 // (a number N: wait, without a clock, until N such calls are running at once, or until a
 // call arrives after N others came: how a test sees concurrency whatever the load; the log
 // line is then written on leaving, with `peak` and `departedBefore`: see barrier()).
+// A SIGINT or SIGTERM it gets is appended to $STANDIN_LOG.signals as { tool, pid, signal }
+// before it dies of that signal, as it would without the record.
 import fs from 'node:fs'
 import path from 'node:path'
 import crypto from 'node:crypto'
 
+/** How long a stdin pipe may stay silent and open before it counts as one nobody feeds. */
+const STDIN_GRACE_MS = 5000
+
 const tool = path.basename(process.argv[1])
 const argv = process.argv.slice(2)
-let stdin = null
-const st = fs.fstatSync(0)
-if (st.isFIFO() || st.isFile() || st.isSocket()) stdin = fs.readFileSync(0)
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    if (process.env.STANDIN_LOG) fs.appendFileSync(`${process.env.STANDIN_LOG}.signals`, JSON.stringify({ tool, pid: process.pid, signal }) + '\n')
+    process.removeAllListeners(signal)
+    process.kill(process.pid, signal)
+  })
+}
+const startedAt = Date.now()
+const stdin = await readStdin()
 const entry = {
   tool,
   pid: process.pid,
-  startedAt: Date.now(),
+  startedAt,
   argv,
   cwd: process.cwd(),
-  stdinSha256: stdin && stdin.length ? crypto.createHash('sha256').update(stdin).digest('hex') : null,
+  stdin: stdin.kind,
+  stdinSha256: stdin.data.length ? crypto.createHash('sha256').update(stdin.data).digest('hex') : null,
   dockerPluginsLinked: process.env.DOCKER_CONFIG ? fs.existsSync(path.join(process.env.DOCKER_CONFIG, 'cli-plugins')) : null,
   kubeconfigSha256: process.env.KUBECONFIG && fs.existsSync(process.env.KUBECONFIG) ? crypto.createHash('sha256').update(fs.readFileSync(process.env.KUBECONFIG)).digest('hex') : null,
   env: Object.fromEntries(['KUBECONFIG', 'CLOUDSDK_CONFIG', 'AZURE_CONFIG_DIR', 'DOCKER_CONFIG', 'DOCKER_BUILDKIT'].map((k) => [k, process.env[k] ?? null])),
@@ -51,6 +64,44 @@ if (rule.sleepMs) {
     finish()
   }, rule.sleepMs)
 } else finish()
+
+/**
+ * What the caller gave on stdin: `none` (no stdin, or /dev/null), `read` (a file, or a pipe
+ * read to its end: what the caller fed, maybe nothing), or `open` (a pipe still open and silent
+ * after STDIN_GRACE_MS: a stdin passed on that nobody feeds, left unread instead of waited on
+ * for ever).
+ */
+function readStdin() {
+  let st
+  try {
+    st = fs.fstatSync(0)
+  } catch {
+    return { kind: 'none', data: Buffer.alloc(0) }
+  }
+  if (st.isFile()) return { kind: 'read', data: fs.readFileSync(0) }
+  if (!st.isFIFO() && !st.isSocket()) return { kind: 'none', data: Buffer.alloc(0) }
+  return new Promise((resolve) => {
+    const chunks = []
+    let timer
+    const done = (kind) => {
+      clearTimeout(timer)
+      process.stdin.removeAllListeners('data').pause()
+      if (kind === 'open') process.stdin.destroy()
+      resolve({ kind, data: Buffer.concat(chunks) })
+    }
+    const silent = () => {
+      clearTimeout(timer)
+      timer = setTimeout(() => done('open'), STDIN_GRACE_MS)
+    }
+    process.stdin.on('data', (chunk) => {
+      chunks.push(chunk)
+      silent()
+    })
+    process.stdin.once('end', () => done('read'))
+    process.stdin.once('error', () => done('read'))
+    silent()
+  })
+}
 
 /**
  * Enters the barrier and waits until `count` calls were inside at once (the first to see it
