@@ -70,10 +70,10 @@ async function changedFiles(exec: Exec, out: Output, range: string, fallback: st
 }
 
 /**
- * Dirs with uncommitted changes (untracked files included, ignored ones not): what the run
- * would build or deploy from them is not what the commit says.
+ * The files under `dirs` with uncommitted changes (untracked files included, ignored ones
+ * not): what the run would build or deploy from them is not what the commit says.
  */
-export async function dirtyDirs(exec: Exec, dirs: string[], ignore?: RegExp): Promise<string[]> {
+export async function dirtyFiles(exec: Exec, dirs: string[], ignore?: RegExp): Promise<string[]> {
   if (dirs.length === 0) return []
   const args = ['status', '--porcelain=v1', '-z', '--untracked-files=all', '--', ...dirs]
   const { stdout } = await exec('git', args, { capture: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
@@ -85,8 +85,7 @@ export async function dirtyDirs(exec: Exec, dirs: string[], ignore?: RegExp): Pr
     paths.push(fields[i].slice(3))
     if (/[RC]/.test(fields[i][0])) paths.push(fields[++i] ?? '')
   }
-  const changed = paths.filter((p) => !ignore?.test(p))
-  return dirs.filter((dir) => changed.some((p) => p === dir || p.startsWith(`${dir}/`)))
+  return paths.filter((p) => !ignore?.test(p) && dirs.some((dir) => p === dir || p.startsWith(`${dir}/`)))
 }
 
 /** The dirs the commit range touched; a range git cannot read touched them all. */

@@ -13,7 +13,7 @@ import { CHART_NAME, type Config } from './config.ts'
 import { checkSecretsYaml, readIfPlain, readSecretFile, secretFileFor, type Secrets } from './secrets.ts'
 import { INSTALL_HINTS, onPath, type Invocation, type Output } from './process.ts'
 import { HELM_VERSIONS, helmVersion, unsupportedHelm } from './helm.ts'
-import { checkGit, commitRange, dirtyDirs, gitModified } from './git.ts'
+import { checkGit, commitRange, dirtyFiles, gitModified } from './git.ts'
 import { CLUSTERS, LOGINS, REGISTRIES, pickProvider, planSetup, setupSteps, type SetupPlan } from './providers.ts'
 import type { HeldLease } from './lock.ts'
 import type { Preview } from './preview.ts'
@@ -245,22 +245,80 @@ function chartSecrets(chart: string, request: Request, { out, invocation }: Tool
   return { secretsFile: 'used' }
 }
 
+/** Links and submodules a run cannot vouch for, with the fix, or undefined. */
+function unseenDir(dir: string, what: string): string | undefined {
+  if (fs.lstatSync(dir).isSymbolicLink()) {
+    return `${dir} is a link to ${fs.readlinkSync(dir)}: --changed and the image tags follow ${dir}'s own history, not its target's, so a change there would go unseen; make it a directory (git mv the target to ${dir})`
+  }
+  if (fs.existsSync(path.join(dir, '.git'))) {
+    return `${dir} is a git submodule: its changes are not in this repository's history, so ${what} would not follow them; vendor it (git rm --cached ${dir}, then commit its files)`
+  }
+  return undefined
+}
+
 /**
- * What the run builds (image dirs) and deploys (the chart dir, its secret values) must be
- * what the commit says: uncommitted or untracked files there stop the run (a dry run notes them).
+ * What a chart pulls in beside its own files: the targets of its links and the directories
+ * of its `file://` dependencies (theirs too), as repository paths; a link or a dependency
+ * outside the repository is a problem, as git cannot vouch for it.
  */
-async function checkCommitted(files: ChartFiles, request: Request, images: ImageInfo[], { exec, out }: Tools) {
+function pulledIn(dir: string, YAML: typeof YAMLModule, found: { paths: Set<string>; problem?: string }) {
+  const inRepo = (p: string) => {
+    const rel = path.relative(process.cwd(), p)
+    return rel.startsWith('..') || path.isAbsolute(rel) ? undefined : rel
+  }
+  const walk = (at: string) => {
+    for (const entry of fs.readdirSync(at, { withFileTypes: true })) {
+      const p = path.join(at, entry.name)
+      if (entry.name === '.git' || (entry.isFile() && /\/charts\/[^/]+\.tgz$/.test(p))) continue
+      if (entry.isSymbolicLink()) {
+        const target = inRepo(fs.realpathSync(p))
+        if (target === undefined) return (found.problem ??= `${p} is a link to ${fs.realpathSync(p)}, outside the repository: what is deployed would not be what the commit says; copy it into the repository`)
+        if (!found.paths.has(target)) {
+          found.paths.add(target)
+          if (fs.statSync(p).isDirectory()) walk(target)
+        }
+      } else if (entry.isDirectory()) walk(p)
+    }
+  }
+  walk(dir)
+  const read = (file: string) => (fs.existsSync(path.join(dir, file)) ? YAML.parse(fs.readFileSync(path.join(dir, file), 'utf8')) ?? {} : {})
+  const dependencies: { repository?: string }[] = [...(read('Chart.yaml').dependencies ?? []), ...(read('requirements.yaml').dependencies ?? [])]
+  for (const { repository } of dependencies) {
+    if (!repository?.startsWith('file://')) continue
+    const target = inRepo(path.resolve(dir, repository.slice('file://'.length)))
+    if (target === undefined) found.problem ??= `${dir}: the dependency ${repository} is outside the repository: what is deployed would not be what the commit says; move it into the repository`
+    else if (!found.paths.has(target)) {
+      found.paths.add(target)
+      pulledIn(target, YAML, found)
+    }
+  }
+}
+
+/**
+ * What the run builds (image dirs) and deploys (the chart dir, what it pulls in, its secret
+ * values) must be what the commit says: uncommitted or untracked files there, a link or a
+ * dependency outside the repository, a linked or submodule directory stop the run (exit 2;
+ * a dry run notes them).
+ */
+async function checkCommitted(files: ChartFiles, request: Request, images: ImageInfo[], { exec, out, invocation }: Tools) {
+  const found: { paths: Set<string>; problem?: string } = { paths: new Set() }
+  if (request.phases.build) for (const i of images) found.problem ??= unseenDir(i.dir, 'the image tag')
+  if (request.phases.deploy) {
+    found.problem ??= unseenDir(files.chartDir, '--changed')
+    if (!found.problem) pulledIn(files.chartDir, invocation.runtime.YAML, found)
+  }
   const dirs = [
     ...(request.phases.build ? images.map((i) => i.dir) : []),
-    ...(request.phases.deploy ? [files.chartDir, files.secretsFile] : []),
+    ...(request.phases.deploy ? [files.chartDir, files.secretsFile, ...found.paths] : []),
   ]
-  // helm dep up (re)writes the chart's charts/ and Chart.lock from Chart.yaml: not a change of ours.
-  const generated = new RegExp(`^${files.chartDir}/(charts/|Chart\\.lock$)`)
-  const [dirty] = await dirtyDirs(exec, dirs, generated)
-  if (!dirty) return
-  const image = images.some((i) => i.dir === dirty)
+  // helm dep up downloads dependency archives into charts/ and writes Chart.lock: not a change of
+  // ours. A committed subchart's own files under charts/ are.
+  const generated = new RegExp(`/(charts/[^/]+\\.tgz|Chart\\.lock|requirements\\.lock)$`)
+  const [dirty] = found.problem ? [] : await dirtyFiles(exec, dirs, generated)
+  if (!dirty && !found.problem) return
+  const image = images.some((i) => dirty?.startsWith(`${i.dir}/`))
   const what = image ? `${request.phases.push ? 'built and pushed' : 'built'} under the committed tag` : 'deployed as if committed'
-  const error = usageError(`${dirty} has uncommitted or untracked changes that would be ${what}: commit or stash them first`)
+  const error = usageError(found.problem ?? `${dirty} has uncommitted or untracked changes that would be ${what}: commit or stash them first`)
   if (!request.dryRun) throw error
   out.print(`# ${error.message} (a real run stops here, exit 2)`)
 }

@@ -7,6 +7,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { makeRepo, runDeploy, commit, git, tempDir, ROOT, HELM2, HELM3, type RunResult } from './support/harness.ts'
 import { heldLease, lockCalls, withoutLock } from './support/hostile-deploy.ts'
@@ -87,23 +88,23 @@ test('--changed sees file names with quotes, tabs and newlines', { timeout: 15_0
 // ---------------------------------------------------------------------------------------
 // Class 2: uncommitted changes are never built, pushed or deployed as the commit
 
-test('a modified file in an image dir with --build --push: exit 2 naming the dir, nothing built or pushed', { timeout: 15_000 }, async () => {
+test('a modified file in an image dir with --build --push: exit 2 naming the file, nothing built or pushed', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   fs.appendFileSync(path.join(repo, 'user-images/staginghub/Dockerfile'), 'RUN echo uncommitted\n')
   refused(await runDeploy(repo, ['--no-setup', '--build', '--push', 'staginghub']),
-    'user-images/staginghub has uncommitted or untracked changes that would be built and pushed under the committed tag: commit or stash them first')
+    'user-images/staginghub/Dockerfile has uncommitted or untracked changes that would be built and pushed under the committed tag: commit or stash them first')
 })
 
-test('an untracked file in an image dir with --build: exit 2 naming the dir', { timeout: 15_000 }, async () => {
+test('an untracked file in an image dir with --build: exit 2 naming the file', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   fs.writeFileSync(path.join(repo, 'user-images/staginghub/extra.txt'), 'new\n')
-  refused(await runDeploy(repo, ['--no-setup', '--build', 'staginghub']), 'user-images/staginghub has uncommitted or untracked changes that would be built under the committed tag')
+  refused(await runDeploy(repo, ['--no-setup', '--build', 'staginghub']), 'user-images/staginghub/extra.txt has uncommitted or untracked changes that would be built under the committed tag')
 })
 
-test('an untracked non-ASCII file in a hub image dir: exit 2 naming that dir', { timeout: 15_000 }, async () => {
+test('an untracked non-ASCII file in a hub image dir: exit 2 naming that file', { timeout: 15_000 }, async () => {
   const repo = makeRepo({ hubImages: ['staginghub'] })
   fs.writeFileSync(path.join(repo, 'hub-images/staginghub/ñ.py'), 'x\n')
-  refused(await runDeploy(repo, ['--no-setup', '--build', 'staginghub']), /^ERROR: hub-images\/staginghub has uncommitted or untracked changes/)
+  refused(await runDeploy(repo, ['--no-setup', '--build', 'staginghub']), /^ERROR: hub-images\/staginghub\/ñ\.py has uncommitted or untracked changes/)
 })
 
 test('an ignored file in an image dir does not stop the build (git does not version it)', { timeout: 15_000 }, async () => {
@@ -115,10 +116,10 @@ test('an ignored file in an image dir does not stop the build (git does not vers
   assert.ok(r.commands.some((c) => c.startsWith('docker build')))
 })
 
-test('a modified chart file with --deploy: exit 2 naming the chart dir, no helm command', { timeout: 15_000 }, async () => {
+test('a modified chart file with --deploy: exit 2 naming the file, no helm command', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   fs.appendFileSync(path.join(repo, 'hub-charts/staginghub/values.yaml'), 'extra: true\n')
-  refused(await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub']), 'hub-charts/staginghub has uncommitted or untracked changes that would be deployed as if committed')
+  refused(await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub']), 'hub-charts/staginghub/values.yaml has uncommitted or untracked changes that would be deployed as if committed')
 })
 
 test('a modified secrets/<chart>.yaml with --deploy: exit 2 naming it, the value never printed', { timeout: 15_000 }, async () => {
@@ -139,6 +140,56 @@ test('what helm dep up writes (charts/, a committed Chart.lock it rewrites) does
   assert.ok(r.commands.some((c) => c.startsWith('helm upgrade')))
 })
 
+test('an uncommitted edit inside a committed subchart under charts/ is refused, naming the file (issue 18, class 3)', { timeout: 15_000 }, async () => {
+  const repo = makeRepo()
+  commit(repo, { 'hub-charts/staginghub/charts/proxy/Chart.yaml': 'apiVersion: v2\nname: proxy\nversion: 0.1.0\n', 'hub-charts/staginghub/charts/proxy/values.yaml': 'replicas: 1\n' })
+  fs.writeFileSync(path.join(repo, 'hub-charts/staginghub/charts/proxy/values.yaml'), 'replicas: 9\n')
+  refused(await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub']), 'hub-charts/staginghub/charts/proxy/values.yaml has uncommitted or untracked changes that would be deployed as if committed')
+})
+
+test('an edit reached through a link is refused: a linked values file, a linked template folder (issue 18, class 3)', { timeout: 30_000 }, async () => {
+  const repo = makeRepo()
+  commit(repo, { 'common/values.yaml': 'shared: 1\n', 'common/templates/cm.yaml': 'kind: ConfigMap\n' })
+  fs.symlinkSync('../../common/values.yaml', path.join(repo, 'hub-charts/staginghub/common-values.yaml'))
+  fs.mkdirSync(path.join(repo, 'hub-charts/staginghub/templates'), { recursive: true })
+  fs.symlinkSync('../../../common/templates', path.join(repo, 'hub-charts/staginghub/templates/shared'))
+  commit(repo, {})
+  fs.writeFileSync(path.join(repo, 'common/values.yaml'), 'shared: 2\n')
+  refused(await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub']), 'common/values.yaml has uncommitted or untracked changes that would be deployed as if committed')
+  git(repo, 'checkout', '--', 'common/values.yaml')
+  fs.writeFileSync(path.join(repo, 'common/templates/new.yaml'), 'kind: Secret\n')
+  refused(await runDeploy(repo, ['--no-setup', '--deploy', 'staginghub']), 'common/templates/new.yaml has uncommitted or untracked changes')
+})
+
+test('a link or a file:// dependency outside the repository is refused; one inside must be clean (issue 18, class 3)', { timeout: 30_000 }, async () => {
+  const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'deploy-outside-'))
+  fs.writeFileSync(path.join(outside, 'values.yaml'), 'x: 1\n')
+  const linked = makeRepo()
+  fs.symlinkSync(path.join(outside, 'values.yaml'), path.join(linked, 'hub-charts/staginghub/outside.yaml'))
+  commit(linked, {})
+  refused(await runDeploy(linked, ['--no-setup', '--deploy', 'staginghub']), /^ERROR: hub-charts\/staginghub\/outside\.yaml is a link to .*, outside the repository: what is deployed would not be what the commit says/)
+  const dep = makeRepo()
+  commit(dep, {
+    'hub-charts/staginghub/Chart.yaml': 'apiVersion: v2\nname: staginghub\nversion: 0.1.0\ndependencies:\n  - name: lib\n    version: 0.1.0\n    repository: file://../../vendor/lib\n',
+    'vendor/lib/Chart.yaml': 'apiVersion: v2\nname: lib\nversion: 0.1.0\n',
+  })
+  fs.writeFileSync(path.join(dep, 'vendor/lib/values.yaml'), 'new: true\n')
+  refused(await runDeploy(dep, ['--no-setup', '--deploy', 'staginghub']), 'vendor/lib/values.yaml has uncommitted or untracked changes that would be deployed as if committed')
+  commit(dep, { 'hub-charts/staginghub/Chart.yaml': `apiVersion: v2\nname: staginghub\nversion: 0.1.0\ndependencies:\n  - name: lib\n    version: 0.1.0\n    repository: file://${outside}\n` })
+  refused(await runDeploy(dep, ['--no-setup', '--deploy', 'staginghub']), /^ERROR: hub-charts\/staginghub: the dependency file:\/\/.* is outside the repository/)
+})
+
+test('a linked chart dir or a submodule image dir is refused: --changed and the tags would not see their changes (issue 18, class 3)', { timeout: 30_000 }, async () => {
+  const repo = makeRepo()
+  fs.renameSync(path.join(repo, 'user-images/staginghub'), path.join(repo, 'elsewhere'))
+  fs.symlinkSync('../elsewhere', path.join(repo, 'user-images/staginghub'))
+  commit(repo, {})
+  refused(await runDeploy(repo, ['--no-setup', '--build', 'staginghub']), /^ERROR: user-images\/staginghub is a link to \.\.\/elsewhere: .*make it a directory/)
+  const sub = makeRepo()
+  fs.writeFileSync(path.join(sub, 'user-images/staginghub/.git'), 'gitdir: ../../.git/modules/image\n')
+  refused(await runDeploy(sub, ['--no-setup', '--build', 'staginghub']), /^ERROR: user-images\/staginghub is a git submodule: .*vendor it/)
+})
+
 test('a dirty image dir does not stop --deploy alone: the committed tag is what gets deployed', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
   const tag = tagOf(repo)
@@ -153,7 +204,7 @@ test('--dry-run notes a dirty image dir (a real run stops there) and runs nothin
   fs.writeFileSync(path.join(repo, 'user-images/staginghub/extra.txt'), 'new\n')
   const r = await runDeploy(repo, ['--dry-run', '--no-setup', '--build', 'staginghub'])
   assert.equal(r.code, 0, show(r))
-  assert.match(r.stdout, /^# user-images\/staginghub has uncommitted or untracked changes .* \(a real run stops here, exit 2\)$/m)
+  assert.match(r.stdout, /^# user-images\/staginghub\/extra\.txt has uncommitted or untracked changes .* \(a real run stops here, exit 2\)$/m)
   assert.deepEqual(r.commands, ['helm version --client --short'])
 })
 
