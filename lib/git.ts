@@ -27,7 +27,8 @@ const COMMIT_RANGE = /^[\w@{}^~:/.-]+$/
 
 /** Refuses a range that is not one, naming where it came from; git also gets --end-of-options. */
 export function checkRange(range: string, source: string): string {
-  if (!COMMIT_RANGE.test(range) || range.startsWith('-')) {
+  // Either end of a range that starts with `-` would reach git as an option (`abc..--stat`).
+  if (!COMMIT_RANGE.test(range) || range.split(/\.{2,3}/).some((end) => end.startsWith('-'))) {
     throw usageError(`${source}=${range}: not a commit range; give one such as main..HEAD or a1b2c3d...e4f5a6b`)
   }
   return range
