@@ -108,7 +108,7 @@ test('a tool missing from PATH is named with how to install it', { timeout: 15_0
     fs.symlinkSync(real, path.join(bin, tool))
   }
   const r = await runDeploy(makeRepo(), ['--no-setup', '--deploy', 'staginghub'], { path: bin, noStandins: true })
-  assertUsageError(r, 'helm not found on PATH: install Helm 3')
+  assertUsageError(r, 'helm not found on PATH: install Helm 4')
 })
 
 test('a malformed .env names the file and line', { timeout: 15_000 }, async () => {
