@@ -93,7 +93,7 @@ test('range did not touch the dir but the tag was never pushed: rebuild', { time
   assert.match(r.stderr, /is not in the registry: building it/)
 })
 
-test('no commit range: rebuild only when the registry lacks the tag', { timeout: 20_000 }, async () => {
+test('no commit range: rebuild only when the registry lacks the tag', { timeout: 40_000 }, async () => {
   const { repo, t3 } = repoWithHistory()
   const have = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], { rules: [HELM3, present(`${USER}:${t3}`), missing] })
   assert.deepEqual(dockerCalls(have.commands), [`docker manifest inspect ${USER}:${t3}`])
@@ -101,7 +101,7 @@ test('no commit range: rebuild only when the registry lacks the tag', { timeout:
   assert.ok(lack.commands.some((c) => c.startsWith('docker build')))
 })
 
-test('an invalid commit range warns and counts as touched', { timeout: 15_000 }, async () => {
+test('an invalid commit range warns and counts as touched', { timeout: 40_000 }, async () => {
   const { repo, t3 } = repoWithHistory()
   const r = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], {
     env: { TRAVIS_COMMIT_RANGE: 'deadbeef0000...cafebabe1111' },
