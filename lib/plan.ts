@@ -281,10 +281,18 @@ function pulledIn(dir: string, YAML: typeof YAMLModule, found: { paths: Set<stri
     }
   }
   walk(dir)
-  const read = (file: string) => (fs.existsSync(path.join(dir, file)) ? YAML.parse(fs.readFileSync(path.join(dir, file), 'utf8')) ?? {} : {})
-  const dependencies: { repository?: string }[] = [...(read('Chart.yaml').dependencies ?? []), ...(read('requirements.yaml').dependencies ?? [])]
-  for (const { repository } of dependencies) {
-    if (!repository?.startsWith('file://')) continue
+  // A file that does not say its dependencies as a list is reported by helm and the plugins that read it.
+  const listed = (file: string): unknown[] => {
+    try {
+      const deps = fs.existsSync(path.join(dir, file)) ? YAML.parse(fs.readFileSync(path.join(dir, file), 'utf8'))?.dependencies : undefined
+      return Array.isArray(deps) ? deps : []
+    } catch {
+      return []
+    }
+  }
+  for (const dependency of [...listed('Chart.yaml'), ...listed('requirements.yaml')]) {
+    const repository = (dependency as { repository?: unknown } | null)?.repository
+    if (typeof repository !== 'string' || !repository.startsWith('file://')) continue
     const target = inRepo(path.resolve(dir, repository.slice('file://'.length)))
     if (target === undefined) found.problem ??= `${dir}: the dependency ${repository} is outside the repository: what is deployed would not be what the commit says; move it into the repository`
     else if (!found.paths.has(target)) {
