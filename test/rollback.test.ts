@@ -200,7 +200,7 @@ describe('--rollback-on-failure', { concurrency: 6 }, () => {
         onSpawn: (child) => child.stdout!.on('data', (d: Buffer) => {
           if (!sent && d.toString().includes('Waiting for deployment')) {
             sent = true
-            child.kill(signal)
+            process.kill(child.pid!, signal) // not child.kill(): under Deno that reports the exit as the signal's, whatever the code
           }
         }),
       })
