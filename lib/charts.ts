@@ -2,14 +2,11 @@
 import process from 'node:process'
 import fs from 'node:fs'
 import { DeployError, EXIT, HOOKS, HOOK_STEPS, type Phase } from './contract.ts'
-import type { Config } from './config.ts'
 import { asDeployError, masked } from './secrets.ts'
 import { makeExec, type Invocation, type Output } from './process.ts'
-import { changedCharts, checkRange } from './git.ts'
 import type { ChartPlan, ChartRun, ChartState, Request, Tools } from './plan.ts'
 import { releaseLock } from './lock.ts'
 import { runHook } from './hooks.ts'
-import type { Args } from './cli.ts'
 
 /** One chart's phases, as deploy.ts runs them. */
 export type RunPhases = (r: ChartRun) => Promise<void>
@@ -133,11 +130,4 @@ export function printPlan({ plan, out, helm }: ChartRun) {
     const when = called.length ? `${called.join(', ')} called in this dry run, the others not` : 'not called in a dry run'
     out.print(`# plugin ${p.name}: ${hooks.join(', ') || 'no hooks'} (${when})`)
   }
-}
-
-/** `--changed RANGE`: the charts the range changed, as lines or a JSON array. */
-export async function printChanged(invocation: Invocation, args: Args, config: Config, charts: string[]) {
-  const exec = makeExec({ env: config.env, dryRun: false, out: invocation.log, heartbeatSeconds: 0, invocation })
-  const changed = await changedCharts(exec, invocation.log, checkRange(args.changed, '--changed'), charts)
-  process.stdout.write(args.json ? JSON.stringify(changed) + '\n' : changed.map((c) => c + '\n').join(''))
 }
