@@ -82,11 +82,15 @@ class Mistakes {
   readonly lines: string[] = []
   constructor(private readonly doc: YAMLModule.Document, private readonly lineOf: (offset: number) => number) {}
 
-  /** The line of the nearest node on `path` that exists (a missing key: its parent's). */
+  /** The line of the nearest key (or list item) on `path` that exists: a missing key's parent's. */
   private line(path: Path): string {
     for (let p = path; p.length; p = p.slice(0, -1)) {
-      const node = this.doc.getIn(p, true) as Node
-      if (node?.range) return `:${this.lineOf(node.range[0])}`
+      const parent = (p.length > 1 ? this.doc.getIn(p.slice(0, -1), true) : this.doc.contents) as { items?: unknown[] } | null
+      const last = p[p.length - 1]
+      const item = typeof last === 'number'
+        ? parent?.items?.[last] as Node
+        : (parent?.items as { key?: { value?: unknown } & Node }[] | undefined)?.find((i) => i?.key?.value === last)?.key
+      if (item?.range) return `:${this.lineOf(item.range[0])}`
     }
     return ''
   }
@@ -139,6 +143,8 @@ function readClusters(m: Mistakes, raw: unknown, envFile: string | undefined): M
       if (why) m.add([...at, key], `${shown}.${key}`, `${why}; give the value, or leave the key out to use .env's`)
       else keys[key] = text!
     }
+    // Known from here on, whatever else is wrong with it: its hubs are not "on an unknown cluster".
+    clusters.set(name, { name, provider: provider ?? '', keys, parallel: parallel && /^[1-9]\d*$/.test(parallel) ? Number(parallel) : undefined })
     if (provider === undefined || !Object.hasOwn(CLUSTERS, provider)) continue
     // Each cluster names itself: two clusters sharing .env's GKE_CLUSTER would be one cluster deployed twice.
     const own = CLUSTERS[provider].keys
@@ -152,7 +158,6 @@ function readClusters(m: Mistakes, raw: unknown, envFile: string | undefined): M
     } catch (e) {
       m.add(at, shown, (e as Error).message)
     }
-    clusters.set(name, { name, provider, keys, parallel: parallel && /^[1-9]\d*$/.test(parallel) ? Number(parallel) : undefined })
   }
   return clusters
 }
@@ -210,7 +215,9 @@ function readHubs(m: Mistakes, raw: unknown, charts: string[], clusters: Map<str
   for (const chart of charts.filter((c) => !(c in raw))) {
     m.add(['hubs'], 'hubs', `the chart ${chart} has no entry, so no wave would deploy it; add ${chart}: { cluster: ..., wave: ... }`)
   }
-  for (const wave of waves.filter((w) => ![...hubs.values()].some((h) => h.wave === w.name))) {
+  // A hub in an unknown wave is one mistake, not also an empty wave.
+  const placed = [...hubs.values()].every((h) => waveNames.includes(h.wave))
+  for (const wave of waves.filter((w) => placed && ![...hubs.values()].some((h) => h.wave === w.name))) {
     m.add(['waves', wave.number - 1], `waves[${wave.number - 1}] (${wave.name})`, 'no hub is in this wave; put hubs in it (wave: ' + wave.name + ') or remove it')
   }
   for (const cluster of clusters.values()) {
@@ -228,7 +235,7 @@ export function readFleet(charts: string[], YAML: typeof YAMLModule, envFile: st
   if (!fs.existsSync(FLEET_FILE)) return undefined
   if (!fs.statSync(FLEET_FILE).isFile()) throw usageError(`${FLEET_FILE}: not a file; make it the fleet file (docs/fleet.md) or remove it`)
   const counter = new YAML.LineCounter()
-  const doc = YAML.parseDocument(fs.readFileSync(FLEET_FILE, 'utf8'), { lineCounter: counter, prettyErrors: false })
+  const doc = YAML.parseDocument(fs.readFileSync(FLEET_FILE, 'utf8'), { lineCounter: counter })
   const error = doc.errors[0]
   if (error) {
     const line = error.linePos?.[0]?.line

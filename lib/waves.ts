@@ -10,7 +10,8 @@ import process from 'node:process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { DeployError, EXIT, usageError, type Exec, type ReleaseRevision } from './contract.ts'
-import { DEFAULT_PARALLEL, type Args } from './cli.ts'
+import { DEFAULT_PARALLEL, pluginNames, type Args } from './cli.ts'
+import { chartFiles } from './plan.ts'
 import type { Config } from './config.ts'
 import { makeExec, type Invocation, type Output } from './process.ts'
 import { changedCharts } from './git.ts'
@@ -21,14 +22,15 @@ import { checkOneKubeconfig, clusterConfig, groupByCluster, type ChartGroup, typ
 
 /**
  * Where a hub stands with the change: it runs it (`current`), runs an older commit
- * (`behind`) or nothing (`absent`); or the change cannot go on past it: it `failed` there, a
- * deploy is `pending`, the hub runs a commit this checkout lacks (`ahead`), its history is
- * `unread`; or this run does not reach its cluster (`unobserved`).
+ * (`behind`) or nothing (`absent`); or the change cannot go on past it: it `failed` there
+ * (or was rolled back), runs it but does not answer the health check (`unhealthy`), a deploy
+ * is `pending`, the hub runs a commit this checkout lacks (`ahead`), its history is `unread`;
+ * or this run does not reach its cluster (`unobserved`).
  */
-export type HubState = 'current' | 'behind' | 'absent' | 'failed' | 'pending' | 'ahead' | 'unread' | 'unobserved'
+export type HubState = 'current' | 'behind' | 'absent' | 'failed' | 'unhealthy' | 'pending' | 'ahead' | 'unread' | 'unobserved'
 
 /** States that stop the change at the hub's wave. */
-const STOPS: readonly HubState[] = ['failed', 'pending', 'ahead', 'unread']
+const STOPS: readonly HubState[] = ['failed', 'unhealthy', 'pending', 'ahead', 'unread']
 
 export interface HubView {
   hub: string
@@ -148,6 +150,10 @@ function classify(base: Pick<HubView, 'hub' | 'cluster' | 'wave'>, history: Hist
   }
   const failed = [...revisions].reverse().find((r) => r.status === 'failed' && standing(r) === 'current')
   if (failed) return { ...base, ...seen, state: 'failed', reason: `revision ${failed.revision} failed deploying ${commitOf(failed)}` }
+  // --rollback-on-failure after a failed rollout or check: the upgrade itself succeeded, then was undone.
+  const back = Number(/^Rollback to (\d+)$/.exec(live?.description ?? '')?.[1])
+  const undone = live && back ? revisions.find((r) => r.revision > back && r.revision < live.revision && standing(r) === 'current') : undefined
+  if (undone) return { ...base, ...seen, state: 'failed', reason: `revision ${undone.revision}, deploying ${commitOf(undone)}, was rolled back to revision ${back}` }
   if (!live) return { ...base, state: 'absent', reason: 'no revision deployed' }
   const why = seen!.runs ? (rels.get(seen!.runs)?.kind === 'unknown' ? `runs ${seen!.runs}, which this repository does not have` : `runs ${seen!.runs}`) : `revision ${live.revision} records no commit (deployed without a fleet file)`
   return { ...base, ...seen, state: 'behind', reason: why }
@@ -238,7 +244,7 @@ function nextStep(waves: WaveView[], eligible: HubView[], stop: string | undefin
 }
 
 const STATE_WORDS: Record<HubState, string> = {
-  current: 'runs it', behind: 'behind', absent: 'not installed', failed: 'failed', pending: 'pending',
+  current: 'runs it', behind: 'behind', absent: 'not installed', failed: 'failed', unhealthy: 'unhealthy', pending: 'pending',
   ahead: 'ahead', unread: 'unreadable', unobserved: 'not observed',
 }
 
@@ -294,6 +300,7 @@ export function planJson(fleet: Fleet, plan: FleetPlan, clusters: string[]) {
  * only for the clusters each job read.
  */
 function readObserved(where: string, fleet: Fleet, commit: string, scope: string[], out: Output): Map<string, HubView> {
+  if (!fs.existsSync(where)) throw usageError(`--observed ${where}: no such file or directory; give the JSON a cluster's deploy.ts --plan --json wrote, or a directory of them`)
   const files = fs.existsSync(where) && fs.statSync(where).isDirectory()
     ? fs.readdirSync(where).filter((f) => f.endsWith('.json')).sort().map((f) => path.join(where, f))
     : [where]
@@ -377,6 +384,21 @@ async function observeCluster(invocation: Invocation, args: Args, fleet: Fleet, 
   }
 }
 
+/**
+ * With the health-check plugin, a hub that runs the change must also answer now (one probe
+ * each, the cluster's cap at once): one that does not is `unhealthy`, and stops the change.
+ */
+async function checkHealth(invocation: Invocation, args: Args, fleet: Fleet, hubs: HubView[]) {
+  // The shipped plugin's own probe, loaded only here: it brings yaml, which a run loads late.
+  const { hubProblem } = await import('../plugins/health-check.ts')
+  const configs = new Map([...fleet.clusters.keys()].map((c) => [c, clusterConfig(fleet, c, args['env-file'])]))
+  await atMost(hubs, Number(args.parallel ?? DEFAULT_PARALLEL), async (view) => {
+    const hub = { chart: view.hub, chartDir: chartFiles(view.hub).chartDir, config: configs.get(view.cluster)! }
+    const problem = await hubProblem(hub, invocation.signal)
+    if (problem) Object.assign(view, { state: 'unhealthy', reason: problem })
+  })
+}
+
 /** Deploys groups of charts as deploy.ts does (deployCharts), the record written; returns the exit code. */
 export type DeployGroups = (groups: ChartGroup[]) => Promise<number>
 
@@ -403,6 +425,7 @@ export async function runWaves(invocation: Invocation, args: Args, config: Confi
     const why = scope.includes(h.cluster) ? 'a dry run does not log in to its cluster (with --no-setup it reads your own kubeconfig\'s)' : `cluster ${h.cluster} is not reached by this run`
     return [h.name, history ? classify(base, history, rels) : observed.get(h.name) ?? { ...base, state: 'unobserved', reason: why }]
   }))
+  if (pluginNames(args, config).includes('health-check')) await checkHealth(invocation, args, fleet, [...views.values()].filter((v) => v.state === 'current' && scope.includes(v.cluster)))
   const plan = evaluate(fleet, views, commit, Date.now())
   if (json) {
     process.stdout.write(JSON.stringify(planJson(fleet, plan, scope), null, 2) + '\n')

@@ -3,14 +3,16 @@
 // per hub with records of chosen ages. Nothing reaches a wave early, a failing canary stops
 // the change at its wave, a scheduled re-run picks up where the last stopped, and a cluster's
 // job reads and deploys its own cluster with its own credentials only.
-import { test } from 'node:test'
+import { after, test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
 import { HELM3, git, runDeploy, tempDir, type Rule, type RunResult } from './support/harness.ts'
+import { startServer, stopServers } from './support/http.ts'
 import { DAY, FLEET_ENV, TOKENS, fleetRepo, history, kubeconfigSha, recorded, upgrades, type Revision } from './support/fleet.ts'
 
 const HOUR = 3600 * 1000
+after(() => stopServers(), { timeout: 30_000 })
 const run = (repo: string, args: string[], rules: Rule[], env: Record<string, string> = {}) =>
   runDeploy(repo, args, { rules: [HELM3, ...rules], env: { ...FLEET_ENV, ...env }, secrets: TOKENS })
 const errors = (r: RunResult) => r.stderr.split('\n').filter((l) => l.startsWith('ERROR:'))
@@ -204,4 +206,29 @@ test('--plan reads and changes nothing; a release left pending or a history that
   assert.equal(unread.code, 3, unread.stderr)
   assert.match(errors(unread)[0], /^ERROR: the change [0-9a-f]{12} stops at wave staging: west-staging: could not read the history of west-staging \(Error: Kubernetes cluster unreachable/)
   for (const r of [pending, unread]) assertDeployed(r, {}, head)
+})
+
+test('a canary that runs the change but was rolled back after its rollout, or does not answer the health check, stops the change', { timeout: 60_000 }, async () => {
+  const { repo, old, head } = fleetRepo()
+  const short = head.slice(0, 12)
+  const [sick, well] = await Promise.all([startServer([{ status: 503, body: 'upstream down' }]), startServer([{ body: { version: '5.2.1' } }])])
+  const canaries = ['east-canary', 'west-canary'].map((h) => history(h, [{ commit: head, ageMs: 8 * DAY }]))
+  // The upgrade succeeded (superseded now), its rollout did not: --rollback-on-failure went back to revision 1.
+  const undone = history('east-canary', [{ commit: old, ageMs: 30 * DAY }, { commit: head, ageMs: DAY, status: 'superseded' }, { description: 'Rollback to 1', ageMs: DAY }])
+  const urls = (east: string) => ({ HUB_URL_STAGINGHUB: well.origin, HUB_URL_WEST_STAGING: well.origin, HUB_URL_EAST_CANARY: east, HUB_URL_WEST_CANARY: well.origin })
+  const [rolledBack, unhealthy, healthy] = await Promise.all([
+    run(repo, ['--waves', '--deploy'], [...staging(head, 10 * DAY), undone, canaries[1]]),
+    run(repo, ['--waves', '--deploy', '--plugin', 'health-check'], [...staging(head, 10 * DAY), ...canaries], urls(sick.origin)),
+    run(repo, ['--waves', '--deploy', '--plugin', 'health-check'], [...staging(head, 10 * DAY), ...canaries], urls(well.origin)),
+  ])
+  assert.equal(rolledBack.code, 3, rolledBack.stderr)
+  assert.deepEqual(errors(rolledBack), [`ERROR: the change ${short} stops at wave canary: east-canary: revision 2, deploying ${short}, was rolled back to revision 1`])
+  assert.equal(unhealthy.code, 3, unhealthy.stderr)
+  assert.deepEqual(errors(unhealthy), [`ERROR: the change ${short} stops at wave canary: east-canary: ${sick.origin}/hub/api did not answer with the hub's version (HTTP 503)`])
+  assert.match(unhealthy.stdout, /^ {2}east-canary +east +unhealthy /m)
+  for (const r of [rolledBack, unhealthy]) assertDeployed(r, {}, head)
+  assert.equal(healthy.code, 0, healthy.stderr)
+  assertDeployed(healthy, { 'ea-hub': 'east', 'west-hub': 'west' }, head)
+  // Each of the four hubs that run the change was asked once by each of the two runs with the plugin.
+  assert.equal((await well.received()).length + (await sick.received()).length, 4 + 4)
 })
