@@ -10,9 +10,10 @@ import { p4 } from './p4-commands.ts'
 import { p5 } from './p5-many-hubs.ts'
 import { p6 } from './p6-install.ts'
 import { p7 } from './p7-diff.ts'
+import { p8 } from './p8-fleet.ts'
 import { type Bench, type BenchResult, cleanScratch, load1, loadResults, machine, REPORT, saveResult, table } from './lib.ts'
 
-const ALL: Bench[] = [p1, p2, p3, p4, p5, p6, p7]
+const ALL: Bench[] = [p1, p2, p3, p4, p5, p6, p7, p8]
 
 /**
  * What docs/performance.md shows now, per benchmark: its summary row's cells and its section.
@@ -79,13 +80,13 @@ function render(results: BenchResult[]): string {
     '```sh',
     'npm ci',
     'bash test/services.sh start      # Docker engine + registry on 127.0.0.1:5000 (P1)',
-    'npm run bench                    # all seven, about 8 to 12 minutes; rewrites this file',
+    'npm run bench                    # all eight, about 15 to 25 minutes; rewrites this file',
     'npm run bench -- P3              # one (or several) by name; the others keep their stored result',
     'bash test/services.sh stop',
     '```',
     '',
-    'Knobs: `BENCH_P1_SIZES=50,150,500` (MB), `BENCH_P2_T=3000` and `BENCH_P5_T=5000` (readyDelayMs),',
-    '`BENCH_P3_REPS=9`. Raw results: bench/results/<id>.json (not versioned).',
+    'Knobs: `BENCH_P1_SIZES=50,150,500` (MB), `BENCH_P2_T=3000`, `BENCH_P5_T=5000` and `BENCH_P8_T=5000` (readyDelayMs),',
+    '`BENCH_P3_REPS=9`, `BENCH_P8_SIZES=10,50,100` (hubs). Raw results: bench/results/<id>.json (not versioned).',
     '',
   ].join('\n')
 }

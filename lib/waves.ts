@@ -9,13 +9,13 @@
 import process from 'node:process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { DeployError, EXIT, usageError, type Exec, type ReleaseRevision } from './contract.ts'
+import { DeployError, EXIT, usageError, type Exec, type HelmMajor, type ReleaseRevision } from './contract.ts'
 import { DEFAULT_PARALLEL, pluginNames, type Args } from './cli.ts'
 import { chartFiles } from './plan.ts'
 import type { Config } from './config.ts'
-import { makeExec, type Invocation, type Output } from './process.ts'
+import { INSTALL_HINTS, makeExec, type Invocation, type Output } from './process.ts'
 import { changedCharts } from './git.ts'
-import { helmVersion, makeHelm } from './helm.ts'
+import { helmVersion, makeHelm, unsupportedHelm } from './helm.ts'
 import { planSetup, privateConfigDir, quietly, setupSteps } from './providers.ts'
 import { parseRecord, recordedCommit, type DeployRecord } from './record.ts'
 import { checkOneKubeconfig, clusterConfig, groupByCluster, type ChartGroup, type Fleet, type Wave } from './fleet.ts'
@@ -360,7 +360,7 @@ async function clusterAccess(config: Config, dryRun: boolean, { exec, env, out, 
 }
 
 /** What a run reads of one cluster: the release history of each of its hubs, with that cluster's credentials only. */
-async function observeCluster(invocation: Invocation, args: Args, fleet: Fleet, cluster: string, out: Output): Promise<Map<string, History>> {
+async function observeCluster(invocation: Invocation, args: Args, fleet: Fleet, cluster: string, out: Output, major: HelmMajor): Promise<Map<string, History>> {
   const config = clusterConfig(fleet, cluster, args['env-file'])
   const env: NodeJS.ProcessEnv = { ...config.env }
   const clusterOut = invocation.output({ prefix: `[${cluster}] `, groups: false, stdout: out.stdout })
@@ -370,9 +370,7 @@ async function observeCluster(invocation: Invocation, args: Args, fleet: Fleet, 
   try {
     // A dry run only announced the login: without credentials there is nothing to read.
     if (dir && args['dry-run']) return new Map()
-    const version = await helmVersion(exec, env)
-    if (!version?.major) throw usageError(version ? `helm version printed "${version.said}": --waves and --plan need Helm 3 or 4` : 'helm not found on PATH: --waves and --plan read the releases with it')
-    const helm = makeHelm(version.major, exec)
+    const helm = makeHelm(major, exec)
     const cap = Number(args.parallel ?? fleet.clusters.get(cluster)!.parallel ?? DEFAULT_PARALLEL)
     const histories = await atMost(hubs, cap, (hub) => helm.history(hub))
     return new Map(hubs.map((hub, i) => [hub, histories[i]]))
@@ -415,8 +413,19 @@ export async function runWaves(invocation: Invocation, args: Args, config: Confi
   const out = json ? invocation.output({ stdout: 'stderr' }) : invocation.log
   const exec = makeExec({ env: config.env, dryRun: false, out, heartbeatSeconds: 0, invocation })
   const commit = await headCommit(exec)
+  // The same helm reads every cluster: asked once.
+  const version = await helmVersion(exec, config.env)
+  if (!version?.major) throw usageError(version ? unsupportedHelm(version.said) : `helm not found on PATH: ${INSTALL_HINTS.helm}`)
   const observed = args.observed === undefined ? new Map<string, HubView>() : readObserved(args.observed, fleet, commit, scope, out)
-  const read = await Promise.all(scope.map((cluster) => observeCluster(invocation, args, fleet, cluster, out)))
+  // A signal stops the reads, and each cluster's credentials directory is removed as they end.
+  const untrap = invocation.trapSignals()
+  const read = await Promise.all(scope.map((cluster) => observeCluster(invocation, args, fleet, cluster, out, version.major!)))
+    .catch((e) => {
+      if (!invocation.cancelled) throw e
+      return undefined
+    })
+    .finally(untrap)
+  if (!read || invocation.cancelled) return invocation.cancelled === 'SIGINT' ? EXIT.sigint : EXIT.sigterm
   const histories = new Map(read.flatMap((m) => [...m]))
   const rels = await relations(exec, out, commit, recordedCommits([...histories.values()]), charts)
   const views = new Map([...fleet.hubs.values()].map((h): [string, HubView] => {

@@ -232,3 +232,26 @@ test('a canary that runs the change but was rolled back after its rollout, or do
   // Each of the four hubs that run the change was asked once by each of the two runs with the plugin.
   assert.equal((await well.received()).length + (await sick.received()).length, 4 + 4)
 })
+
+test('SIGINT while the clusters are read: the reads stop, every cluster\'s credentials directory is removed, exit 130', { timeout: 40_000 }, async () => {
+  const { repo, head } = fleetRepo()
+  const tmp = tempDir('deploy-tmp-')
+  let sent = false
+  const r = await runDeploy(repo, ['--plan', '--verbose'], {
+    rules: [HELM3, history('staginghub', [{ commit: head }]), { tool: 'helm', match: '^history ', sleepMs: 60_000 }],
+    env: { ...FLEET_ENV, TMPDIR: tmp },
+    secrets: TOKENS,
+    onSpawn: (child) => child.stderr!.on('data', (d: Buffer) => {
+      if (!sent && d.toString().includes('helm history')) {
+        sent = true
+        setTimeout(() => process.kill(child.pid!, 'SIGINT'), 1500)
+      }
+    }),
+  })
+  assert.equal(r.code, 130, r.stderr)
+  assert.match(r.stderr, /SIGINT received: stopping/)
+  assert.ok(!/^next:/m.test(r.stdout), 'no plan from half the reads')
+  // Each cluster's private directory (deploy-*, with its kubeconfig) is gone; tsx keeps its cache there too.
+  assert.deepEqual(fs.readdirSync(tmp).filter((f) => f.startsWith('deploy-')), [], 'no credentials left behind')
+  assert.ok(r.signals.length > 0 && r.signals.every((s) => s.tool === 'helm' && s.signal === 'SIGINT'), JSON.stringify(r.signals))
+})
