@@ -308,9 +308,13 @@ export function groupByCluster(fleet: Fleet, names: string[], args: Args): Chart
   })
 }
 
-/** --no-setup uses the caller's own kubeconfig, which reaches one cluster. */
+/**
+ * --no-setup uses the caller's own kubeconfig, which reaches one cluster: refused for what
+ * must reach each hub's own (a deploy, a diff, the waves); a validation only uses it for its
+ * optional server-side check.
+ */
 export function checkOneKubeconfig(args: Args, clusters: string[]) {
-  if (args.setup || clusters.length < 2) return
+  if (args.setup || clusters.length < 2 || !(args.deploy || args.diff || args.plan || args.waves)) return
   throw usageError(`--no-setup uses your own kubeconfig, which reaches one cluster, and this run needs ${keyList(clusters)}: add --cluster NAME (one cluster a run), or drop --no-setup`)
 }
 

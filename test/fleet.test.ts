@@ -81,8 +81,14 @@ test('the fleet flags: what needs a fleet file, and combinations that would do l
     [repo, ['--no-setup', '--deploy', 'staginghub', 'west-hub'], '--no-setup uses your own kubeconfig, which reaches one cluster, and this run needs east, west: add --cluster NAME (one cluster a run), or drop --no-setup'],
     [repo, ['--deploy', '--cluster', 'east', 'staginghub', 'west-hub'], 'west-hub is on cluster west, not east (fleet.yaml); drop it or run with --cluster west'],
   ]
-  const runs = await Promise.all(cases.map(([where, args]) => runDeploy(where, args, { env: FLEET_ENV })))
+  const [validate, ...runs] = await Promise.all([
+    // A validation reaches a cluster only for its optional server-side check: hubs of both clusters at once are fine.
+    runDeploy(repo, ['--no-setup', '--validate', 'staginghub', 'west-hub'], { env: FLEET_ENV, rules: [HELM3] }),
+    ...cases.map(([where, args]) => runDeploy(where, args, { env: FLEET_ENV })),
+  ])
   runs.forEach((r, i) => assertUsageError(r, new RegExp(`^ERROR: ${cases[i][2].replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`)))
+  assert.equal(validate.code, 0, validate.stderr)
+  assert.match(validate.stdout, /^west-hub\s+validate\s+ok/m)
 })
 
 /** The commands of a run, a fleet deploy's --description left out. */
