@@ -20,7 +20,8 @@ import { asDeployError } from './lib/secrets.ts'
 import { Invocation, inGroup, tail } from './lib/process.ts'
 import { handlePendingRelease, makeHelm, printDiagnostics, recordLiveRevision, rollBack, warnVersionSkew } from './lib/helm.ts'
 import { commitRange, touchedDirs } from './lib/git.ts'
-import { chartRun, checkRepository, collectFileSecrets, discoverCharts, imageSetArgs, noChartsHere, planChart, type ChartRun, type Request } from './lib/plan.ts'
+import { chartFiles, chartRun, checkRepository, collectFileSecrets, discoverCharts, noChartsHere, planChart, valuesArgs, type ChartRun, type Request } from './lib/plan.ts'
+import { prepareChart, unusedNote, versionArgs } from './lib/layout.ts'
 import { privateConfigDir, quietly, setupSteps, takeToken, type StepFacts } from './lib/providers.ts'
 import { acquireLock } from './lib/lock.ts'
 import { diffChart, previewReport, validate } from './lib/preview.ts'
@@ -151,26 +152,20 @@ async function build(r: ChartRun, fire: FireHook) {
   for (const image of r.plan.images) await buildImage(r, image, touched, fire)
 }
 
-/** The --set-string arguments that point the chart at this commit's images. */
-function imageArgs({ plan, out }: ChartRun): string[] {
-  return plan.images.flatMap((image) => {
-    out.print(`Using ${image.spec} as ${image.kind} image for ${plan.chart}`)
-    return imageSetArgs(image)
-  })
-}
-
 async function deploy(r: ChartRun, pluginArgs: string[]) {
   const { plan, state, exec, helm } = r
   await warnVersionSkew(r)
   await acquireLock(r)
-  const values = ['-f', plan.files.secretsFile, ...imageArgs(r), ...pluginArgs]
-  await exec('helm', ['dep', 'up'], { cwd: plan.files.chartDir, timeout: 300 })
+  for (const image of plan.images) r.out.print(`Using ${image.spec} as ${image.kind} image for ${plan.chart}`)
+  // The values files, the secrets file, then the images' tags (and names, with a prefix configured).
+  const values = [...versionArgs(plan.files.source), ...valuesArgs(r), ...pluginArgs]
+  await prepareChart(r)
   if (plan.recover && helm.tracksPending && !plan.dryRun) await handlePendingRelease(r)
   else if (plan.recover) r.out.print(`# --recover: a release left pending-* would be rolled back to its last deployed revision (or uninstalled) first`)
   if (plan.rollbackOnFailure && !plan.dryRun) await recordLiveRevision(r)
   // helm stops waiting at its own --timeout; ours is only a backstop.
   const backstop = plan.config.helmTimeoutSeconds + 120
-  const args = helm.upgradeArgs(plan.chart, plan.files.chartDir, plan.config.helmTimeoutSeconds, values)
+  const args = helm.upgradeArgs(plan.chart, plan.files.source.chart, plan.config.helmTimeoutSeconds, values)
   const upgrade = await exec('helm', args, { timeout: backstop }).catch(async (e: DeployError) => {
     // A pending release is refused by helm before it changes anything: name the state and the repair.
     if (helm.isPendingRefusal(e.output ?? '') && (await handlePendingRelease(r))) throw e
@@ -307,6 +302,10 @@ async function main(argv: string[]): Promise<number> {
     if (args.list) {
       if (charts.length === 0) log.warn(noChartsHere())
       else log.print(charts.join('\n'))
+      for (const chart of charts) {
+        const { source, unused } = chartFiles(chart, config)
+        if (unused) log.warn(unusedNote(chart, source, unused))
+      }
       return EXIT.ok
     }
     // Loaded before signals are trapped, so a signal never finds a command between import and spawn.

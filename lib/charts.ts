@@ -1,14 +1,16 @@
 /** Many charts in one invocation: each chart's tools, the staging chart first, the summary. */
 import process from 'node:process'
 import fs from 'node:fs'
+import path from 'node:path'
 import { DeployError, EXIT, HOOKS, HOOK_STEPS, type Phase } from './contract.ts'
 import type { Config } from './config.ts'
 import { asDeployError, masked } from './secrets.ts'
 import { makeExec, type Invocation, type Output } from './process.ts'
 import { changedCharts, checkRange } from './git.ts'
-import type { ChartPlan, ChartRun, ChartState, Request, Tools } from './plan.ts'
+import { chartFiles, type ChartPlan, type ChartRun, type ChartState, type Request, type Tools } from './plan.ts'
 import { releaseLock } from './lock.ts'
 import { runHook } from './hooks.ts'
+import { describeSource, unusedNote } from './layout.ts'
 import type { Args } from './cli.ts'
 
 /** One chart's phases, as deploy.ts runs them. */
@@ -123,6 +125,9 @@ export function chartTools(invocation: Invocation, request: Request, chart: stri
 /** The dry run's header: what is planned, and which plugins would be called. */
 export function printPlan({ plan, out, helm }: ChartRun) {
   out.print(`# dry run: ${plan.chart} at ${plan.commit.slice(0, 12)}, Helm ${plan.helmMajor}; nothing below is executed`)
+  const { source, unused } = plan.files
+  if (source.layout === 'upstream-chart') out.print(`# chart: ${describeSource(source)}`)
+  if (unused) out.print(`# ${unusedNote(plan.chart, source, unused)}`)
   if (plan.rollbackOnFailure && plan.phases.deploy) {
     const rollback = helm.repairArgs(plan.chart, 0, plan.config.helmTimeoutSeconds)
     out.print(`# on failure after the upgrade: helm ${rollback.join(' ').replace(' 0 ', ' <the revision live before> ')}`)
@@ -138,6 +143,9 @@ export function printPlan({ plan, out, helm }: ChartRun) {
 /** `--changed RANGE`: the charts the range changed, as lines or a JSON array. */
 export async function printChanged(invocation: Invocation, args: Args, config: Config, charts: string[]) {
   const exec = makeExec({ env: config.env, dryRun: false, out: invocation.log, heartbeatSeconds: 0, invocation })
-  const changed = await changedCharts(exec, invocation.log, checkRange(args.changed, '--changed'), charts)
+  const watched = charts.map((chart) => ({ chart, ...chartFiles(chart, config) }))
+  // The env file as git names it (a path from the repository root, where deploy.ts runs).
+  const envFile = path.relative(process.cwd(), path.resolve(args['env-file'] ?? '.env')).split(path.sep).join('/')
+  const changed = await changedCharts(exec, invocation.log, checkRange(args.changed, '--changed'), watched, envFile)
   process.stdout.write(args.json ? JSON.stringify(changed) + '\n' : changed.map((c) => c + '\n').join(''))
 }

@@ -1,7 +1,8 @@
 /**
  * promote-from-staging: a production chart (PRODUCTION_CHARTS) is deployed only when the
- * staging chart (STAGING_CHART) is healthy and already runs the chart dependency
- * versions production is about to get. See docs/plugins.md.
+ * staging chart (STAGING_CHART) is healthy and already runs the chart versions production
+ * is about to get: a wrapper chart's dependencies, or the upstream chart itself (HUB_CHART at
+ * HUB_CHART_VERSION), compared as helm resolves them (`v0.10.6` is 0.10.6). See docs/plugins.md.
  *
  * Every deploy of any chart records what it deployed in the release itself, as JSON in
  * `helm upgrade --description`: {"commit":…,"images":{kind:tag},"deps":{name:version}}.
@@ -57,11 +58,21 @@ function dependencies(chartDir: string): Record<string, string> {
   return deps
 }
 
+/** A version as helm resolves it: `v0.10.6` is 0.10.6. */
+const resolved = (version: string) => version.replace(/^v(?=\d)/, '')
+
+/** The chart versions a deploy brings, name → version: the upstream chart's own, or the wrapper chart's dependencies. */
+function chartVersions(ctx: HookContext): Record<string, string> {
+  const source = ctx.chartSource
+  const found = source.layout === 'upstream-chart' ? { [source.chart.split('/')[1]]: source.version ?? '' } : dependencies(ctx.chartDir)
+  return Object.fromEntries(Object.entries(found).map(([name, version]) => [name, resolved(version)]))
+}
+
 function record(ctx: HookContext): DeployRecord {
   const r: DeployRecord = {
     commit: ctx.commit.slice(0, 12),
     images: Object.fromEntries(ctx.images.map((i) => [i.kind, i.tag])),
-    deps: dependencies(ctx.chartDir),
+    deps: chartVersions(ctx),
   }
   if (overridden(ctx) && isProduction(ctx)) r.override = true
   return r
@@ -91,10 +102,10 @@ async function problems(ctx: HookContext): Promise<string[]> {
   if (latest.status !== 'deployed') return [`${staging} revision ${latest.revision} is ${latest.status}, not deployed`]
   const theirs = parseRecord(latest.description)?.deps
   if (!theirs) return [`${staging} revision ${latest.revision} records no chart versions (not deployed with this plugin)`]
-  const ours = dependencies(ctx.chartDir)
+  const ours = chartVersions(ctx)
   const differ: string[] = []
   for (const name of [...new Set([...Object.keys(theirs), ...Object.keys(ours)])].sort()) {
-    if (theirs[name] === ours[name]) continue
+    if (theirs[name] !== undefined && resolved(String(theirs[name])) === ours[name]) continue
     differ.push(`${name} ${theirs[name] ?? '(none)'} on ${staging} vs ${ours[name] ?? '(none)'} here`)
   }
   return differ
@@ -126,7 +137,7 @@ const plugin: Plugin = {
   verify: (ctx) => {
     overridden(ctx)
     // Every deploy records the chart's dependencies: a chart file that cannot say them stops the run before anything changes.
-    if (ctx.phases.deploy) dependencies(ctx.chartDir)
+    if (ctx.phases.deploy) chartVersions(ctx)
     // A dry run reaches no cluster: the local checks above are what it can try.
     if (ctx.dryRun) return
     return ctx.phases.setup ? undefined : check(ctx)
