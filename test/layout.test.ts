@@ -300,7 +300,7 @@ describe('plugins on the upstream-chart layout', { concurrency: true }, () => {
     return JSON.parse(argv[argv.indexOf('--description') + 1])
   }
 
-  test('promote-from-staging: the upstream chart\'s version is compared as helm resolves it, with a wrapper staging chart\'s dependency too', { timeout: 40_000 }, async () => {
+  test('promote-from-staging: the upstream chart\'s version is recorded and compared as helm resolves it (v0.10.6 is 0.10.6); another version is refused', { timeout: 40_000 }, async () => {
     const repo = hubOps()
     const env = { PRODUCTION_CHARTS: 'ea-hub' }
     const args = ['--no-setup', '--deploy', '--plugin', plugin('promote-from-staging'), 'ea-hub']
@@ -317,6 +317,15 @@ describe('plugins on the upstream-chart layout', { concurrency: true }, () => {
     assert.equal(newer.code, 3, newer.stderr)
     assert.match(errorLines(newer)[0], /plugin promote-from-staging verify: jupyterhub 0\.10\.6 on staginghub vs 1\.1\.3 here: deploy staginghub first/)
     assert.ok(!newer.commands.some((c) => /^helm (repo|upgrade)/.test(c)), newer.commands.join('\n'))
+  })
+
+  test('health-check reads the hub\'s values from hub-configs/: a file that does not parse is named (exit 2, before the deploy)', { timeout: 30_000 }, async () => {
+    const repo = hubOps()
+    commit(repo, { 'hub-configs/ea-hub.yaml': 'ingress:\n  hosts: [hub.example.org\n' }, 'broken')
+    const r = await runDeploy(repo, ['--no-setup', '--deploy', '--plugin', plugin('health-check'), 'ea-hub'], { rules: [HELM3] })
+    assert.equal(r.code, 2, r.stderr)
+    assert.match(errorLines(r)[0], /^ERROR: plugin health-check verify: hub-configs\/ea-hub\.yaml:\d+: not valid YAML; fix it, or set HUB_URL_EA_HUB to the hub's URL$/)
+    assert.ok(!r.commands.some((c) => /^helm (repo|upgrade)/.test(c)), r.commands.join('\n'))
   })
 
   test('pr-comment: the section names the upstream chart, its version and the values files', { timeout: 40_000 }, async () => {
