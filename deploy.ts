@@ -21,7 +21,8 @@ import { asDeployError } from './lib/secrets.ts'
 import { Invocation, inGroup, tail } from './lib/process.ts'
 import { handlePendingRelease, makeHelm, printDiagnostics, recordLiveRevision, rollBack, warnVersionSkew } from './lib/helm.ts'
 import { commitRange, touchedDirs } from './lib/git.ts'
-import { chartRun, checkRepository, collectFileSecrets, discoverCharts, imageSetArgs, noChartsHere, planChart, type ChartRun, type Request } from './lib/plan.ts'
+import { chartFiles, chartRun, checkRepository, collectFileSecrets, discoverCharts, noChartsHere, planChart, valuesArgs, type ChartRun, type Request } from './lib/plan.ts'
+import { prepareChart, unusedNote, versionArgs } from './lib/layout.ts'
 import { privateConfigDir, quietly, setupSteps, takeToken, type StepFacts } from './lib/providers.ts'
 import { acquireLock } from './lib/lock.ts'
 import { diffChart, previewReport, validate } from './lib/preview.ts'
@@ -40,7 +41,7 @@ export { Invocation, Output, makeExec, type ExecSettings } from './lib/process.t
 export { gitModified } from './lib/git.ts'
 export { diffManifests, unifiedDiff } from './lib/manifest.ts'
 export { helmProblems } from './lib/preview.ts'
-export { chartDependencies, deployRecord, parseRecord, type DeployRecord } from './lib/record.ts'
+export { chartDependencies, chartVersions, deployRecord, parseRecord, type DeployRecord } from './lib/record.ts'
 
 /**
  * Runs the plan's commands. Credentials land in the private directory the run's state
@@ -156,26 +157,20 @@ async function build(r: ChartRun, fire: FireHook) {
   for (const image of r.plan.images) await buildImage(r, image, touched, fire)
 }
 
-/** The --set-string arguments that point the chart at this commit's images. */
-function imageArgs({ plan, out }: ChartRun): string[] {
-  return plan.images.flatMap((image) => {
-    out.print(`Using ${image.spec} as ${image.kind} image for ${plan.chart}`)
-    return imageSetArgs(image)
-  })
-}
-
 async function deploy(r: ChartRun, pluginArgs: string[]) {
   const { plan, state, exec, helm } = r
   await warnVersionSkew(r)
   await acquireLock(r)
-  const values = ['-f', plan.files.secretsFile, ...imageArgs(r), ...recordArgs(r, pluginArgs), ...pluginArgs]
-  await exec('helm', ['dep', 'up'], { cwd: plan.files.chartDir, timeout: 300 })
+  for (const image of plan.images) r.out.print(`Using ${image.spec} as ${image.kind} image for ${plan.chart}`)
+  // The values files, the secrets file, then the images' tags (and names, with a prefix configured); with a fleet file, the record.
+  const values = [...versionArgs(plan.files.source), ...valuesArgs(r), ...recordArgs(r, pluginArgs), ...pluginArgs]
+  await prepareChart(r)
   if (plan.recover && helm.tracksPending && !plan.dryRun) await handlePendingRelease(r)
   else if (plan.recover) r.out.print(`# --recover: a release left pending-* would be rolled back to its last deployed revision (or uninstalled) first`)
   if (plan.rollbackOnFailure && !plan.dryRun) await recordLiveRevision(r)
   // helm stops waiting at its own --timeout; ours is only a backstop.
   const backstop = plan.config.helmTimeoutSeconds + 120
-  const args = helm.upgradeArgs(plan.chart, plan.files.chartDir, plan.config.helmTimeoutSeconds, values)
+  const args = helm.upgradeArgs(plan.chart, plan.files.source.chart, plan.config.helmTimeoutSeconds, values)
   const upgrade = await exec('helm', args, { timeout: backstop }).catch(async (e: DeployError) => {
     // A pending release is refused by helm before it changes anything: name the state and the repair.
     if (helm.isPendingRefusal(e.output ?? '') && (await handlePendingRelease(r))) throw e
@@ -280,7 +275,7 @@ async function deployCharts(invocation: Invocation, args: Args, groups: ChartGro
     return Promise.all(names.map(async (chart, i): Promise<ChartRun> => {
       const plan = await planChart(chart, request, facts, tools[i])
       // A chart whose record cannot be written (its dependencies unreadable) stops here, before anything runs.
-      if (record) deployRecord(plan, invocation.runtime.YAML)
+      if (record) deployRecord({ ...plan, chartSource: plan.files.source }, invocation.runtime.YAML)
       return chartRun(tools[i], plan, makeHelm(plan.helmMajor, tools[i].exec))
     }))
   }))
@@ -324,6 +319,10 @@ async function main(argv: string[]): Promise<number> {
     if (args.list && !args.json) {
       if (charts.length === 0) log.warn(noChartsHere())
       else log.print(charts.join('\n'))
+      for (const chart of charts) {
+        const { source, unused } = chartFiles(chart, config)
+        if (unused) log.warn(unusedNote(chart, source, unused))
+      }
       return EXIT.ok
     }
     // Loaded before signals are trapped, so a signal never finds a command between import and spawn.

@@ -7,6 +7,7 @@ import { makeExec, type Invocation, type Output } from './process.ts'
 import type { ChartPlan, ChartRun, ChartState, Request, Tools } from './plan.ts'
 import { releaseLock } from './lock.ts'
 import { runHook } from './hooks.ts'
+import { describeSource, unusedNote } from './layout.ts'
 
 /** One chart's phases, as deploy.ts runs them. */
 export type RunPhases = (r: ChartRun) => Promise<void>
@@ -120,6 +121,9 @@ export function chartTools(invocation: Invocation, request: Request, chart: stri
 /** The dry run's header: what is planned, and which plugins would be called. */
 export function printPlan({ plan, out, helm }: ChartRun) {
   out.print(`# dry run: ${plan.chart} at ${plan.commit.slice(0, 12)}, Helm ${plan.helmMajor}; nothing below is executed`)
+  const { source, unused } = plan.files
+  if (source.layout === 'upstream-chart') out.print(`# chart: ${describeSource(source)}`)
+  if (unused) out.print(`# ${unusedNote(plan.chart, source, unused)}`)
   if (plan.rollbackOnFailure && plan.phases.deploy) {
     const rollback = helm.repairArgs(plan.chart, 0, plan.config.helmTimeoutSeconds)
     out.print(`# on failure after the upgrade: helm ${rollback.join(' ').replace(' 0 ', ' <the revision live before> ')}`)

@@ -28,6 +28,11 @@ export const DEFAULTS = {
   DOCKER_REGISTRY: '',
   USER_IMAGE_PREFIX: 'earthlabhubops/ea-k8s-user-',
   HUB_IMAGE_PREFIX: 'earthlabhubops/ea-k8s-hub-',
+  // A hub kept as values on an upstream chart (hub-configs/<hub>.yaml): the chart, as the
+  // upstream deploy.py deploys it (docs/adding-a-hub.md).
+  HUB_CHART: 'jupyterhub/jupyterhub',
+  HUB_CHART_REPO: 'https://jupyterhub.github.io/helm-chart/',
+  HUB_CHART_VERSION: '0.10.6',
   HELM_TIMEOUT: '600',
   ROLLOUT_TIMEOUT: '10m',
   HEARTBEAT_INTERVAL: '60s',
@@ -118,6 +123,11 @@ const TOOL_VALUES: Partial<Record<keyof typeof DEFAULTS, [RegExp, string]>> = {
   USER_IMAGE_PREFIX: [/^[a-z0-9]([-a-z0-9._:]|\/(?!\/))*$/, 'an image name prefix such as earthlabhubops/ea-k8s-user-'],
   HUB_IMAGE_PREFIX: [/^[a-z0-9]([-a-z0-9._:]|\/(?!\/))*$/, 'an image name prefix such as earthlabhubops/ea-k8s-hub-'],
   STAGING_CHART: [CHART_NAME, 'a chart name (lowercase letters, digits, -)'],
+  HUB_CHART: [/^[a-z0-9][-a-z0-9._]*\/[a-z0-9][-a-z0-9._]*$/, 'a chart as <repository name>/<chart name>, such as jupyterhub/jupyterhub'],
+  // Credentials in the URL would reach helm's command line.
+  HUB_CHART_REPO: [/^https?:\/\/[^\s@/]+(\/[^\s@]*)?$/, 'the http(s) URL of a chart repository, without credentials, such as https://jupyterhub.github.io/helm-chart/'],
+  // A range would deploy whatever is newest when the run happens.
+  HUB_CHART_VERSION: [/^v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$/, 'an exact chart version such as 0.10.6'],
   AWS_REGION: [/^[a-z][-a-z0-9]*$/, 'an AWS region such as us-east-1'],
   EKS_CLUSTER: [/^[A-Za-z0-9][-A-Za-z0-9_]*$/, 'an EKS cluster name'],
   AZURE_CLIENT_ID: [/^[A-Za-z0-9][-A-Za-z0-9.]*$/, 'an application (client) id'],

@@ -42,6 +42,25 @@ export const usageError = (message: string) => new DeployError(message, EXIT.usa
 /** A refusal: a RefusedError, or the older form, any error with `exitCode: 3`. */
 export const isRefusal = (e: unknown) => e instanceof RefusedError || (e as { exitCode?: unknown })?.exitCode === EXIT.refused
 
+/**
+ * Where a chart comes from (ctx.chartSource; docs/adding-a-hub.md): a chart directory of the
+ * repository (`hub-charts/<hub>/`, `monitoring/`), or the hub's values on a chart of a chart
+ * repository (`hub-configs/<hub>.yaml` on HUB_CHART at HUB_CHART_VERSION).
+ */
+export interface ChartSource {
+  layout: 'wrapper-chart' | 'upstream-chart'
+  /** What `helm upgrade` installs: the chart's directory, or `<repository>/<chart>` (HUB_CHART). */
+  chart: string
+  /** upstream-chart: the repository `helm repo add` names (HUB_CHART's part before `/`, HUB_CHART_REPO). */
+  repository?: { name: string; url: string }
+  /** upstream-chart: the chart's exact version (HUB_CHART_VERSION, as given). */
+  version?: string
+  /** Values files passed with -f before secrets/<chart>.yaml, in order (upstream-chart: hub-configs/common.yaml when it exists, then hub-configs/<hub>.yaml). */
+  valuesFiles: string[]
+  /** Where the jupyterhub chart's values are: `jupyterhub.` in a wrapper chart (its dependency), `` on the upstream chart itself. */
+  valuesPrefix: string
+}
+
 export interface ImageInfo {
   kind: 'user' | 'hub'
   dir: string
@@ -119,7 +138,7 @@ export interface Helm {
   readonly tracksPending: boolean
   /** Commands setup runs for this version, after the cluster credentials (Helm 2: tiller). */
   readonly setup: readonly (readonly string[])[]
-  /** `helm upgrade --install` of `chart` as `release`; `values` (-f, --set-string, plugins' arguments) come last. */
+  /** `helm upgrade --install` of `chart` as `release`; `values` (the chart's --version, -f, --set-string, plugins' arguments) come last. */
   upgradeArgs(release: string, chart: string, timeoutSeconds: number, values: string[]): string[]
   statusArgs(release: string): string[]
   /** `helm template` of the chart as release `release` (values and namespace follow). */
@@ -138,8 +157,8 @@ export interface Helm {
 
 /** One problem --validate found: `message` is one line naming the chart, and the file and values path when helm gave them. */
 export interface ValidationProblem {
-  /** The check that found it: fetching dependencies, `helm lint`, the render, or the API server (dry run). */
-  check: 'dependencies' | 'lint' | 'render' | 'server'
+  /** The check that found it: fetching dependencies, `helm lint`, the render, the API server (dry run), or the images the render runs. */
+  check: 'dependencies' | 'lint' | 'render' | 'server' | 'images'
   message: string
   /** Repository path of the file, with `:line` or `:line:column` when helm gave them. */
   file?: string
@@ -206,8 +225,10 @@ export interface BaseContext {
   images: readonly ImageInfo[]
   /** Full hash of the commit being deployed. */
   commit: string
-  /** The chart's directory: hub-charts/<chart>, or monitoring. */
+  /** The chart's directory: hub-charts/<chart>, or monitoring; hub-configs for a hub on the upstream-chart layout (see chartSource). */
   chartDir: string
+  /** Where the chart comes from and the values files that go with it: the hub's layout. */
+  chartSource: ChartSource
   /** Milliseconds spent in each finished phase. */
   timings: Partial<Record<Phase, number>>
   /** When this chart's run started (ms since the epoch, as Date.now()). */

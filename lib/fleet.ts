@@ -7,15 +7,16 @@
  */
 import process from 'node:process'
 import fs from 'node:fs'
+import path from 'node:path'
 import type YAMLModule from 'yaml'
-import { usageError } from './contract.ts'
+import { usageError, type Exec } from './contract.ts'
 import { CHART_NAME, DEFAULTS, loadConfig, toolValueProblem, type Config } from './config.ts'
 import { CLUSTERS } from './providers.ts'
 import { closest } from './hooks.ts'
-import { changedCharts, checkRange } from './git.ts'
+import { changedCharts, checkRange, type Watched } from './git.ts'
 import { makeExec, type Invocation } from './process.ts'
 import { chartNames, type Args } from './cli.ts'
-import { noChartsHere } from './plan.ts'
+import { chartFiles, noChartsHere } from './plan.ts'
 
 export const FLEET_FILE = 'fleet.yaml'
 
@@ -198,7 +199,7 @@ function readHubs(m: Mistakes, raw: unknown, charts: string[], clusters: Map<str
   for (const [name, value] of Object.entries(raw)) {
     const at = ['hubs', name]
     const shown = `hubs.${name}`
-    if (!charts.includes(name)) m.add(at, shown, `no chart of that name (hub-charts/${name}/Chart.yaml); add the chart or remove the entry`)
+    if (!charts.includes(name)) m.add(at, shown, `no chart of that name (hub-charts/${name}/Chart.yaml or hub-configs/${name}.yaml); add the chart or remove the entry`)
     if (!isMap(value)) {
       m.add(at, shown, 'give the hub as { cluster: ..., wave: ... }')
       continue
@@ -335,16 +336,63 @@ export function fleetMatrix(fleet: Fleet, hubs: string[]): MatrixEntry[] {
   })
 }
 
+/** The env file as git names it: a path from the repository root, where deploy.ts runs. */
+export function envFileOf(args: Args): string {
+  return path.relative(process.cwd(), path.resolve(args['env-file'] ?? '.env')).split(path.sep).join('/')
+}
+
+/** What changes each chart (lib/git.ts changedCharts): with a fleet, each as its cluster configures it. */
+export function watchedCharts(charts: string[], config: Config, fleet: Fleet | undefined, envFile: string | undefined): Watched[] {
+  const configs = new Map(fleet ? [...fleet.clusters.keys()].map((c) => [c, clusterConfig(fleet, c, envFile)]) : [])
+  return charts.map((chart) => ({ chart, ...chartFiles(chart, configs.get(fleet?.hubs.get(chart)?.cluster ?? '') ?? config) }))
+}
+
+/**
+ * The hubs whose deploy the fleet file changed since commit `base`: their cluster's provider
+ * or keys (its `parallel` changes no deploy), or their cluster. With no fleet file then, all.
+ */
+export async function fleetChanges(exec: Exec, fleet: Fleet, base: string, YAML: typeof YAMLModule): Promise<Set<string>> {
+  const all = new Set(fleet.hubs.keys())
+  const r = await exec('git', ['show', `${base}:${FLEET_FILE}`], { capture: true, nothrow: true, show: 'silent', readOnly: true, timeout: 120 })
+  let old: unknown
+  try {
+    old = r.exitCode === 0 ? YAML.parse(r.stdout) : undefined
+  } catch {
+    old = undefined
+  }
+  if (!isMap(old)) return all
+  const entry = (section: unknown, name: string) => (isMap(section) && isMap(section[name]) ? section[name] : undefined)
+  const settings = (m: Record<string, unknown>) => JSON.stringify(Object.entries(m).filter(([k]) => k !== 'parallel').map(([k, v]) => [k, scalar(v)]).sort())
+  const unchanged = (name: string) => {
+    const before = entry(old.clusters, name)
+    const now = fleet.clusters.get(name)!
+    return !!before && settings(before) === settings({ provider: now.provider, ...now.keys })
+  }
+  return new Set([...fleet.hubs.values()].filter((h) => !unchanged(h.cluster) || scalar(entry(old.hubs, h.name)?.cluster) !== h.cluster).map((h) => h.name))
+}
+
+/** The commit a range starts from, as git diff compares it: `a` of `a..b`, the merge base of `a...b`, a single revision itself. */
+async function rangeBase(exec: Exec, range: string): Promise<string> {
+  const [a, b] = range.split(/\.{2,3}/)
+  if (!range.includes('...')) return a || 'HEAD'
+  const r = await exec('git', ['merge-base', a || 'HEAD', b || 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true, timeout: 120 })
+  return r.stdout.trim() || a
+}
+
 /**
  * `--list` and `--changed RANGE`: the charts, one a line; with --json a JSON array, or with
- * a fleet file the CI matrix (fleetMatrix: one entry per cluster).
+ * a fleet file the CI matrix (fleetMatrix: one entry per cluster). With a fleet file, a hub
+ * whose cluster the range changed in it counts as changed too.
  */
 export async function printCharts(invocation: Invocation, args: Args, config: Config, charts: string[], fleet: Fleet | undefined) {
   const { log } = invocation
   let names = charts
   if (args.changed !== undefined) {
     const exec = makeExec({ env: config.env, dryRun: false, out: log, heartbeatSeconds: 0, invocation })
-    names = await changedCharts(exec, log, checkRange(args.changed, '--changed'), charts)
+    const range = checkRange(args.changed, '--changed')
+    const changed = new Set(await changedCharts(exec, log, range, watchedCharts(charts, config, fleet, args['env-file']), envFileOf(args)))
+    if (fleet) for (const hub of await fleetChanges(exec, fleet, await rangeBase(exec, range), invocation.runtime.YAML)) changed.add(hub)
+    names = charts.filter((c) => changed.has(c))
   } else if (!charts.length) log.warn(noChartsHere())
   if (!args.json) process.stdout.write(names.map((c) => c + '\n').join(''))
   else process.stdout.write(JSON.stringify(fleet ? fleetMatrix(fleet, names) : names) + '\n')

@@ -96,18 +96,33 @@ export async function touchedDirs(exec: Exec, out: Output, range: string, dirs: 
   return new Set(dirs.filter((dir) => files.some((f) => f.startsWith(`${dir}/`))))
 }
 
-/** Charts whose files the commit range changed; deploy.ts, lib/, plugins/, package.json or deno.json mean all. */
-export async function changedCharts(exec: Exec, out: Output, range: string, charts: string[]): Promise<string[]> {
+/** What --changed needs to know of a chart: the paths and configuration keys whose change changes it (ChartFiles). */
+export interface Watched {
+  chart: string
+  /** Files, and dirs ending in `/`. */
+  watched: readonly string[]
+  keys: readonly string[]
+}
+
+/**
+ * Charts whose files the commit range changed; deploy.ts, lib/, plugins/, package.json or
+ * deno.json mean all. A key a chart watches, changed in the committed env file, changes it.
+ */
+export async function changedCharts(exec: Exec, out: Output, range: string, charts: Watched[], envFile: string): Promise<string[]> {
+  const all = charts.map((c) => c.chart)
   const files = await changedFiles(exec, out, range, 'every chart counts as changed')
-  if (!files) return charts
-  const changed = new Set<string>()
-  for (const file of files) {
-    if (file === 'deploy.ts' || file.startsWith('lib/') || file.startsWith('plugins/') || file === 'package.json' || file === 'package-lock.json' || file === 'deno.json') return charts
-    const hub = /^(?:hub-charts|user-images|hub-images)\/([^/]+)\//.exec(file)?.[1] ?? /^secrets\/([^/]+)\.yaml$/.exec(file)?.[1]
-    if (hub) changed.add(hub)
-    if (file.startsWith('monitoring/')) changed.add('monitoring')
-  }
-  return charts.filter((c) => changed.has(c))
+  if (!files) return all
+  if (files.some((file) => file === 'deploy.ts' || file.startsWith('lib/') || file.startsWith('plugins/') || file === 'package.json' || file === 'package-lock.json' || file === 'deno.json')) return all
+  const keys = files.includes(envFile) ? await changedKeys(exec, range, envFile) : new Set<string>()
+  const touches = (file: string, w: string) => (w.endsWith('/') ? file.startsWith(w) : file === w)
+  return charts.filter((c) => c.keys.some((k) => keys.has(k)) || files.some((file) => c.watched.some((w) => touches(file, w)))).map((c) => c.chart)
+}
+
+/** The keys whose lines the range added, changed or removed in a KEY=VALUE file. */
+async function changedKeys(exec: Exec, range: string, file: string): Promise<Set<string>> {
+  const diff = await exec('git', ['diff', '-U0', '--end-of-options', range, '--', file], { capture: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT })
+  const keys = diff.stdout.split('\n').filter((l) => /^[-+](?![-+]{2} )/.test(l)).map((l) => /^[-+]\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=/.exec(l)?.[1])
+  return new Set(keys.filter((k): k is string => !!k))
 }
 
 /** The git repository and its commit; a shallow clone would give wrong image tags. */

@@ -16,6 +16,8 @@ const HELM3 = {
   template: (release: string, dir: string) => ['template', release, dir],
   serverDryRun: true,
   uninstall: ['uninstall'],
+  /** Downloads a chart archive from a repository (--validate, --diff of an upstream chart). */
+  pull: ['pull'],
   setup: [],
   // How helm refuses to upgrade a release that is pending-install/upgrade/rollback.
   pendingRefusal: /another operation \(install\/upgrade\/rollback\) is in progress/,
@@ -33,6 +35,7 @@ export const HELM_VERSIONS = {
     template: (release: string, dir: string) => ['template', dir, '--name', release],
     serverDryRun: false,
     uninstall: ['delete', '--purge'],
+    pull: ['fetch'],
     // Setup installs or upgrades tiller, then waits for it.
     setup: [
       ['helm', 'init', '--upgrade'],

@@ -133,6 +133,7 @@ function baseContext({ plan, state, exec, out, helm, invocation }: ChartRun, plu
     images: plan.images.map((image) => ({ ...image, ...state.images.get(image.dir) })),
     commit: plan.commit,
     chartDir: plan.chartDir,
+    chartSource: plan.files.source,
     timings: state.timings,
     startedAt: state.startedAt ?? Date.now(),
     log: pluginLog(out, plugin.name),

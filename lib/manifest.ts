@@ -4,7 +4,7 @@ import type YAMLModule from 'yaml'
 import { DeployError, type ChartDiff, type ObjectChange } from './contract.ts'
 
 /** A Kubernetes object of a rendered manifest, identified by group, kind, namespace and name. */
-interface ManifestObject {
+export interface ManifestObject {
   key: string
   kind: string
   namespace: string
@@ -57,6 +57,54 @@ function splitSecret(body: Record<string, unknown>): { rest: Record<string, unkn
 }
 
 const isSecret = (o: ManifestObject) => o.kind === 'Secret'
+
+/** Where a pod spec lists containers: each entry's `image` is an image the object runs. */
+const CONTAINER_LISTS = new Set(['containers', 'initContainers', 'ephemeralContainers'])
+
+/** The images an object's containers run, and every string it holds (a Secret's values decoded), split into words. */
+function imageRefs(o: ManifestObject): { containers: string[]; words: Set<string> } {
+  const containers: string[] = []
+  const words = new Set<string>()
+  const walk = (value: unknown, key: string) => {
+    if (typeof value === 'string') for (const w of value.split(/[\s"'`,;={}[\]]+/)) words.add(w)
+    if (!value || typeof value !== 'object') return
+    if (CONTAINER_LISTS.has(key) && Array.isArray(value)) {
+      for (const c of value) if (typeof c?.image === 'string') containers.push(c.image)
+    }
+    for (const [k, v] of Object.entries(value)) walk(v, k)
+  }
+  if (isSecret(o)) {
+    const { rest, values } = splitSecret(o.body)
+    walk(rest, '')
+    for (const v of values.values()) walk(v, '')
+  } else walk(o.body, '')
+  return { containers, words }
+}
+
+/** How a rendered manifest uses an image: or which other image stands where it should, differing in name or in tag. */
+export type ImageUse = { used: true } | { used: false; instead?: { image: string; differs: 'name' | 'tag' } }
+
+/**
+ * Whether the objects use the image `name:tag`: a container runs it, or a string names it
+ * (a hub's image spec such as KubeSpawner's), or one string holds both its name and its tag
+ * (the values a chart hands its hub). Otherwise the image in its place, a container first;
+ * `others` (the run's other images) are never that.
+ */
+export function imageUse(objects: ManifestObject[], name: string, tag: string, { others = [] }: { others?: string[] } = {}): ImageUse {
+  const refs = objects.map(imageRefs)
+  const spec = `${name}:${tag}`
+  if (refs.some((r) => r.containers.includes(spec) || r.words.has(spec) || (r.words.has(name) && r.words.has(tag)))) return { used: true }
+  // The run's other images (a hub image built in the same commit has the same tag) stand for themselves.
+  const candidates = [...refs.flatMap((r) => r.containers), ...refs.flatMap((r) => [...r.words])].filter((c) => !others.includes(c))
+  for (const image of candidates) {
+    const at = image.lastIndexOf(':')
+    if (at <= 0 || image.slice(at).includes('/')) continue
+    const [n, t] = [image.slice(0, at), image.slice(at + 1)]
+    if (t === tag && n !== name) return { used: false, instead: { image, differs: 'name' } }
+    if (n === name && t !== tag && t) return { used: false, instead: { image, differs: 'tag' } }
+  }
+  return { used: false }
+}
 
 /** The object as YAML with sorted keys, so that a reordered map is no change. */
 function objectYaml(body: Record<string, unknown>, YAML: typeof YAMLModule): string {

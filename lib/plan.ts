@@ -8,14 +8,15 @@ import fs from 'node:fs'
 import type YAMLModule from 'yaml'
 import os from 'node:os'
 import path from 'node:path'
-import { DeployError, usageError, type HelmMajor, type ChartDiff, type ChartValidation, type Exec, type Helm, type ImageInfo, type Phase, type Phases, type Plugin } from './contract.ts'
-import { CHART_NAME, type Config } from './config.ts'
+import { DeployError, usageError, type HelmMajor, type ChartDiff, type ChartSource, type ChartValidation, type Exec, type Helm, type ImageInfo, type Phase, type Phases, type Plugin } from './contract.ts'
+import type { Config } from './config.ts'
 import { checkSecretsYaml, readIfPlain, readSecretFile, secretFileFor, type Secrets } from './secrets.ts'
 import { INSTALL_HINTS, onPath, type Invocation, type Output } from './process.ts'
 import { HELM_VERSIONS, helmVersion, unsupportedHelm } from './helm.ts'
 import { checkGit, commitRange, dirtyFiles, gitModified } from './git.ts'
 import { CLUSTERS, LOGINS, REGISTRIES, pickProvider, planSetup, setupSteps, type SetupPlan } from './providers.ts'
 import type { HeldLease } from './lock.ts'
+import { LAYOUTS, hubsFound, layoutOf, unusedLayout, unusedNote } from './layout.ts'
 import type { Preview } from './preview.ts'
 
 /**
@@ -38,7 +39,7 @@ export function collectFileSecrets(secrets: Secrets, config: Config, charts: str
     if (file.masks && YAML.parseDocument(text, { logLevel: 'silent' }).errors.length) secrets.addLines(text)
   }
   for (const chart of charts) {
-    const values = readIfPlain(chartFiles(chart).secretsFile)
+    const values = readIfPlain(chartFiles(chart, config).secretsFile)
     if (values) secrets.addYaml(values, YAML)
   }
 }
@@ -115,8 +116,8 @@ export interface ChartRun extends Tools {
   readonly helm: Helm
   /** The deploy lock's lease while this run holds it (lib/lock.ts). */
   readonly lock: { lease?: HeldLease }
-  /** Shared by --validate and --diff (lib/preview.ts): the dependencies fetched once, the server-side dry run. */
-  readonly preview: { dependenciesFetched?: boolean; upgrade?: Promise<Preview> }
+  /** Shared by --validate and --diff (lib/preview.ts): the chart they render (its dependencies fetched, or pulled) once, the server-side dry run. */
+  readonly preview: { chart?: Promise<string>; upgrade?: Promise<Preview> }
 }
 
 /** A chart's run, ready to execute: its plan, and state, lock and preview not yet touched. */
@@ -124,43 +125,61 @@ export function chartRun(tools: Tools, plan: ChartPlan, helm: Helm): ChartRun {
   return { ...tools, plan, helm, state: { timings: {}, images: new Map() }, lock: {}, preview: {} }
 }
 
-/** Where a chart's files are, for every phase: the one place that builds these paths. */
+/** Where a chart's files are, for every phase: the one place that builds these paths (the layouts are lib/layout.ts). */
 export interface ChartFiles {
-  /** The chart helm installs: hub-charts/<chart>, or monitoring. */
+  /** Where the chart comes from, and the values files that go with it (ctx.chartSource). */
+  readonly source: ChartSource
+  /** The chart's directory (ctx.chartDir): hub-charts/<chart>, or monitoring; hub-configs on the upstream-chart layout. */
   readonly chartDir: string
-  /** The chart's secret values (git-crypt), passed to helm with -f. */
+  /** The chart's secret values (git-crypt), passed to helm with -f after source.valuesFiles. */
   readonly secretsFile: string
   /** Where each image's Dockerfile is (the image is built only when its directory exists). */
   readonly imageDirs: Readonly<Record<ImageInfo['kind'], string>>
+  /** What a deploy reads from the working tree: the chart's directory, or its values files; then the secrets file. */
+  readonly deployed: readonly string[]
+  /** Paths whose change changes the chart (--changed): a dir ends in `/`. */
+  readonly watched: readonly string[]
+  /** Configuration keys whose change changes the chart (--changed). */
+  readonly keys: readonly string[]
+  /** A wrapper chart the hub also has but does not use (the values file wins); the plan says so. */
+  readonly unused?: string
 }
 
-export function chartFiles(chart: string): ChartFiles {
+export function chartFiles(chart: string, config: Config): ChartFiles {
+  const layout = LAYOUTS[layoutOf(chart)]
+  const source = layout.source(chart, config)
+  const secretsFile = `secrets/${chart}.yaml`
+  const imageDirs = { user: `user-images/${chart}`, hub: `hub-images/${chart}` }
   return {
-    chartDir: chart === 'monitoring' ? 'monitoring' : `hub-charts/${chart}`,
-    secretsFile: `secrets/${chart}.yaml`,
-    imageDirs: { user: `user-images/${chart}`, hub: `hub-images/${chart}` },
+    source,
+    chartDir: source.layout === 'wrapper-chart' ? source.chart : path.dirname(layout.where(chart)),
+    secretsFile,
+    imageDirs,
+    deployed: [...(source.layout === 'wrapper-chart' ? [source.chart] : source.valuesFiles), secretsFile],
+    watched: [...layout.watched(chart), secretsFile, ...Object.values(imageDirs).map((d) => `${d}/`)],
+    keys: layout.keys,
+    unused: unusedLayout(chart),
   }
 }
 
-/** Every chart the repository has: hub-charts/<name>/ with a Chart.yaml, and monitoring. */
+/** Every chart the repository has: hub-charts/<name>/ with a Chart.yaml, hub-configs/<name>.yaml, and monitoring. */
 export function discoverCharts(): string[] {
-  const hubs = fs.existsSync('hub-charts')
-    ? fs.readdirSync('hub-charts').filter((d) => CHART_NAME.test(d) && fs.existsSync(`hub-charts/${d}/Chart.yaml`)).sort()
-    : []
-  return fs.existsSync('monitoring/Chart.yaml') ? [...hubs, 'monitoring'] : hubs
+  const hubs = hubsFound()
+  return fs.existsSync('monitoring/Chart.yaml') && !hubs.includes('monitoring') ? [...hubs, 'monitoring'] : hubs
 }
 
 /** Why no chart was found here: most often deploy.ts runs in a subdirectory of the repository. */
 export function noChartsHere(): string {
   for (let dir = path.resolve('..'); ; dir = path.dirname(dir)) {
-    if (fs.existsSync(path.join(dir, 'hub-charts'))) return `no charts in ${process.cwd()}: run deploy.ts from the repository root, ${dir}`
+    if (['hub-charts', 'hub-configs'].some((d) => fs.existsSync(path.join(dir, d)))) return `no charts in ${process.cwd()}: run deploy.ts from the repository root, ${dir}`
     if (dir === path.dirname(dir)) break
   }
-  return `no charts in ${process.cwd()} (no hub-charts/<hub>/Chart.yaml, no monitoring/Chart.yaml): run deploy.ts from the root of the ops repository`
+  return `no charts in ${process.cwd()} (no hub-charts/<hub>/Chart.yaml, no hub-configs/<hub>.yaml, no monitoring/Chart.yaml): run deploy.ts from the root of the ops repository`
 }
 
-function checkChartYaml(chart: string, YAML: typeof YAMLModule) {
-  const file = `${chartFiles(chart).chartDir}/Chart.yaml`
+function checkChartYaml(files: ChartFiles, YAML: typeof YAMLModule) {
+  if (files.source.layout !== 'wrapper-chart') return
+  const file = `${files.chartDir}/Chart.yaml`
   let doc: { name?: unknown; version?: unknown } | undefined
   if (!fs.statSync(file).isFile()) throw usageError(`${file}: not a file; fix the chart`)
   try {
@@ -210,14 +229,16 @@ export async function checkRepository(request: Request, tools: Tools): Promise<R
 
 /** The chart's own checks (its Chart.yaml, its secret values, its image tags), giving its plan. */
 export async function planChart(chart: string, request: Request, facts: RepositoryFacts, tools: Tools): Promise<ChartPlan> {
-  checkChartYaml(chart, tools.invocation.runtime.YAML)
+  const files = chartFiles(chart, request.config)
+  checkChartYaml(files, tools.invocation.runtime.YAML)
   const { phases } = request
   // Its values were registered as secrets before anything ran (collectFileSecrets); here it is checked.
-  const { secretsFile } = chartSecrets(chart, request, tools)
+  const { secretsFile } = chartSecrets(files, request, tools)
   const needsImages = phases.build || phases.deploy || phases.validate || phases.diff
-  const files = chartFiles(chart)
   const { images, history } = needsImages ? await chartImages(tools.exec, chart, files, request.config) : { images: [], history: new Map() }
   await checkCommitted(files, request, images, tools)
+  // Nowhere does one chart silently shadow another (a dry run's plan says it in its header).
+  if (files.unused && !request.dryRun) tools.out.warn(unusedNote(chart, files.source, files.unused))
   return { ...request, ...facts, chart, files, chartDir: files.chartDir, images, history, secretsFile }
 }
 
@@ -225,9 +246,9 @@ export async function planChart(chart: string, request: Request, facts: Reposito
  * secrets/<chart>.yaml as the run needs it: required for a deploy and a diff (which would
  * otherwise compare against a release rendered with it), optional for a validation.
  */
-function chartSecrets(chart: string, request: Request, { out, invocation }: Tools): { secretsFile?: ChartValidation['secrets'] } {
+function chartSecrets(files: ChartFiles, request: Request, { out, invocation }: Tools): { secretsFile?: ChartValidation['secrets'] } {
   const { YAML } = invocation.runtime
-  const file = chartFiles(chart).secretsFile
+  const file = files.secretsFile
   const what = 'the chart\'s secret values file'
   const fix = `create it with the chart's secret values and encrypt it with git-crypt (docs/adding-a-hub.md, step 3)`
   const check = (text: string) => checkSecretsYaml(file, text, YAML)
@@ -250,7 +271,8 @@ function chartSecrets(chart: string, request: Request, { out, invocation }: Tool
 /** Links and submodules a run cannot vouch for, with the fix, or undefined. */
 function unseenDir(dir: string, what: string): string | undefined {
   if (fs.lstatSync(dir).isSymbolicLink()) {
-    return `${dir} is a link to ${fs.readlinkSync(dir)}: --changed and the image tags follow ${dir}'s own history, not its target's, so a change there would go unseen; make it a directory (git mv the target to ${dir})`
+    const kind = fs.statSync(dir).isDirectory() ? 'directory' : 'file'
+    return `${dir} is a link to ${fs.readlinkSync(dir)}: --changed and the image tags follow ${dir}'s own history, not its target's, so a change there would go unseen; make it a ${kind} (git mv the target to ${dir})`
   }
   if (fs.existsSync(path.join(dir, '.git'))) {
     return `${dir} is a git submodule: its changes are not in this repository's history, so ${what} would not follow them; vendor it (git rm --cached ${dir}, then commit its files)`
@@ -314,12 +336,13 @@ async function checkCommitted(files: ChartFiles, request: Request, images: Image
   const found: { paths: Set<string>; problem?: string } = { paths: new Set() }
   if (request.phases.build) for (const i of images) found.problem ??= unseenDir(i.dir, 'the image tag')
   if (request.phases.deploy) {
-    found.problem ??= unseenDir(files.chartDir, '--changed')
-    if (!found.problem) pulledIn(files.chartDir, invocation.runtime.YAML, found)
+    const read = files.deployed.slice(0, -1)
+    for (const p of read) found.problem ??= unseenDir(p, '--changed')
+    if (!found.problem && files.source.layout === 'wrapper-chart') pulledIn(files.chartDir, invocation.runtime.YAML, found)
   }
   const dirs = [
     ...(request.phases.build ? images.map((i) => i.dir) : []),
-    ...(request.phases.deploy ? [files.chartDir, files.secretsFile, ...found.paths] : []),
+    ...(request.phases.deploy ? [...files.deployed, ...found.paths] : []),
   ]
   // helm dep up downloads dependency archives into charts/ and writes Chart.lock: not a change of
   // ours. A committed subchart's own files under charts/ are.
@@ -348,15 +371,31 @@ async function chartImages(exec: Exec, chart: string, files: ChartFiles, config:
   return { images, history }
 }
 
-/** The `--set-string` arguments of one image: the chart's image tag. */
-export function imageSetArgs(image: ImageInfo): string[] {
-  return ['--set-string', `jupyterhub.${image.kind === 'user' ? 'singleuser' : 'hub'}.image.tag=${image.tag}`]
+/** Where the chart takes an image from: `jupyterhub.singleuser.image` in a wrapper chart, `singleuser.image` on the upstream chart. */
+export function imageValuesPath(image: Pick<ImageInfo, 'kind'>, source: ChartSource): string {
+  return `${source.valuesPrefix}${image.kind === 'user' ? 'singleuser' : 'hub'}.image`
 }
 
-/** The values exactly as the deploy passes them: the secrets file when the run has it, then the image tags. */
-export function valuesArgs({ plan }: ChartRun): string[] {
-  const secrets = plan.secretsFile === 'used' ? ['-f', plan.files.secretsFile] : []
-  return [...secrets, ...plan.images.flatMap(imageSetArgs)]
+/**
+ * The values one image sets: its tag, as the original; and its name first when its prefix
+ * (USER_IMAGE_PREFIX, HUB_IMAGE_PREFIX) is configured, so the chart runs the image built
+ * rather than the name in its values.
+ */
+export function imageValues(image: ImageInfo, { files, config }: Pick<ChartPlan, 'files' | 'config'>): [path: string, value: string][] {
+  const at = imageValuesPath(image, files.source)
+  const prefixKey = image.kind === 'user' ? 'USER_IMAGE_PREFIX' : 'HUB_IMAGE_PREFIX'
+  return [...(config.env[prefixKey] ? [[`${at}.name`, image.name] as [string, string]] : []), [`${at}.tag`, image.tag]]
+}
+
+/** The `--set-string` arguments of one image (`--set-string` keeps an all-digit hash from turning into a number). */
+export function imageSetArgs(image: ImageInfo, plan: Pick<ChartPlan, 'files' | 'config'>): string[] {
+  return imageValues(image, plan).flatMap(([at, value]) => ['--set-string', `${at}=${value}`])
+}
+
+/** The values exactly as the deploy passes them: the values files, the secrets file when the run has it, then the images. */
+export function valuesArgs({ plan }: Pick<ChartRun, 'plan'>): string[] {
+  const files = [...plan.files.source.valuesFiles, ...(plan.secretsFile === 'used' ? [plan.files.secretsFile] : [])]
+  return [...files.flatMap((f) => ['-f', f]), ...plan.images.flatMap((image) => imageSetArgs(image, plan))]
 }
 
 /** Why the run cannot reach a cluster, or undefined when it can: setup runs, or a kubeconfig exists. */

@@ -4,11 +4,12 @@
  * `helm status` and `helm upgrade --install --dry-run=server`, which helm runs without writing.
  */
 import fs from 'node:fs'
-import { DeployError, type ChartValidation, type CommandResult, type ValidationProblem } from './contract.ts'
+import { DeployError, type ChartValidation, type CommandResult, type ImageInfo, type ValidationProblem } from './contract.ts'
 import { redactDeep, type Secrets } from './secrets.ts'
-import { tail } from './process.ts'
-import { noClusterAccess, valuesArgs, type ChartRun } from './plan.ts'
-import { diffManifests, parseManifest } from './manifest.ts'
+import { tail, wholeReason } from './process.ts'
+import { imageValuesPath, noClusterAccess, valuesArgs, type ChartPlan, type ChartRun } from './plan.ts'
+import { diffManifests, imageUse, parseManifest, type ManifestObject } from './manifest.ts'
+import { pulledChart } from './layout.ts'
 
 /** helm's error blocks: `Error: ...` and lint's `[ERROR] ...`, each with its continuation lines. */
 function errorBlocks(output: string): string[] {
@@ -109,18 +110,31 @@ function uniqueProblems(problems: ValidationProblem[]): ValidationProblem[] {
 
 
 /**
- * The chart's dependencies for validate and diff: none to fetch when charts/ holds every
- * archive Chart.lock names; `helm dep build` from the lock; `helm dep up` without one (or
- * when the lock no longer matches Chart.yaml). Once per run.
+ * The chart validate and diff render, ready once per run: a wrapper chart's directory with
+ * its dependencies, or the upstream chart's archive (pulled, or from the cache: lib/layout.ts).
  */
-async function chartDependencies({ plan, preview, exec, out, invocation }: ChartRun) {
-  if (preview.dependenciesFetched) return
+function previewChart(r: ChartRun): Promise<string> {
+  const { plan } = r
+  r.preview.chart ??= plan.files.source.layout === 'wrapper-chart' ? chartDependencies(r).then(() => plan.files.chartDir) : pulledChart(r)
+  return r.preview.chart
+}
+
+/** How problems name the chart's own files: its directory, or `<repository>/<chart>@<version>` for the upstream chart. */
+function chartLabel({ files }: ChartPlan): string {
+  return files.source.layout === 'wrapper-chart' ? files.chartDir : `${files.source.chart}@${files.source.version}`
+}
+
+/**
+ * A wrapper chart's dependencies: none to fetch when charts/ holds every archive Chart.lock
+ * names; `helm dep build` from the lock; `helm dep up` without one (or when the lock no
+ * longer matches Chart.yaml).
+ */
+async function chartDependencies({ plan, exec, out, invocation }: ChartRun) {
   const dir = plan.files.chartDir
   const { YAML } = invocation.runtime
   const read = (file: string) => (fs.existsSync(`${dir}/${file}`) ? YAML.parse(fs.readFileSync(`${dir}/${file}`, 'utf8')) ?? {} : {})
   type Dependency = { name: string; version?: string }
   const wanted: Dependency[] = read('Chart.yaml').dependencies ?? read('requirements.yaml').dependencies ?? []
-  preview.dependenciesFetched = true
   if (wanted.length === 0) return
   const lockFile = ['Chart.lock', 'requirements.lock'].find((f) => fs.existsSync(`${dir}/${f}`))
   const locked: Dependency[] = lockFile ? read(lockFile).dependencies ?? [] : []
@@ -136,7 +150,7 @@ async function chartDependencies({ plan, preview, exec, out, invocation }: Chart
   const opts = { cwd: dir, timeout: 300, capture: true, nothrow: true } as const
   let r = lockFile ? await exec('helm', ['dep', 'build'], opts) : undefined
   if (!r || /out of sync/.test(r.stderr)) r = await exec('helm', ['dep', 'up'], opts)
-  if (r.exitCode !== 0) throw new DeployError(`${plan.chart}: ${dir}: could not fetch the chart's dependencies: ${tail(r.stderr || r.stdout, 1).replace(/^Error: /, '')}`)
+  if (r.exitCode !== 0) throw new DeployError(`${plan.chart}: ${dir}: could not fetch the chart's dependencies: ${wholeReason(r.stderr || r.stdout)}`)
 }
 
 export interface Preview {
@@ -152,10 +166,10 @@ export interface Preview {
  * Shared by validate and diff.
  */
 function upgradePreview(r: ChartRun): Promise<Preview> {
-  const { plan, state, exec } = r
+  const { plan, exec } = r
   const { chart } = plan
   r.preview.upgrade ??= (async () => {
-    const args = ['upgrade', '--install', '--namespace', chart, chart, plan.files.chartDir, '--dry-run=server', '--output', 'json', ...valuesArgs(r)]
+    const args = ['upgrade', '--install', '--namespace', chart, chart, await previewChart(r), '--dry-run=server', '--output', 'json', ...valuesArgs(r)]
     // The output holds every rendered Secret and the values: captured, parsed, never printed.
     const done = await exec('helm', args, { capture: true, nothrow: true, timeout: plan.config.helmTimeoutSeconds })
     if (done.exitCode !== 0 || plan.dryRun) return { exitCode: done.exitCode, stderr: done.stderr, manifest: '' }
@@ -178,18 +192,50 @@ function commandProblems(chart: string, dir: string, check: ValidationProblem['c
   return found.length ? found : [{ check, message: `${chart}: helm ${check} failed: ${tail(done.stderr || done.stdout, 1)}` }]
 }
 
-/** `helm lint` and `helm template` with the deploy's values: their problems and warnings, the objects rendered. */
-async function lintAndRender(r: ChartRun, result: ChartValidation) {
+/** `helm lint` and `helm template` with the deploy's values: their problems and warnings; the objects rendered. */
+async function lintAndRender(r: ChartRun, result: ChartValidation): Promise<ManifestObject[]> {
   const { plan, exec, helm } = r
   const { chart } = plan
-  const dir = plan.files.chartDir
+  const [dir, label] = [await previewChart(r), chartLabel(plan)]
   const args = ['--namespace', chart, ...valuesArgs(r)]
   const quiet = { capture: true, nothrow: true, timeout: 300 } as const
   const lint = await exec('helm', ['lint', dir, ...args], quiet)
-  for (const m of lint.stdout.matchAll(/^\[WARNING\] (.*)$/gm)) result.warnings.push(`${chart}: ${dir}/${m[1]}`)
+  for (const m of lint.stdout.matchAll(/^\[WARNING\] (.*)$/gm)) result.warnings.push(`${chart}: ${label}/${m[1]}`)
   const template = await exec('helm', [...helm.templateArgs(chart, dir), ...args], quiet)
-  if (template.exitCode === 0 && !plan.dryRun) result.objects = parseManifest(template.stdout, chart, r.invocation.runtime.YAML).length
-  result.errors.push(...commandProblems(chart, dir, 'lint', lint), ...commandProblems(chart, dir, 'render', template))
+  const objects = template.exitCode === 0 && !plan.dryRun ? parseManifest(template.stdout, chart, r.invocation.runtime.YAML) : []
+  result.objects = objects.length
+  result.errors.push(...commandProblems(chart, label, 'lint', lint), ...commandProblems(chart, label, 'render', template))
+  return objects
+}
+
+/**
+ * The image you built is the image you deploy: each image of the run (built, or found by its
+ * tag) is what the rendered chart runs, by name and by tag. Another image in its place is a
+ * problem naming the values path; none at all, a warning (a chart may not run every image).
+ */
+function checkImages(r: ChartRun, result: ChartValidation, objects: ManifestObject[]) {
+  const { plan, state } = r
+  const specs = plan.images.map((i) => i.spec)
+  for (const image of plan.images) {
+    const use = imageUse(objects, image.name, image.tag, { others: specs.filter((s) => s !== image.spec) })
+    if (use.used) continue
+    const at = imageValuesPath(image, plan.files.source)
+    if (!use.instead) {
+      result.warnings.push(`${plan.chart}: no rendered object uses the ${image.kind} image ${image.spec}: check that the chart takes values ${at}.name and ${at}.tag`)
+      continue
+    }
+    const valuesPath = `${at}.${use.instead.differs}`
+    const built = state.images.get(image.dir)?.built ? 'built' : 'deploys'
+    result.errors.push({ check: 'images', valuesPath, message: `${plan.chart}: values ${valuesPath}: the chart runs ${use.instead.image}, not ${image.spec}, the ${image.kind} image this run ${built}; ${imageFix(plan, image, valuesPath, use.instead.differs)}` })
+  }
+}
+
+/** How to make the chart run the image: configure its prefix (deploy.ts then sets the name), or fix the values. */
+function imageFix({ config, files }: ChartPlan, image: ImageInfo, valuesPath: string, differs: 'name' | 'tag'): string {
+  const key = image.kind === 'user' ? 'USER_IMAGE_PREFIX' : 'HUB_IMAGE_PREFIX'
+  if (differs === 'tag' || config.env[key]) return `the chart does not take its image's ${differs} from values ${valuesPath}: make it do so`
+  const where = files.source.layout === 'wrapper-chart' ? `${files.chartDir}/values.yaml` : files.source.valuesFiles.at(-1)
+  return `set ${key} (deploy.ts then sets ${valuesPath}), or name ${image.name} there in ${where}`
 }
 
 /** The API server's check of every object (the server-side dry run), when the cluster can be reached. */
@@ -210,7 +256,7 @@ async function serverCheck(r: ChartRun, result: ChartValidation) {
     return
   }
   result.serverSide = 'checked'
-  result.errors.push(...commandProblems(plan.chart, plan.files.chartDir, 'server', { stdout: '', ...preview }))
+  result.errors.push(...commandProblems(plan.chart, chartLabel(plan), 'server', { stdout: '', ...preview }))
 }
 
 /** Prints what --validate found, and keeps it masked as the result's text. */
@@ -249,13 +295,14 @@ export async function validate(r: ChartRun) {
     out.warn(line)
   }
   try {
-    await chartDependencies(r)
+    await previewChart(r)
   } catch (e) {
     result.errors.push({ check: 'dependencies', message: (e as Error).message })
     result.serverSideNote = 'the chart did not render'
   }
   if (result.errors.length === 0) {
-    await lintAndRender(r, result)
+    const objects = await lintAndRender(r, result)
+    if (result.errors.length === 0 && objects.length) checkImages(r, result, objects)
     await serverCheck(r, result)
   }
   if (plan.dryRun) {
@@ -303,24 +350,29 @@ async function currentRelease({ plan, exec, helm }: ChartRun): Promise<Release |
   return { revision: release.version, manifest: release.manifest ?? '', config: release.config ?? {} }
 }
 
-/** The values a deploy sets that are no secret: the image tags (imageSetArgs). */
-const IMAGE_TAG_VALUE = /^jupyterhub\.(singleuser|hub)\.image\.tag$/
+/** The values a deploy sets that are no secret: the images' tags and names (imageSetArgs). */
+const IMAGE_VALUE = /^(jupyterhub\.)?(singleuser|hub)\.image\.(tag|name)$/
+
+/** Each leaf of a values tree, by its dotted path. */
+function leaves(value: unknown, at: string, visit: (at: string, leaf: unknown) => void) {
+  if (value && typeof value === 'object') for (const [k, v] of Object.entries(value)) leaves(v, at ? `${at}.${k}` : k, visit)
+  else visit(at, value)
+}
 
 /**
- * Registers the values the release was installed with: what a deploy passes is
- * secrets/<chart>.yaml and the image tags, so these are the old secrets, including those
- * the file no longer has. Masked like the new ones.
+ * Registers the values the release was installed with: what a deploy passes is its values
+ * files (hub-configs/, no secret), secrets/<chart>.yaml and the images, so the rest are the
+ * old secrets, including those the file no longer has. Masked like the new ones.
  */
-function addOldSecrets({ invocation }: ChartRun, config: Record<string, unknown>) {
-  const walk = (value: unknown, at: string) => {
-    if (value && typeof value === 'object') {
-      for (const [k, v] of Object.entries(value)) walk(v, at ? `${at}.${k}` : k)
-    } else if ((typeof value === 'string' || typeof value === 'number') && !IMAGE_TAG_VALUE.test(at)) {
-      // By the masking rule, as secrets/<chart>.yaml's own values: `true` or `300` stay readable.
-      invocation.secrets.addValue(at.split('.').at(-1) ?? '', value)
-    }
-  }
-  walk(config, '')
+function addOldSecrets({ plan, invocation }: ChartRun, config: Record<string, unknown>) {
+  const plain = new Set<string>()
+  // A values file that does not parse is helm's to report, in the dry run that follows.
+  const parsed = (file: string) => invocation.runtime.YAML.parseDocument(fs.readFileSync(file, 'utf8'), { logLevel: 'silent' }).toJS()
+  for (const file of plan.files.source.valuesFiles) leaves(parsed(file), '', (at) => plain.add(at))
+  leaves(config, '', (at, value) => {
+    // By the masking rule, as secrets/<chart>.yaml's own values: `true` or `300` stay readable.
+    if ((typeof value === 'string' || typeof value === 'number') && !IMAGE_VALUE.test(at) && !plain.has(at)) invocation.secrets.addValue(at.split('.').at(-1) ?? '', value)
+  })
 }
 
 /**
@@ -331,7 +383,7 @@ function addOldSecrets({ invocation }: ChartRun, config: Record<string, unknown>
 export async function diffChart(r: ChartRun) {
   const { plan, state, exec, out, helm } = r
   const { chart } = plan
-  await chartDependencies(r)
+  await previewChart(r)
   if (plan.dryRun) {
     await exec('helm', [...helm.statusArgs(chart), '--output', 'json'])
     await upgradePreview(r)
@@ -341,7 +393,7 @@ export async function diffChart(r: ChartRun) {
   if (current) addOldSecrets(r, current.config)
   const preview = await upgradePreview(r)
   if (preview.exitCode !== 0) {
-    const first = helmProblems(chart, plan.files.chartDir, 'server', preview.stderr)[0]?.message ?? `${chart}: ${tail(preview.stderr, 1)}`
+    const first = helmProblems(chart, chartLabel(plan), 'server', preview.stderr)[0]?.message ?? `${chart}: ${tail(preview.stderr, 1)}`
     throw new DeployError(`helm upgrade --dry-run=server failed: ${first}`)
   }
   const labels: [string, string] = [current ? `(revision ${current.revision})` : '(not installed)', `(${plan.commit.slice(0, 7)})`]

@@ -267,6 +267,11 @@ export function tail(text: string, n = 5): string {
   return text.trim().split('\n').slice(-n).join('\n')
 }
 
+/** All a command said about why it failed, as one line: its earlier lines often carry the cause, the last only the consequence. */
+export function wholeReason(text: string): string {
+  return text.split('\n').map((l) => l.trim().replace(/^Error: /, '')).filter(Boolean).join(' ')
+}
+
 export interface ExecSettings {
   env: NodeJS.ProcessEnv
   dryRun: boolean

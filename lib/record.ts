@@ -7,13 +7,14 @@
  */
 import fs from 'node:fs'
 import type YAMLModule from 'yaml'
-import { usageError, type ImageInfo } from './contract.ts'
+import { usageError, type ChartSource, type ImageInfo } from './contract.ts'
 import type { ChartRun } from './plan.ts'
+import { resolvedVersion } from './layout.ts'
 
 export interface DeployRecord {
   /** The commit deployed, abbreviated to 12 hex digits. */
   commit: string
-  /** The chart's own version (Chart.yaml); absent from records written before the fleet. */
+  /** The chart's own version (a wrapper chart's Chart.yaml, or HUB_CHART_VERSION); absent from records written before the fleet. */
   chart?: string
   images: Record<string, string>
   deps: Record<string, string>
@@ -50,14 +51,32 @@ export function chartDependencies(chartDir: string, YAML: typeof YAMLModule): Re
   return deps
 }
 
+/** Where a deploy's chart comes from: its directory and its source (lib/layout.ts). */
+interface ChartFacts {
+  chartDir: string
+  chartSource: ChartSource
+}
+
+/**
+ * The chart versions a deploy brings, name → version as helm resolves it (`v0.10.6` is
+ * 0.10.6): the upstream chart itself, or the wrapper chart's dependencies.
+ */
+export function chartVersions({ chartDir, chartSource: source }: ChartFacts, YAML: typeof YAMLModule): Record<string, string> {
+  const found = source.layout === 'upstream-chart' ? { [source.chart.split('/')[1]]: source.version ?? '' } : chartDependencies(chartDir, YAML)
+  return Object.fromEntries(Object.entries(found).map(([name, version]) => [name, resolvedVersion(version)]))
+}
+
 /** What this deploy of the chart records. */
-export function deployRecord({ commit, chartDir, images }: { commit: string; chartDir: string; images: readonly ImageInfo[] }, YAML: typeof YAMLModule): DeployRecord {
-  const version = (chartFile(`${chartDir}/Chart.yaml`, YAML) as { version?: unknown } | null)?.version
+export function deployRecord(facts: ChartFacts & { commit: string; images: readonly ImageInfo[] }, YAML: typeof YAMLModule): DeployRecord {
+  const { chartSource: source } = facts
+  const version = source.layout === 'upstream-chart'
+    ? resolvedVersion(source.version ?? '')
+    : (chartFile(`${facts.chartDir}/Chart.yaml`, YAML) as { version?: unknown } | null)?.version
   return {
-    commit: commit.slice(0, 12),
+    commit: facts.commit.slice(0, 12),
     ...(version === undefined ? {} : { chart: String(version) }),
-    images: Object.fromEntries(images.map((i) => [i.kind, i.tag])),
-    deps: chartDependencies(chartDir, YAML),
+    images: Object.fromEntries(facts.images.map((i) => [i.kind, i.tag])),
+    deps: chartVersions(facts, YAML),
   }
 }
 
@@ -85,5 +104,5 @@ export function recordedCommit(record: DeployRecord | undefined): string | undef
  */
 export function recordArgs({ plan, invocation }: ChartRun, pluginArgs: string[]): string[] {
   if (!plan.record || pluginArgs.includes('--description')) return []
-  return ['--description', JSON.stringify(deployRecord(plan, invocation.runtime.YAML))]
+  return ['--description', JSON.stringify(deployRecord({ ...plan, chartSource: plan.files.source }, invocation.runtime.YAML))]
 }

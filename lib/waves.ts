@@ -9,16 +9,17 @@
 import process from 'node:process'
 import fs from 'node:fs'
 import path from 'node:path'
+import type YAMLModule from 'yaml'
 import { DeployError, EXIT, usageError, type Exec, type HelmMajor, type ReleaseRevision } from './contract.ts'
 import { DEFAULT_PARALLEL, pluginNames, type Args } from './cli.ts'
 import { chartFiles } from './plan.ts'
 import type { Config } from './config.ts'
 import { INSTALL_HINTS, makeExec, type Invocation, type Output } from './process.ts'
-import { changedCharts } from './git.ts'
+import { changedCharts, type Watched } from './git.ts'
 import { helmVersion, makeHelm, unsupportedHelm } from './helm.ts'
 import { planSetup, privateConfigDir, quietly, setupSteps } from './providers.ts'
 import { parseRecord, recordedCommit, type DeployRecord } from './record.ts'
-import { checkOneKubeconfig, clusterConfig, groupByCluster, type ChartGroup, type Fleet, type Wave } from './fleet.ts'
+import { checkOneKubeconfig, clusterConfig, envFileOf, fleetChanges, groupByCluster, watchedCharts, type ChartGroup, type Fleet, type Wave } from './fleet.ts'
 
 /**
  * Where a hub stands with the change: it runs it (`current`), runs an older commit
@@ -92,14 +93,30 @@ async function headCommit(exec: Exec): Promise<string> {
   return head
 }
 
-/** How each recorded commit relates to `head`: one `git merge-base` and one `git diff` per distinct commit. */
-async function relations(exec: Exec, out: Output, head: string, commits: Set<string>, charts: string[]): Promise<Map<string, Relation>> {
+/** What relations() compares with: the charts, each with what changes it, the env file, the fleet. */
+interface Changes {
+  watched: Watched[]
+  envFile: string
+  fleet: Fleet
+  YAML: typeof YAMLModule
+}
+
+/**
+ * How each recorded commit relates to `head`, and for an ancestor which hubs changed since:
+ * their files (lib/git.ts changedCharts) or their cluster in the fleet file. A few git
+ * commands per distinct commit, whatever the number of hubs.
+ */
+async function relations(exec: Exec, out: Output, head: string, commits: Set<string>, changes: Changes): Promise<Map<string, Relation>> {
   const found = await Promise.all([...commits].map(async (commit): Promise<[string, Relation]> => {
     if (head.startsWith(commit)) return [commit, { kind: 'same' }]
     const r = await exec('git', ['merge-base', '--is-ancestor', commit, 'HEAD'], { capture: true, nothrow: true, show: 'silent', readOnly: true, timeout: GIT_SECONDS })
     if (r.exitCode === 1) return [commit, { kind: 'ahead' }]
     if (r.exitCode !== 0) return [commit, { kind: 'unknown' }]
-    return [commit, { kind: 'ancestor', changed: new Set(await changedCharts(exec, out, `${commit}..HEAD`, charts)) }]
+    const [files, fleet] = await Promise.all([
+      changedCharts(exec, out, `${commit}..HEAD`, changes.watched, changes.envFile),
+      fleetChanges(exec, changes.fleet, commit, changes.YAML),
+    ])
+    return [commit, { kind: 'ancestor', changed: new Set([...files, ...fleet]) }]
   }))
   return new Map(found)
 }
@@ -391,7 +408,9 @@ async function checkHealth(invocation: Invocation, args: Args, fleet: Fleet, hub
   const { hubProblem } = await import('../plugins/health-check.ts')
   const configs = new Map([...fleet.clusters.keys()].map((c) => [c, clusterConfig(fleet, c, args['env-file'])]))
   await atMost(hubs, Number(args.parallel ?? DEFAULT_PARALLEL), async (view) => {
-    const hub = { chart: view.hub, chartDir: chartFiles(view.hub).chartDir, config: configs.get(view.cluster)! }
+    const config = configs.get(view.cluster)!
+    const files = chartFiles(view.hub, config)
+    const hub = { chart: view.hub, chartDir: files.chartDir, chartSource: files.source, config }
     const problem = await hubProblem(hub, invocation.signal)
     if (problem) Object.assign(view, { state: 'unhealthy', reason: problem })
   })
@@ -427,7 +446,8 @@ export async function runWaves(invocation: Invocation, args: Args, config: Confi
     .finally(untrap)
   if (!read || invocation.cancelled) return invocation.cancelled === 'SIGINT' ? EXIT.sigint : EXIT.sigterm
   const histories = new Map(read.flatMap((m) => [...m]))
-  const rels = await relations(exec, out, commit, recordedCommits([...histories.values()]), charts)
+  const changes = { watched: watchedCharts(charts, config, fleet, args['env-file']), envFile: envFileOf(args), fleet, YAML: invocation.runtime.YAML }
+  const rels = await relations(exec, out, commit, recordedCommits([...histories.values()]), changes)
   const views = new Map([...fleet.hubs.values()].map((h): [string, HubView] => {
     const base = { hub: h.name, cluster: h.cluster, wave: h.wave }
     const history = histories.get(h.name)

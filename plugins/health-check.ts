@@ -3,7 +3,8 @@
  * `GET <hub URL>/hub/api` with 200 and JSON carrying its `version`. See docs/plugins.md.
  *
  * The URL is HUB_URL_<CHART> (chart upper-cased, `-` as `_`), or else
- * https://<jupyterhub.ingress.hosts[0]><jupyterhub.hub.baseUrl> from the chart's values.yaml.
+ * https://<jupyterhub.ingress.hosts[0]><jupyterhub.hub.baseUrl> from the chart's values.yaml
+ * (on the upstream-chart layout, <ingress.hosts[0]><hub.baseUrl> from hub-configs/).
  * HEALTH_CHECK_TIMEOUT (a duration, default 5m) bounds the wait.
  */
 import fs from 'node:fs'
@@ -20,29 +21,43 @@ const urlKey = (chart: string) => `HUB_URL_${chart.toUpperCase().replace(/[^A-Z0
 /** A problem with a key or file the plugin reads: deploy.ts ends the run with exit 2 (a configuration error). */
 const configError = (message: string) => Object.assign(new Error(message), { exitCode: 2 })
 
-/** What names a hub's URL: its chart, its directory, and the configuration's keys. */
-type HubFacts = Pick<HookContext, 'chart' | 'chartDir'> & { config: { env: Record<string, string | undefined> } }
+/** What names a hub's URL: its chart, its directory and chart source, and the configuration's keys. */
+type HubFacts = Pick<HookContext, 'chart' | 'chartDir' | 'chartSource'> & { config: { env: Record<string, string | undefined> } }
+
+type HubValues = { ingress?: { enabled?: boolean; hosts?: unknown[] }; hub?: { baseUrl?: unknown } }
+
+/** The jupyterhub chart's values a file gives: under `jupyterhub:` in a wrapper chart's values.yaml, at the top in hub-configs/<hub>.yaml. */
+function hubValues(ctx: HubFacts, file: string): HubValues | undefined {
+  let values: Record<string, unknown> | null
+  try {
+    values = YAML.parse(fs.readFileSync(file, 'utf8'))
+  } catch (e) {
+    const line = (e as { linePos?: { line: number }[] }).linePos?.[0]?.line
+    throw configError(`${file}${line ? `:${line}` : ''}: not valid YAML; fix it, or set ${urlKey(ctx.chart)} to the hub's URL`)
+  }
+  const prefix = ctx.chartSource.valuesPrefix.replace(/\.$/, '')
+  return (prefix ? values?.[prefix] : values) as HubValues | undefined
+}
 
 /** The hub's public URL, and where it came from; undefined when nothing names one. */
 function hubUrl(ctx: HubFacts): { url: string; from: string } | undefined {
   const key = urlKey(ctx.chart)
   const fromEnv = ctx.config.env[key]?.trim()
   if (fromEnv) return { url: fromEnv, from: key }
-  const file = `${ctx.chartDir}/values.yaml`
-  if (!fs.existsSync(file)) return undefined
-  let values: { jupyterhub?: { ingress?: { enabled?: boolean; hosts?: unknown[] }; hub?: { baseUrl?: unknown } } } | null
-  try {
-    values = YAML.parse(fs.readFileSync(file, 'utf8'))
-  } catch (e) {
-    const line = (e as { linePos?: { line: number }[] }).linePos?.[0]?.line
-    throw configError(`${file}${line ? `:${line}` : ''}: not valid YAML; fix it, or set ${key} to the hub's URL`)
+  const source = ctx.chartSource
+  // The chart's values.yaml; on the upstream chart the hub's values files, the last one winning.
+  const files = (source.layout === 'upstream-chart' ? source.valuesFiles : [`${ctx.chartDir}/values.yaml`]).filter((f) => fs.existsSync(f))
+  let found: { ingress?: HubValues['ingress']; base?: string; from?: string } = {}
+  for (const file of files) {
+    const values = hubValues(ctx, file)
+    if (values?.ingress !== undefined) found = { ...found, ingress: { ...found.ingress, ...values.ingress }, from: file }
+    if (typeof values?.hub?.baseUrl === 'string') found.base = values.hub.baseUrl
   }
-  const ingress = values?.jupyterhub?.ingress
+  const { ingress, base = '/', from } = found
   const hosts = ingress?.hosts
   const host = ingress?.enabled === false || !Array.isArray(hosts) ? undefined : hosts[0]
-  if (typeof host !== 'string' || !host) return undefined
-  const base = typeof values?.jupyterhub?.hub?.baseUrl === 'string' ? values.jupyterhub.hub.baseUrl : '/'
-  return { url: `https://${host}${base.startsWith('/') ? base : `/${base}`}`, from: file }
+  if (typeof host !== 'string' || !host || !from) return undefined
+  return { url: `https://${host}${base.startsWith('/') ? base : `/${base}`}`, from }
 }
 
 /**

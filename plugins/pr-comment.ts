@@ -23,6 +23,8 @@ const MAX_PAGES = 20
 /** One chart's part of the comment. */
 interface Section {
   chart: string
+  /** The upstream chart the hub's values go on (the upstream-chart layout); unset for a wrapper chart. */
+  source?: { chart: string; version?: string; valuesFiles: string[] }
   images: Pick<ImageInfo, 'kind' | 'spec' | 'built'>[]
   /** Whether the run built (with --build): then an image not built is in the registry already. */
   built: boolean
@@ -114,6 +116,7 @@ function cutNote(chart: string, shown: number, total: number): string {
 function renderSection(s: Section, diffText: string, note: string): string {
   const out = [`### ${s.chart}`, '']
   if (s.error) out.push(`:x: **failed** in ${s.failedPhase ?? 'the run'}: ${escapeHtml(s.error)}`, '')
+  if (s.source) out.push(`**Chart:** \`${s.source.chart}\` ${s.source.version} with ${s.source.valuesFiles.map((f) => `\`${f}\``).join(', ')}`)
   const state = (built?: boolean) => (built ? ', built' : s.built ? ', in the registry already' : '')
   out.push(s.images.length
     ? `**Images:** ${s.images.map((i) => `\`${i.spec}\` (${i.kind}${state(i.built)})`).join(', ')}`
@@ -262,6 +265,7 @@ function post(ctx: HookContext): Promise<void> {
   if (typeof t === 'string') return Promise.resolve()
   sections.set(ctx.chart, {
     chart: ctx.chart,
+    source: ctx.chartSource.layout === 'upstream-chart' ? ctx.chartSource : undefined,
     images: ctx.images.map(({ kind, spec, built }) => ({ kind, spec, built })),
     built: ctx.phases.build,
     validation: ctx.validation,

@@ -1,14 +1,15 @@
 /**
  * promote-from-staging: a production chart (PRODUCTION_CHARTS) is deployed only when the
- * staging chart (STAGING_CHART) is healthy and already runs the chart dependency
- * versions production is about to get. See docs/plugins.md.
+ * staging chart (STAGING_CHART) is healthy and already runs the chart versions production
+ * is about to get: a wrapper chart's dependencies, or the upstream chart itself (HUB_CHART at
+ * HUB_CHART_VERSION), compared as helm resolves them (`v0.10.6` is 0.10.6). See docs/plugins.md.
  *
  * Every deploy of any chart records what it deployed in the release itself, as JSON in
  * `helm upgrade --description` (lib/record.ts): {"commit":…,"chart":…,"images":{kind:tag},"deps":{name:version}}.
  * The check reads the latest revision of the staging release with `helm history` (ctx.helm).
  */
 import YAML from 'yaml'
-import { chartDependencies, deployRecord, parseRecord, type DeployRecord, type HookContext, type Plugin } from '../deploy.ts'
+import { chartVersions as versionsOf, deployRecord, parseRecord, type DeployRecord, type HookContext, type Plugin } from '../deploy.ts'
 
 const list = (value: string | undefined) => (value ?? '').split(',').map((s) => s.trim()).filter(Boolean)
 
@@ -20,8 +21,11 @@ function overridden(ctx: HookContext): boolean {
   return yes === true
 }
 
-/** The chart's dependencies, name → version (a chart file that cannot say them ends the run with exit 2). */
-const dependencies = (chartDir: string) => chartDependencies(chartDir, YAML)
+/** The chart versions a deploy brings (a chart file that cannot say them ends the run with exit 2). */
+const chartVersions = (ctx: HookContext) => versionsOf(ctx, YAML)
+
+/** A version as helm resolves it: `v0.10.6` is 0.10.6. */
+const resolved = (version: string) => version.replace(/^v(?=\d)/, '')
 
 function record(ctx: HookContext): DeployRecord {
   const r = deployRecord(ctx, YAML)
@@ -44,10 +48,10 @@ async function problems(ctx: HookContext): Promise<string[]> {
   if (latest.status !== 'deployed') return [`${staging} revision ${latest.revision} is ${latest.status}, not deployed`]
   const theirs = parseRecord(latest.description)?.deps
   if (!theirs) return [`${staging} revision ${latest.revision} records no chart versions (not deployed with this plugin)`]
-  const ours = dependencies(ctx.chartDir)
+  const ours = chartVersions(ctx)
   const differ: string[] = []
   for (const name of [...new Set([...Object.keys(theirs), ...Object.keys(ours)])].sort()) {
-    if (theirs[name] === ours[name]) continue
+    if (theirs[name] !== undefined && resolved(String(theirs[name])) === ours[name]) continue
     differ.push(`${name} ${theirs[name] ?? '(none)'} on ${staging} vs ${ours[name] ?? '(none)'} here`)
   }
   return differ
@@ -79,7 +83,7 @@ const plugin: Plugin = {
   verify: (ctx) => {
     overridden(ctx)
     // Every deploy records the chart's dependencies: a chart file that cannot say them stops the run before anything changes.
-    if (ctx.phases.deploy) dependencies(ctx.chartDir)
+    if (ctx.phases.deploy) chartVersions(ctx)
     // A dry run reaches no cluster: the local checks above are what it can try.
     if (ctx.dryRun) return
     return ctx.phases.setup ? undefined : check(ctx)

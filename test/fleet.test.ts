@@ -42,7 +42,7 @@ const MISTAKES: [string, string, string | RegExp][] = [
   ['an unknown provider', VALID.replace('provider: gke', 'provider: gcp'), 'fleet.yaml:3: clusters.east.provider: "gcp" is not a cluster provider; use one of gke, eks, aks, kubeconfig (docs/clusters.md)'],
   ['a wave without soak', VALID.replace('    soak: 2d\n', ''), 'fleet.yaml:11: waves[0] (staging): soak is missing: how long its hubs must run a change before the next wave gets it; add soak: 2d (or 0)'],
   ['a soak that is none', VALID.replace('soak: 2d', 'soak: 2 days'), 'fleet.yaml:12: waves[0] (staging).soak: 2 days is not a soak; give one up to a year, such as 0, 12h, 2d, 1w or 1d12h'],
-  ['a hub that has no chart', VALID + '  nope: { cluster: east, wave: rest }\n', 'fleet.yaml:17: hubs.nope: no chart of that name (hub-charts/nope/Chart.yaml); add the chart or remove the entry'],
+  ['a hub that has no chart', VALID + '  nope: { cluster: east, wave: rest }\n', 'fleet.yaml:17: hubs.nope: no chart of that name (hub-charts/nope/Chart.yaml or hub-configs/nope.yaml); add the chart or remove the entry'],
   ['an unknown cluster', VALID.replace('ea-hub: { cluster: west', 'ea-hub: { cluster: wets'), 'fleet.yaml:16: hubs.ea-hub.cluster: wets is not one of the clusters; did you mean west? (clusters: east, west)'],
   ['an unknown wave', VALID.replace('wave: rest }', 'wave: rets }'), 'fleet.yaml:16: hubs.ea-hub.wave: rets is not one of the waves; did you mean rest? (waves: staging, rest)'],
   ['a value a tool would take for an option', VALID.replace('GKE_CLUSTER: east', 'GKE_CLUSTER: --east'), 'fleet.yaml:4: clusters.east.GKE_CLUSTER: not a GKE cluster name (lowercase letters, digits, -); give the value, or leave the key out to use .env\'s'],

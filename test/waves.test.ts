@@ -7,9 +7,9 @@ import { after, test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import { HELM3, git, runDeploy, tempDir, type Rule, type RunResult } from './support/harness.ts'
+import { HELM3, commit, git, runDeploy, tempDir, type Rule, type RunResult } from './support/harness.ts'
 import { startServer, stopServers } from './support/http.ts'
-import { DAY, FLEET_ENV, TOKENS, fleetRepo, history, kubeconfigSha, recorded, upgrades, type Revision } from './support/fleet.ts'
+import { DAY, FLEET_ENV, SIX, TOKENS, fleetRepo, history, kubeconfigSha, recorded, upgrades, type Revision } from './support/fleet.ts'
 
 const HOUR = 3600 * 1000
 after(() => stopServers(), { timeout: 30_000 })
@@ -254,4 +254,27 @@ test('SIGINT while the clusters are read: the reads stop, every cluster\'s crede
   // Each cluster's private directory (deploy-*, with its kubeconfig) is gone; tsx keeps its cache there too.
   assert.deepEqual(fs.readdirSync(tmp).filter((f) => f.startsWith('deploy-')), [], 'no credentials left behind')
   assert.ok(r.signals.length > 0 && r.signals.every((s) => s.tool === 'helm' && s.signal === 'SIGINT'), JSON.stringify(r.signals))
+})
+
+test('hubs on the upstream chart: a cluster\'s HUB_CHART_VERSION in the fleet file is part of the change, and the record names that version', { timeout: 60_000 }, async () => {
+  const { repo, head: before } = fleetRepo()
+  // Every hub moves to the upstream chart (hub-configs/<hub>.yaml); then west alone gets a newer chart.
+  commit(repo, Object.fromEntries(Object.keys(SIX).map((h) => [`hub-configs/${h}.yaml`, `singleuser:\n  image:\n    tag: set-on-deployment\n# ${h}\n`])), 'upstream chart')
+  const old = git(repo, 'rev-parse', 'HEAD')
+  commit(repo, { 'fleet.yaml': fs.readFileSync(path.join(repo, 'fleet.yaml'), 'utf8').replace('    KUBECONFIG_FILE: secrets/west-kubeconfig.yaml\n', '    KUBECONFIG_FILE: secrets/west-kubeconfig.yaml\n    HUB_CHART_VERSION: 3.3.8\n') }, 'west: jupyterhub 3.3.8')
+  const head = git(repo, 'rev-parse', 'HEAD')
+  const all = Object.keys(SIX).map((h) => history(h, [{ commit: before, ageMs: 30 * DAY }, { commit: old, ageMs: 10 * DAY }]))
+  const [r, changed] = await Promise.all([
+    run(repo, ['--waves', '--deploy'], all),
+    runDeploy(repo, ['--changed', `${old}..HEAD`, '--json']),
+  ])
+  assert.equal(r.code, 0, r.stderr)
+  // East's hubs run what this commit deploys there; west's staging hub is the first to get 3.3.8.
+  assertDeployed(r, { 'west-staging': 'west' }, head)
+  const upgrade = upgrades(r).get('west-staging')!
+  assert.match(upgrade.argv.join(' '), /^upgrade --install --namespace west-staging west-staging jupyterhub\/jupyterhub .* --version 3\.3\.8 -f hub-configs\/west-staging\.yaml /)
+  assert.deepEqual({ chart: recorded(upgrade).chart, deps: recorded(upgrade).deps }, { chart: '3.3.8', deps: { jupyterhub: '3.3.8' } })
+  assert.match(r.stdout, /^ {2}staginghub +east +runs it /m)
+  assert.equal(changed.code, 0, changed.stderr)
+  assert.deepEqual(JSON.parse(changed.stdout).map((e: { cluster: string; hubs: string[] }) => [e.cluster, e.hubs]), [['west', ['west-staging', 'west-canary', 'west-hub']]])
 })

@@ -129,8 +129,10 @@ if (!tools) {
       exits(r, 0)
       const tag = userTag(f)
       assert.match(r.stderr, /Executing and capturing helm dep up\n/)
-      assert.match(r.stderr, new RegExp(`Executing and capturing helm lint hub-charts/${f.hub} --namespace ${f.hub} -f secrets/${f.hub}\\.yaml --set-string jupyterhub\\.singleuser\\.image\\.tag=${tag}\\n`))
-      assert.match(r.stderr, new RegExp(`Executing and capturing helm template ${f.hub} hub-charts/${f.hub} --namespace ${f.hub} -f secrets/${f.hub}\\.yaml --set-string jupyterhub\\.singleuser\\.image\\.tag=${tag}\\n`))
+      // The runs set USER_IMAGE_PREFIX (test/support/e2e.ts): the image's name is set before its tag.
+      const images = `--set-string jupyterhub\\.singleuser\\.image\\.name=example/user-${f.hub} --set-string jupyterhub\\.singleuser\\.image\\.tag=${tag}`
+      assert.match(r.stderr, new RegExp(`Executing and capturing helm lint hub-charts/${f.hub} --namespace ${f.hub} -f secrets/${f.hub}\\.yaml ${images}\\n`))
+      assert.match(r.stderr, new RegExp(`Executing and capturing helm template ${f.hub} hub-charts/${f.hub} --namespace ${f.hub} -f secrets/${f.hub}\\.yaml ${images}\\n`))
       assert.doesNotMatch(r.stderr, /gcloud|docker login/, '--validate alone runs no setup')
       assert.match(r.stdout, new RegExp(`^${f.hub}: valid \\(helm lint, 5 objects rendered, server-side check skipped: no cluster access \\(--no-setup and no kubeconfig\\)\\)$`, 'm'))
 

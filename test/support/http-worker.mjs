@@ -5,7 +5,8 @@ import { parentPort } from 'node:worker_threads'
 
 const servers = new Map() // port -> { server, requests, hanging }
 
-function start(answers) {
+/** A server answering from `answers` in order, or, with `files` (path → bytes), each path with its file (404 otherwise). */
+function start(answers, files) {
   const started = Date.now()
   const state = { requests: [], hanging: new Set() }
   const server = http.createServer((req, res) => {
@@ -14,6 +15,12 @@ function start(answers) {
     req.on('data', (d) => (body += d))
     req.on('end', () => {
       state.requests.push({ method: req.method, path: req.url, headers: req.headers, body, at: Date.now() - started })
+      if (files) {
+        const file = files[new URL(req.url, 'http://x').pathname]
+        res.writeHead(file ? 200 : 404, { 'content-type': 'application/octet-stream' })
+        res.end(file ?? 'not found')
+        return
+      }
       const answer = answers[Math.min(state.requests.length - 1, answers.length - 1)] ?? {}
       if (answer.hang) {
         state.hanging.add(res)
@@ -53,9 +60,9 @@ function freePort() {
   }))
 }
 
-parentPort.on('message', async ({ id, op, answers, port }) => {
+parentPort.on('message', async ({ id, op, answers, files, port }) => {
   const result =
-    op === 'start' ? await start(answers)
+    op === 'start' ? await start(answers, files)
     : op === 'received' ? servers.get(port)?.requests ?? []
     : op === 'close' ? await close(port)
     : op === 'freePort' ? await freePort()

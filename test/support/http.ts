@@ -65,6 +65,19 @@ export async function startServer(answers: Answer[] = []): Promise<TestServer> {
   }
 }
 
+/** A server of static files: each path (`/index.yaml`) answers with its bytes, any other with 404. */
+export async function startFileServer(files: Record<string, Uint8Array>): Promise<TestServer> {
+  const port = await call<number>({ op: 'start', answers: [], files })
+  const received = () => call<Received[]>({ op: 'received', port })
+  return {
+    origin: `http://127.0.0.1:${port}`,
+    port,
+    received,
+    json: async () => (await received()).map((r) => JSON.parse(r.body)),
+    close: () => call<void>({ op: 'close', port }),
+  }
+}
+
 /** A port nothing listens on. */
 export function closedPort(): Promise<number> {
   return call<number>({ op: 'freePort' })
