@@ -41,7 +41,7 @@ export { Invocation, Output, makeExec, type ExecSettings } from './lib/process.t
 export { gitModified } from './lib/git.ts'
 export { diffManifests, unifiedDiff } from './lib/manifest.ts'
 export { helmProblems } from './lib/preview.ts'
-export { chartDependencies, chartVersions, deployRecord, parseRecord, type DeployRecord } from './lib/record.ts'
+export { chartVersions, deployRecord, parseRecord, type DeployRecord } from './lib/record.ts'
 
 /**
  * Runs the plan's commands. Credentials land in the private directory the run's state

@@ -18,7 +18,7 @@ import { makeExec, type Invocation } from './process.ts'
 import { chartNames, type Args } from './cli.ts'
 import { chartFiles, noChartsHere } from './plan.ts'
 
-export const FLEET_FILE = 'fleet.yaml'
+const FLEET_FILE = 'fleet.yaml'
 
 export interface FleetCluster {
   readonly name: string
@@ -66,7 +66,7 @@ const SOAK = /^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/
 const MAX_SOAK_SECONDS = 365 * 24 * 3600
 
 /** Seconds in a soak, or NaN when it is none or longer than a year. */
-export function soakSeconds(text: string): number {
+function soakSeconds(text: string): number {
   if (/^\d+$/.test(text)) return Number(text) <= MAX_SOAK_SECONDS ? Number(text) : NaN
   const m = SOAK.exec(text)
   if (!m || !text) return NaN
@@ -232,7 +232,7 @@ function readHubs(m: Mistakes, raw: unknown, charts: string[], clusters: Map<str
  * The fleet file, read and checked against the repository's charts; undefined when there is
  * none. The first mistake stops the run (exit 2), saying how many more follow.
  */
-export function readFleet(charts: string[], YAML: typeof YAMLModule, envFile: string | undefined): Fleet | undefined {
+function readFleet(charts: string[], YAML: typeof YAMLModule, envFile: string | undefined): Fleet | undefined {
   if (!fs.existsSync(FLEET_FILE)) return undefined
   if (!fs.statSync(FLEET_FILE).isFile()) throw usageError(`${FLEET_FILE}: not a file; make it the fleet file (docs/fleet.md) or remove it`)
   const counter = new YAML.LineCounter()
@@ -327,7 +327,7 @@ export interface MatrixEntry {
 }
 
 /** The CI matrix of `hubs`: one entry per cluster that has any of them (so one job per cluster). */
-export function fleetMatrix(fleet: Fleet, hubs: string[]): MatrixEntry[] {
+function fleetMatrix(fleet: Fleet, hubs: string[]): MatrixEntry[] {
   return clustersOf(fleet, hubs).map((cluster) => {
     const waves = fleet.waves
       .map((w) => ({ wave: w.name, hubs: hubs.filter((h) => fleet.hubs.get(h)?.cluster === cluster && fleet.hubs.get(h)?.wave === w.name).sort() }))

@@ -33,7 +33,7 @@ function chartFile(full: string, YAML: typeof YAMLModule): unknown {
 }
 
 /** The chart's dependencies, name → version: Chart.yaml (Helm 3) or requirements.yaml (Helm 2 charts). */
-export function chartDependencies(chartDir: string, YAML: typeof YAMLModule): Record<string, string> {
+function chartDependencies(chartDir: string, YAML: typeof YAMLModule): Record<string, string> {
   const deps: Record<string, string> = {}
   for (const file of ['Chart.yaml', 'requirements.yaml']) {
     const full = `${chartDir}/${file}`

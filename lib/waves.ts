@@ -294,7 +294,7 @@ export function planText(fleet: Fleet, plan: FleetPlan): string {
 }
 
 /** The plan as `--plan --json` prints it: what another cluster's job reads back with --observed. */
-export function planJson(fleet: Fleet, plan: FleetPlan, clusters: string[]) {
+function planJson(fleet: Fleet, plan: FleetPlan, clusters: string[]) {
   return {
     fleet: fleet.file,
     commit: plan.commit,
@@ -417,7 +417,7 @@ async function checkHealth(invocation: Invocation, args: Args, fleet: Fleet, hub
 }
 
 /** Deploys groups of charts as deploy.ts does (deployCharts), the record written; returns the exit code. */
-export type DeployGroups = (groups: ChartGroup[]) => Promise<number>
+type DeployGroups = (groups: ChartGroup[]) => Promise<number>
 
 /**
  * `--plan` and `--waves`: reads where the change stands in the clusters this run reaches
