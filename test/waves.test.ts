@@ -278,3 +278,18 @@ test('hubs on the upstream chart: a cluster\'s HUB_CHART_VERSION in the fleet fi
   assert.equal(changed.code, 0, changed.stderr)
   assert.deepEqual(JSON.parse(changed.stdout).map((e: { cluster: string; hubs: string[] }) => [e.cluster, e.hubs]), [['west', ['west-staging', 'west-canary', 'west-hub']]])
 })
+
+test('each cluster deploys at its own cap: east one hub at a time (parallel: 1 in the fleet file), west all three at once', { timeout: 60_000 }, async () => {
+  const hubs: Record<string, [string, string]> = { e1: ['east', 'all'], e2: ['east', 'all'], e3: ['east', 'all'], w1: ['west', 'all'], w2: ['west', 'all'], w3: ['west', 'all'] }
+  const { repo } = fleetRepo(hubs, [{ name: 'all' }])
+  commit(repo, { 'fleet.yaml': fs.readFileSync(path.join(repo, 'fleet.yaml'), 'utf8').replace('    provider: kubeconfig\n', '    provider: kubeconfig\n    parallel: 1\n') }, 'east: one at a time')
+  // No clock for west: its upgrades wait in a barrier until three run at once (standin.mjs).
+  const r = await run(repo, ['--waves', '--deploy'], [{ tool: 'helm', match: '^upgrade --install --namespace e', sleepMs: 1500 }, { tool: 'helm', match: '^upgrade --install --namespace w', barrier: 3 }])
+  assert.equal(r.code, 0, r.stderr)
+  const calls = [...upgrades(r).values()]
+  const west = calls.filter((c) => c.argv[3].startsWith('w'))
+  const east = calls.filter((c) => c.argv[3].startsWith('e')).map((c) => c.startedAt).sort((a, b) => a - b)
+  assert.deepEqual(west.map((c) => c.peak), [3, 3, 3], 'west: all three at once')
+  assert.equal(east.length, 3)
+  for (let i = 1; i < east.length; i++) assert.ok(east[i] - east[i - 1] >= 1500, `east: one after another (${east.join(', ')})`)
+})
