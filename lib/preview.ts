@@ -10,7 +10,7 @@ import { tail, wholeReason } from './process.ts'
 import { imageValuesPath, noClusterAccess, valuesArgs, type ChartPlan, type ChartRun } from './plan.ts'
 import { diffManifests, imageUse, parseManifest, type ManifestObject } from './manifest.ts'
 import { pulledChart } from './layout.ts'
-import { fetchedFirst, localDependencies } from './localcharts.ts'
+import { fetchedFirst } from './localcharts.ts'
 
 /** helm's error blocks: `Error: ...` and lint's `[ERROR] ...`, each with its continuation lines. */
 function errorBlocks(output: string): string[] {
@@ -128,8 +128,8 @@ function chartLabel({ files }: ChartPlan): string {
 /**
  * A wrapper chart's dependencies: none to fetch when charts/ holds every archive Chart.lock
  * names; `helm dep build` from the lock; `helm dep up` without one (or when the lock no
- * longer matches Chart.yaml). With local (`file://`) dependencies, always `helm dep up`, after
- * theirs (lib/localcharts.ts): an archive in charts/ may be older than their directory.
+ * longer matches Chart.yaml). With a local (`file://`) dependency that has dependencies of its
+ * own, those first (lib/localcharts.ts), then always `helm dep up`: the archive must hold them.
  */
 async function chartDependencies({ plan, exec, out, invocation }: ChartRun) {
   const dir = plan.files.chartDir
@@ -138,11 +138,12 @@ async function chartDependencies({ plan, exec, out, invocation }: ChartRun) {
   type Dependency = { name: string; version?: string }
   const wanted: Dependency[] = read('Chart.yaml').dependencies ?? read('requirements.yaml').dependencies ?? []
   if (wanted.length === 0) return
-  for (const first of fetchedFirst(dir, YAML)) {
-    const r = await exec('helm', ['dep', 'up', first], { timeout: 300, capture: true, nothrow: true })
-    if (r.exitCode !== 0) throw new DeployError(`${plan.chart}: ${first}: could not fetch the chart's dependencies: ${wholeReason(r.stderr || r.stdout)}`)
+  const first = fetchedFirst(dir, YAML)
+  for (const local of first) {
+    const r = await exec('helm', ['dep', 'up', local], { timeout: 300, capture: true, nothrow: true })
+    if (r.exitCode !== 0) throw new DeployError(`${plan.chart}: ${local}: could not fetch the chart's dependencies: ${wholeReason(r.stderr || r.stdout)}`)
   }
-  const lockFile = localDependencies(dir, YAML).length ? undefined : ['Chart.lock', 'requirements.lock'].find((f) => fs.existsSync(`${dir}/${f}`))
+  const lockFile = first.length ? undefined : ['Chart.lock', 'requirements.lock'].find((f) => fs.existsSync(`${dir}/${f}`))
   const locked: Dependency[] = lockFile ? read(lockFile).dependencies ?? [] : []
   const cached = lockFile && wanted.every((d) => {
     const l = locked.find((x) => x.name === d.name)
