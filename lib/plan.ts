@@ -13,7 +13,7 @@ import type { Config } from './config.ts'
 import { checkSecretsYaml, readIfPlain, readSecretFile, secretFileFor, type Secrets } from './secrets.ts'
 import { INSTALL_HINTS, onPath, type Invocation, type Output } from './process.ts'
 import { HELM_VERSIONS, helmVersion, unsupportedHelm } from './helm.ts'
-import { checkGit, commitRange, dirtyFiles, gitModified } from './git.ts'
+import { checkGit, commitRange, dirtyFiles, gitModified, refuseClearSecrets } from './git.ts'
 import { CLUSTERS, LOGINS, REGISTRIES, pickProvider, planSetup, setupSteps, type SetupPlan } from './providers.ts'
 import type { HeldLease } from './lock.ts'
 import { LAYOUTS, hubsFound, layoutOf, unusedLayout, unusedNote } from './layout.ts'
@@ -202,9 +202,10 @@ function checkTools({ phases, config }: Request, env: NodeJS.ProcessEnv, setupPl
   for (const tool of needed) if (!onPath(tool, env)) throw usageError(`${tool} not found on PATH: ${INSTALL_HINTS[tool]}`)
 }
 
-/** Checks that hold for the whole invocation: git and the repository, setup's providers and files, the tools, Helm's version. */
+/** Checks that hold for the whole invocation: git and the repository (no secret committed in clear), setup's providers and files, the tools, Helm's version. */
 export async function checkRepository(request: Request, tools: Tools): Promise<RepositoryFacts> {
   const commit = await checkGit(request, tools)
+  await refuseClearSecrets(request, tools)
   pickProvider(CLUSTERS, 'CLUSTER_PROVIDER', request.config)
   pickProvider(REGISTRIES, 'REGISTRY_PROVIDER', request.config)
   if (request.phases.build) commitRange(tools.env, tools.out)

@@ -10,7 +10,7 @@ import path from 'node:path'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { YAML } from 'zx'
 import { startServer, stopServers } from './support/http.ts'
-import { ROOT, HELM3, PASSWORD, PLANTED, PRIVATE_KEY_LINE, SECRET_TOKEN, GRAFANA_PASSWORD, commit, findLeak, git, makeRepo, runDeploy, standinBin, tempDir, type Rule, type RunResult } from './support/harness.ts'
+import { ROOT, HELM3, PASSWORD, PLANTED, PRIVATE_KEY_LINE, SECRET_TOKEN, GRAFANA_PASSWORD, commit, findLeak, git, gitCryptFilter, makeRepo, runDeploy, standinBin, tempDir, type Rule, type RunResult } from './support/harness.ts'
 
 const read = (file: string) => fs.readFileSync(path.join(ROOT, file), 'utf8')
 /** deploy.ts and the modules beside it in lib/. */
@@ -145,7 +145,8 @@ test('CI deploys monitoring after the production hubs and installs the runtime o
 // Every shell example runs as written. Each fenced `sh` block of README.md and docs/*.md is
 // run line by line (a doc's blocks in order, in one fixture) with bash, and must exit 0:
 // - the fixture is a git repository holding this repository's files, with planted secrets
-//   (the real ones are git-crypt'ed) and node_modules linked to this checkout's;
+//   (the real ones are git-crypt'ed; here committed through a stand-in of git-crypt's filter,
+//   as in an unlocked clone) and node_modules linked to this checkout's;
 // - the cloud CLIs, helm, kubectl and docker are the recording stand-ins (no cluster here), `npm`
 //   is a stand-in whose `npm ci` only checks that node_modules is there: tests reach no
 //   registry and must never re-install the shared node_modules;
@@ -206,6 +207,8 @@ function docsFixture(files: Record<string, string>): string {
     fs.copyFileSync(from, path.join(repo, file))
   }
   git(repo, 'init', '-q', '-b', 'main')
+  // An unlocked clone, as CI has it: .gitattributes gives secrets/ to git-crypt, so the planted secrets are committed encrypted.
+  gitCryptFilter(repo)
   commit(repo, {
     'secrets/dockerhub': `${PASSWORD}\n`,
     'secrets/gke-auth-key.json': JSON.stringify({ type: 'service_account', private_key: `-----BEGIN PRIVATE KEY-----\n${PRIVATE_KEY_LINE}\n-----END PRIVATE KEY-----\n` }),

@@ -49,6 +49,8 @@ export interface RepoOptions {
   /** Contents of secrets/<name>: every hub gets `secrets/<hub>.yaml` unless listed here. */
   secrets?: Record<string, string>
   noSetupSecrets?: boolean
+  /** secrets/ given to git-crypt in .gitattributes, and the clone unlocked (gitCryptFilter) before the first commit. */
+  gitCrypt?: boolean
 }
 
 /** Writes files (relative path → content) into the repo and commits them. */
@@ -79,6 +81,20 @@ export const CLOUD_TOKENS = {
 /** Secret values planted in every fixture: no run may print them or pass them in argv. */
 export const PLANTED = [PASSWORD, SECRET_TOKEN, PRIVATE_KEY_LINE, GRAFANA_PASSWORD, ...Object.values(CLOUD_TOKENS)]
 
+/** The ops repository's .gitattributes: everything under secrets/ goes to git-crypt, but its README. */
+export const GIT_CRYPT_ATTRIBUTES = 'secrets/** filter=git-crypt diff=git-crypt\nsecrets/README.md !filter !diff\n'
+
+/**
+ * git-crypt's filter as an unlocked clone has it, without the cipher (git-crypt is not
+ * installed here): a committed blob starts with git-crypt's header, the work tree shows
+ * clear text. Like git-crypt's, the smudge leaves a blob without the header as it is.
+ */
+export function gitCryptFilter(repo: string) {
+  git(repo, 'config', 'filter.git-crypt.clean', "printf '\\000GITCRYPT\\000'; cat")
+  git(repo, 'config', 'filter.git-crypt.smudge', 'f=$(mktemp); cat >"$f"; if [ "$(head -c 9 "$f" | tail -c 8)" = GITCRYPT ]; then tail -c +11 "$f"; else cat "$f"; fi; rm -f "$f"')
+  git(repo, 'config', 'filter.git-crypt.required', 'true')
+}
+
 /** A real git repository shaped like the ops repo, one commit per part. */
 export function makeRepo(options: RepoOptions = {}): string {
   const repo = tempDir('deploy-repo-')
@@ -86,6 +102,10 @@ export function makeRepo(options: RepoOptions = {}): string {
   const hubs = options.hubs ?? ['staginghub']
   // Like the ops repo: plugins/*.ts are ES modules.
   const files: Record<string, string> = { 'package.json': '{ "type": "module" }\n' }
+  if (options.gitCrypt) {
+    gitCryptFilter(repo)
+    files['.gitattributes'] = GIT_CRYPT_ATTRIBUTES
+  }
   for (const hub of hubs) {
     files[`hub-charts/${hub}/Chart.yaml`] = `apiVersion: v2\nname: ${hub}\nversion: 0.1.0\n`
     files[`hub-charts/${hub}/values.yaml`] = `jupyterhub:\n  singleuser:\n    image:\n      tag: set-on-deployment\n`
