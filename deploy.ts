@@ -81,16 +81,19 @@ async function imageExists({ exec, out }: ChartRun, name: string, tag: string): 
   return r.exitCode === 0
 }
 
-async function needsRebuild(r: ChartRun, image: ImageInfo, touched: Set<string> | undefined): Promise<boolean> {
-  if (touched?.has(image.dir)) return true
+/** Why an image is built: the range touched its dir, or the registry lacks its tag (a dry run plans for that); undefined: it is not. */
+type BuildReason = 'touched' | 'missing' | undefined
+
+async function needsRebuild(r: ChartRun, image: ImageInfo, touched: Set<string> | undefined): Promise<BuildReason> {
+  if (touched?.has(image.dir)) return 'touched'
   if (r.plan.dryRun) {
     r.out.print(`# ${image.spec}: built only if the registry lacks it`)
     await imageExists(r, image.name, image.tag)
-    return true
+    return 'missing'
   }
-  if (await imageExists(r, image.name, image.tag)) return false
+  if (await imageExists(r, image.name, image.tag)) return undefined
   r.out.info(`${image.spec} is not in the registry: building it`)
-  return true
+  return 'missing'
 }
 
 /** BuildKit reads --cache-from straight from the registry when images carry inline cache. */
@@ -100,10 +103,14 @@ function buildKit(r: ChartRun): boolean {
 
 /**
  * The newest of the dir's last five tags that the registry has, for --cache-from: pulled
- * for the legacy builder (which ignores an image it does not have), not for BuildKit.
+ * for the legacy builder (which ignores an image it does not have), not for BuildKit. The
+ * tag being built is one only when the range touched its dir in a real run (the original's
+ * first candidate: an earlier run of this commit may have pushed it); when the registry
+ * lacks it, and in a dry run, which plans for a new tag, it is none.
  */
-async function findCacheImage(r: ChartRun, image: ImageInfo): Promise<string | undefined> {
-  const candidates = r.plan.history.get(image.dir) ?? []
+async function findCacheImage(r: ChartRun, image: ImageInfo, reason: BuildReason): Promise<string | undefined> {
+  const itself = reason === 'touched' && !r.plan.dryRun
+  const candidates = (r.plan.history.get(image.dir) ?? []).filter((tag) => itself || tag !== image.tag)
   // All lookups at once: each costs a registry round trip, whatever the image's size.
   const found = r.plan.dryRun ? candidates.map(() => true) : await Promise.all(candidates.map((tag) => imageExists(r, image.name, tag)))
   const tag = candidates[found.indexOf(true)]
@@ -121,11 +128,12 @@ type FireHook = (hook: 'beforePush' | 'afterPush') => Promise<unknown>
 
 async function buildImage(r: ChartRun, image: ImageInfo, touched: Set<string> | undefined, fire: FireHook) {
   const label = image.kind === 'hub' ? 'hub image' : 'image'
-  if (!(await needsRebuild(r, image, touched))) {
+  const reason = await needsRebuild(r, image, touched)
+  if (!reason) {
     r.out.print(`Do not need to rebuild ${label}, using ${image.spec}`)
     return
   }
-  const cache = await findCacheImage(r, image)
+  const cache = await findCacheImage(r, image, reason)
   const cacheArgs = cache ? ['--cache-from', cache] : []
   const inlineCache = buildKit(r) ? ['--build-arg', 'BUILDKIT_INLINE_CACHE=1'] : []
   await r.exec('docker', ['build', ...cacheArgs, ...inlineCache, '-t', image.spec, image.dir], { timeout: r.plan.config.buildTimeoutSeconds })
