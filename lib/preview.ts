@@ -9,7 +9,7 @@ import { redactDeep, type Secrets } from './secrets.ts'
 import { tail, wholeReason } from './process.ts'
 import { imageValuesPath, noClusterAccess, valuesArgs, type ChartPlan, type ChartRun } from './plan.ts'
 import { diffManifests, imageUse, parseManifest, type ManifestObject } from './manifest.ts'
-import { pulledChart } from './layout.ts'
+import { pulledChart, resolvedVersion } from './layout.ts'
 
 /** helm's error blocks: `Error: ...` and lint's `[ERROR] ...`, each with its continuation lines. */
 function errorBlocks(output: string): string[] {
@@ -124,10 +124,16 @@ function chartLabel({ files }: ChartPlan): string {
   return files.source.layout === 'wrapper-chart' ? files.chartDir : `${files.source.chart}@${files.source.version}`
 }
 
+/** Whether charts/ holds `name`'s archive at `version`, a `v` prefix on either side or not (helm resolves `v1.2.3` to 1.2.3). */
+function archived(dir: string, name: string, version: string): boolean {
+  const bare = resolvedVersion(version)
+  return [bare, `v${bare}`].some((v) => fs.existsSync(`${dir}/charts/${name}-${v}.tgz`))
+}
+
 /**
  * A wrapper chart's dependencies: none to fetch when charts/ holds every archive Chart.lock
  * names; `helm dep build` from the lock; `helm dep up` without one (or when the lock no
- * longer matches Chart.yaml).
+ * longer matches Chart.yaml). Versions compare as helm resolves them.
  */
 async function chartDependencies({ plan, exec, out, invocation }: ChartRun) {
   const dir = plan.files.chartDir
@@ -140,8 +146,8 @@ async function chartDependencies({ plan, exec, out, invocation }: ChartRun) {
   const locked: Dependency[] = lockFile ? read(lockFile).dependencies ?? [] : []
   const cached = lockFile && wanted.every((d) => {
     const l = locked.find((x) => x.name === d.name)
-    const pinned = d.version && /^\d+\.\d+\.\d+$/.test(d.version) ? d.version === l?.version : true
-    return l && pinned && fs.existsSync(`${dir}/charts/${d.name}-${l.version}.tgz`)
+    const pinned = d.version && /^v?\d+\.\d+\.\d+$/.test(d.version) ? resolvedVersion(d.version) === resolvedVersion(String(l?.version)) : true
+    return l && pinned && archived(dir, d.name, String(l.version))
   })
   if (cached) {
     out.info(`${dir}: dependencies already in ${dir}/charts/ as ${lockFile} names them`)

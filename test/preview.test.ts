@@ -321,6 +321,39 @@ test('dependencies: `helm dep build` from Chart.lock, `helm dep up` without one;
   assert.ok(!cached.commands.some((c) => c.startsWith('helm dep')), cached.commands.join('\n'))
 })
 
+test('the dependency cache check compares versions as helm resolves them: a `v` prefix in Chart.yaml, Chart.lock or the archive\'s name', { timeout: 30_000 }, async () => {
+  const cases = [
+    { wanted: 'v3.3.8', locked: '3.3.8', archive: 'jupyterhub-3.3.8.tgz' },
+    { wanted: '3.3.8', locked: 'v3.3.8', archive: 'jupyterhub-v3.3.8.tgz' },
+    { wanted: '3.3.8', locked: '3.3.8', archive: 'jupyterhub-v3.3.8.tgz' },
+    { wanted: 'v3.3.8', locked: 'v3.3.8', archive: 'jupyterhub-3.3.8.tgz' },
+  ]
+  const runs = await Promise.all(cases.map(({ wanted, locked, archive }) => {
+    const repo = makeRepo()
+    const chart = path.join(repo, 'hub-charts/staginghub')
+    fs.appendFileSync(path.join(chart, 'Chart.yaml'), `dependencies:\n  - name: jupyterhub\n    version: ${wanted}\n    repository: https://hub.jupyter.org/helm-chart/\n`)
+    fs.writeFileSync(path.join(chart, 'Chart.lock'), `dependencies:\n  - name: jupyterhub\n    repository: https://hub.jupyter.org/helm-chart/\n    version: ${locked}\n`)
+    fs.mkdirSync(path.join(chart, 'charts'))
+    fs.writeFileSync(path.join(chart, 'charts', archive), '')
+    return runDeploy(repo, ['--validate', 'staginghub'], { env: noKubeconfig() })
+  }))
+  runs.forEach((r, i) => {
+    assert.equal(r.code, 0, r.stderr)
+    assert.ok(!r.commands.some((c) => c.startsWith('helm dep')), `${JSON.stringify(cases[i])}: ${r.commands.join(', ')}`)
+    assert.match(r.stderr, /dependencies already in hub-charts\/staginghub\/charts\/ as Chart\.lock names them/)
+  })
+  // Another version is still no cache: v3.3.9 wanted, 3.3.8 locked and archived.
+  const repo = makeRepo()
+  const chart = path.join(repo, 'hub-charts/staginghub')
+  fs.appendFileSync(path.join(chart, 'Chart.yaml'), 'dependencies:\n  - name: jupyterhub\n    version: v3.3.9\n    repository: https://hub.jupyter.org/helm-chart/\n')
+  fs.writeFileSync(path.join(chart, 'Chart.lock'), 'dependencies:\n  - name: jupyterhub\n    repository: https://hub.jupyter.org/helm-chart/\n    version: 3.3.8\n')
+  fs.mkdirSync(path.join(chart, 'charts'))
+  fs.writeFileSync(path.join(chart, 'charts/jupyterhub-3.3.8.tgz'), '')
+  const stale = await runDeploy(repo, ['--validate', 'staginghub'], { env: noKubeconfig() })
+  assert.equal(stale.code, 0, stale.stderr)
+  assert.deepEqual(stale.commands.filter((c) => c.startsWith('helm dep')), ['helm dep build'])
+})
+
 /**
  * The --json schema docs/workflow.md documents: the example's keys, the `{ ... }` item lists
  * of its table (`key?` optional), which fields may be `null`, and the two it says are absent
