@@ -142,6 +142,21 @@ test('CI deploys monitoring after the production hubs and installs the runtime o
   assert.ok(travis.indexOf('--deploy monitoring') > travis.indexOf('--deploy ea-hub'), '.travis.yml: monitoring after the production hubs')
 })
 
+/** The deploy commands of a `- >-` entry: one command per line, joined by `&&`. */
+const chain = (entry: string) => entry.split('&&').map((c) => c.trim())
+
+test('Travis deploys in one && chain, staging first, and docs/adding-a-hub.md adds a hub inside it, before monitoring', { timeout: 5_000 }, () => {
+  const deploys = (YAML.parse(read('.travis.yml')).before_deploy as string[]).filter((entry) => entry.includes('deploy.ts'))
+  assert.equal(deploys.length, 1, '.travis.yml: the deploys must be one chained command, so production never follows a failed staging')
+  const travis = chain(deploys[0])
+  assert.match(travis[0], /--deploy staginghub$/)
+  assert.match(travis.at(-1)!, /--deploy monitoring$/)
+  // The page's advice, as YAML: the same chain with the new hub's line before monitoring.
+  const advice = fenced(read('docs/adding-a-hub.md')).find((b) => b.lang === 'yaml' && b.lines.some((l) => l.includes('--deploy <hub>')))!
+  const [entry] = YAML.parse(advice.lines.join('\n')) as string[]
+  assert.deepEqual(chain(entry), [...travis.slice(0, -1), 'npx tsx deploy.ts --build --push --deploy <hub>', travis.at(-1)])
+})
+
 // Every shell example runs as written. Each fenced `sh` block of README.md and docs/*.md is
 // run line by line (a doc's blocks in order, in one fixture) with bash, and must exit 0:
 // - the fixture is a git repository holding this repository's files, with planted secrets
@@ -207,6 +222,9 @@ function docsFixture(files: Record<string, string>): string {
     fs.copyFileSync(from, path.join(repo, file))
   }
   git(repo, 'init', '-q', '-b', 'main')
+  // Whoever follows the docs can commit (docs/adding-a-hub.md commits the new hub).
+  git(repo, 'config', 'user.name', 'docs')
+  git(repo, 'config', 'user.email', 'docs@example.org')
   // An unlocked clone, as CI has it: .gitattributes gives secrets/ to git-crypt, so the planted secrets are committed encrypted.
   gitCryptFilter(repo)
   commit(repo, {
