@@ -313,14 +313,39 @@ test('docs/port.md covers every function of deploy.py and names only functions d
   }
 })
 
-test('CI: a pull request validates the changed charts, diffs them with read-only credentials, and comments once', { timeout: 5_000 }, () => {
-  const plan = YAML.parse(read('.github/workflows/deploy.yml')).jobs.plan
+test('CI: a pull request validates the changed charts, diffs them with read-only access through the configured provider, and comments once', { timeout: 5_000 }, () => {
+  const jobs = YAML.parse(read('.github/workflows/deploy.yml')).jobs
+  const plan = jobs.plan
+  type Step = { id?: string; if?: string; run?: string; uses?: string; with?: Record<string, string> }
   assert.match(plan.if, /github\.event_name == 'pull_request'/)
-  assert.deepEqual(plan.permissions, { contents: 'read', 'pull-requests': 'write' })
-  const run = plan.steps.map((s: { run?: string }) => s.run ?? '').join('\n')
-  assert.match(run, /deploy\.ts --no-setup --validate \$DIFF --plugin pr-comment \$CHARTS/)
-  // --diff only where the read-only key is configured; that step never deploys.
-  const access = plan.steps.find((s: { run?: string }) => s.run?.includes('DIFF=--diff'))
-  assert.match(access.if, /READONLY_KEY != ''/)
+  assert.deepEqual(plan.permissions, { contents: 'read', 'pull-requests': 'write', 'id-token': 'write' })
+  const run = plan.steps.map((s: Step) => s.run ?? '').join('\n')
+  assert.match(run, /deploy\.ts --validate \$ACCESS --plugin pr-comment \$CHARTS/)
+  assert.equal(plan.env.ACCESS, '--no-setup', 'without read-only access: validation alone')
+  // --diff only where read-only access is configured (a key or a keyless identity); that step never deploys.
+  const access = plan.steps.find((s: Step) => s.id === 'access')
+  assert.match(access.if, /READONLY_KEY != '' \|\| env\.READONLY_LOGIN != ''/)
+  assert.match(access.if, /hashFiles\('fleet\.yaml'\) == ''/)
+  const diff = plan.steps.find((s: Step) => s.run?.includes('ACCESS=--diff'))
+  assert.equal(diff.if, "steps.access.outputs.diff == 'true'")
+  // The cluster as the deploy jobs reach it: the tools action (keyless login), then deploy.ts's
+  // own setup with .env's provider; no cluster, zone or login of its own, no registry login.
+  const tools = plan.steps.find((s: Step) => s.uses === './.github/actions/tools')
+  assert.equal(tools.if, "steps.access.outputs.diff == 'true'")
+  const deployTools = jobs.staging.steps.find((s: Step) => s.uses === './.github/actions/tools')
+  assert.deepEqual(Object.keys(tools.with), Object.keys(deployTools.with))
+  assert.doesNotMatch(run, /get-credentials|activate-service-account|--zone|--project|gcloud|aws |az /)
+  assert.match(run, /GCLOUD_KEY_FILE=\$key/, 'the read-only key reaches setup as GCLOUD_KEY_FILE')
+  assert.equal(plan.env.REGISTRY_PROVIDER, 'none')
   assert.doesNotMatch(run, /--deploy|--push/)
+})
+
+test('CI: the monitoring job logs in as the deploy jobs do (keyless when configured)', { timeout: 5_000 }, () => {
+  const { jobs } = YAML.parse(read('.github/workflows/deploy.yml'))
+  const tools = (job: { steps: Array<{ uses?: string; with?: object }> }) => job.steps.find((s) => s.uses === './.github/actions/tools')!.with
+  for (const name of ['production', 'monitoring']) {
+    assert.deepEqual(jobs[name].permissions, jobs.staging.permissions, `${name}: permissions`)
+    assert.deepEqual(tools(jobs[name]), tools(jobs.staging), `${name}: the tools action's login`)
+  }
+  assert.equal(jobs.staging.permissions['id-token'], 'write')
 })
