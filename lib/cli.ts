@@ -115,10 +115,10 @@ function checkFleetFlags(args: minimist.ParsedArgs, phaseFlags: string[]) {
   if (args.waves && !args.deploy) throw usageError('--waves deploys the hubs whose wave is open: add --deploy (or look first with --plan)')
 }
 
+/** package.json's version; `unknown` where there is none to read (Deno running deploy.ts from an https: URL). */
 export function version(): string {
-  const pkg = fileURLToPath(new URL('../package.json', import.meta.url))
   try {
-    return JSON.parse(fs.readFileSync(pkg, 'utf8')).version
+    return JSON.parse(fs.readFileSync(fileURLToPath(new URL('../package.json', import.meta.url)), 'utf8')).version
   } catch {
     return 'unknown'
   }

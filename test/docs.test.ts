@@ -142,6 +142,20 @@ test('CI deploys monitoring after the production hubs and installs the runtime o
   assert.ok(travis.indexOf('--deploy monitoring') > travis.indexOf('--deploy ea-hub'), '.travis.yml: monitoring after the production hubs')
 })
 
+test('every page that runs deploy.ts from a URL under Deno gives deno.json of the same commit as the import map', { timeout: 5_000 }, () => {
+  const pages = new Set<string>()
+  for (const file of markdown) {
+    // A command: its lines joined where they end in a backslash.
+    for (const command of read(file).replace(/\\\n\s*/g, ' ').split('\n').filter((l) => /deno run .*https?:\/\/\S*deploy\.ts/.test(l))) {
+      const map = /--import-map=(\S+)\/deno\.json/.exec(command)
+      assert.ok(map, `${file}: runs deploy.ts from a URL without --import-map: ${command.trim()}`)
+      assert.ok(command.includes(`${map[1]}/deploy.ts`), `${file}: the import map and deploy.ts from different places: ${command.trim()}`)
+      pages.add(file)
+    }
+  }
+  assert.deepEqual([...pages].sort(), ['README.md', 'docs/workflow.md'])
+})
+
 /** The deploy commands of a `- >-` entry: one command per line, joined by `&&`. */
 const chain = (entry: string) => entry.split('&&').map((c) => c.trim())
 

@@ -6,8 +6,10 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import { execFileSync } from 'node:child_process'
-import { ROOT } from './support/harness.ts'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { execFile, execFileSync } from 'node:child_process'
+import { ROOT, denoBinary, makeRepo, tempDir } from './support/harness.ts'
 
 const json = (file: string) => JSON.parse(fs.readFileSync(path.join(ROOT, file), 'utf8'))
 const pkg = json('package.json')
@@ -67,4 +69,45 @@ test('deploy.ts is executable: its #! line runs it', { timeout: 15_000 }, () => 
   assert.match(execFileSync('git', ['ls-files', '-s', 'deploy.ts'], { cwd: ROOT, encoding: 'utf8' }), /^100755 /)
   assert.match(fs.readFileSync(path.join(ROOT, 'deploy.ts'), 'utf8'), /^#!\/usr\/bin\/env -S npx tsx\n/)
   assert.equal(execFileSync(path.join(ROOT, 'deploy.ts'), ['--version'], { cwd: ROOT, encoding: 'utf8' }).trim(), `deploy.ts ${pkg.version}`)
+})
+
+/** This checkout's files over HTTP, as raw.githubusercontent.com serves them (text/plain); 127.0.0.1 only. */
+async function serveCheckout(): Promise<{ origin: string; close: () => void }> {
+  const server = http.createServer((req, res) => {
+    const file = path.join(ROOT, decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname))
+    if (!file.startsWith(ROOT) || !fs.existsSync(file) || !fs.statSync(file).isFile()) return res.writeHead(404).end()
+    res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8' }).end(fs.readFileSync(file))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, close: () => server.close() }
+}
+
+test('from a URL, Deno runs deploy.ts with deno.json as its import map (README); without the flag it stops at the first package', { timeout: 60_000 }, async () => {
+  const served = await serveCheckout()
+  try {
+    // An ops repository without deploy.ts; the packages from the node_modules npm ci installed (tests reach no registry);
+    // a DENO_DIR of its own, so no module cached from another run is used.
+    const repo = makeRepo()
+    fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(repo, 'node_modules'))
+    const env = { ...process.env, DENO_DIR: tempDir('deploy-deno-dir-'), NO_COLOR: '1' }
+    const deno = (...args: string[]) => new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
+      execFile(denoBinary(), ['run', '-A', '--quiet', '--node-modules-dir=manual', ...args], { cwd: repo, env, timeout: 50_000 }, (e, stdout, stderr) =>
+        resolve({ code: e ? Number((e as { code?: unknown }).code ?? 1) : 0, stdout, stderr })))
+    const url = `${served.origin}/deploy.ts`
+    const importMap = `--import-map=${served.origin}/deno.json`
+    const [plan, version, without] = await Promise.all([
+      deno(importMap, url, '--dry-run', '--no-setup', '--deploy', '--plugin', 'health-check', 'staginghub'),
+      deno(importMap, url, '--version'),
+      deno(url, '--version'),
+    ])
+    assert.equal(plan.code, 0, plan.stderr)
+    assert.match(plan.stdout, /^staginghub\s+rollout\s+planned/m)
+    // No package.json beside a deploy.ts read over https: or http:, and no crash for it.
+    assert.equal(version.code, 0, version.stderr)
+    assert.equal(version.stdout, 'deploy.ts unknown\n')
+    assert.notEqual(without.code, 0)
+    assert.match(without.stderr, /Import "\w+" not a dependency/)
+  } finally {
+    served.close()
+  }
 })

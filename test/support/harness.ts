@@ -235,12 +235,16 @@ export function assertUsageError(r: RunResult, text: string | RegExp) {
   assert.deepEqual(r.commands.filter((c) => !c.startsWith('helm version')), [], 'nothing may run')
 }
 
+/** The deno binary npm ci installed: the binary itself, as node_modules/.bin/deno is a Node shim that would swallow signals. */
+export function denoBinary(): string {
+  return ['node_modules/deno/deno', `node_modules/@deno/${process.platform}-${process.arch}-glibc/deno`]
+    .map((p) => path.join(ROOT, p)).find((p) => fs.existsSync(p)) ?? path.join(ROOT, 'node_modules/.bin/deno')
+}
+
 /** The command that starts deploy.ts under the runtime the suite runs for. */
 export function deployCommand(): string[] {
   if (process.env.DEPLOY_RUNTIME === 'deno') {
-    // The binary itself: node_modules/.bin/deno is a Node shim that would swallow signals.
-    const binary = ['node_modules/deno/deno', `node_modules/@deno/${process.platform}-${process.arch}-glibc/deno`]
-      .map((p) => path.join(ROOT, p)).find((p) => fs.existsSync(p)) ?? path.join(ROOT, 'node_modules/.bin/deno')
+    const binary = denoBinary()
     // The packages npm ci installed (the versions deno.json pins; test/install.test.ts checks):
     // tests reach no registry. .ci/run proves that Deno alone resolves them without node_modules.
     return [binary, 'run', '-A', '--quiet', '--node-modules-dir=manual', DEPLOY]
