@@ -111,3 +111,20 @@ test('from a URL, Deno runs deploy.ts with deno.json as its import map (README);
     served.close()
   }
 })
+
+test('HUBOPS_NO_INSTALL=1: test/services.sh installs nothing; a missing package stops it with one line naming it', { timeout: 30_000, skip: process.getuid?.() !== 0 && 'test/services.sh start runs as root only' }, async () => {
+  // Stand-ins: dpkg-query says no package is installed; apt-get and apt-cache record that they ran.
+  const bin = tempDir('deploy-apt-bin-')
+  const log = path.join(tempDir(), 'apt.log')
+  fs.writeFileSync(path.join(bin, 'dpkg-query'), '#!/bin/sh\nprintf "unknown ok not-installed"\n', { mode: 0o755 })
+  for (const tool of ['apt-get', 'apt-cache']) fs.writeFileSync(path.join(bin, tool), `#!/bin/sh\necho "${tool} $*" >> '${log}'\n`, { mode: 0o755 })
+  const run = (extra: Record<string, string>) => new Promise<{ code: number; stderr: string }>((resolve) =>
+    execFile('bash', [path.join(ROOT, 'test/services.sh'), 'start'], {
+      env: { ...process.env, PATH: `${bin}${path.delimiter}${process.env.PATH}`, HUBOPS_SERVICES_DIR: tempDir('deploy-services-'), ...extra },
+      timeout: 20_000,
+    }, (e, _stdout, stderr) => resolve({ code: e ? Number((e as { code?: unknown }).code ?? 1) : 0, stderr })))
+  const r = await run({ HUBOPS_NO_INSTALL: '1' })
+  assert.equal(r.code, 1, r.stderr)
+  assert.equal(r.stderr, 'services.sh: error: HUBOPS_NO_INSTALL=1: not installing docker.io docker-registry busybox-static with apt; install them yourself, or unset HUBOPS_NO_INSTALL\n')
+  assert.ok(!fs.existsSync(log), 'apt ran')
+})
