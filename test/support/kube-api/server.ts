@@ -4,6 +4,7 @@
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { writeFile } from 'node:fs/promises'
+import YAML from 'yaml'
 import { Controllers, type ControllerOptions, type NeverReady } from './controllers.ts'
 import { decodeRelease, isRelease, releaseSecret, type HelmRelease, type SeedReleaseOptions } from './helm.ts'
 import { ApiError, clone, isObj, type Kinds, type KubeObject, type Resource } from './objects.ts'
@@ -25,6 +26,8 @@ export interface RequestRecord {
   /** The raw query string, with its leading `?` (empty when none). */
   query: string
   params: URLSearchParams
+  /** The body's media type, e.g. `application/apply-patch+yaml` (empty when none). */
+  contentType: string
   /** A write verb (POST, PUT, PATCH, DELETE). */
   write: boolean
   /** A server-side dry run (`?dryRun=All`, or in a DELETE's options): answered, nothing stored. Set once the body is read. */
@@ -70,6 +73,8 @@ interface Call {
   q: URLSearchParams
   dryRun: boolean
   wantsTable: boolean
+  /** The field manager of a write: `?fieldManager`, else the client's name from its User-Agent, as the API server does. */
+  manager: string
 }
 
 const send = (res: http.ServerResponse, code: number, body: unknown) => {
@@ -100,11 +105,40 @@ function parseBody(c: Call): unknown {
   throw unsupported(type, 'application/json, application/vnd.kubernetes.protobuf (Secret only)')
 }
 
-function objectBody(c: Call): KubeObject {
-  const obj = parseBody(c)
+function objectBody(c: Call, obj = parseBody(c)): KubeObject {
   if (!isObj(obj)) throw new ApiError(400, 'BadRequest', 'the body is not an object')
   return { ...obj, metadata: isObj(obj.metadata) ? { name: '', ...obj.metadata } : { name: '' } }
 }
+
+/** A server-side apply's configuration: YAML (JSON is YAML too). */
+function applyBody(c: Call): KubeObject {
+  try {
+    return objectBody(c, YAML.parse(c.body.toString('utf8') || '{}'))
+  } catch (e) {
+    if (e instanceof ApiError) throw e
+    throw new ApiError(400, 'BadRequest', `error decoding YAML: ${(e as Error).message}`)
+  }
+}
+
+const APPLY = 'application/apply-patch+yaml'
+
+/** Server-side apply: PATCH with the apply content type creates or updates the object (apply.ts). */
+function serverSideApply(c: Call, store: Store) {
+  const manager = c.q.get('fieldManager')
+  if (!manager) throw new ApiError(422, 'Invalid', 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch')
+  const existed = !!store.find(c.type.resource, c.namespace, c.name!)
+  const obj = store.apply(c.type.resource, c.namespace, c.name!, applyBody(c), { manager, force: c.q.get('force') === 'true', dryRun: c.dryRun })
+  send(c.res, existed ? 200 : 201, obj)
+}
+
+/**
+ * The end of a watch-list's initial events (`sendInitialEvents=true`): a BOOKMARK whose object
+ * carries only the resourceVersion and the annotation clients wait for.
+ */
+const initialEventsEnd = (t: ResourceType, resourceVersion: number) => ({
+  kind: t.kind, apiVersion: gvOf(t),
+  metadata: { resourceVersion: String(resourceVersion), annotations: { 'k8s.io/initial-events-end': 'true' } },
+})
 
 /** The verbs on resources, by `METHOD item|collection`; a watch is a GET with ?watch=true. */
 type Verb = (c: Call, store: Store, watches: Set<http.ServerResponse>) => void
@@ -121,24 +155,25 @@ const VERBS: Record<string, Verb> = {
     else send(c.res, 200, { kind: `${c.type.kind}List`, apiVersion: gvOf(c.type), metadata: { resourceVersion: rv }, items })
   },
   'POST collection'(c, store) {
-    send(c.res, 201, store.create(c.type.resource, c.namespace, objectBody(c), { dryRun: c.dryRun }))
+    send(c.res, 201, store.create(c.type.resource, c.namespace, objectBody(c), { dryRun: c.dryRun, manager: c.manager }))
   },
   'PUT item'(c, store) {
-    send(c.res, 200, store.update(c.type.resource, c.namespace, c.name!, objectBody(c), { dryRun: c.dryRun }))
+    send(c.res, 200, store.update(c.type.resource, c.namespace, c.name!, objectBody(c), { dryRun: c.dryRun, manager: c.manager }))
   },
   'PATCH item'(c, store) {
+    if (contentType(c.req) === APPLY) return serverSideApply(c, store)
     const current = clone(store.find(c.type.resource, c.namespace, c.name!)) // the patch must not touch the stored object
     if (!current) throw notFound(c.type, c.name!)
     const type = contentType(c.req)
     const apply = PATCHES[type]
-    if (!apply) throw unsupported(type, `${Object.keys(PATCHES).join(', ')} (no apply)`)
+    if (!apply) throw unsupported(type, [...Object.keys(PATCHES), APPLY].join(', '))
     const patch = parseJson(c.body)
     const patched = apply(current, patch)
     if (!isObj(patched) || !isObj(patched.metadata)) throw new ApiError(422, 'Invalid', 'the patch removed metadata')
     const obj = patched as KubeObject
     // only a resourceVersion the patch itself sets is a precondition
     if (!(isObj(patch) && isObj(patch.metadata) && patch.metadata.resourceVersion !== undefined)) obj.metadata.resourceVersion = ''
-    send(c.res, 200, store.update(c.type.resource, c.namespace, c.name!, obj, { dryRun: c.dryRun }))
+    send(c.res, 200, store.update(c.type.resource, c.namespace, c.name!, obj, { dryRun: c.dryRun, manager: c.manager }))
   },
   'DELETE item'(c, store) {
     const policy = deleteOptions(c.body).propagationPolicy ?? c.q.get('propagationPolicy')
@@ -155,7 +190,10 @@ const VERBS: Record<string, Verb> = {
     const write = (type: string, obj: KubeObject) => // `kubectl get -w` wants each object as a one-row Table
       res.write(`${JSON.stringify({ type, object: c.wantsTable ? toTable(t, [obj], obj.metadata.resourceVersion ?? '') : obj })}\n`)
     const from = Number(c.q.get('resourceVersion') || 0)
-    if (!from) for (const o of store.list(t.resource, ns).filter(match)) write('ADDED', o)
+    if (c.q.get('sendInitialEvents') === 'true') { // a watch-list (kubectl 1.35, Helm 4): the current state, then the bookmark ending it
+      for (const o of store.list(t.resource, ns).filter(match)) write('ADDED', o)
+      res.write(`${JSON.stringify({ type: 'BOOKMARK', object: initialEventsEnd(t, store.resourceVersion) })}\n`)
+    } else if (!from) for (const o of store.list(t.resource, ns).filter(match)) write('ADDED', o)
     else for (const e of store.eventsSince(from, t.resource)) if (match(e.object)) write(e.type, e.object)
     const unsubscribe = store.subscribe((e) => {
       if (e.resource === t.resource && match(e.object)) write(e.type, e.object)
@@ -197,6 +235,7 @@ function route(req: http.IncomingMessage, res: http.ServerResponse, url: URL, bo
     req, res, url, body, ...target, q,
     dryRun: isDryRun(req.method ?? 'GET', q, body),
     wantsTable: /as=Table/.test(req.headers.accept ?? ''),
+    manager: q.get('fieldManager') || (req.headers['user-agent'] ?? 'unknown').split('/')[0],
   }
 }
 
@@ -215,7 +254,7 @@ async function readBody(req: http.IncomingMessage): Promise<Buffer> {
 function record(req: http.IncomingMessage, url: URL): RequestRecord {
   const method = req.method ?? 'GET'
   const params = new URLSearchParams(url.searchParams)
-  return { method, path: url.pathname, query: url.search, params, write: WRITE_METHODS.includes(method), dryRun: false }
+  return { method, path: url.pathname, query: url.search, params, contentType: contentType(req), write: WRITE_METHODS.includes(method), dryRun: false }
 }
 
 function kubeconfig(url: string, token: string, namespace: string) {
