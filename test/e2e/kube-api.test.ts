@@ -137,7 +137,7 @@ interface Cluster {
 
 async function cluster(t: TestContext, tools: KubeTools, chart: Chart, opts: KubeApiOptions = {}): Promise<Cluster> {
   ok(await chart.depUp, 'helm dep up');
-  const api = await startKubeApi({ readyDelayMs: 300, ...opts });
+  const api = await startKubeApi({ readyDelayMs: 300, kubernetesVersion: tools.kubernetesVersion, ...opts });
   t.after(() => api.close());
   const home = await mkdtemp(path.join(chart.root, 'home-'));
   const kubeconfig = path.join(home, 'kubeconfig');

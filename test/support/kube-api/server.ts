@@ -15,7 +15,10 @@ import { queryMatcher } from './selectors.ts'
 import { Store } from './store.ts'
 import { toTable } from './tables.ts'
 
-export type KubeApiOptions = ControllerOptions
+export interface KubeApiOptions extends ControllerOptions {
+  /** The Kubernetes version /version reports, `major.minor` (default 1.32). */
+  kubernetesVersion?: string
+}
 
 /** The methods that change state. */
 export const WRITE_METHODS = ['POST', 'PUT', 'PATCH', 'DELETE']
@@ -270,7 +273,7 @@ function kubeconfig(url: string, token: string, namespace: string) {
 const log = (line: string) => process.stderr.write(`[kube-api] ${line}\n`)
 
 /** The HTTP server: logs each request in `requests`, answers discovery, then the verbs. */
-function createServer(store: Store, token: string, requests: RequestRecord[], watches: Set<http.ServerResponse>) {
+function createServer(store: Store, token: string, version: string, requests: RequestRecord[], watches: Set<http.ServerResponse>) {
   const debug = !!process.env.KUBE_API_DEBUG
   async function handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL, entry: RequestRecord) {
     // client-go never sends credentials over plain http (kubernetes/kubectl#744), so the
@@ -280,7 +283,7 @@ function createServer(store: Store, token: string, requests: RequestRecord[], wa
     const body = await readBody(req)
     entry.dryRun = isDryRun(entry.method, url.searchParams, body)
     if (debug && body.length && !req.headers['content-type']?.includes('protobuf')) log(`  body ${body.toString('utf8').slice(0, 2000)}`)
-    const doc = req.method === 'GET' ? discovery(url.pathname, req.headers.host ?? '') : undefined
+    const doc = req.method === 'GET' ? discovery(url.pathname, req.headers.host ?? '', version) : undefined
     if (doc) return send(res, 200, doc)
     const call = route(req, res, url, body)
     if (!call) throw new ApiError(404, 'NotFound', 'the server could not find the requested resource')
@@ -314,7 +317,7 @@ export async function startKubeApi(opts: KubeApiOptions = {}): Promise<KubeApi> 
   const controllers = new Controllers(store, opts)
   const requests: RequestRecord[] = []
   const watches = new Set<http.ServerResponse>()
-  const server = createServer(store, token, requests, watches)
+  const server = createServer(store, token, opts.kubernetesVersion ?? '1.32', requests, watches)
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
   const helmReleases = (name: string, namespace: string) =>
