@@ -11,9 +11,10 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test, type TestContext } from 'node:test';
+import { forEachToolchain, ON } from '../support/e2e.ts';
 import { deploymentsTemplate } from '../support/charts.ts';
 import { type KubeApi, type KubeApiOptions, type KubeObject, startKubeApi } from '../support/kube-api.ts';
-import { realKubeTools, selectedToolchains, unavailable, type KubeTools, type Toolchain } from '../support/tools.ts';
+import { realKubeTools, unavailable, type KubeTools, type Toolchain } from '../support/tools.ts';
 
 interface Result {
   code: number;
@@ -51,8 +52,6 @@ function ok(r: Result, what: string): Result {
 /** What the two toolchains' real binaries do differently, as measured against this API. */
 const TOOLCHAIN = {
   helm3: {
-    /** helm --wait's error when a Deployment (in namespace `ns`) is not ready in time: it polls, then gives up. */
-    waitFailed: (_ns: string, _name: string) => /Error: UPGRADE FAILED: context deadline exceeded/,
     /** How helm upgrade --install writes objects: client-side, as creates, then three-way strategic merge patches. */
     install: { method: 'POST', contentType: 'application/json' },
     upgrade: 'application/strategic-merge-patch+json',
@@ -64,9 +63,6 @@ const TOOLCHAIN = {
     watchList: false,
   },
   helm4: {
-    // kstatus's verdict on the object, then the deadline
-    waitFailed: (ns: string, name: string) =>
-      new RegExp(`Error: UPGRADE FAILED: resource Deployment/${ns}/${name} not ready\\. status: InProgress, message: Available: 0/1\\ncontext deadline exceeded`),
     install: { method: 'PATCH', contentType: 'application/apply-patch+yaml' },
     upgrade: 'application/apply-patch+yaml',
     operation: 'Apply',
@@ -226,251 +222,244 @@ describe('the simulated API as Helm 4 and kubectl 1.35 use it (no client binarie
 });
 
 // --- real helm and kubectl, on each toolchain ----------------------------------------
-for (const toolchain of selectedToolchains()) {
-  const tools = await realKubeTools(toolchain);
-  const title = `real ${tools?.label ?? toolchain} against the simulated Kubernetes API`;
-  if (!tools) {
-    if (process.env.CI === 'true') test(`${title}: the tools are available in CI`, { timeout: 5_000 }, () => assert.fail(unavailable(toolchain)));
-    else test(title, { skip: unavailable(toolchain), timeout: 5_000 }, () => {});
-    continue;
-  }
-  const differs = TOOLCHAIN[toolchain];
-  describe(title, { concurrency: true }, () => {
-    const ready = writeChart(tools);
-    const setup = async (t: TestContext, opts: KubeApiOptions = {}) => cluster(t, tools, await ready, opts);
-    after(async () => {
-      for (const child of children) child.kill('SIGKILL');
-      await rm((await ready).root, { recursive: true, force: true });
-    }, { timeout: 30_000 });
+await forEachToolchain('real helm and kubectl against the simulated Kubernetes API', (tools) => {
+  const { toolchain } = tools;
+  const differs = { ...TOOLCHAIN[toolchain], ...ON[toolchain] };
+  const ready = writeChart(tools);
+  const setup = async (t: TestContext, opts: KubeApiOptions = {}) => cluster(t, tools, await ready, opts);
+  after(async () => {
+    for (const child of children) child.kill('SIGKILL');
+    await rm((await ready).root, { recursive: true, force: true });
+  }, { timeout: 30_000 });
 
-    test('helm dep up vendors the file:// dependency without network', { timeout: 60_000 }, async () => {
-      const { depUp, chartDir } = await ready;
-      const r = ok(await depUp, 'helm dep up');
-      assert.match(r.stdout, /Saving 1 charts/);
-      assert.ok(existsSync(path.join(chartDir, 'charts', 'jupyterhub-0.1.0.tgz')));
-    });
-
-    test('upgrade --install twice, then status, history, rollback and uninstall', { timeout: 60_000 }, async (t) => {
-      const { api, helm, upgrade } = await setup(t);
-      const install = ok(await upgrade('hubns', 'hub', 'abc1234', ['--wait', '--timeout', '60s', '--description', '{"commit":"abc"}']), 'install');
-      assert.match(install.stdout, /STATUS: deployed/);
-      assert.match(install.stdout, /REVISION: 1/);
-      assert.ok(api.get('namespaces', undefined, 'hubns'), '--create-namespace created the namespace');
-      const [method, at, ns] = differs.createsNamespace('hubns');
-      assert.ok(api.requests.some((r) => r.method === method && r.path === at && r.status === 201), `the namespace ${ns} was made by ${method} ${at}`);
-      const writes = api.requests.filter((r) => r.path === '/apis/apps/v1/namespaces/hubns/deployments/hub' || r.path === '/apis/apps/v1/namespaces/hubns/deployments');
-      assert.ok(writes.some((r) => r.method === differs.install.method && r.contentType === differs.install.contentType && r.params.get('fieldManager') === 'helm'), `helm wrote the Deployment by ${differs.install.method} ${differs.install.contentType}`);
-      assert.deepEqual(owners(api.get('deployments', 'hubns', 'hub'), ['f:spec', 'f:replicas']).map(([m, op, f]) => [m, op, !!f]), [['helm', differs.operation, true]], 'helm owns the fields it set');
-      assert.equal(image(api, 'hubns', 'hub'), 'example/hub:abc1234');
-      assert.equal(image(api, 'hubns', 'proxy'), 'example/proxy:4.7', '-f values file applied');
-      assert.ok(api.get('services', 'hubns', 'proxy-public')?.spec.clusterIP);
-      assert.equal(api.get('configmaps', 'hubns', 'hub-config')?.data?.['hub-tag'], 'abc1234');
-
-      // an all-digit tag stays a string thanks to --set-string
-      const upgrade2 = ok(await upgrade('hubns', 'hub', '1234567', ['--wait', '--timeout', '60s', '--description', '{"commit":"def"}']), 'upgrade');
-      assert.match(upgrade2.stdout, /REVISION: 2/);
-      const hub = api.get('deployments', 'hubns', 'hub')!;
-      assert.equal(hub.spec.template.spec.containers[0].image, 'example/hub:1234567');
-      assert.deepEqual(hub.spec.template.spec.containers[0].env, [{ name: 'HUB_TAG', value: '1234567' }]);
-      assert.equal(hub.metadata.generation, 2);
-      assert.equal(hub.status.availableReplicas, 1, '--wait waited for the rollout');
-      assert.equal(api.get('configmaps', 'hubns', 'hub-config')?.data?.['hub-tag'], '1234567');
-      assert.ok(api.requests.some((r) => r.method === 'PATCH' && r.contentType === differs.upgrade), `helm patched the changed objects (${differs.upgrade})`);
-
-      const status = json(ok(await helm('status', 'hub', '-n', 'hubns', '-o', 'json'), 'helm status'));
-      assert.equal(status.version, 2);
-      assert.equal(status.info.status, 'deployed');
-      const history = json(ok(await helm('history', 'hub', '-n', 'hubns', '-o', 'json'), 'helm history'));
-      assert.deepEqual(history.map((h: { revision: number; status: string }) => [h.revision, h.status]), [[1, 'superseded'], [2, 'deployed']]);
-      assert.deepEqual(JSON.parse(history[0].description), { commit: 'abc' });
-      assert.deepEqual(JSON.parse(history[1].description), { commit: 'def' });
-
-      ok(await helm('rollback', 'hub', '1', '-n', 'hubns', '--wait'), 'helm rollback');
-      assert.equal(image(api, 'hubns', 'hub'), 'example/hub:abc1234');
-      const afterRollback = json(ok(await helm('history', 'hub', '-n', 'hubns', '-o', 'json'), 'helm history'));
-      assert.deepEqual(afterRollback.at(-1), { ...afterRollback.at(-1), revision: 3, status: 'deployed', description: 'Rollback to 1' });
-
-      const uninstall = ok(await helm('uninstall', 'hub', '-n', 'hubns'), 'helm uninstall');
-      assert.match(uninstall.stdout, /release "hub" uninstalled/);
-      assert.deepEqual(api.list('deployments', 'hubns'), []);
-      assert.deepEqual(api.list('replicasets', 'hubns'), [], 'ReplicaSets garbage-collected');
-      assert.deepEqual(api.helmReleases('hub', 'hubns'), [], 'release history deleted');
-      const gone = await helm('status', 'hub', '-n', 'hubns');
-      assert.notEqual(gone.code, 0);
-      assert.match(gone.stderr, /release: not found/);
-    });
-
-    test('kubectl get deployments, rollout status, events and pods', { timeout: 60_000 }, async (t) => {
-      const { api, kubectl, upgrade } = await setup(t, { readyDelayMs: 300, neverReady: () => true });
-      ok(await upgrade('ns', 'hub', 'abc1234', ['--timeout', '60s']), 'helm upgrade --install (no --wait)');
-      const names = ok(await kubectl('--namespace', 'ns', 'get', 'deployments', '-o', 'name'), 'get deployments');
-      assert.deepEqual(names.stdout.trim().split('\n'), ['deployment.apps/hub', 'deployment.apps/proxy']);
-
-      // pods are stuck until we "fix" the cluster, so rollout status has to watch for real
-      const rollout = kubectl('rollout', 'status', '--namespace', 'ns', '--watch', 'deployment/hub', '--timeout=30s');
-      for (let i = 0; !api.requests.some((r) => r.query.includes('watch=true')); i++) {
-        assert.ok(i < 400, 'kubectl rollout status never started watching');
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      api.setNeverReady(undefined);
-      const done = ok(await rollout, 'rollout status');
-      assert.match(done.stdout, /Waiting for deployment "hub" rollout to finish: 0 of 1 updated replicas are available/);
-      assert.match(done.stdout, /deployment "hub" successfully rolled out/);
-      const watchList = api.requests.some((r) => r.params.get('watch') === 'true' && r.params.get('sendInitialEvents') === 'true');
-      assert.equal(watchList, differs.watchList, `kubectl ${differs.watchList ? 'lists by a watch-list, ended by the bookmark' : 'lists, then watches'}`);
-      ok(await kubectl('rollout', 'status', '--namespace', 'ns', '--watch', 'deployment/proxy', '--timeout=30s'), 'rollout status proxy');
-
-      const events = ok(await kubectl('get', 'events', '--sort-by=.lastTimestamp', '-n', 'ns'), 'get events');
-      assert.match(events.stdout, /^LAST SEEN\s+TYPE\s+REASON\s+OBJECT\s+MESSAGE/);
-      assert.match(events.stdout, /Normal\s+ScalingReplicaSet\s+deployment\/hub\s+Scaled up replica set hub-\w+ from 0 to 1/);
-      const pods = ok(await kubectl('get', 'pods', '-n', 'ns'), 'get pods');
-      assert.match(pods.stdout, /^NAME\s+READY\s+STATUS\s+RESTARTS\s+AGE/);
-      assert.match(pods.stdout, /\nhub-\w+-\w+\s+1\/1\s+Running/);
-      assert.match(pods.stdout, /\nproxy-\w+-\w+\s+1\/1\s+Running/);
-    });
-
-    test('a never-ready deployment: rollout status times out, helm --wait fails', { timeout: 60_000 }, async (t) => {
-      const { api, helm, kubectl, upgrade } = await setup(t, { neverReady: (name) => name === 'proxy' });
-      ok(await upgrade('ns', 'hub', 'abc1234', ['--timeout', '60s']), 'helm upgrade --install (no --wait)');
-      const rollout = await kubectl('rollout', 'status', '--namespace', 'ns', '--watch', 'deployment/proxy', '--timeout=3s');
-      assert.notEqual(rollout.code, 0);
-      assert.match(rollout.stderr, /error: timed out waiting for the condition/);
-
-      const events = ok(await kubectl('get', 'events', '--sort-by=.lastTimestamp', '-n', 'ns'), 'get events');
-      assert.match(events.stdout, /Warning\s+BackOff\s+pod\/proxy-\w+-\w+\s+Back-off pulling image "example\/proxy:4.7"/);
-      const pods = ok(await kubectl('get', 'pods', '-n', 'ns'), 'get pods');
-      assert.match(pods.stdout, /\nproxy-\w+-\w+\s+0\/1\s+ImagePullBackOff/);
-
-      // --wait gives up after --timeout; --cleanup-on-fail does not roll back
-      const failed = await upgrade('ns', 'hub', 'bad', ['--wait', '--timeout', '2s']);
-      assert.notEqual(failed.code, 0);
-      assert.match(failed.stderr, differs.waitFailed('ns', 'proxy'));
-      const history = json(ok(await helm('history', 'hub', '-n', 'ns', '-o', 'json'), 'helm history'));
-      assert.deepEqual(history.map((h: { status: string }) => h.status), ['deployed', 'failed']);
-      assert.equal(image(api, 'ns', 'hub'), 'example/hub:bad');
-    });
-
-    test('an interrupted release (pending-upgrade) blocks helm upgrade', { timeout: 60_000 }, async (t) => {
-      const { api, helm, upgrade } = await setup(t);
-      ok(await upgrade('ns', 'hub', 'abc1234', ['--timeout', '60s']), 'helm upgrade --install (no --wait)');
-      api.seedHelmRelease({ name: 'hub', namespace: 'ns', status: 'pending-upgrade' });
-
-      const history = json(ok(await helm('history', 'hub', '-n', 'ns', '-o', 'json'), 'helm history'));
-      assert.deepEqual(history.map((h: { revision: number; status: string }) => [h.revision, h.status]), [[1, 'deployed'], [2, 'pending-upgrade']]);
-      const status = json(ok(await helm('status', 'hub', '-n', 'ns', '-o', 'json'), 'helm status'));
-      assert.equal(status.info.status, 'pending-upgrade');
-
-      const blocked = await upgrade('ns', 'hub', 'def5678');
-      assert.notEqual(blocked.code, 0);
-      assert.match(blocked.stderr, /Error: UPGRADE FAILED: another operation \(install\/upgrade\/rollback\) is in progress/);
-      assert.equal(image(api, 'ns', 'hub'), 'example/hub:abc1234', 'nothing was applied');
-    });
-
-    test('server-side dry runs (helm --dry-run=server, kubectl apply/delete/diff) answer but change nothing', { timeout: 60_000 }, async (t) => {
-      const { api, helm, kubectl, upgrade } = await setup(t);
-      const { root } = await ready;
-      ok(await upgrade('ns', 'hub', 'abc1234'), 'install');
-      const mark = api.requests.length;
-
-      const dry = ok(await upgrade('ns', 'hub', 'def5678', ['--dry-run=server']), 'helm upgrade --dry-run=server');
-      assert.match(dry.stdout, /STATUS: pending-upgrade\nREVISION: 2\n/);
-      assert.match(dry.stdout, /image: "example\/hub:def5678"/, 'the manifest rendered against the cluster');
-      const manifest = path.join(root, `changed-${process.pid}.yaml`);
-      await writeFile(manifest, [
-        'apiVersion: v1', 'kind: ConfigMap', 'metadata: {name: hub-config, namespace: ns}', 'data: {hub-tag: changed}', '---',
-        'apiVersion: v1', 'kind: ConfigMap', 'metadata: {name: added, namespace: ns}', 'data: {x: "1"}', '',
-      ].join('\n'));
-      const applied = ok(await kubectl('apply', '--dry-run=server', '-f', manifest), 'kubectl apply --dry-run=server');
-      assert.match(applied.stdout, /configmap\/hub-config configured \(server dry run\)\nconfigmap\/added created \(server dry run\)/);
-      const diff = await kubectl('diff', '-f', manifest);
-      assert.equal(diff.code, 1, `kubectl diff finds differences: ${show(diff)}`);
-      assert.match(diff.stdout, /^-  hub-tag: abc1234\n\+  hub-tag: changed$/m);
-      const deleted = ok(await kubectl('delete', '--dry-run=server', '-n', 'ns', 'deployment', 'hub'), 'kubectl delete --dry-run=server');
-      assert.match(deleted.stdout, /deployment.apps "hub" deleted (from ns namespace )?\(server dry run\)/);
-
-      const dryWrites = api.requests.slice(mark).filter((r) => r.write);
-      assert.deepEqual([...new Set(dryWrites.map((r) => r.method))].sort(), ['DELETE', 'PATCH', 'POST'], 'the dry runs reached the server');
-      assert.ok(dryWrites.every((r) => r.dryRun), 'every write was a dry run');
-      assert.deepEqual(api.writes(mark), [], 'no write verb changed anything');
-      assert.equal(image(api, 'ns', 'hub'), 'example/hub:abc1234');
-      assert.equal(api.get('configmaps', 'ns', 'hub-config')?.data?.['hub-tag'], 'abc1234');
-      assert.equal(api.get('configmaps', 'ns', 'added'), undefined);
-      const history = json(ok(await helm('history', 'hub', '-n', 'ns', '-o', 'json'), 'helm history'));
-      assert.deepEqual(history.map((h: { revision: number; status: string }) => [h.revision, h.status]), [[1, 'deployed']]);
-    });
-
-    test('a failed upgrade rolled back: helm rollback REL 1 --wait deploys revision 3 with the manifest of 1', { timeout: 60_000 }, async (t) => {
-      // pods of the new image never become ready; those of the old one do
-      const { api, helm, upgrade } = await setup(t, { neverReady: (_, pod) => pod.spec.containers.some((c) => c.image === 'example/hub:bad') });
-      ok(await upgrade('ns', 'hub', 'abc1234'), 'install');
-      const failed = await upgrade('ns', 'hub', 'bad', ['--wait', '--timeout', '2s']);
-      assert.match(failed.stderr, differs.waitFailed('ns', 'hub'), show(failed));
-      assert.equal(image(api, 'ns', 'hub'), 'example/hub:bad');
-      assert.equal(api.get('deployments', 'ns', 'hub')?.status.availableReplicas, undefined, 'no pod of the new image is ready');
-
-      ok(await helm('rollback', 'hub', '1', '-n', 'ns', '--wait', '--timeout', '60s'), 'helm rollback --wait');
-      const releases = api.helmReleases('hub', 'ns');
-      assert.deepEqual(releases.map((r) => [r.version, r.info.status]), [[1, 'superseded'], [2, 'failed'], [3, 'deployed']]);
-      assert.equal(releases[2].info.description, 'Rollback to 1');
-      assert.equal(releases[2].manifest, releases[0].manifest, 'revision 3 carries the manifest of revision 1');
-      assert.equal(ok(await helm('get', 'manifest', 'hub', '-n', 'ns'), 'helm get manifest').stdout.trim(), releases[0].manifest.trim());
-      const hub = api.get('deployments', 'ns', 'hub');
-      assert.equal(hub?.spec.template.spec.containers[0].image, 'example/hub:abc1234', 'the image is back');
-      assert.equal(hub?.status.updatedReplicas, 1);
-      assert.equal(hub?.status.availableReplicas, 1, '--wait waited for the rolled-back pods');
-      assert.deepEqual(api.list('pods', 'ns').filter((p) => p.metadata.name.startsWith('hub-')).map((p) => p.spec.containers[0].image), ['example/hub:abc1234']);
-    });
-
-    test(toolchain === 'helm4'
-      ? 'a field another manager changed (kubectl patch): the upgrade is refused naming that manager and field; --force-conflicts takes it over'
-      : 'a field another manager changed (kubectl patch): helm\'s client-side patch overwrites it and takes it over', { timeout: 60_000 }, async (t) => {
-      const { api, helm, kubectl, upgrade } = await setup(t);
-      ok(await upgrade('ns', 'hub', 'abc1234'), 'install');
-      ok(await kubectl('patch', 'configmap', 'hub-config', '-n', 'ns', '-p', '{"data":{"hub-tag":"by-hand"}}'), 'kubectl patch');
-      const cm = () => api.get('configmaps', 'ns', 'hub-config');
-      assert.deepEqual(owners(cm(), ['f:data']), [['helm', differs.operation, undefined], ['kubectl-patch', 'Update', { 'f:hub-tag': {} }]], 'kubectl patch took the field');
-
-      const r = await upgrade('ns', 'hub', 'def5678');
-      if (toolchain === 'helm4') {
-        assert.notEqual(r.code, 0);
-        assert.match(r.stderr, /Error: UPGRADE FAILED: conflict occurred while applying object ns\/hub-config \/v1, Kind=ConfigMap: Apply failed with 1 conflict: conflict with "kubectl-patch" using v1: \.data\.hub-tag/);
-        assert.equal(cm()?.data?.['hub-tag'], 'by-hand', 'the field keeps its value');
-        const forced = ok(await upgrade('ns', 'hub', 'def5678', ['--wait', '--timeout', '60s', '--force-conflicts']), 'upgrade --force-conflicts');
-        assert.match(forced.stdout, /REVISION: 3/);
-      } else {
-        ok(r, 'upgrade');
-      }
-      assert.equal(cm()?.data?.['hub-tag'], 'def5678');
-      assert.deepEqual(owners(cm(), ['f:data']), [['helm', differs.operation, { 'f:hub-tag': {} }]], 'helm owns the field again; kubectl-patch owns nothing');
-      const history = json(ok(await helm('history', 'hub', '-n', 'ns', '-o', 'json'), 'helm history'));
-      assert.equal(history.at(-1).status, 'deployed');
-    });
-
-    if (toolchain === 'helm4') {
-      test('a release installed by Helm 3: Helm 4 upgrades it client-side; --server-side=true turns helm\'s fields into apply fields first, without conflicts', { timeout: 60_000 }, async (t) => {
-        const helm3 = await realKubeTools('helm3');
-        if (!helm3) return t.skip(unavailable('helm3'));
-        const chart = await ready;
-        const { api, upgrade } = await setup(t);
-        // Helm 3 against the same API, with a HOME of its own
-        const kubeconfig = path.join(await mkdtemp(path.join(chart.root, 'home3-')), 'kubeconfig');
-        await api.writeKubeconfig(kubeconfig);
-        const env = { PATH: `${helm3.binDir}${path.delimiter}${process.env.PATH}`, HOME: path.dirname(kubeconfig), KUBECONFIG: kubeconfig };
-        ok(await run(helm3.helm, ['upgrade', '--install', '--namespace', 'ns', 'hub', chart.chartDir, '--wait', '--create-namespace', '-f', chart.valuesFile, '--set-string', 'jupyterhub.hub.image.tag=abc1234'], { env }), 'helm 3 install');
-        const cm = () => api.get('configmaps', 'ns', 'hub-config');
-        assert.deepEqual(owners(cm(), ['f:data']), [['helm', 'Update', { 'f:hub-tag': {} }]]);
-
-        const mark = api.requests.length;
-        ok(await upgrade('ns', 'hub', 'def5678'), 'helm 4 upgrade (--server-side auto)');
-        const patches = api.requests.slice(mark).filter((r) => r.method === 'PATCH').map((r) => r.contentType);
-        assert.ok(patches.length && patches.every((c) => c === 'application/strategic-merge-patch+json'), `client-side, as the release was made: ${patches}`);
-        assert.deepEqual(owners(cm(), ['f:data']), [['helm', 'Update', { 'f:hub-tag': {} }]]);
-
-        ok(await upgrade('ns', 'hub', 'fed8765', ['--wait', '--timeout', '60s', '--server-side=true']), 'helm 4 upgrade --server-side=true');
-        assert.equal(cm()?.data?.['hub-tag'], 'fed8765');
-        assert.equal(image(api, 'ns', 'hub'), 'example/hub:fed8765');
-        assert.deepEqual(owners(cm(), ['f:data']), [['helm', 'Apply', { 'f:hub-tag': {} }]], 'the update entry became an apply entry (a JSON patch of managedFields), then the apply');
-      });
-    }
+  test('helm dep up vendors the file:// dependency without network', { timeout: 60_000 }, async () => {
+    const { depUp, chartDir } = await ready;
+    const r = ok(await depUp, 'helm dep up');
+    assert.match(r.stdout, /Saving 1 charts/);
+    assert.ok(existsSync(path.join(chartDir, 'charts', 'jupyterhub-0.1.0.tgz')));
   });
-}
+
+  test('upgrade --install twice, then status, history, rollback and uninstall', { timeout: 60_000 }, async (t) => {
+    const { api, helm, upgrade } = await setup(t);
+    const install = ok(await upgrade('hubns', 'hub', 'abc1234', ['--wait', '--timeout', '60s', '--description', '{"commit":"abc"}']), 'install');
+    assert.match(install.stdout, /STATUS: deployed/);
+    assert.match(install.stdout, /REVISION: 1/);
+    assert.ok(api.get('namespaces', undefined, 'hubns'), '--create-namespace created the namespace');
+    const [method, at, ns] = differs.createsNamespace('hubns');
+    assert.ok(api.requests.some((r) => r.method === method && r.path === at && r.status === 201), `the namespace ${ns} was made by ${method} ${at}`);
+    const writes = api.requests.filter((r) => r.path === '/apis/apps/v1/namespaces/hubns/deployments/hub' || r.path === '/apis/apps/v1/namespaces/hubns/deployments');
+    assert.ok(writes.some((r) => r.method === differs.install.method && r.contentType === differs.install.contentType && r.params.get('fieldManager') === 'helm'), `helm wrote the Deployment by ${differs.install.method} ${differs.install.contentType}`);
+    assert.deepEqual(owners(api.get('deployments', 'hubns', 'hub'), ['f:spec', 'f:replicas']).map(([m, op, f]) => [m, op, !!f]), [['helm', differs.operation, true]], 'helm owns the fields it set');
+    assert.equal(image(api, 'hubns', 'hub'), 'example/hub:abc1234');
+    assert.equal(image(api, 'hubns', 'proxy'), 'example/proxy:4.7', '-f values file applied');
+    assert.ok(api.get('services', 'hubns', 'proxy-public')?.spec.clusterIP);
+    assert.equal(api.get('configmaps', 'hubns', 'hub-config')?.data?.['hub-tag'], 'abc1234');
+
+    // an all-digit tag stays a string thanks to --set-string
+    const upgrade2 = ok(await upgrade('hubns', 'hub', '1234567', ['--wait', '--timeout', '60s', '--description', '{"commit":"def"}']), 'upgrade');
+    assert.match(upgrade2.stdout, /REVISION: 2/);
+    const hub = api.get('deployments', 'hubns', 'hub')!;
+    assert.equal(hub.spec.template.spec.containers[0].image, 'example/hub:1234567');
+    assert.deepEqual(hub.spec.template.spec.containers[0].env, [{ name: 'HUB_TAG', value: '1234567' }]);
+    assert.equal(hub.metadata.generation, 2);
+    assert.equal(hub.status.availableReplicas, 1, '--wait waited for the rollout');
+    assert.equal(api.get('configmaps', 'hubns', 'hub-config')?.data?.['hub-tag'], '1234567');
+    assert.ok(api.requests.some((r) => r.method === 'PATCH' && r.contentType === differs.upgrade), `helm patched the changed objects (${differs.upgrade})`);
+
+    const status = json(ok(await helm('status', 'hub', '-n', 'hubns', '-o', 'json'), 'helm status'));
+    assert.equal(status.version, 2);
+    assert.equal(status.info.status, 'deployed');
+    const history = json(ok(await helm('history', 'hub', '-n', 'hubns', '-o', 'json'), 'helm history'));
+    assert.deepEqual(history.map((h: { revision: number; status: string }) => [h.revision, h.status]), [[1, 'superseded'], [2, 'deployed']]);
+    assert.deepEqual(JSON.parse(history[0].description), { commit: 'abc' });
+    assert.deepEqual(JSON.parse(history[1].description), { commit: 'def' });
+
+    ok(await helm('rollback', 'hub', '1', '-n', 'hubns', '--wait'), 'helm rollback');
+    assert.equal(image(api, 'hubns', 'hub'), 'example/hub:abc1234');
+    const afterRollback = json(ok(await helm('history', 'hub', '-n', 'hubns', '-o', 'json'), 'helm history'));
+    assert.deepEqual(afterRollback.at(-1), { ...afterRollback.at(-1), revision: 3, status: 'deployed', description: 'Rollback to 1' });
+
+    const uninstall = ok(await helm('uninstall', 'hub', '-n', 'hubns'), 'helm uninstall');
+    assert.match(uninstall.stdout, /release "hub" uninstalled/);
+    assert.deepEqual(api.list('deployments', 'hubns'), []);
+    assert.deepEqual(api.list('replicasets', 'hubns'), [], 'ReplicaSets garbage-collected');
+    assert.deepEqual(api.helmReleases('hub', 'hubns'), [], 'release history deleted');
+    const gone = await helm('status', 'hub', '-n', 'hubns');
+    assert.notEqual(gone.code, 0);
+    assert.match(gone.stderr, /release: not found/);
+  });
+
+  test('kubectl get deployments, rollout status, events and pods', { timeout: 60_000 }, async (t) => {
+    const { api, kubectl, upgrade } = await setup(t, { readyDelayMs: 300, neverReady: () => true });
+    ok(await upgrade('ns', 'hub', 'abc1234', ['--timeout', '60s']), 'helm upgrade --install (no --wait)');
+    const names = ok(await kubectl('--namespace', 'ns', 'get', 'deployments', '-o', 'name'), 'get deployments');
+    assert.deepEqual(names.stdout.trim().split('\n'), ['deployment.apps/hub', 'deployment.apps/proxy']);
+
+    // pods are stuck until we "fix" the cluster, so rollout status has to watch for real
+    const rollout = kubectl('rollout', 'status', '--namespace', 'ns', '--watch', 'deployment/hub', '--timeout=30s');
+    for (let i = 0; !api.requests.some((r) => r.query.includes('watch=true')); i++) {
+      assert.ok(i < 400, 'kubectl rollout status never started watching');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    api.setNeverReady(undefined);
+    const done = ok(await rollout, 'rollout status');
+    assert.match(done.stdout, /Waiting for deployment "hub" rollout to finish: 0 of 1 updated replicas are available/);
+    assert.match(done.stdout, /deployment "hub" successfully rolled out/);
+    const watchList = api.requests.some((r) => r.params.get('watch') === 'true' && r.params.get('sendInitialEvents') === 'true');
+    assert.equal(watchList, differs.watchList, `kubectl ${differs.watchList ? 'lists by a watch-list, ended by the bookmark' : 'lists, then watches'}`);
+    ok(await kubectl('rollout', 'status', '--namespace', 'ns', '--watch', 'deployment/proxy', '--timeout=30s'), 'rollout status proxy');
+
+    const events = ok(await kubectl('get', 'events', '--sort-by=.lastTimestamp', '-n', 'ns'), 'get events');
+    assert.match(events.stdout, /^LAST SEEN\s+TYPE\s+REASON\s+OBJECT\s+MESSAGE/);
+    assert.match(events.stdout, /Normal\s+ScalingReplicaSet\s+deployment\/hub\s+Scaled up replica set hub-\w+ from 0 to 1/);
+    const pods = ok(await kubectl('get', 'pods', '-n', 'ns'), 'get pods');
+    assert.match(pods.stdout, /^NAME\s+READY\s+STATUS\s+RESTARTS\s+AGE/);
+    assert.match(pods.stdout, /\nhub-\w+-\w+\s+1\/1\s+Running/);
+    assert.match(pods.stdout, /\nproxy-\w+-\w+\s+1\/1\s+Running/);
+  });
+
+  test('a never-ready deployment: rollout status times out, helm --wait fails', { timeout: 60_000 }, async (t) => {
+    const { api, helm, kubectl, upgrade } = await setup(t, { neverReady: (name) => name === 'proxy' });
+    ok(await upgrade('ns', 'hub', 'abc1234', ['--timeout', '60s']), 'helm upgrade --install (no --wait)');
+    const rollout = await kubectl('rollout', 'status', '--namespace', 'ns', '--watch', 'deployment/proxy', '--timeout=3s');
+    assert.notEqual(rollout.code, 0);
+    assert.match(rollout.stderr, /error: timed out waiting for the condition/);
+
+    const events = ok(await kubectl('get', 'events', '--sort-by=.lastTimestamp', '-n', 'ns'), 'get events');
+    assert.match(events.stdout, /Warning\s+BackOff\s+pod\/proxy-\w+-\w+\s+Back-off pulling image "example\/proxy:4.7"/);
+    const pods = ok(await kubectl('get', 'pods', '-n', 'ns'), 'get pods');
+    assert.match(pods.stdout, /\nproxy-\w+-\w+\s+0\/1\s+ImagePullBackOff/);
+
+    // --wait gives up after --timeout; --cleanup-on-fail does not roll back
+    const failed = await upgrade('ns', 'hub', 'bad', ['--wait', '--timeout', '2s']);
+    assert.notEqual(failed.code, 0);
+    assert.match(failed.stderr, differs.waitFailed);
+    if (toolchain === 'helm4') assert.match(failed.stderr, /resource Deployment\/ns\/proxy not ready/, 'kstatus names the deployment');
+    const history = json(ok(await helm('history', 'hub', '-n', 'ns', '-o', 'json'), 'helm history'));
+    assert.deepEqual(history.map((h: { status: string }) => h.status), ['deployed', 'failed']);
+    assert.equal(image(api, 'ns', 'hub'), 'example/hub:bad');
+  });
+
+  test('an interrupted release (pending-upgrade) blocks helm upgrade', { timeout: 60_000 }, async (t) => {
+    const { api, helm, upgrade } = await setup(t);
+    ok(await upgrade('ns', 'hub', 'abc1234', ['--timeout', '60s']), 'helm upgrade --install (no --wait)');
+    api.seedHelmRelease({ name: 'hub', namespace: 'ns', status: 'pending-upgrade' });
+
+    const history = json(ok(await helm('history', 'hub', '-n', 'ns', '-o', 'json'), 'helm history'));
+    assert.deepEqual(history.map((h: { revision: number; status: string }) => [h.revision, h.status]), [[1, 'deployed'], [2, 'pending-upgrade']]);
+    const status = json(ok(await helm('status', 'hub', '-n', 'ns', '-o', 'json'), 'helm status'));
+    assert.equal(status.info.status, 'pending-upgrade');
+
+    const blocked = await upgrade('ns', 'hub', 'def5678');
+    assert.notEqual(blocked.code, 0);
+    assert.match(blocked.stderr, /Error: UPGRADE FAILED: another operation \(install\/upgrade\/rollback\) is in progress/);
+    assert.equal(image(api, 'ns', 'hub'), 'example/hub:abc1234', 'nothing was applied');
+  });
+
+  test('server-side dry runs (helm --dry-run=server, kubectl apply/delete/diff) answer but change nothing', { timeout: 60_000 }, async (t) => {
+    const { api, helm, kubectl, upgrade } = await setup(t);
+    const { root } = await ready;
+    ok(await upgrade('ns', 'hub', 'abc1234'), 'install');
+    const mark = api.requests.length;
+
+    const dry = ok(await upgrade('ns', 'hub', 'def5678', ['--dry-run=server']), 'helm upgrade --dry-run=server');
+    assert.match(dry.stdout, /STATUS: pending-upgrade\nREVISION: 2\n/);
+    assert.match(dry.stdout, /image: "example\/hub:def5678"/, 'the manifest rendered against the cluster');
+    const manifest = path.join(root, `changed-${process.pid}.yaml`);
+    await writeFile(manifest, [
+      'apiVersion: v1', 'kind: ConfigMap', 'metadata: {name: hub-config, namespace: ns}', 'data: {hub-tag: changed}', '---',
+      'apiVersion: v1', 'kind: ConfigMap', 'metadata: {name: added, namespace: ns}', 'data: {x: "1"}', '',
+    ].join('\n'));
+    const applied = ok(await kubectl('apply', '--dry-run=server', '-f', manifest), 'kubectl apply --dry-run=server');
+    assert.match(applied.stdout, /configmap\/hub-config configured \(server dry run\)\nconfigmap\/added created \(server dry run\)/);
+    const diff = await kubectl('diff', '-f', manifest);
+    assert.equal(diff.code, 1, `kubectl diff finds differences: ${show(diff)}`);
+    assert.match(diff.stdout, /^-  hub-tag: abc1234\n\+  hub-tag: changed$/m);
+    const deleted = ok(await kubectl('delete', '--dry-run=server', '-n', 'ns', 'deployment', 'hub'), 'kubectl delete --dry-run=server');
+    assert.match(deleted.stdout, /deployment.apps "hub" deleted (from ns namespace )?\(server dry run\)/);
+
+    const dryWrites = api.requests.slice(mark).filter((r) => r.write);
+    assert.deepEqual([...new Set(dryWrites.map((r) => r.method))].sort(), ['DELETE', 'PATCH', 'POST'], 'the dry runs reached the server');
+    assert.ok(dryWrites.every((r) => r.dryRun), 'every write was a dry run');
+    assert.deepEqual(api.writes(mark), [], 'no write verb changed anything');
+    assert.equal(image(api, 'ns', 'hub'), 'example/hub:abc1234');
+    assert.equal(api.get('configmaps', 'ns', 'hub-config')?.data?.['hub-tag'], 'abc1234');
+    assert.equal(api.get('configmaps', 'ns', 'added'), undefined);
+    const history = json(ok(await helm('history', 'hub', '-n', 'ns', '-o', 'json'), 'helm history'));
+    assert.deepEqual(history.map((h: { revision: number; status: string }) => [h.revision, h.status]), [[1, 'deployed']]);
+  });
+
+  test('a failed upgrade rolled back: helm rollback REL 1 --wait deploys revision 3 with the manifest of 1', { timeout: 60_000 }, async (t) => {
+    // pods of the new image never become ready; those of the old one do
+    const { api, helm, upgrade } = await setup(t, { neverReady: (_, pod) => pod.spec.containers.some((c) => c.image === 'example/hub:bad') });
+    ok(await upgrade('ns', 'hub', 'abc1234'), 'install');
+    const failed = await upgrade('ns', 'hub', 'bad', ['--wait', '--timeout', '2s']);
+    assert.match(failed.stderr, differs.waitFailed, show(failed));
+    assert.equal(image(api, 'ns', 'hub'), 'example/hub:bad');
+    assert.equal(api.get('deployments', 'ns', 'hub')?.status.availableReplicas, undefined, 'no pod of the new image is ready');
+
+    ok(await helm('rollback', 'hub', '1', '-n', 'ns', '--wait', '--timeout', '60s'), 'helm rollback --wait');
+    const releases = api.helmReleases('hub', 'ns');
+    assert.deepEqual(releases.map((r) => [r.version, r.info.status]), [[1, 'superseded'], [2, 'failed'], [3, 'deployed']]);
+    assert.equal(releases[2].info.description, 'Rollback to 1');
+    assert.equal(releases[2].manifest, releases[0].manifest, 'revision 3 carries the manifest of revision 1');
+    assert.equal(ok(await helm('get', 'manifest', 'hub', '-n', 'ns'), 'helm get manifest').stdout.trim(), releases[0].manifest.trim());
+    const hub = api.get('deployments', 'ns', 'hub');
+    assert.equal(hub?.spec.template.spec.containers[0].image, 'example/hub:abc1234', 'the image is back');
+    assert.equal(hub?.status.updatedReplicas, 1);
+    assert.equal(hub?.status.availableReplicas, 1, '--wait waited for the rolled-back pods');
+    assert.deepEqual(api.list('pods', 'ns').filter((p) => p.metadata.name.startsWith('hub-')).map((p) => p.spec.containers[0].image), ['example/hub:abc1234']);
+  });
+
+  test(toolchain === 'helm4'
+    ? 'a field another manager changed (kubectl patch): the upgrade is refused naming that manager and field; --force-conflicts takes it over'
+    : 'a field another manager changed (kubectl patch): helm\'s client-side patch overwrites it and takes it over', { timeout: 60_000 }, async (t) => {
+    const { api, helm, kubectl, upgrade } = await setup(t);
+    ok(await upgrade('ns', 'hub', 'abc1234'), 'install');
+    ok(await kubectl('patch', 'configmap', 'hub-config', '-n', 'ns', '-p', '{"data":{"hub-tag":"by-hand"}}'), 'kubectl patch');
+    const cm = () => api.get('configmaps', 'ns', 'hub-config');
+    assert.deepEqual(owners(cm(), ['f:data']), [['helm', differs.operation, undefined], ['kubectl-patch', 'Update', { 'f:hub-tag': {} }]], 'kubectl patch took the field');
+
+    const r = await upgrade('ns', 'hub', 'def5678');
+    if (toolchain === 'helm4') {
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, /Error: UPGRADE FAILED: conflict occurred while applying object ns\/hub-config \/v1, Kind=ConfigMap: Apply failed with 1 conflict: conflict with "kubectl-patch" using v1: \.data\.hub-tag/);
+      assert.equal(cm()?.data?.['hub-tag'], 'by-hand', 'the field keeps its value');
+      const forced = ok(await upgrade('ns', 'hub', 'def5678', ['--wait', '--timeout', '60s', '--force-conflicts']), 'upgrade --force-conflicts');
+      assert.match(forced.stdout, /REVISION: 3/);
+    } else {
+      ok(r, 'upgrade');
+    }
+    assert.equal(cm()?.data?.['hub-tag'], 'def5678');
+    assert.deepEqual(owners(cm(), ['f:data']), [['helm', differs.operation, { 'f:hub-tag': {} }]], 'helm owns the field again; kubectl-patch owns nothing');
+    const history = json(ok(await helm('history', 'hub', '-n', 'ns', '-o', 'json'), 'helm history'));
+    assert.equal(history.at(-1).status, 'deployed');
+  });
+
+  if (toolchain === 'helm4') {
+    test('a release installed by Helm 3: Helm 4 upgrades it client-side; --server-side=true turns helm\'s fields into apply fields first, without conflicts', { timeout: 60_000 }, async (t) => {
+      const helm3 = await realKubeTools('helm3');
+      if (!helm3) return t.skip(unavailable('helm3'));
+      const chart = await ready;
+      const { api, upgrade } = await setup(t);
+      // Helm 3 against the same API, with a HOME of its own
+      const kubeconfig = path.join(await mkdtemp(path.join(chart.root, 'home3-')), 'kubeconfig');
+      await api.writeKubeconfig(kubeconfig);
+      const env = { PATH: `${helm3.binDir}${path.delimiter}${process.env.PATH}`, HOME: path.dirname(kubeconfig), KUBECONFIG: kubeconfig };
+      ok(await run(helm3.helm, ['upgrade', '--install', '--namespace', 'ns', 'hub', chart.chartDir, '--wait', '--create-namespace', '-f', chart.valuesFile, '--set-string', 'jupyterhub.hub.image.tag=abc1234'], { env }), 'helm 3 install');
+      const cm = () => api.get('configmaps', 'ns', 'hub-config');
+      assert.deepEqual(owners(cm(), ['f:data']), [['helm', 'Update', { 'f:hub-tag': {} }]]);
+
+      const mark = api.requests.length;
+      ok(await upgrade('ns', 'hub', 'def5678'), 'helm 4 upgrade (--server-side auto)');
+      const patches = api.requests.slice(mark).filter((r) => r.method === 'PATCH').map((r) => r.contentType);
+      assert.ok(patches.length && patches.every((c) => c === 'application/strategic-merge-patch+json'), `client-side, as the release was made: ${patches}`);
+      assert.deepEqual(owners(cm(), ['f:data']), [['helm', 'Update', { 'f:hub-tag': {} }]]);
+
+      ok(await upgrade('ns', 'hub', 'fed8765', ['--wait', '--timeout', '60s', '--server-side=true']), 'helm 4 upgrade --server-side=true');
+      assert.equal(cm()?.data?.['hub-tag'], 'fed8765');
+      assert.equal(image(api, 'ns', 'hub'), 'example/hub:fed8765');
+      assert.deepEqual(owners(cm(), ['f:data']), [['helm', 'Apply', { 'f:hub-tag': {} }]], 'the update entry became an apply entry (a JSON patch of managedFields), then the apply');
+    });
+  }
+});
