@@ -35,6 +35,9 @@ const LAYERS: Record<Toolchain, { layer: string; label: string; kubernetesVersio
 /** Every toolchain, oldest first. */
 export const TOOLCHAINS = Object.keys(LAYERS) as Toolchain[];
 
+/** What a toolchain is called, e.g. `helm 4.1 / kubectl 1.35`. */
+export const toolchainLabel = (toolchain: Toolchain) => LAYERS[toolchain].label;
+
 /**
  * The toolchains a run covers: TEST_TOOLCHAINS (comma-separated, e.g. `helm4`), default all.
  * A name it does not know throws, naming the known ones.
