@@ -7,7 +7,8 @@
  * order (docs/port.md puts each function of the original beside the one here). The
  * machinery lives in lib/, one concern a module: contract (errors, plugin types, hook
  * table), config, secrets, process (invocation, exec), git, helm, plan (preflight),
- * providers, lock, manifest, preview (--validate/--diff), hooks, charts, cli.
+ * providers, lock, manifest, preview (--validate/--diff), hooks, charts, cli; a fleet of
+ * clusters in waves (docs/fleet.md): fleet (the file), waves (--plan, --waves), record.
  * Runs unchanged under `tsx deploy.ts ...` (Node 20) and `deno run -A deploy.ts ...` (Deno 2).
  */
 import process from 'node:process'
@@ -26,8 +27,11 @@ import { privateConfigDir, quietly, setupSteps, takeToken, type StepFacts } from
 import { acquireLock } from './lib/lock.ts'
 import { diffChart, previewReport, validate } from './lib/preview.ts'
 import { loadPlugins, runHook } from './lib/hooks.ts'
-import { chartTools, executeAll, printChanged, printPlan, printSummary } from './lib/charts.ts'
-import { DEFAULT_PARALLEL, USAGE, chartNames, parseArgs, phasesOf, pluginNames, version, type Args } from './lib/cli.ts'
+import { chartTools, executeAll, printPlan, printSummary } from './lib/charts.ts'
+import { DEFAULT_PARALLEL, USAGE, parseArgs, phasesOf, pluginNames, version, type Args } from './lib/cli.ts'
+import { chartGroups, fleetFor, printCharts, type ChartGroup } from './lib/fleet.ts'
+import { deployRecord, recordArgs } from './lib/record.ts'
+import { runWaves } from './lib/waves.ts'
 
 // What plugins and tests import from deploy.ts.
 export * from './lib/contract.ts'
@@ -37,6 +41,7 @@ export { Invocation, Output, makeExec, type ExecSettings } from './lib/process.t
 export { gitModified } from './lib/git.ts'
 export { diffManifests, unifiedDiff } from './lib/manifest.ts'
 export { helmProblems } from './lib/preview.ts'
+export { chartVersions, deployRecord, parseRecord, type DeployRecord } from './lib/record.ts'
 
 /**
  * Runs the plan's commands. Credentials land in the private directory the run's state
@@ -157,8 +162,8 @@ async function deploy(r: ChartRun, pluginArgs: string[]) {
   await warnVersionSkew(r)
   await acquireLock(r)
   for (const image of plan.images) r.out.print(`Using ${image.spec} as ${image.kind} image for ${plan.chart}`)
-  // The values files, the secrets file, then the images' tags (and names, with a prefix configured).
-  const values = [...versionArgs(plan.files.source), ...valuesArgs(r), ...pluginArgs]
+  // The values files, the secrets file, then the images' tags (and names, with a prefix configured); with a fleet file, the record.
+  const values = [...versionArgs(plan.files.source), ...valuesArgs(r), ...recordArgs(r, pluginArgs), ...pluginArgs]
   await prepareChart(r)
   if (plan.recover && helm.tracksPending && !plan.dryRun) await handlePendingRelease(r)
   else if (plan.recover) r.out.print(`# --recover: a release left pending-* would be rolled back to its last deployed revision (or uninstalled) first`)
@@ -243,32 +248,44 @@ async function runPhases(r: ChartRun) {
   }
 }
 
-/** Preflight for every chart, then the runs; signals cancel the invocation from here on. */
-async function deployCharts(invocation: Invocation, args: Args, config: Config, charts: string[]): Promise<number> {
+/**
+ * Preflight for every chart of every group (a fleet's clusters), then the runs, each group at
+ * its own --parallel cap; signals cancel the invocation from here on.
+ */
+async function deployCharts(invocation: Invocation, args: Args, groups: ChartGroup[], { record }: { record: boolean }): Promise<number> {
   const { log } = invocation
-  const names = chartNames(args, config, charts)
   // Every secret is known before a plugin loads or a command starts, so none can print one.
-  collectFileSecrets(invocation.secrets, config, names, invocation.runtime.YAML)
-  const request: Request = {
-    phases: phasesOf(args),
-    config,
-    dryRun: args['dry-run'],
-    recover: args.recover,
-    rollbackOnFailure: args['rollback-on-failure'] || config.rollbackOnFailure,
-    plugins: await loadPlugins(pluginNames(args, config), invocation.secrets),
-  }
+  for (const { config, names } of groups) collectFileSecrets(invocation.secrets, config, names, invocation.runtime.YAML)
+  const plugins = await loadPlugins(pluginNames(args, groups[0].config), invocation.secrets)
   // --json with --validate/--diff: stdout carries one JSON document, everything else goes to stderr.
   const json = args.json && (args.validate || args.diff)
-  const tools = names.map((chart) => chartTools(invocation, request, chart, { many: names.length > 1, json }))
-  const facts = await checkRepository(request, tools[0])
-  const runs = await Promise.all(names.map(async (chart, i): Promise<ChartRun> => {
-    const plan = await planChart(chart, request, facts, tools[i])
-    return chartRun(tools[i], plan, makeHelm(plan.helmMajor, tools[i].exec))
+  const many = groups.flatMap((g) => g.names).length > 1
+  const planned = await Promise.all(groups.map(async ({ config, names }) => {
+    const request: Request = {
+      phases: phasesOf(args),
+      config,
+      dryRun: args['dry-run'],
+      recover: args.recover,
+      rollbackOnFailure: args['rollback-on-failure'] || config.rollbackOnFailure,
+      plugins,
+      record,
+    }
+    const tools = names.map((chart) => chartTools(invocation, request, chart, { many, json }))
+    const facts = await checkRepository(request, tools[0])
+    return Promise.all(names.map(async (chart, i): Promise<ChartRun> => {
+      const plan = await planChart(chart, request, facts, tools[i])
+      // A chart whose record cannot be written (its dependencies unreadable) stops here, before anything runs.
+      if (record) deployRecord({ ...plan, chartSource: plan.files.source }, invocation.runtime.YAML)
+      return chartRun(tools[i], plan, makeHelm(plan.helmMajor, tools[i].exec))
+    }))
   }))
-  if (request.dryRun) runs.forEach(printPlan)
+  const runs = planned.flat()
+  if (args['dry-run']) runs.forEach(printPlan)
   const untrap = invocation.trapSignals()
   try {
-    await executeAll(runs, runPhases, { parallel: Number(args.parallel ?? DEFAULT_PARALLEL), signal: invocation.signal })
+    // A cluster's failure does not stop another's: each group runs its staging chart, then the rest.
+    await Promise.all(planned.map((group, i) =>
+      executeAll(group, runPhases, { parallel: Number(args.parallel ?? groups[i].parallel ?? DEFAULT_PARALLEL), signal: invocation.signal })))
   } finally {
     untrap()
     if (invocation.cancelled) for (const r of runs) r.out.flush(`deploy ${r.plan.chart}`)
@@ -299,7 +316,7 @@ async function main(argv: string[]): Promise<number> {
     // A chart's name is never masked, even where a secret file has a value equal to it.
     invocation.secrets.allow([...charts, config.STAGING_CHART])
     invocation.secrets.addFromEnv(config.env)
-    if (args.list) {
+    if (args.list && !args.json) {
       if (charts.length === 0) log.warn(noChartsHere())
       else log.print(charts.join('\n'))
       for (const chart of charts) {
@@ -310,9 +327,15 @@ async function main(argv: string[]): Promise<number> {
     }
     // Loaded before signals are trapped, so a signal never finds a command between import and spawn.
     await invocation.load()
-    if (args.changed === undefined) return await deployCharts(invocation, args, config, charts)
-    await printChanged(invocation, args, config, charts)
-    return EXIT.ok
+    const fleet = fleetFor(args, charts, invocation.runtime.YAML)
+    if (args.list || args.changed !== undefined) {
+      await printCharts(invocation, args, config, charts, fleet)
+      return EXIT.ok
+    }
+    // With a fleet file every deploy records what it deployed: the waves read it back.
+    const deployGroups = (groups: ChartGroup[]) => deployCharts(invocation, args, groups, { record: !!fleet })
+    if (fleet && (args.waves || args.plan)) return await runWaves(invocation, args, config, charts, fleet, deployGroups)
+    return await deployGroups(chartGroups(args, config, charts, fleet))
   } catch (e) {
     const err = asDeployError(e, invocation.secrets)
     const message = invocation.secrets.redact(err.message)

@@ -1,17 +1,13 @@
 /** Many charts in one invocation: each chart's tools, the staging chart first, the summary. */
 import process from 'node:process'
 import fs from 'node:fs'
-import path from 'node:path'
 import { DeployError, EXIT, HOOKS, HOOK_STEPS, type Phase } from './contract.ts'
-import type { Config } from './config.ts'
 import { asDeployError, masked } from './secrets.ts'
 import { makeExec, type Invocation, type Output } from './process.ts'
-import { changedCharts, checkRange } from './git.ts'
-import { chartFiles, type ChartPlan, type ChartRun, type ChartState, type Request, type Tools } from './plan.ts'
+import type { ChartPlan, ChartRun, ChartState, Request, Tools } from './plan.ts'
 import { releaseLock } from './lock.ts'
 import { runHook } from './hooks.ts'
 import { describeSource, unusedNote } from './layout.ts'
-import type { Args } from './cli.ts'
 
 /** One chart's phases, as deploy.ts runs them. */
 export type RunPhases = (r: ChartRun) => Promise<void>
@@ -138,14 +134,4 @@ export function printPlan({ plan, out, helm }: ChartRun) {
     const when = called.length ? `${called.join(', ')} called in this dry run, the others not` : 'not called in a dry run'
     out.print(`# plugin ${p.name}: ${hooks.join(', ') || 'no hooks'} (${when})`)
   }
-}
-
-/** `--changed RANGE`: the charts the range changed, as lines or a JSON array. */
-export async function printChanged(invocation: Invocation, args: Args, config: Config, charts: string[]) {
-  const exec = makeExec({ env: config.env, dryRun: false, out: invocation.log, heartbeatSeconds: 0, invocation })
-  const watched = charts.map((chart) => ({ chart, ...chartFiles(chart, config) }))
-  // The env file as git names it (a path from the repository root, where deploy.ts runs).
-  const envFile = path.relative(process.cwd(), path.resolve(args['env-file'] ?? '.env')).split(path.sep).join('/')
-  const changed = await changedCharts(exec, invocation.log, checkRange(args.changed, '--changed'), watched, envFile)
-  process.stdout.write(args.json ? JSON.stringify(changed) + '\n' : changed.map((c) => c + '\n').join(''))
 }

@@ -29,8 +29,16 @@ the staging chart goes first and the others follow only if it succeeds.
                     deploy.ts) or a path; repeatable; also DEPLOY_PLUGINS
   --parallel N      charts deployed at once after the staging chart (default: all, at most 8)
   --changed RANGE   print the charts whose files RANGE changed, one per line
-  --json            with --changed: print them as a JSON array (a CI matrix); with
-                    --validate/--diff: print the results as one JSON document
+  --json            with --changed or --list: print them as a JSON array (a CI matrix; with
+                    a fleet file, one entry per cluster); with --validate, --diff or --plan:
+                    print the results as one JSON document
+  --waves           with a fleet file (docs/fleet.md) and --deploy: deploy the hubs whose
+                    wave is open (the wave before runs the change, soaked), then stop
+  --plan            with a fleet file: print each hub's wave, what it runs and when the next
+                    wave opens (reads the clusters, changes nothing)
+  --cluster NAME    with a fleet file: this cluster's hubs only, with its credentials only
+  --observed PATH   with --cluster: the other clusters as their --plan --json saw them
+                    (a file, or a directory of them)
   --env-file FILE   read configuration from FILE instead of .env
   --dotenv FILE     the same; prefer it under Node 20, which stops on a missing --env-file itself (exit 9)
   --list            print the charts this repository has
@@ -49,8 +57,8 @@ promotion), 130/143 interrupted (SIGINT/SIGTERM).`
 export const DEFAULT_PARALLEL = 8
 
 const FLAGS = {
-  boolean: ['setup', 'build', 'push', 'deploy', 'validate', 'diff', 'dry-run', 'recover', 'rollback-on-failure', 'list', 'verbose', 'version', 'help', 'json'],
-  string: ['env-file', 'plugin', 'parallel', 'changed'],
+  boolean: ['setup', 'build', 'push', 'deploy', 'validate', 'diff', 'dry-run', 'recover', 'rollback-on-failure', 'list', 'verbose', 'version', 'help', 'json', 'waves', 'plan'],
+  string: ['env-file', 'plugin', 'parallel', 'changed', 'cluster', 'observed'],
 }
 
 export function parseArgs(argv: string[]) {
@@ -62,7 +70,7 @@ export function parseArgs(argv: string[]) {
     unknown: (a: string) => (a.startsWith('-') ? (unknown.push(a), false) : true),
   })
   if (unknown.length) throw usageError(`unknown option ${unknown[0]}; see deploy.ts --help`)
-  for (const key of ['env-file', 'parallel', 'changed']) {
+  for (const key of ['env-file', 'parallel', 'changed', 'cluster', 'observed']) {
     if (Array.isArray(args[key])) throw usageError(`--${key} given twice; give it once`)
     if (args[key] === '') throw usageError(`--${key} needs a value`)
   }
@@ -77,19 +85,34 @@ function checkCombination(args: minimist.ParsedArgs) {
   if (args.help || args.version) return
   const given = (flag: string) => args[flag] === true || typeof args[flag] === 'string'
   const phaseFlags = ['build', 'push', 'deploy', 'validate', 'diff', 'recover', 'dry-run', 'plugin', 'parallel'].filter(given)
-  const drop = phaseFlags.length ? `--${phaseFlags[0]}` : 'the chart names'
+  const fleetFlags = ['waves', 'plan', 'cluster', 'observed'].filter(given)
+  const drop = [...phaseFlags, ...fleetFlags].length ? `--${[...phaseFlags, ...fleetFlags][0]}` : 'the chart names'
   if (args.changed !== undefined) {
-    if (phaseFlags.length || args._.length) throw usageError(`--changed only lists charts: drop ${drop} (run the deploy as its own command)`)
+    if (phaseFlags.length || fleetFlags.length || args._.length) throw usageError(`--changed only lists charts: drop ${drop} (run the deploy as its own command)`)
     return
   }
-  if (args.json && !args.validate && !args.diff) throw usageError('--json only applies to --changed, --validate or --diff: add one of them or drop --json')
+  if (args.json && !args.validate && !args.diff && !args.list && !args.plan) throw usageError('--json only applies to --changed, --list, --plan, --validate or --diff: add one of them or drop --json')
   if (args.list) {
-    if (phaseFlags.length || args._.length) throw usageError(`--list only lists charts: drop ${drop}`)
+    if (phaseFlags.length || fleetFlags.length || args._.length) throw usageError(`--list only lists charts: drop ${drop}`)
     return
   }
+  checkFleetFlags(args, phaseFlags.filter((f) => f !== 'plugin' && f !== 'parallel'))
+  if (args.plan) return
   if (args.push && !args.build) throw usageError('--push pushes only what this run builds: add --build (or drop --push)')
   if (args.recover && !args.deploy) throw usageError('--recover repairs a release before deploying it: add --deploy (or drop --recover)')
   if (!args.setup && !args.build && !args.deploy && !args.validate && !args.diff) throw usageError('nothing to do: --no-setup without --build, --deploy, --validate or --diff runs no phase; add one of them')
+}
+
+/** --plan only reads; --waves chooses the hubs and deploys them; --observed completes --cluster. */
+function checkFleetFlags(args: minimist.ParsedArgs, phaseFlags: string[]) {
+  if (args.observed !== undefined && (args.cluster === undefined || (!args.plan && !args.waves))) {
+    throw usageError('--observed fills in the clusters a --plan or --waves run with --cluster does not reach: add --cluster NAME and --plan or --waves, or drop --observed')
+  }
+  if (args.plan && (phaseFlags.length || args.waves || args._.length)) {
+    throw usageError(`--plan only reads where the change stands: drop ${args.waves ? '--waves' : phaseFlags.length ? `--${phaseFlags[0]}` : 'the chart names'} (--waves --deploy deploys)`)
+  }
+  if (args.waves && args._.length) throw usageError('--waves chooses the hubs itself: drop the chart names (or deploy them by name, without --waves)')
+  if (args.waves && !args.deploy) throw usageError('--waves deploys the hubs whose wave is open: add --deploy (or look first with --plan)')
 }
 
 export function version(): string {

@@ -150,6 +150,12 @@ function checkToolValues(values: typeof DEFAULTS) {
   }
 }
 
+/** What `value` should be when `key` reaches a tool as an argument and it is not that (the fleet file's checks); else undefined. */
+export function toolValueProblem(key: string, value: string): string | undefined {
+  const rule = (TOOL_VALUES as Record<string, [RegExp, string]>)[key]
+  return rule && !rule[0].test(value) ? `not ${rule[1]}` : undefined
+}
+
 /** Reads a .env file strictly: dotenv skips lines it cannot parse, we name them instead. */
 function readEnvFile(file: string, { required }: { required: boolean }): Record<string, string> {
   if (!fs.existsSync(file)) {

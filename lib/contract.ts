@@ -124,6 +124,8 @@ export interface ReleaseRevision {
   description?: string
   chart?: string
   app_version?: string
+  /** When the revision was deployed, as helm printed it (RFC 3339 with Helm 3 and 4). */
+  updated?: string
 }
 
 /** The Helm versions deploy.ts works with. */

@@ -53,6 +53,8 @@ export interface Request {
   /** --rollback-on-failure or ROLLBACK_ON_FAILURE=true. */
   readonly rollbackOnFailure: boolean
   readonly plugins: readonly Plugin[]
+  /** With a fleet file: `helm upgrade --description` records what the deploy deployed (lib/record.ts). */
+  readonly record?: boolean
 }
 
 /** What every chart of one invocation shares, checked once by preflight. */

@@ -21,10 +21,13 @@ const urlKey = (chart: string) => `HUB_URL_${chart.toUpperCase().replace(/[^A-Z0
 /** A problem with a key or file the plugin reads: deploy.ts ends the run with exit 2 (a configuration error). */
 const configError = (message: string) => Object.assign(new Error(message), { exitCode: 2 })
 
+/** What names a hub's URL: its chart, its directory and chart source, and the configuration's keys. */
+type HubFacts = Pick<HookContext, 'chart' | 'chartDir' | 'chartSource'> & { config: { env: Record<string, string | undefined> } }
+
 type HubValues = { ingress?: { enabled?: boolean; hosts?: unknown[] }; hub?: { baseUrl?: unknown } }
 
 /** The jupyterhub chart's values a file gives: under `jupyterhub:` in a wrapper chart's values.yaml, at the top in hub-configs/<hub>.yaml. */
-function hubValues(ctx: HookContext, file: string): HubValues | undefined {
+function hubValues(ctx: HubFacts, file: string): HubValues | undefined {
   let values: Record<string, unknown> | null
   try {
     values = YAML.parse(fs.readFileSync(file, 'utf8'))
@@ -37,7 +40,7 @@ function hubValues(ctx: HookContext, file: string): HubValues | undefined {
 }
 
 /** The hub's public URL, and where it came from; undefined when nothing names one. */
-function hubUrl(ctx: HookContext): { url: string; from: string } | undefined {
+function hubUrl(ctx: HubFacts): { url: string; from: string } | undefined {
   const key = urlKey(ctx.chart)
   const fromEnv = ctx.config.env[key]?.trim()
   if (fromEnv) return { url: fromEnv, from: key }
@@ -162,3 +165,25 @@ const plugin: Plugin = {
 }
 
 export default plugin
+
+/**
+ * One probe, for a gate that looks now rather than waits (the fleet's waves, lib/waves.ts):
+ * undefined when the hub answers with its version or nothing names its URL; otherwise what
+ * it answered instead. A bad URL or values.yaml throws, as in verify (exit 2).
+ */
+export async function hubProblem(hub: HubFacts, signal: AbortSignal): Promise<string | undefined> {
+  const found = hubUrl(hub)
+  if (!found) return undefined
+  const { url, headers } = target(found)
+  const bound = new AbortController()
+  const timer = setTimeout(() => bound.abort(new DOMException('request timed out', 'TimeoutError')), REQUEST_TIMEOUT_MS)
+  try {
+    await probe(url, headers, AbortSignal.any([bound.signal, signal]), signal)
+    return undefined
+  } catch (e) {
+    if (!(e instanceof NotReady)) throw e
+    return `${url} did not answer with the hub's version (${e.message})`
+  } finally {
+    clearTimeout(timer)
+  }
+}

@@ -5,20 +5,11 @@
  * HUB_CHART_VERSION), compared as helm resolves them (`v0.10.6` is 0.10.6). See docs/plugins.md.
  *
  * Every deploy of any chart records what it deployed in the release itself, as JSON in
- * `helm upgrade --description`: {"commit":…,"images":{kind:tag},"deps":{name:version}}.
+ * `helm upgrade --description` (lib/record.ts): {"commit":…,"chart":…,"images":{kind:tag},"deps":{name:version}}.
  * The check reads the latest revision of the staging release with `helm history` (ctx.helm).
  */
-import fs from 'node:fs'
 import YAML from 'yaml'
-import type { HookContext, Plugin } from '../deploy.ts'
-
-/** What a deploy records in its release description. */
-interface DeployRecord {
-  commit: string
-  images: Record<string, string>
-  deps: Record<string, string>
-  override?: true
-}
+import { chartVersions as versionsOf, deployRecord, parseRecord, type DeployRecord, type HookContext, type Plugin } from '../deploy.ts'
 
 const list = (value: string | undefined) => (value ?? '').split(',').map((s) => s.trim()).filter(Boolean)
 
@@ -30,61 +21,16 @@ function overridden(ctx: HookContext): boolean {
   return yes === true
 }
 
-/** A problem with a file the plugin reads: deploy.ts ends the run with exit 2 (a configuration error). */
-const configError = (message: string) => Object.assign(new Error(message), { exitCode: 2 })
-
-/** The chart's dependencies, name → version: Chart.yaml (Helm 3) or requirements.yaml (Helm 2 charts). */
-function dependencies(chartDir: string): Record<string, string> {
-  const deps: Record<string, string> = {}
-  for (const file of ['Chart.yaml', 'requirements.yaml']) {
-    const full = `${chartDir}/${file}`
-    if (!fs.existsSync(full)) continue
-    let doc: { dependencies?: unknown } | null
-    try {
-      doc = YAML.parse(fs.readFileSync(full, 'utf8'))
-    } catch (e) {
-      const line = (e as { linePos?: { line: number }[] }).linePos?.[0]?.line
-      throw configError(`${full}${line ? `:${line}` : ''}: not valid YAML; fix the chart`)
-    }
-    const list = doc && typeof doc === 'object' ? doc.dependencies : undefined
-    if (list === undefined || list === null) continue
-    if (!Array.isArray(list)) {
-      throw configError(`${full}: dependencies must be a list of entries (- name: …, version: …, repository: …), not a ${typeof list === 'object' ? 'map' : typeof list}; fix the chart`)
-    }
-    for (const dep of list as { name?: unknown; version?: unknown; alias?: unknown }[]) {
-      if (typeof dep?.name === 'string') deps[typeof dep.alias === 'string' ? dep.alias : dep.name] = String(dep.version ?? '')
-    }
-  }
-  return deps
-}
+/** The chart versions a deploy brings (a chart file that cannot say them ends the run with exit 2). */
+const chartVersions = (ctx: HookContext) => versionsOf(ctx, YAML)
 
 /** A version as helm resolves it: `v0.10.6` is 0.10.6. */
 const resolved = (version: string) => version.replace(/^v(?=\d)/, '')
 
-/** The chart versions a deploy brings, name → version: the upstream chart's own, or the wrapper chart's dependencies. */
-function chartVersions(ctx: HookContext): Record<string, string> {
-  const source = ctx.chartSource
-  const found = source.layout === 'upstream-chart' ? { [source.chart.split('/')[1]]: source.version ?? '' } : dependencies(ctx.chartDir)
-  return Object.fromEntries(Object.entries(found).map(([name, version]) => [name, resolved(version)]))
-}
-
 function record(ctx: HookContext): DeployRecord {
-  const r: DeployRecord = {
-    commit: ctx.commit.slice(0, 12),
-    images: Object.fromEntries(ctx.images.map((i) => [i.kind, i.tag])),
-    deps: chartVersions(ctx),
-  }
+  const r = deployRecord(ctx, YAML)
   if (overridden(ctx) && isProduction(ctx)) r.override = true
   return r
-}
-
-function parseRecord(description: string | undefined): DeployRecord | undefined {
-  try {
-    const r = JSON.parse(description ?? '')
-    return r && typeof r === 'object' && r.deps && typeof r.deps === 'object' ? r : undefined
-  } catch {
-    return undefined
-  }
 }
 
 function isProduction(ctx: HookContext): boolean {

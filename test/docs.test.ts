@@ -150,7 +150,8 @@ test('CI deploys monitoring after the production hubs and installs the runtime o
 //   is a stand-in whose `npm ci` only checks that node_modules is there: tests reach no
 //   registry and must never re-install the shared node_modules;
 // - a fenced `ts` block whose first line is `// <path>: ...` is written to <path> first, so
-//   examples can run the plugin a doc shows;
+//   examples can run the plugin a doc shows; so is a `yaml` block whose first line is
+//   `# <path>: ...` (the fleet file docs/fleet.md shows);
 // - `<hub>` stands for a new hub's name: `new-hub`;
 // - the hubs the health-check plugin asks are a local server answering as JupyterHub does
 //   (HUB_URL_<CHART>): no example reaches beyond 127.0.0.1;
@@ -172,9 +173,9 @@ function docExamples(file: string): DocExamples {
     const [, indent, lang] = fence
     const body: { line: number; text: string }[] = []
     for (i++; i < lines.length && !/^\s*```\s*$/.test(lines[i]); i++) body.push({ line: i + 1, text: lines[i].slice(indent.length) })
-    if (lang === 'ts' && /^\/\/ ([\w./-]+\.ts):/.test(body[0]?.text ?? '')) {
-      result.files[/^\/\/ ([\w./-]+\.ts):/.exec(body[0].text)![1]] = body.map((b) => b.text).join('\n') + '\n'
-    }
+    const named = ({ ts: /^\/\/ ([\w./-]+\.ts):/, yaml: /^# ([\w./-]+\.ya?ml):/ } as Record<string, RegExp>)[lang]?.exec(body[0]?.text ?? '')
+    if (named) result.files[named[1]] = body.map((b) => b.text).join('\n') + '\n'
+
     if (lang === 'sh') {
       for (let j = 0; j < body.length; j++) {
         let { line, text } = body[j]
@@ -261,7 +262,7 @@ for (const file of markdown) {
 
 test('deploy.ts commands quoted in the prose name only charts this repository has', { timeout: 5_000 }, () => {
   const charts = new Set([...fs.readdirSync(path.join(ROOT, 'hub-charts')), 'monitoring'])
-  const valued = new Set(['--parallel', '--changed', '--plugin', '--env-file', '--dotenv'])
+  const valued = new Set(['--parallel', '--changed', '--plugin', '--env-file', '--dotenv', '--cluster', '--observed'])
   // performance.md describes the benchmarks' own fixture charts (hub1 … hub6).
   for (const file of markdown.filter((f) => f !== 'docs/performance.md')) {
     for (const [, args] of read(file).matchAll(/`(?:npx tsx |deno run -A )?deploy\.ts((?: [^`]*)?)`/g)) {

@@ -325,7 +325,7 @@ test('deployment names the cluster returns reach kubectl only as deployment.apps
 for (const [args, message] of [
   [['--no-setup', '--push', 'staginghub'], '--push pushes only what this run builds: add --build (or drop --push)'],
   [['--no-setup', '--recover', 'staginghub'], '--recover repairs a release before deploying it: add --deploy (or drop --recover)'],
-  [['--json', 'staginghub'], '--json only applies to --changed, --validate or --diff: add one of them or drop --json'],
+  [['--json', 'staginghub'], '--json only applies to --changed, --list, --plan, --validate or --diff: add one of them or drop --json'],
   [['--changed', 'HEAD~1..HEAD', '--deploy'], '--changed only lists charts: drop --deploy (run the deploy as its own command)'],
   [['--changed', 'HEAD~1..HEAD', 'staginghub'], '--changed only lists charts: drop the chart names'],
   [['--list', '--deploy'], '--list only lists charts: drop --deploy'],

@@ -376,7 +376,7 @@ test('an exported bash function named like a tool (BASH_FUNC_helm%%) does not re
 
 for (const [args, message] of [
   [['--plugin=', ...DEPLOY], /^ERROR: --plugin needs a value: a plugin name or path$/],
-  [['--json', 'staginghub'], /^ERROR: --json only applies to --changed, --validate or --diff: add one of them or drop --json$/],
+  [['--json', 'staginghub'], /^ERROR: --json only applies to --changed, --list, --plan, --validate or --diff: add one of them or drop --json$/],
   [['--changed', 'HEAD~1..HEAD', 'staginghub'], /^ERROR: --changed only lists charts: drop the chart names \(run the deploy as its own command\)$/],
   [['--no-setup', '--recover', 'staginghub'], /^ERROR: --recover repairs a release before deploying it: add --deploy \(or drop --recover\)$/],
   [['--list', '--deploy'], /^ERROR: --list only lists charts: drop --deploy$/],

@@ -638,7 +638,7 @@ export default {
     assert.ok(i('helm history staginghub') < i('helm dep up'), r.commands.join('\n'))
     assert.match(r.stderr, /promote-from-staging: staginghub runs what ea-hub is about to get/)
     const tag = git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', 'user-images/ea-hub')
-    assert.deepEqual(description(r), { commit: git(repo, 'rev-parse', 'HEAD').slice(0, 12), images: { user: tag }, deps: { jupyterhub: '3.3.8' } })
+    assert.deepEqual(description(r), { commit: git(repo, 'rev-parse', 'HEAD').slice(0, 12), chart: '1.0.0', images: { user: tag }, deps: { jupyterhub: '3.3.8' } })
   })
 
   test('promote-from-staging: versions differ → exit 3 saying what differs, nothing built or deployed', { timeout: 75_000 }, async () => {

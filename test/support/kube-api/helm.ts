@@ -33,11 +33,13 @@ export interface SeedReleaseOptions {
   /** Revision number; default: latest stored revision + 1 (or 1). */
   version?: number
   description?: string
+  /** When it was deployed (ISO 8601, as helm history's `updated` shows it); default now. */
+  deployedAt?: string
 }
 
 /** The Secret of a release revision as helm would write it, from the previous revision if any. */
-export function releaseSecret({ name, namespace, status, version, description }: SeedReleaseOptions, previous?: HelmRelease): Secret {
-  const ts = new Date().toISOString()
+export function releaseSecret({ name, namespace, status, version, description, deployedAt }: SeedReleaseOptions, previous?: HelmRelease): Secret {
+  const ts = deployedAt ?? new Date().toISOString()
   const release: HelmRelease = previous ? clone(previous) : {
     name, namespace, version: 0, config: {}, manifest: '',
     chart: { metadata: { apiVersion: 'v2', name: 'seeded', version: '0.0.0' }, lock: null, templates: [], values: {}, schema: null, files: [] },
