@@ -193,11 +193,10 @@ const VERBS: Record<string, Verb> = {
     const write = (type: string, obj: KubeObject) => // `kubectl get -w` wants each object as a one-row Table
       res.write(`${JSON.stringify({ type, object: c.wantsTable ? toTable(t, [obj], obj.metadata.resourceVersion ?? '') : obj })}\n`)
     const from = Number(c.q.get('resourceVersion') || 0)
-    if (c.q.get('sendInitialEvents') === 'true') { // a watch-list (kubectl 1.35, Helm 4): the current state, then the bookmark ending it
-      for (const o of store.list(t.resource, ns).filter(match)) write('ADDED', o)
-      res.write(`${JSON.stringify({ type: 'BOOKMARK', object: initialEventsEnd(t, store.resourceVersion) })}\n`)
-    } else if (!from) for (const o of store.list(t.resource, ns).filter(match)) write('ADDED', o)
+    const watchList = c.q.get('sendInitialEvents') === 'true' // kubectl 1.35, Helm 4: the current state, then the bookmark ending it
+    if (watchList || !from) for (const o of store.list(t.resource, ns).filter(match)) write('ADDED', o)
     else for (const e of store.eventsSince(from, t.resource)) if (match(e.object)) write(e.type, e.object)
+    if (watchList) res.write(`${JSON.stringify({ type: 'BOOKMARK', object: initialEventsEnd(t, store.resourceVersion) })}\n`)
     const unsubscribe = store.subscribe((e) => {
       if (e.resource === t.resource && match(e.object)) write(e.type, e.object)
     })

@@ -181,14 +181,13 @@ export class Store {
 
   /** Server-side apply of `config` to `name`: creates it or updates it (apply.ts); conflicts refused unless `force`. */
   apply<T extends KubeObject>(resource: Resource, ns: string | undefined, name: string, config: T, opts: WriteOptions & ApplyOptions): T {
-    const t = typeOf(resource)
     if (config.metadata.name && config.metadata.name !== name) {
       throw new ApiError(400, 'BadRequest', `the name of the object (${config.metadata.name}) does not match the name on the URL (${name})`)
     }
     const live = this.find(resource, ns, name)
     const obj = applyConfig(live, { ...config, metadata: { ...config.metadata, name } }, opts) as T
     const write = { dryRun: opts.dryRun }
-    return live ? this.update(t.resource, ns, name, obj, write) : this.create(t.resource, ns, obj, write)
+    return live ? this.update(resource, ns, name, obj, write) : this.create(resource, ns, obj, write)
   }
 
   /** Deletes, then garbage-collects: dependents (unless !cascade, i.e. Orphan) and a namespace's contents. */
