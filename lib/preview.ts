@@ -31,16 +31,23 @@ function errorBlocks(output: string): string[] {
 
 type Found = (p: Omit<ValidationProblem, 'check' | 'message'>, reason: string) => void
 
+/** Where a schema item is: Helm 3 says `hub.image` or `(root)`, Helm 4 a JSON pointer, `at '/hub/image'`. */
+function schemaPath(where: string): string {
+  const pointer = /^at '(.*)'$/.exec(where)?.[1]
+  if (pointer === undefined) return where === '(root)' ? '' : where
+  return pointer.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~')).join('.')
+}
+
 /** A values.schema.json failure: a problem per item, with its values path (a subchart's prefixed). */
 function schemaProblems(chart: string, dir: string, list: string, found: Found) {
   let sub = ''
   for (const line of list.split('\n')) {
     const name = /^(\S+):$/.exec(line.trim())?.[1]
     if (name) sub = name
-    const item = /^- (.+?): (.+)$/.exec(line.trim())
+    const item = /^- (at '[^']*'|.+?): (.+)$/.exec(line.trim())
     if (!item) continue
     const own = sub === chart || sub === ''
-    const at = item[1] === '(root)' ? '' : item[1]
+    const at = schemaPath(item[1])
     const valuesPath = [own ? '' : sub, at].filter(Boolean).join('.') || '(root)'
     // A dependency's schema is inside its archive in charts/: name it instead of a path.
     found(own ? { file: `${dir}/values.schema.json`, valuesPath } : { valuesPath }, own ? item[2] : `${item[2]} (values.schema.json of ${sub})`)
@@ -206,7 +213,11 @@ async function lintAndRender(r: ChartRun, result: ChartValidation): Promise<Mani
   const args = ['--namespace', chart, ...valuesArgs(r)]
   const quiet = { capture: true, nothrow: true, timeout: 300 } as const
   const lint = await exec('helm', ['lint', dir, ...args], quiet)
-  for (const m of lint.stdout.matchAll(/^\[WARNING\] (.*)$/gm)) result.warnings.push(`${chart}: ${label}/${m[1]}`)
+  for (const m of lint.stdout.matchAll(/^\[WARNING\] (.*)$/gm)) {
+    // Helm 4 warns about a chart with no templates of its own, which is what a wrapper chart is
+    // (its objects come from its dependencies); the count of objects rendered says whether any do.
+    if (m[1] !== 'templates/: directory does not exist') result.warnings.push(`${chart}: ${label}/${m[1]}`)
+  }
   const template = await exec('helm', [...helm.templateArgs(chart, dir), ...args], quiet)
   const objects = template.exitCode === 0 && !plan.dryRun ? parseManifest(template.stdout, chart, r.invocation.runtime.YAML) : []
   result.objects = objects.length

@@ -246,6 +246,15 @@ test('helmProblems: chart, repository path and values path from helm\'s messages
     'ea-hub: values jupyterhub.singleuser.image: tag is required (values.schema.json of jupyterhub)',
     'ea-hub: hub-charts/ea-hub/Chart.yaml: version is required',
   ])
+  // Helm 4 (jsonschema v6) names the place by a JSON pointer, as `helm template` prints it
+  const helm4 = [
+    "Error: values don't meet the specifications of the schema(s) in the following chart(s):", 'ea-hub:', "- at '': additional properties 'typo' not allowed",
+    'jupyterhub:', "- at '/hub/config~1x': additional properties 'imagee' not allowed", '',
+  ].join('\n')
+  assert.deepEqual(helmProblems('ea-hub', dir, 'render', helm4).map((p) => [p.valuesPath, p.message]), [
+    ['(root)', "ea-hub: hub-charts/ea-hub/values.schema.json: values (root): additional properties 'typo' not allowed"],
+    ['jupyterhub.hub.config/x', "ea-hub: values jupyterhub.hub.config/x: additional properties 'imagee' not allowed (values.schema.json of jupyterhub)"],
+  ])
   // a values.yaml that does not parse: lint says it three ways, template once; one problem
   const badValues = [
     '[ERROR] values.yaml: unable to parse YAML: error converting YAML to JSON: yaml: mapping values are not allowed in this context',
