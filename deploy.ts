@@ -171,7 +171,7 @@ async function deploy(r: ChartRun, pluginArgs: string[]) {
   // helm stops waiting at its own --timeout; ours is only a backstop.
   const backstop = plan.config.helmTimeoutSeconds + 120
   const args = helm.upgradeArgs(plan.chart, plan.files.chartDir, plan.config.helmTimeoutSeconds, values)
-  const upgrade = await exec('helm', args, { timeout: backstop }).catch(async (e: DeployError) => {
+  const upgrade = await exec('helm', args, { timeout: backstop, cluster: 'helm upgrade' }).catch(async (e: DeployError) => {
     // A pending release is refused by helm before it changes anything: name the state and the repair.
     if (helm.isPendingRefusal(e.output ?? '') && (await handlePendingRelease(r))) throw e
     await printDiagnostics(r)
@@ -184,7 +184,7 @@ async function rollout({ plan, exec, out }: ChartRun) {
   const ns = plan.chart
   const { config } = plan
   out.info('Waiting for all deployments to be up and running')
-  const list = await exec('kubectl', ['--namespace', ns, 'get', 'deployments', '-o', 'name'], { capture: true, timeout: 120 })
+  const list = await exec('kubectl', ['--namespace', ns, 'get', 'deployments', '-o', 'name'], { capture: true, timeout: 120, cluster: 'kubectl get deployments' })
   const timeout = `--timeout=${config.rolloutTimeoutSeconds}s`
   if (plan.dryRun) {
     out.info(`Executing kubectl rollout status --namespace ${ns} --watch <each deployment> ${timeout}`)
@@ -254,6 +254,8 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
   const names = chartNames(args, config, charts)
   // Every secret is known before a plugin loads or a command starts, so none can print one.
   collectFileSecrets(invocation.secrets, config, names, invocation.runtime.YAML)
+  // Plugins run in this process from here on: none may end it (Invocation.guardExit).
+  invocation.guardExit()
   const request: Request = {
     phases: phasesOf(args),
     config,
@@ -268,7 +270,7 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
   const facts = await checkRepository(request, tools[0])
   const runs = await Promise.all(names.map(async (chart, i): Promise<ChartRun> => {
     const plan = await planChart(chart, request, facts, tools[i])
-    return chartRun(tools[i], plan, makeHelm(plan.helmMajor, tools[i].exec))
+    return chartRun(tools[i], plan, makeHelm(plan.helmMajor, tools[i]))
   }))
   if (request.dryRun) runs.forEach(printPlan)
   const untrap = invocation.trapSignals()
@@ -287,9 +289,17 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
   return failed ? failed.state.error!.exitCode : EXIT.ok
 }
 
-/** One invocation: returns its exit code; an error ends it with one `ERROR:` line. */
+/** One invocation: returns its exit code, once no command it started is left; an error ends it with one `ERROR:` line. */
 async function main(argv: string[]): Promise<number> {
   const invocation = new Invocation()
+  try {
+    return await invoke(invocation, argv)
+  } finally {
+    await invocation.finish()
+  }
+}
+
+async function invoke(invocation: Invocation, argv: string[]): Promise<number> {
   const { log } = invocation
   invocation.trapCrashes()
   try {
