@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url'
 import { DeployError, EXIT, type ImageInfo, type Phase } from './lib/contract.ts'
 import { loadConfig, type Config } from './lib/config.ts'
 import { asDeployError } from './lib/secrets.ts'
-import { Invocation, inGroup, tail } from './lib/process.ts'
+import { Invocation, emit, inGroup, tail, writeResult } from './lib/process.ts'
 import { handlePendingRelease, makeHelm, printDiagnostics, recordLiveRevision, rollBack, warnVersionSkew } from './lib/helm.ts'
 import { commitRange, touchedDirs } from './lib/git.ts'
 import { chartRun, checkRepository, collectFileSecrets, discoverCharts, imageSetArgs, noChartsHere, planChart, type ChartRun, type Request } from './lib/plan.ts'
@@ -281,7 +281,7 @@ async function deployCharts(invocation: Invocation, args: Args, config: Config, 
     if (invocation.cancelled) for (const r of runs) r.out.flush(`deploy ${r.plan.chart}`)
   }
   if (invocation.cancelled) return invocation.cancelled === 'SIGINT' ? EXIT.sigint : EXIT.sigterm
-  if (json) process.stdout.write(JSON.stringify(previewReport(runs, invocation.secrets.redact), null, 2) + '\n')
+  if (json) await writeResult(JSON.stringify(previewReport(runs, invocation.secrets.redact), null, 2) + '\n')
   printSummary(json ? invocation.output({ stdout: 'stderr' }) : log, runs)
   const failed = runs.find((r) => r.state.result === 'failed')
   // With --json, stdout ends with the JSON document: no `::error::` line after it.
@@ -305,7 +305,7 @@ async function invoke(invocation: Invocation, argv: string[]): Promise<number> {
   try {
     const args = parseArgs(argv)
     if (args.help || args.version) {
-      log.print(args.help ? USAGE : `deploy.ts ${version()}`)
+      await writeResult(`${args.help ? USAGE : `deploy.ts ${version()}`}\n`)
       return EXIT.ok
     }
     invocation.verbose = args.verbose
@@ -316,7 +316,7 @@ async function invoke(invocation: Invocation, argv: string[]): Promise<number> {
     invocation.secrets.addFromEnv(config.env)
     if (args.list) {
       if (charts.length === 0) log.warn(noChartsHere())
-      else log.print(charts.join('\n'))
+      else await writeResult(charts.map((c) => `${c}\n`).join(''))
       return EXIT.ok
     }
     // Loaded before signals are trapped, so a signal never finds a command between import and spawn.
@@ -327,8 +327,8 @@ async function invoke(invocation: Invocation, argv: string[]): Promise<number> {
   } catch (e) {
     const err = asDeployError(e, invocation.secrets)
     const message = invocation.secrets.redact(err.message)
-    if (!err.reported) process.stderr.write(`ERROR: ${message}\n`)
-    if (invocation.ci.github) process.stdout.write(`::error::${message.split('\n')[0]}\n`)
+    if (!err.reported) emit('stderr', `ERROR: ${message}\n`)
+    if (invocation.ci.github) emit('stdout', `::error::${message.split('\n')[0]}\n`)
     return err.exitCode
   }
 }

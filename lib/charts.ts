@@ -4,7 +4,7 @@ import fs from 'node:fs'
 import { DeployError, EXIT, HOOKS, HOOK_STEPS, type Phase } from './contract.ts'
 import type { Config } from './config.ts'
 import { asDeployError, masked } from './secrets.ts'
-import { makeExec, type Invocation, type Output } from './process.ts'
+import { makeExec, writeResult, type Invocation, type Output } from './process.ts'
 import { changedCharts, checkRange } from './git.ts'
 import type { ChartPlan, ChartRun, ChartState, Request, Tools } from './plan.ts'
 import { releaseLock } from './lock.ts'
@@ -139,5 +139,5 @@ export function printPlan({ plan, out, helm }: ChartRun) {
 export async function printChanged(invocation: Invocation, args: Args, config: Config, charts: string[]) {
   const exec = makeExec({ env: config.env, dryRun: false, out: invocation.log, heartbeatSeconds: 0, invocation })
   const changed = await changedCharts(exec, invocation.log, checkRange(args.changed, '--changed'), charts)
-  process.stdout.write(args.json ? JSON.stringify(changed) + '\n' : changed.map((c) => c + '\n').join(''))
+  await writeResult(args.json ? JSON.stringify(changed) + '\n' : changed.map((c) => c + '\n').join(''))
 }

@@ -3,7 +3,7 @@
  * to a release beyond the upgrade: --recover, --rollback-on-failure, diagnostics.
  */
 import { DeployError, EXIT, type Exec, type Helm, type HelmMajor, type ReleaseRevision } from './contract.ts'
-import { inGroup, onPath } from './process.ts'
+import { findOnPath, inGroup, onPath } from './process.ts'
 import { REACH_THE_CLUSTER, clusterFault } from './cluster.ts'
 import type { ChartRun, Tools } from './plan.ts'
 
@@ -115,11 +115,14 @@ const LOCAL_PROBE_SECONDS = 15
  * Helm 4, which has no tiller and no `--client`, is asked again without it. Undefined when
  * helm is not on PATH; `major` unset when helm printed a version deploy.ts does not know.
  */
-export async function helmVersion(exec: Exec, env: NodeJS.ProcessEnv): Promise<{ major?: HelmMajor; said: string } | undefined> {
+export async function helmVersion(exec: Exec, env: NodeJS.ProcessEnv): Promise<{ major?: HelmMajor; said: string; problem?: string } | undefined> {
   if (!onPath('helm', env)) return undefined
   const probe = (args: string[]) => exec('helm', args, { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: LOCAL_PROBE_SECONDS })
   let r = await probe(['version', '--client', '--short'])
   if (r.exitCode !== 0 && /unknown flag: --client/.test(r.stderr)) r = await probe(['version', '--short'])
+  if (r.timedOut) {
+    return { said: '', problem: `helm version (a local command that answers at once) did not answer within ${LOCAL_PROBE_SECONDS}s: check the helm on PATH, ${findOnPath('helm', env)}` }
+  }
   const said = (r.stdout.trim() || r.stderr.trim() || `exit ${r.exitCode}`).split('\n')[0].slice(0, 200)
   const major = /^(?:Client: )?v(\d+)\.\d+/m.exec(r.stdout)?.[1]
   return { major: major && Object.hasOwn(HELM_VERSIONS, major) ? (Number(major) as HelmMajor) : undefined, said }

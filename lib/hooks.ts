@@ -4,7 +4,7 @@ import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { DeployError, EXIT, HOOKS, HOOK_STEPS, RefusedError, isRefusal, usageError, type BaseContext, type FailContext, type HookContext, type HookContexts, type HookName, type HookStep, type Logger, type Plugin } from './contract.ts'
 import { checkDuration, parseDuration } from './config.ts'
-import { errorLine, type Secrets } from './secrets.ts'
+import { errorLine, notAFile, type Secrets } from './secrets.ts'
 import { ExitCalled, abortableSleep, ciRunUrl, signalWithin } from './process.ts'
 import type { ChartRun } from './plan.ts'
 
@@ -64,6 +64,8 @@ export async function loadPlugins(names: string[], secrets: Secrets): Promise<Pl
     if (url.startsWith('file:') && !fs.existsSync(fileURLToPath(url))) {
       throw usageError(`${file}: plugin not found here nor shipped with deploy.ts (shipped: ${shippedPluginNames()}); check --plugin / DEPLOY_PLUGINS`)
     }
+    const kind = url.startsWith('file:') ? notAFile(fileURLToPath(url)) : undefined
+    if (kind) throw usageError(`${file}: the plugin is ${kind}, not a file; check --plugin / DEPLOY_PLUGINS`)
     let mod: { default?: unknown }
     try {
       mod = await import(url)

@@ -5,10 +5,10 @@
  */
 import fs from 'node:fs'
 import { DeployError, type ChartValidation, type CommandResult, type ValidationProblem } from './contract.ts'
-import { redactDeep, type Secrets } from './secrets.ts'
+import { notAFile, redactDeep, type Secrets } from './secrets.ts'
 import { tail } from './process.ts'
 import { noClusterAccess, valuesArgs, type ChartRun } from './plan.ts'
-import { diffManifests, parseManifest } from './manifest.ts'
+import { diffManifests, duplicateKeys, parseManifest, type DuplicateKey } from './manifest.ts'
 import { REACH_THE_CLUSTER, clusterFault } from './cluster.ts'
 
 /** helm's error blocks: `Error: ...` and lint's `[ERROR] ...`, each with its continuation lines. */
@@ -118,7 +118,8 @@ async function chartDependencies({ plan, preview, exec, out, invocation }: Chart
   if (preview.dependenciesFetched) return
   const dir = plan.files.chartDir
   const { YAML } = invocation.runtime
-  const read = (file: string) => (fs.existsSync(`${dir}/${file}`) ? YAML.parse(fs.readFileSync(`${dir}/${file}`, 'utf8')) ?? {} : {})
+  // Only regular files (a dry run goes on past a FIFO in the chart, noted in its plan).
+  const read = (file: string) => (fs.existsSync(`${dir}/${file}`) && !notAFile(`${dir}/${file}`) ? YAML.parse(fs.readFileSync(`${dir}/${file}`, 'utf8')) ?? {} : {})
   type Dependency = { name: string; version?: string }
   const wanted: Dependency[] = read('Chart.yaml').dependencies ?? read('requirements.yaml').dependencies ?? []
   preview.dependenciesFetched = true
@@ -188,8 +189,19 @@ async function lintAndRender(r: ChartRun, result: ChartValidation) {
   const lint = await exec('helm', ['lint', dir, ...args], quiet)
   for (const m of lint.stdout.matchAll(/^\[WARNING\] (.*)$/gm)) result.warnings.push(`${chart}: ${dir}/${m[1]}`)
   const template = await exec('helm', [...helm.templateArgs(chart, dir), ...args], quiet)
-  if (template.exitCode === 0 && !plan.dryRun) result.objects = parseManifest(template.stdout, chart, r.invocation.runtime.YAML).length
+  if (template.exitCode === 0 && !plan.dryRun) {
+    const { YAML } = r.invocation.runtime
+    result.objects = parseManifest(template.stdout, chart, YAML).length
+    result.errors.push(...duplicateKeys(template.stdout, YAML).map((d) => duplicateProblem(chart, dir, d)))
+  }
   result.errors.push(...commandProblems(chart, dir, 'lint', lint), ...commandProblems(chart, dir, 'render', template))
+}
+
+/** A key the chart renders twice: helm renders it, Kubernetes keeps the last one silently. */
+function duplicateProblem(chart: string, dir: string, d: DuplicateKey): ValidationProblem {
+  const file = d.source ? locate(dir, d.source).file : undefined
+  const where = [file, d.object].filter(Boolean).join(': ')
+  return { check: 'render', ...(file ? { file } : {}), message: `${chart}: ${where ? `${where}: ` : ''}the key "${d.key}" is written twice in one map; Kubernetes would keep only the last one: remove the other` }
 }
 
 /** The API server's check of every object (the server-side dry run), when the cluster can be reached. */
@@ -355,6 +367,7 @@ export async function diffChart(r: ChartRun) {
     const first = helmProblems(chart, plan.files.chartDir, 'server', preview.stderr)[0]?.message ?? `${chart}: ${tail(preview.stderr, 1)}`
     throw new DeployError(`helm upgrade --dry-run=server failed: ${first}`)
   }
+  for (const d of duplicateKeys(preview.manifest, r.invocation.runtime.YAML)) out.warn(duplicateProblem(chart, plan.files.chartDir, d).message)
   const labels: [string, string] = [current ? `(revision ${current.revision})` : '(not installed)', `(${plan.commit.slice(0, 7)})`]
   const found = await diffManifests(current?.manifest, preview.manifest, chart, labels)
   state.diff = redactDeep({ chart, namespace: chart, revision: current?.revision, ...found }, r.invocation.secrets.redact)

@@ -41,6 +41,36 @@ export interface OutputOptions {
 }
 
 /**
+ * Writes a log line. A reader that went away or a full disk drops the log, never the run
+ * (Node reports the failed write as an event, Deno throws it).
+ */
+export function emit(stream: 'stdout' | 'stderr', text: string) {
+  try {
+    process[stream].write(text)
+  } catch {
+    // Dropped, as with EPIPE (docs/reliability.md).
+  }
+}
+
+/**
+ * What the invocation was asked to print (a chart list, a JSON document, --help): a write that
+ * fails is exit 1 with one line on stderr, never exit 0 with nothing written.
+ */
+export function writeResult(text: string): Promise<void> {
+  const failed = (e: unknown) => {
+    const { code, message } = (e ?? {}) as { code?: string; message?: string }
+    return new DeployError(`could not write the result to standard output (${code ?? String(message).split('\n')[0]}): nothing, or only part of it, was written`)
+  }
+  return new Promise((resolve, reject) => {
+    try {
+      process.stdout.write(text, (e) => (e ? reject(failed(e)) : resolve()))
+    } catch (e) {
+      reject(failed(e))
+    }
+  })
+}
+
+/**
  * Where one chart's lines go: redacted, each line prefixed, and, for a chart deployed
  * alongside others, held back and printed as one block when it finishes. Heartbeats bypass
  * the hold: CI must see output while it waits.
@@ -64,7 +94,7 @@ export class Output implements Logger {
     const out = lines.map((l) => `${this.prefix}${prefix}${l}\n`).join('') + (last ? `${this.prefix}${prefix}${last}` : '')
     const to = stream === 'stdout' ? this.stdout : stream
     if (this.held) this.held.push([to, out])
-    else process[to].write(out)
+    else emit(to, out)
   }
 
   print(text: string) {
@@ -84,13 +114,13 @@ export class Output implements Logger {
   }
 
   live(text: string) {
-    process[this.stdout].write(this.secrets.redact(`${this.prefix}${text}\n`))
+    emit(this.stdout, this.secrets.redact(`${this.prefix}${text}\n`))
   }
 
   /** Opens or closes a collapsible section: travis_fold on Travis, ::group:: on GitHub Actions. */
   group(edge: 'start' | 'end', title: string, id = title.replace(/\W+/g, '-')) {
-    if (this.ci.travis) process.stdout.write(`travis_fold:${edge}:${id}\n`)
-    if (this.ci.github) process.stdout.write(edge === 'start' ? `::group::${title}\n` : '::endgroup::\n')
+    if (this.ci.travis) emit('stdout', `travis_fold:${edge}:${id}\n`)
+    if (this.ci.github) emit('stdout', edge === 'start' ? `::group::${title}\n` : '::endgroup::\n')
   }
 
   /** Prints what was held, as one collapsible group in CI logs. */
@@ -99,7 +129,7 @@ export class Output implements Logger {
     if (!held) return
     this.held = undefined
     this.group('start', title)
-    for (const [stream, text] of held) process[stream].write(text)
+    for (const [stream, text] of held) emit(stream, text)
     this.group('end', title)
   }
 }
@@ -187,7 +217,7 @@ export class Invocation {
       for (const dir of this.privateDirs) fs.rmSync(dir, { recursive: true, force: true })
     })
     const crash = (e: unknown) => {
-      process.stderr.write(`ERROR: unexpected error (an unawaited promise or a callback, e.g. in a plugin): ${errorLine(e, this.secrets)}\n`)
+      emit('stderr', `ERROR: unexpected error (an unawaited promise or a callback, e.g. in a plugin): ${errorLine(e, this.secrets)}\n`)
       this.controller.abort(new DeployError('stopped by an unexpected error'))
       this.exit(EXIT.failed)
     }
@@ -445,17 +475,20 @@ function commandError(line: string, done: CommandResult & { signal: NodeJS.Signa
   })
 }
 
-/** Whether `tool` is an executable in one of the PATH directories. */
-export function onPath(tool: string, env: NodeJS.ProcessEnv): boolean {
-  return (env.PATH ?? '').split(path.delimiter).some((dir) => {
+/** The executable `tool` of the first PATH directory that has one. */
+export function findOnPath(tool: string, env: NodeJS.ProcessEnv): string | undefined {
+  return (env.PATH ?? '').split(path.delimiter).map((dir) => path.join(dir, tool)).find((file) => {
     try {
-      fs.accessSync(path.join(dir, tool), fs.constants.X_OK)
+      fs.accessSync(file, fs.constants.X_OK)
       return true
     } catch {
       return false
     }
   })
 }
+
+/** Whether `tool` is an executable in one of the PATH directories. */
+export const onPath = (tool: string, env: NodeJS.ProcessEnv): boolean => findOnPath(tool, env) !== undefined
 
 export const INSTALL_HINTS: Record<string, string> = {
   git: 'install git (apt-get install git)',

@@ -27,6 +27,8 @@ function hubUrl(ctx: HookContext): { url: string; from: string } | undefined {
   if (fromEnv) return { url: fromEnv, from: key }
   const file = `${ctx.chartDir}/values.yaml`
   if (!fs.existsSync(file)) return undefined
+  // A FIFO would wait for a writer for ever.
+  if (!fs.statSync(file).isFile()) throw configError(`${file}: not a file; make it the chart's values, or set ${key} to the hub's URL`)
   let values: { jupyterhub?: { ingress?: { enabled?: boolean; hosts?: unknown[] }; hub?: { baseUrl?: unknown } } } | null
   try {
     values = YAML.parse(fs.readFileSync(file, 'utf8'))

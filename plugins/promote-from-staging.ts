@@ -38,6 +38,8 @@ function dependencies(chartDir: string): Record<string, string> {
   for (const file of ['Chart.yaml', 'requirements.yaml']) {
     const full = `${chartDir}/${file}`
     if (!fs.existsSync(full)) continue
+    // A FIFO would wait for a writer for ever.
+    if (!fs.statSync(full).isFile()) throw configError(`${full}: not a file; fix the chart`)
     let doc: { dependencies?: unknown } | null
     try {
       doc = YAML.parse(fs.readFileSync(full, 'utf8'))
