@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url'
 import { DeployError, EXIT, type ImageInfo, type Phase } from './lib/contract.ts'
 import { loadConfig, type Config } from './lib/config.ts'
 import { asDeployError } from './lib/secrets.ts'
-import { Invocation, inGroup, tail } from './lib/process.ts'
+import { Invocation, emit, inGroup, tail, writeResult } from './lib/process.ts'
 import { handlePendingRelease, makeHelm, printDiagnostics, recordLiveRevision, rollBack, warnVersionSkew } from './lib/helm.ts'
 import { commitRange, touchedDirs } from './lib/git.ts'
 import { chartFiles, chartRun, checkRepository, collectFileSecrets, discoverCharts, noChartsHere, planChart, valuesArgs, type ChartRun, type Request } from './lib/plan.ts'
@@ -179,7 +179,7 @@ async function deploy(r: ChartRun, pluginArgs: string[]) {
   // helm stops waiting at its own --timeout; ours is only a backstop.
   const backstop = plan.config.helmTimeoutSeconds + 120
   const args = helm.upgradeArgs(plan.chart, plan.files.source.chart, plan.config.helmTimeoutSeconds, values)
-  const upgrade = await exec('helm', args, { timeout: backstop }).catch(async (e: DeployError) => {
+  const upgrade = await exec('helm', args, { timeout: backstop, cluster: 'helm upgrade' }).catch(async (e: DeployError) => {
     // A pending release is refused by helm before it changes anything: name the state and the repair.
     if (helm.isPendingRefusal(e.output ?? '') && (await handlePendingRelease(r))) throw e
     await printDiagnostics(r)
@@ -192,7 +192,7 @@ async function rollout({ plan, exec, out }: ChartRun) {
   const ns = plan.chart
   const { config } = plan
   out.info('Waiting for all deployments to be up and running')
-  const list = await exec('kubectl', ['--namespace', ns, 'get', 'deployments', '-o', 'name'], { capture: true, timeout: 120 })
+  const list = await exec('kubectl', ['--namespace', ns, 'get', 'deployments', '-o', 'name'], { capture: true, timeout: 120, cluster: 'kubectl get deployments' })
   const timeout = `--timeout=${config.rolloutTimeoutSeconds}s`
   if (plan.dryRun) {
     out.info(`Executing kubectl rollout status --namespace ${ns} --watch <each deployment> ${timeout}`)
@@ -264,6 +264,8 @@ async function deployCharts(invocation: Invocation, args: Args, groups: ChartGro
   const { log } = invocation
   // Every secret is known before a plugin loads or a command starts, so none can print one.
   for (const { config, names } of groups) collectFileSecrets(invocation.secrets, config, names, invocation.runtime.YAML)
+  // Plugins run in this process from here on: none may end it (Invocation.guardExit).
+  invocation.guardExit()
   const plugins = await loadPlugins(pluginNames(args, groups[0].config), invocation.secrets)
   // --json with --validate/--diff: stdout carries one JSON document, everything else goes to stderr.
   const json = args.json && (args.validate || args.diff)
@@ -284,7 +286,7 @@ async function deployCharts(invocation: Invocation, args: Args, groups: ChartGro
       const plan = await planChart(chart, request, facts, tools[i])
       // A chart whose record cannot be written (its dependencies unreadable) stops here, before anything runs.
       if (record) deployRecord({ ...plan, chartSource: plan.files.source }, invocation.runtime.YAML)
-      return chartRun(tools[i], plan, makeHelm(plan.helmMajor, tools[i].exec))
+      return chartRun(tools[i], plan, makeHelm(plan.helmMajor, tools[i]))
     }))
   }))
   const runs = planned.flat()
@@ -299,7 +301,7 @@ async function deployCharts(invocation: Invocation, args: Args, groups: ChartGro
     if (invocation.cancelled) for (const r of runs) r.out.flush(`deploy ${r.plan.chart}`)
   }
   if (invocation.cancelled) return invocation.cancelled === 'SIGINT' ? EXIT.sigint : EXIT.sigterm
-  if (json) process.stdout.write(JSON.stringify(previewReport(runs, invocation.secrets.redact), null, 2) + '\n')
+  if (json) await writeResult(JSON.stringify(previewReport(runs, invocation.secrets.redact), null, 2) + '\n')
   printSummary(json ? invocation.output({ stdout: 'stderr' }) : log, runs)
   const failed = runs.find((r) => r.state.result === 'failed')
   // With --json, stdout ends with the JSON document: no `::error::` line after it.
@@ -307,15 +309,23 @@ async function deployCharts(invocation: Invocation, args: Args, groups: ChartGro
   return failed ? failed.state.error!.exitCode : EXIT.ok
 }
 
-/** One invocation: returns its exit code; an error ends it with one `ERROR:` line. */
+/** One invocation: returns its exit code, once no command it started is left; an error ends it with one `ERROR:` line. */
 async function main(argv: string[]): Promise<number> {
   const invocation = new Invocation()
+  try {
+    return await invoke(invocation, argv)
+  } finally {
+    await invocation.finish()
+  }
+}
+
+async function invoke(invocation: Invocation, argv: string[]): Promise<number> {
   const { log } = invocation
   invocation.trapCrashes()
   try {
     const args = parseArgs(argv)
     if (args.help || args.version) {
-      log.print(args.help ? USAGE : `deploy.ts ${version()}`)
+      await writeResult(`${args.help ? USAGE : `deploy.ts ${version()}`}\n`)
       return EXIT.ok
     }
     invocation.verbose = args.verbose
@@ -326,7 +336,7 @@ async function main(argv: string[]): Promise<number> {
     invocation.secrets.addFromEnv(config.env)
     if (args.list && !args.json) {
       if (charts.length === 0) log.warn(noChartsHere())
-      else log.print(charts.join('\n'))
+      else await writeResult(charts.map((c) => `${c}\n`).join(''))
       for (const chart of charts) {
         const { source, unused } = chartFiles(chart, config)
         if (unused) log.warn(unusedNote(chart, source, unused))
@@ -347,8 +357,8 @@ async function main(argv: string[]): Promise<number> {
   } catch (e) {
     const err = asDeployError(e, invocation.secrets)
     const message = invocation.secrets.redact(err.message)
-    if (!err.reported) process.stderr.write(`ERROR: ${message}\n`)
-    if (invocation.ci.github) process.stdout.write(`::error::${message.split('\n')[0]}\n`)
+    if (!err.reported) emit('stderr', `ERROR: ${message}\n`)
+    if (invocation.ci.github) emit('stdout', `::error::${message.split('\n')[0]}\n`)
     return err.exitCode
   }
 }

@@ -3,6 +3,7 @@ import process from 'node:process'
 import fs from 'node:fs'
 import { RefusedError, usageError, type Exec, type Logger } from './contract.ts'
 import { INSTALL_HINTS, onPath, type Output } from './process.ts'
+import { notAFile } from './secrets.ts'
 import type { Request, Tools } from './plan.ts'
 
 /**
@@ -39,10 +40,13 @@ export function commitRange(env: NodeJS.ProcessEnv, out: Logger): string | undef
   if (env.TRAVIS_COMMIT_RANGE) return checkRange(env.TRAVIS_COMMIT_RANGE, 'TRAVIS_COMMIT_RANGE')
   if (env.GITHUB_EVENT_NAME === 'push' && env.GITHUB_EVENT_PATH) {
     let event: { before?: unknown; after?: unknown }
+    // Never opened unless a regular file: a FIFO would wait for a writer for ever.
+    const kind = notAFile(env.GITHUB_EVENT_PATH)
     try {
+      if (kind) throw new Error(kind)
       event = JSON.parse(fs.readFileSync(env.GITHUB_EVENT_PATH, 'utf8'))
     } catch {
-      out.warn(`GITHUB_EVENT_PATH=${env.GITHUB_EVENT_PATH}: not a readable JSON event, so the pushed range is unknown: an image is rebuilt only when its tag is missing from the registry`)
+      out.warn(`GITHUB_EVENT_PATH=${env.GITHUB_EVENT_PATH}: ${kind ? `${kind}, ` : ''}not a readable JSON event, so the pushed range is unknown: an image is rebuilt only when its tag is missing from the registry`)
       return undefined
     }
     if (event && typeof event.before === 'string' && typeof event.after === 'string' && event.before && event.after) {

@@ -5,11 +5,12 @@
  */
 import fs from 'node:fs'
 import { DeployError, type ChartValidation, type CommandResult, type ImageInfo, type ValidationProblem } from './contract.ts'
-import { redactDeep, type Secrets } from './secrets.ts'
+import { notAFile, redactDeep, type Secrets } from './secrets.ts'
 import { tail, wholeReason } from './process.ts'
 import { imageValuesPath, noClusterAccess, valuesArgs, type ChartPlan, type ChartRun } from './plan.ts'
-import { diffManifests, imageUse, parseManifest, type ManifestObject } from './manifest.ts'
+import { diffManifests, duplicateKeys, imageUse, parseManifest, type DuplicateKey, type ManifestObject } from './manifest.ts'
 import { pulledChart, resolvedVersion } from './layout.ts'
+import { REACH_THE_CLUSTER, clusterFault } from './cluster.ts'
 
 /** helm's error blocks: `Error: ...` and lint's `[ERROR] ...`, each with its continuation lines. */
 function errorBlocks(output: string): string[] {
@@ -145,7 +146,8 @@ function archived(dir: string, name: string, version: string): boolean {
 async function chartDependencies({ plan, exec, out, invocation }: ChartRun) {
   const dir = plan.files.chartDir
   const { YAML } = invocation.runtime
-  const read = (file: string) => (fs.existsSync(`${dir}/${file}`) ? YAML.parse(fs.readFileSync(`${dir}/${file}`, 'utf8')) ?? {} : {})
+  // Only regular files (a dry run goes on past a FIFO in the chart, noted in its plan).
+  const read = (file: string) => (fs.existsSync(`${dir}/${file}`) && !notAFile(`${dir}/${file}`) ? YAML.parse(fs.readFileSync(`${dir}/${file}`, 'utf8')) ?? {} : {})
   type Dependency = { name: string; version?: string }
   const wanted: Dependency[] = read('Chart.yaml').dependencies ?? read('requirements.yaml').dependencies ?? []
   if (wanted.length === 0) return
@@ -171,6 +173,8 @@ export interface Preview {
   stderr: string
   /** The manifest the upgrade would apply. */
   manifest: string
+  /** The cluster gave no answer: which, to what, how long it was waited for (lib/cluster.ts). */
+  fault?: string
 }
 
 /**
@@ -185,7 +189,7 @@ function upgradePreview(r: ChartRun): Promise<Preview> {
     const args = ['upgrade', '--install', '--namespace', chart, chart, await previewChart(r), '--dry-run=server', '--output', 'json', ...valuesArgs(r)]
     // The output holds every rendered Secret and the values: captured, parsed, never printed.
     const done = await exec('helm', args, { capture: true, nothrow: true, timeout: plan.config.helmTimeoutSeconds })
-    if (done.exitCode !== 0 || plan.dryRun) return { exitCode: done.exitCode, stderr: done.stderr, manifest: '' }
+    if (done.exitCode !== 0 || plan.dryRun) return { exitCode: done.exitCode, stderr: done.stderr, manifest: '', fault: clusterFault(done, 'helm upgrade --dry-run=server', r) }
     try {
       return { exitCode: 0, stderr: done.stderr, manifest: String(JSON.parse(done.stdout).manifest ?? '') }
     } catch {
@@ -194,9 +198,6 @@ function upgradePreview(r: ChartRun): Promise<Preview> {
   })()
   return r.preview.upgrade
 }
-
-/** Helm's words when it could not reach the API server at all (as opposed to a refused object). */
-const UNREACHABLE = /Kubernetes cluster unreachable|connection refused|no such host|i\/o timeout|dial tcp/
 
 /** What helm found wrong in a failed command's output; its last line when nothing more precise. */
 function commandProblems(chart: string, dir: string, check: ValidationProblem['check'], done: CommandResult): ValidationProblem[] {
@@ -221,6 +222,7 @@ async function lintAndRender(r: ChartRun, result: ChartValidation): Promise<Mani
   const template = await exec('helm', [...helm.templateArgs(chart, dir), ...args], quiet)
   const objects = template.exitCode === 0 && !plan.dryRun ? parseManifest(template.stdout, chart, r.invocation.runtime.YAML) : []
   result.objects = objects.length
+  if (template.exitCode === 0 && !plan.dryRun) result.errors.push(...duplicateKeys(template.stdout, r.invocation.runtime.YAML).map((d) => duplicateProblem(chart, dir, d)))
   result.errors.push(...commandProblems(chart, label, 'lint', lint), ...commandProblems(chart, label, 'render', template))
   return objects
 }
@@ -255,6 +257,13 @@ function imageFix({ config, files }: ChartPlan, image: ImageInfo, valuesPath: st
   return `set ${key} (deploy.ts then sets ${valuesPath}), or name ${image.name} there in ${where}`
 }
 
+/** A key the chart renders twice: helm renders it, Kubernetes keeps the last one silently. */
+function duplicateProblem(chart: string, dir: string, d: DuplicateKey): ValidationProblem {
+  const file = d.source ? locate(dir, d.source).file : undefined
+  const where = [file, d.object].filter(Boolean).join(': ')
+  return { check: 'render', ...(file ? { file } : {}), message: `${chart}: ${where ? `${where}: ` : ''}the key "${d.key}" is written twice in one map; Kubernetes would keep only the last one: remove the other` }
+}
+
 /** The API server's check of every object (the server-side dry run), when the cluster can be reached. */
 async function serverCheck(r: ChartRun, result: ChartValidation) {
   const { plan, helm, env } = r
@@ -268,8 +277,9 @@ async function serverCheck(r: ChartRun, result: ChartValidation) {
     return
   }
   const preview = await upgradePreview(r)
-  if (preview.exitCode !== 0 && UNREACHABLE.test(preview.stderr)) {
-    result.serverSideNote = `cluster unreachable: ${tail(preview.stderr, 1).replace(/^Error: /, '')}`
+  // The docs' promise: a cluster that cannot be reached skips the check (named, with how long it was waited for).
+  if (preview.fault) {
+    result.serverSideNote = preview.fault
     return
   }
   result.serverSide = 'checked'
@@ -344,17 +354,26 @@ interface Release {
  * revision an upgrade compares against: the last deployed one (the last one when none is).
  * Undefined when the chart is not installed.
  */
-async function currentRelease({ plan, exec, helm }: ChartRun): Promise<Release | undefined> {
+async function currentRelease(r: ChartRun): Promise<Release | undefined> {
+  const { plan, exec, helm } = r
   const { chart } = plan
   const status = (extra: string[]) =>
-    exec('helm', [...helm.statusArgs(chart), ...extra, '--output', 'json'], { capture: true, nothrow: true, timeout: 120 })
+    exec('helm', [...helm.statusArgs(chart), ...extra, '--output', 'json'], { capture: true, nothrow: true, timeout: 60 })
   const parse = (done: CommandResult, what: string) => {
-    if (done.exitCode !== 0) throw new DeployError(`${chart}: could not read ${what}: ${tail(done.stderr, 1).replace(/^Error: /, '')}`)
+    const fault = clusterFault(done, 'helm status', r)
+    if (fault) throw new DeployError(`${chart}: could not read ${what}: ${fault}; ${REACH_THE_CLUSTER}`)
+    if (done.exitCode !== 0) throw new DeployError(`${chart}: could not read ${what}: ${tail(done.stderr || done.stdout, 1).replace(/^Error: /, '') || `helm status exited with ${done.exitCode}`}`)
+    let release: unknown
     try {
-      return JSON.parse(done.stdout)
+      release = JSON.parse(done.stdout)
     } catch {
       throw new DeployError(`${chart}: could not read ${what}: \`helm status --output json\` printed no JSON`)
     }
+    // `null`, a list, an object without a revision: JSON, but no release.
+    if (!release || typeof release !== 'object' || typeof (release as { version?: unknown }).version !== 'number') {
+      throw new DeployError(`${chart}: could not read ${what}: \`helm status --output json\` printed ${JSON.stringify(release).slice(0, 40)}, not a release`)
+    }
+    return release as { version: number; manifest?: string; config?: Record<string, unknown>; info?: { status?: string } }
   }
   const last = await status([])
   if (last.exitCode !== 0 && /release: not found/.test(last.stderr)) return undefined
@@ -364,7 +383,7 @@ async function currentRelease({ plan, exec, helm }: ChartRun): Promise<Release |
     const deployed = 'revisions' in history ? [...history.revisions].reverse().find((h) => h.status === 'deployed') : undefined
     if (deployed && deployed.revision !== release.version) release = parse(await status(['--revision', String(deployed.revision)]), `revision ${deployed.revision}`)
   }
-  return { revision: release.version, manifest: release.manifest ?? '', config: release.config ?? {} }
+  return { revision: release.version, manifest: String(release.manifest ?? ''), config: release.config && typeof release.config === 'object' ? release.config : {} }
 }
 
 /** The values a deploy sets that are no secret: the images' tags and names (imageSetArgs). */
@@ -409,10 +428,12 @@ export async function diffChart(r: ChartRun) {
   const current = await currentRelease(r)
   if (current) addOldSecrets(r, current.config)
   const preview = await upgradePreview(r)
+  if (preview.fault) throw new DeployError(`${chart}: could not compute the diff: ${preview.fault}; ${REACH_THE_CLUSTER}`)
   if (preview.exitCode !== 0) {
     const first = helmProblems(chart, chartLabel(plan), 'server', preview.stderr)[0]?.message ?? `${chart}: ${tail(preview.stderr, 1)}`
     throw new DeployError(`helm upgrade --dry-run=server failed: ${first}`)
   }
+  for (const d of duplicateKeys(preview.manifest, r.invocation.runtime.YAML)) out.warn(duplicateProblem(chart, plan.files.chartDir, d).message)
   const labels: [string, string] = [current ? `(revision ${current.revision})` : '(not installed)', `(${plan.commit.slice(0, 7)})`]
   const found = await diffManifests(current?.manifest, preview.manifest, chart, labels)
   state.diff = redactDeep({ chart, namespace: chart, revision: current?.revision, ...found }, r.invocation.secrets.redact)

@@ -58,7 +58,7 @@ test('--validate: an unreachable cluster skips the server-side check with a reas
     rules: [HELM3, { tool: 'helm', match: '^upgrade', exit: 1, stderr: 'Error: Kubernetes cluster unreachable: Get "https://10.0.0.1/version": dial tcp 10.0.0.1:443: connect: connection refused\n' }],
   })
   assert.equal(unreachable.code, 0, unreachable.stderr)
-  assert.match(unreachable.stdout, /server-side check skipped: cluster unreachable: Kubernetes cluster unreachable: /)
+  assert.match(unreachable.stdout, /server-side check skipped: the cluster of KUBECONFIG=\S+ could not be reached for helm upgrade --dry-run=server \(after \d+s: Kubernetes cluster unreachable: Get "https:\/\/10\.0\.0\.1\/version": /)
   const refused = await runDeploy(repo, ['--no-setup', '--validate', 'staginghub'], {
     env: withKubeconfig(),
     rules: [HELM3, { tool: 'helm', match: '^upgrade', exit: 1, stderr: 'Error: INSTALLATION FAILED: unable to build kubernetes objects from release manifest: error validating "": error validating data: ValidationError(Deployment.spec): unknown field "replica" in io.k8s.api.apps.v1.DeploymentSpec\n' }],

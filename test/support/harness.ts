@@ -138,6 +138,8 @@ export interface Rule {
   touch?: string
   /** Wait, without a clock, until this many matching calls run at once (standin.mjs, barrier()). */
   barrier?: number
+  /** Answer only the first this many matching calls; later ones go to the next matching rule. */
+  upTo?: number
 }
 
 export interface Call {
@@ -214,6 +216,8 @@ export interface RunOptions {
    * test runner's stdin never reaches deploy.ts or its commands).
    */
   openStdin?: boolean
+  /** A file descriptor deploy.ts writes its stdout to (e.g. /dev/full's) instead of a pipe; `stdout` is then ''. */
+  stdoutFd?: number
 }
 
 /** The secret scan every scenario gets: output and every recorded argv. */
@@ -274,10 +278,10 @@ export function runDeploy(repo: string, args: string[], options: RunOptions = {}
   for (const [k, v] of Object.entries(options.env ?? {})) if (v !== undefined) env[k] = v
   const [cmd, ...pre] = deployCommand()
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, [...pre, ...args], { cwd: repo, env, stdio: [options.openStdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] })
+    const child = spawn(cmd, [...pre, ...args], { cwd: repo, env, stdio: [options.openStdin ? 'pipe' : 'ignore', options.stdoutFd ?? 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
-    child.stdout!.on('data', (d) => (stdout += d))
+    child.stdout?.on('data', (d) => (stdout += d))
     child.stderr!.on('data', (d) => (stderr += d))
     child.on('error', reject)
     options.onSpawn?.(child)
