@@ -17,6 +17,7 @@ import { changedCharts, checkRange, type Watched } from './git.ts'
 import { makeExec, writeResult, type Invocation } from './process.ts'
 import { chartNames, type Args } from './cli.ts'
 import { chartFiles, noChartsHere } from './plan.ts'
+import { watchedWithLocal } from './localcharts.ts'
 
 const FLEET_FILE = 'fleet.yaml'
 
@@ -342,9 +343,12 @@ export function envFileOf(args: Args): string {
 }
 
 /** What changes each chart (lib/git.ts changedCharts): with a fleet, each as its cluster configures it. */
-export function watchedCharts(charts: string[], config: Config, fleet: Fleet | undefined, envFile: string | undefined): Watched[] {
+export function watchedCharts(charts: string[], config: Config, fleet: Fleet | undefined, envFile: string | undefined, YAML: typeof YAMLModule): Watched[] {
   const configs = new Map(fleet ? [...fleet.clusters.keys()].map((c) => [c, clusterConfig(fleet, c, envFile)]) : [])
-  return charts.map((chart) => ({ chart, ...chartFiles(chart, configs.get(fleet?.hubs.get(chart)?.cluster ?? '') ?? config) }))
+  return charts.map((chart) => {
+    const files = chartFiles(chart, configs.get(fleet?.hubs.get(chart)?.cluster ?? '') ?? config)
+    return { chart, watched: watchedWithLocal(files, YAML), keys: files.keys }
+  })
 }
 
 /**
@@ -390,7 +394,7 @@ export async function printCharts(invocation: Invocation, args: Args, config: Co
   if (args.changed !== undefined) {
     const exec = makeExec({ env: config.env, dryRun: false, out: log, heartbeatSeconds: 0, invocation })
     const range = checkRange(args.changed, '--changed')
-    const changed = new Set(await changedCharts(exec, log, range, watchedCharts(charts, config, fleet, args['env-file']), envFileOf(args)))
+    const changed = new Set(await changedCharts(exec, log, range, watchedCharts(charts, config, fleet, args['env-file'], invocation.runtime.YAML), envFileOf(args)))
     if (fleet) for (const hub of await fleetChanges(exec, fleet, await rangeBase(exec, range), invocation.runtime.YAML)) changed.add(hub)
     names = charts.filter((c) => changed.has(c))
   } else if (!charts.length) log.warn(noChartsHere())

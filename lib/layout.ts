@@ -14,6 +14,7 @@ import { DeployError, type ChartSource } from './contract.ts'
 import { CHART_NAME, type Config } from './config.ts'
 import { wholeReason } from './process.ts'
 import { HELM_VERSIONS } from './helm.ts'
+import { fetchedFirst } from './localcharts.ts'
 import type { ChartRun } from './plan.ts'
 
 type Layout = ChartSource['layout']
@@ -151,9 +152,16 @@ function ensureDir(dir: string): string {
   return dir
 }
 
-/** What runs before `helm upgrade`: `helm dep up` in the wrapper chart, or deploy.py's `helm repo add`. */
-export async function prepareChart({ plan, exec }: ChartRun) {
-  const step = LAYOUTS[plan.files.source.layout].prepare(plan.files.source)
+/**
+ * What runs before `helm upgrade`: `helm dep up` in the wrapper chart (first `helm dep up <dir>`
+ * in each local dependency with dependencies of its own: lib/localcharts.ts), or deploy.py's
+ * `helm repo add`.
+ */
+export async function prepareChart({ plan, exec, invocation }: ChartRun) {
+  const { source } = plan.files
+  const first = source.layout === 'wrapper-chart' ? fetchedFirst(source.chart, invocation.runtime.YAML) : []
+  for (const dir of first) await exec('helm', ['dep', 'up', dir], { timeout: 300 })
+  const step = LAYOUTS[source.layout].prepare(source)
   await exec('helm', step.args, { cwd: step.cwd, timeout: 300 })
 }
 

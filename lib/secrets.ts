@@ -242,13 +242,23 @@ export function readSecretFile(file: string, what: string, fix: string): string 
   return bytes.toString('utf8')
 }
 
-/** Refuses a secrets YAML file that does not parse, naming the file and line, never its content. */
+/**
+ * Refuses a secrets YAML file that does not parse, naming the file and line, never its
+ * content; and one sops encrypted (hubploy's secrets: docs/migrating.md), whose `ENC[...]`
+ * values helm would deploy as they are.
+ */
 export function checkSecretsYaml(file: string, text: string, YAML: typeof YAMLModule) {
-  const error = YAML.parseDocument(text, { logLevel: 'silent' }).errors[0]
-  if (!error) return
-  const line = error.linePos?.[0]?.line
-  const what = error.code.toLowerCase().replace(/_/g, ' ')
-  throw usageError(`${file}${line ? `:${line}` : ''}: not valid YAML (${what}); fix the file (its content is not shown: it holds secrets)`)
+  const doc = YAML.parseDocument(text, { logLevel: 'silent' })
+  const error = doc.errors[0]
+  if (error) {
+    const line = error.linePos?.[0]?.line
+    const what = error.code.toLowerCase().replace(/_/g, ' ')
+    throw usageError(`${file}${line ? `:${line}` : ''}: not valid YAML (${what}); fix the file (its content is not shown: it holds secrets)`)
+  }
+  const sops = (doc.toJS() as { sops?: unknown } | null)?.sops
+  if (sops && typeof sops === 'object' && 'mac' in sops) {
+    throw usageError(`${file} is encrypted with sops: helm would deploy its ENC[...] values as they are; decrypt it (sops --decrypt --in-place ${file}) and let git-crypt encrypt it (docs/migrating.md#from-hubploy)`)
+  }
 }
 
 /** Reads a secret file the run needs; a dry run notes a missing or locked one and goes on. */

@@ -446,7 +446,7 @@ export async function runWaves(invocation: Invocation, args: Args, config: Confi
     .finally(untrap)
   if (!read || invocation.cancelled) return invocation.cancelled === 'SIGINT' ? EXIT.sigint : EXIT.sigterm
   const histories = new Map(read.flatMap((m) => [...m]))
-  const changes = { watched: watchedCharts(charts, config, fleet, args['env-file']), envFile: envFileOf(args), fleet, YAML: invocation.runtime.YAML }
+  const changes = { watched: watchedCharts(charts, config, fleet, args['env-file'], invocation.runtime.YAML), envFile: envFileOf(args), fleet, YAML: invocation.runtime.YAML }
   const rels = await relations(exec, out, commit, recordedCommits([...histories.values()]), changes)
   const views = new Map([...fleet.hubs.values()].map((h): [string, HubView] => {
     const base = { hub: h.name, cluster: h.cluster, wave: h.wave }

@@ -10,6 +10,7 @@ import path from 'node:path'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { YAML } from 'zx'
 import { startServer, stopServers } from './support/http.ts'
+import { FIXTURES, migrationFixture, type FixtureName } from './support/migrating.ts'
 import { ROOT, HELM3, PASSWORD, PLANTED, PRIVATE_KEY_LINE, SECRET_TOKEN, GRAFANA_PASSWORD, commit, findLeak, git, gitCryptFilter, makeRepo, runDeploy, standinBin, tempDir, type Rule, type RunResult } from './support/harness.ts'
 
 const read = (file: string) => fs.readFileSync(path.join(ROOT, file), 'utf8')
@@ -187,24 +188,42 @@ test('Travis deploys in one && chain, staging first, and docs/adding-a-hub.md ad
 //   (HUB_URL_<CHART>): no example reaches beyond 127.0.0.1;
 // - a line that cannot run here is marked just above its block with an HTML comment,
 //   `<!-- not run by test/docs.test.ts: <the line> (<why>) -->`; the mark must name a line of
-//   the block and give a reason, so marks cannot outlive what they excuse.
-interface Example { file: string; line: number; command: string }
-interface DocExamples { examples: Example[]; files: Record<string, string> }
+//   the block and give a reason, so marks cannot outlive what they excuse;
+// - after `<!-- fixture: NAME -->` (until the next `## ` heading) the examples and files are
+//   another repository's, one test/support/migrating.ts builds (docs/migrating.md: a
+//   repository moving in); there a `text` block of `INFO:root:` lines right after a `sh`
+//   block is what its last command prints: each line, in order, among its stderr lines
+//   (`<tag>`: the tag of a hub's user image directory, the hub it follows, `<name><hub>:<tag>`,
+//   or else the one the line's `--namespace` names; a line ending in ` …` is the start of
+//   one), and a `dotenv` block whose
+//   first line is `# <path>: ...` is a file, like a `yaml` one.
+interface Example { file: string; line: number; command: string; fixture?: FixtureName; expect?: string[] }
+interface DocExamples { examples: Example[]; files: Record<string, string>; fixtureFiles: Partial<Record<FixtureName, Record<string, string>>> }
 
 function docExamples(file: string): DocExamples {
   const lines = read(file).split('\n')
-  const result: DocExamples = { examples: [], files: {} }
+  const result: DocExamples = { examples: [], files: {}, fixtureFiles: {} }
   let marks: string[] = []
+  let fixture: FixtureName | undefined
   for (let i = 0; i < lines.length; i++) {
     const mark = /^\s*<!-- not run by test\/docs\.test\.ts: (.+) \((.+)\) -->\s*$/.exec(lines[i])
     if (mark) { marks.push(mark[1]); continue }
+    const fixtureMark = /^<!-- fixture: (\S+) -->$/.exec(lines[i])
+    if (fixtureMark) {
+      assert.ok((FIXTURES as readonly string[]).includes(fixtureMark[1]), `${file}:${i + 1}: no fixture ${fixtureMark[1]} in test/support/migrating.ts`)
+      fixture = fixtureMark[1] as FixtureName
+      continue
+    }
+    if (lines[i].startsWith('## ')) fixture = undefined
     const fence = /^(\s*)```(\w*)\s*$/.exec(lines[i])
     if (!fence) { if (lines[i].trim()) marks = []; continue }
     const [, indent, lang] = fence
     const body: { line: number; text: string }[] = []
     for (i++; i < lines.length && !/^\s*```\s*$/.test(lines[i]); i++) body.push({ line: i + 1, text: lines[i].slice(indent.length) })
-    const named = ({ ts: /^\/\/ ([\w./-]+\.ts):/, yaml: /^# ([\w./-]+\.ya?ml):/ } as Record<string, RegExp>)[lang]?.exec(body[0]?.text ?? '')
-    if (named) result.files[named[1]] = body.map((b) => b.text).join('\n') + '\n'
+    const named = ({ ts: /^\/\/ ([\w./-]+\.ts):/, yaml: /^# ([\w./-]+\.ya?ml):/, dotenv: /^# ([\w./-]+\.env):/ } as Record<string, RegExp>)[lang]?.exec(body[0]?.text ?? '')
+    if (named) (fixture ? (result.fixtureFiles[fixture] ??= {}) : result.files)[named[1]] = body.map((b) => b.text).join('\n') + '\n'
+    const last = result.examples.at(-1)
+    if (fixture && lang === 'text' && body[0]?.text.startsWith('INFO:root:') && last?.fixture === fixture) last.expect = body.map((b) => b.text)
 
     if (lang === 'sh') {
       for (let j = 0; j < body.length; j++) {
@@ -213,7 +232,7 @@ function docExamples(file: string): DocExamples {
         const open = (t: string) => t.endsWith('\\') || (t.split("'").length - 1) % 2 === 1
         while (open(text) && j + 1 < body.length) text = text.endsWith('\\') ? text.slice(0, -1) + body[++j].text : `${text}\n${body[++j].text}`
         if (!text.trim() || text.trim().startsWith('#')) continue
-        const example = { file, line, command: text.trim() }
+        const example: Example = { file, line, command: text.trim(), fixture }
         const at = marks.indexOf(example.command.replace(/\s+#.*$/, ''))
         if (at >= 0) marks.splice(at, 1)
         else result.examples.push(example)
@@ -271,35 +290,64 @@ function runExample(repo: string, bin: string, work: string, hub: string, comman
 
 after(() => stopServers(), { timeout: 30_000 })
 
+/** Runs examples in order in `repo`, each to exit 0 and without a planted secret in its output; checks what each shows it prints. */
+async function runExamples(repo: string, examples: Example[]) {
+  const hub = await startServer([{ body: { version: '5.2.1' } }])
+  const work = tempDir('deploy-docs-run-')
+  fs.mkdirSync(path.join(work, 'home'))
+  // The cluster the stand-ins play: Helm 3, and pods in every namespace.
+  fs.writeFileSync(path.join(work, 'rules.json'), JSON.stringify([HELM3, PODS]))
+  const bin = standinBin()
+  fs.writeFileSync(path.join(bin, 'npm'), '#!/bin/sh\n[ "$1" = ci ] && [ -d node_modules ] && exit 0\necho "npm $*: not available in the docs test" >&2; exit 127\n', { mode: 0o755 })
+  // `deno` as a Deno user has it: the real binary on PATH.
+  fs.symlinkSync(path.join(ROOT, 'node_modules/deno/deno'), path.join(bin, 'deno'))
+  for (const example of examples) {
+    const r = runExample(repo, bin, work, hub.origin, example.command)
+    const where = `${example.file}:${example.line}: ${example.command}`
+    assert.equal(r.status, 0, `${where}\nexit ${r.status}\n${r.stdout.slice(-1500)}\n${r.stderr.slice(-1500)}`)
+    const leak = findLeak({ stdout: r.stdout, stderr: r.stderr, calls: [] }, PLANTED)
+    assert.equal(leak, undefined, `${where}: ${leak}`)
+    if (example.expect) assertPrinted(repo, r.stderr, example.expect, where)
+  }
+}
+
+/** The lines a page shows a command prints, in order, among its stderr lines (a fleet's `[cluster] ` prefix aside). */
+function assertPrinted(repo: string, stderr: string, expected: string[], where: string) {
+  const printed = stderr.split('\n').map((l) => l.replace(/^\[[\w.-]+\] /, ''))
+  let at = 0
+  const tag = (hub: string) => git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', `user-images/${hub}`)
+  const hubs = fs.existsSync(path.join(repo, 'user-images')) ? fs.readdirSync(path.join(repo, 'user-images')).sort((a, b) => b.length - a.length) : []
+  for (const line of expected) {
+    const named = hubs.reduce((l, hub) => l.replaceAll(`${hub}:<tag>`, `${hub}:${tag(hub)}`), line)
+    const namespace = /--namespace (\S+)/.exec(line)?.[1]
+    const wanted = namespace ? named.replaceAll('<tag>', tag(namespace)) : named
+    const matches = (l: string) => (wanted.endsWith(' …') ? l.startsWith(wanted.slice(0, -1)) : l === wanted)
+    const found = printed.findIndex((l, i) => i >= at && matches(l))
+    assert.ok(found >= 0, `${where}: does not print, after the lines before it on the page:\n${wanted}\n--- it printed:\n${stderr}`)
+    at = found + 1
+  }
+}
+
 for (const file of markdown) {
-  const { examples, files } = docExamples(file)
-  if (!examples.length) continue
-  test(`${file}: every shell example runs as written`, { timeout: 300_000 }, async () => {
-    const hub = await startServer([{ body: { version: '5.2.1' } }])
-    const repo = docsFixture(files)
-    const work = tempDir('deploy-docs-run-')
-    fs.mkdirSync(path.join(work, 'home'))
-    // The cluster the stand-ins play: Helm 3, and pods in every namespace.
-    fs.writeFileSync(path.join(work, 'rules.json'), JSON.stringify([HELM3, PODS]))
-    const bin = standinBin()
-    fs.writeFileSync(path.join(bin, 'npm'), '#!/bin/sh\n[ "$1" = ci ] && [ -d node_modules ] && exit 0\necho "npm $*: not available in the docs test" >&2; exit 127\n', { mode: 0o755 })
-    // `deno` as a Deno user has it: the real binary on PATH.
-    fs.symlinkSync(path.join(ROOT, 'node_modules/deno/deno'), path.join(bin, 'deno'))
-    for (const example of examples) {
-      const r = runExample(repo, bin, work, hub.origin, example.command)
-      const where = `${example.file}:${example.line}: ${example.command}`
-      assert.equal(r.status, 0, `${where}\nexit ${r.status}\n${r.stdout.slice(-1500)}\n${r.stderr.slice(-1500)}`)
-      const leak = findLeak({ stdout: r.stdout, stderr: r.stderr, calls: [] }, PLANTED)
-      assert.equal(leak, undefined, `${where}: ${leak}`)
-    }
-  })
+  const { examples, files, fixtureFiles } = docExamples(file)
+  const plain = examples.filter((e) => !e.fixture)
+  if (plain.length) {
+    test(`${file}: every shell example runs as written`, { timeout: 300_000 }, async () => {
+      await runExamples(docsFixture(files), plain)
+    })
+  }
+  for (const fixture of FIXTURES.filter((f) => examples.some((e) => e.fixture === f))) {
+    test(`${file}: every shell example of ${fixture} runs as written, on a repository shaped like it`, { timeout: 120_000 }, async () => {
+      await runExamples(migrationFixture(fixture, fixtureFiles[fixture]).repo, examples.filter((e) => e.fixture === fixture))
+    })
+  }
 }
 
 test('deploy.ts commands quoted in the prose name only charts this repository has', { timeout: 5_000 }, () => {
   const charts = new Set([...fs.readdirSync(path.join(ROOT, 'hub-charts')), 'monitoring'])
   const valued = new Set(['--parallel', '--changed', '--plugin', '--env-file', '--dotenv', '--cluster', '--observed'])
-  // performance.md describes the benchmarks' own fixture charts (hub1 … hub6).
-  for (const file of markdown.filter((f) => f !== 'docs/performance.md')) {
+  // performance.md describes the benchmarks' own fixture charts (hub1 … hub6); migrating.md, the hubs of repositories moving in.
+  for (const file of markdown.filter((f) => f !== 'docs/performance.md' && f !== 'docs/migrating.md')) {
     for (const [, args] of read(file).matchAll(/`(?:npx tsx |deno run -A )?deploy\.ts((?: [^`]*)?)`/g)) {
       const words = args.trim().split(/\s+/).filter(Boolean)
       for (let i = 0; i < words.length; i++) {
