@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url'
 import { DeployError, EXIT, type ImageInfo, type Phase } from './lib/contract.ts'
 import { loadConfig, type Config } from './lib/config.ts'
 import { asDeployError } from './lib/secrets.ts'
-import { Invocation, inGroup, tail } from './lib/process.ts'
+import { Invocation, emit, inGroup, tail, writeResult } from './lib/process.ts'
 import { handlePendingRelease, makeHelm, printDiagnostics, recordLiveRevision, rollBack, warnVersionSkew } from './lib/helm.ts'
 import { commitRange, touchedDirs } from './lib/git.ts'
 import { chartFiles, chartRun, checkRepository, collectFileSecrets, discoverCharts, noChartsHere, planChart, valuesArgs, type ChartRun, type Request } from './lib/plan.ts'
@@ -81,16 +81,19 @@ async function imageExists({ exec, out }: ChartRun, name: string, tag: string): 
   return r.exitCode === 0
 }
 
-async function needsRebuild(r: ChartRun, image: ImageInfo, touched: Set<string> | undefined): Promise<boolean> {
-  if (touched?.has(image.dir)) return true
+/** Why an image is built: the range touched its dir, or the registry lacks its tag (a dry run plans for that); undefined: it is not. */
+type BuildReason = 'touched' | 'missing' | undefined
+
+async function needsRebuild(r: ChartRun, image: ImageInfo, touched: Set<string> | undefined): Promise<BuildReason> {
+  if (touched?.has(image.dir)) return 'touched'
   if (r.plan.dryRun) {
     r.out.print(`# ${image.spec}: built only if the registry lacks it`)
     await imageExists(r, image.name, image.tag)
-    return true
+    return 'missing'
   }
-  if (await imageExists(r, image.name, image.tag)) return false
+  if (await imageExists(r, image.name, image.tag)) return undefined
   r.out.info(`${image.spec} is not in the registry: building it`)
-  return true
+  return 'missing'
 }
 
 /** BuildKit reads --cache-from straight from the registry when images carry inline cache. */
@@ -100,10 +103,14 @@ function buildKit(r: ChartRun): boolean {
 
 /**
  * The newest of the dir's last five tags that the registry has, for --cache-from: pulled
- * for the legacy builder (which ignores an image it does not have), not for BuildKit.
+ * for the legacy builder (which ignores an image it does not have), not for BuildKit. The
+ * tag being built is one only when the range touched its dir in a real run (the original's
+ * first candidate: an earlier run of this commit may have pushed it); when the registry
+ * lacks it, and in a dry run, which plans for a new tag, it is none.
  */
-async function findCacheImage(r: ChartRun, image: ImageInfo): Promise<string | undefined> {
-  const candidates = r.plan.history.get(image.dir) ?? []
+async function findCacheImage(r: ChartRun, image: ImageInfo, reason: BuildReason): Promise<string | undefined> {
+  const itself = reason === 'touched' && !r.plan.dryRun
+  const candidates = (r.plan.history.get(image.dir) ?? []).filter((tag) => itself || tag !== image.tag)
   // All lookups at once: each costs a registry round trip, whatever the image's size.
   const found = r.plan.dryRun ? candidates.map(() => true) : await Promise.all(candidates.map((tag) => imageExists(r, image.name, tag)))
   const tag = candidates[found.indexOf(true)]
@@ -121,11 +128,12 @@ type FireHook = (hook: 'beforePush' | 'afterPush') => Promise<unknown>
 
 async function buildImage(r: ChartRun, image: ImageInfo, touched: Set<string> | undefined, fire: FireHook) {
   const label = image.kind === 'hub' ? 'hub image' : 'image'
-  if (!(await needsRebuild(r, image, touched))) {
+  const reason = await needsRebuild(r, image, touched)
+  if (!reason) {
     r.out.print(`Do not need to rebuild ${label}, using ${image.spec}`)
     return
   }
-  const cache = await findCacheImage(r, image)
+  const cache = await findCacheImage(r, image, reason)
   const cacheArgs = cache ? ['--cache-from', cache] : []
   const inlineCache = buildKit(r) ? ['--build-arg', 'BUILDKIT_INLINE_CACHE=1'] : []
   await r.exec('docker', ['build', ...cacheArgs, ...inlineCache, '-t', image.spec, image.dir], { timeout: r.plan.config.buildTimeoutSeconds })
@@ -171,7 +179,7 @@ async function deploy(r: ChartRun, pluginArgs: string[]) {
   // helm stops waiting at its own --timeout; ours is only a backstop.
   const backstop = plan.config.helmTimeoutSeconds + 120
   const args = helm.upgradeArgs(plan.chart, plan.files.source.chart, plan.config.helmTimeoutSeconds, values)
-  const upgrade = await exec('helm', args, { timeout: backstop }).catch(async (e: DeployError) => {
+  const upgrade = await exec('helm', args, { timeout: backstop, cluster: 'helm upgrade' }).catch(async (e: DeployError) => {
     // A pending release is refused by helm before it changes anything: name the state and the repair.
     if (helm.isPendingRefusal(e.output ?? '') && (await handlePendingRelease(r))) throw e
     await printDiagnostics(r)
@@ -184,7 +192,7 @@ async function rollout({ plan, exec, out }: ChartRun) {
   const ns = plan.chart
   const { config } = plan
   out.info('Waiting for all deployments to be up and running')
-  const list = await exec('kubectl', ['--namespace', ns, 'get', 'deployments', '-o', 'name'], { capture: true, timeout: 120 })
+  const list = await exec('kubectl', ['--namespace', ns, 'get', 'deployments', '-o', 'name'], { capture: true, timeout: 120, cluster: 'kubectl get deployments' })
   const timeout = `--timeout=${config.rolloutTimeoutSeconds}s`
   if (plan.dryRun) {
     out.info(`Executing kubectl rollout status --namespace ${ns} --watch <each deployment> ${timeout}`)
@@ -256,6 +264,8 @@ async function deployCharts(invocation: Invocation, args: Args, groups: ChartGro
   const { log } = invocation
   // Every secret is known before a plugin loads or a command starts, so none can print one.
   for (const { config, names } of groups) collectFileSecrets(invocation.secrets, config, names, invocation.runtime.YAML)
+  // Plugins run in this process from here on: none may end it (Invocation.guardExit).
+  invocation.guardExit()
   const plugins = await loadPlugins(pluginNames(args, groups[0].config), invocation.secrets)
   // --json with --validate/--diff: stdout carries one JSON document, everything else goes to stderr.
   const json = args.json && (args.validate || args.diff)
@@ -276,7 +286,7 @@ async function deployCharts(invocation: Invocation, args: Args, groups: ChartGro
       const plan = await planChart(chart, request, facts, tools[i])
       // A chart whose record cannot be written (its dependencies unreadable) stops here, before anything runs.
       if (record) deployRecord({ ...plan, chartSource: plan.files.source }, invocation.runtime.YAML)
-      return chartRun(tools[i], plan, makeHelm(plan.helmMajor, tools[i].exec))
+      return chartRun(tools[i], plan, makeHelm(plan.helmMajor, tools[i]))
     }))
   }))
   const runs = planned.flat()
@@ -291,7 +301,7 @@ async function deployCharts(invocation: Invocation, args: Args, groups: ChartGro
     if (invocation.cancelled) for (const r of runs) r.out.flush(`deploy ${r.plan.chart}`)
   }
   if (invocation.cancelled) return invocation.cancelled === 'SIGINT' ? EXIT.sigint : EXIT.sigterm
-  if (json) process.stdout.write(JSON.stringify(previewReport(runs, invocation.secrets.redact), null, 2) + '\n')
+  if (json) await writeResult(JSON.stringify(previewReport(runs, invocation.secrets.redact), null, 2) + '\n')
   printSummary(json ? invocation.output({ stdout: 'stderr' }) : log, runs)
   const failed = runs.find((r) => r.state.result === 'failed')
   // With --json, stdout ends with the JSON document: no `::error::` line after it.
@@ -299,15 +309,23 @@ async function deployCharts(invocation: Invocation, args: Args, groups: ChartGro
   return failed ? failed.state.error!.exitCode : EXIT.ok
 }
 
-/** One invocation: returns its exit code; an error ends it with one `ERROR:` line. */
+/** One invocation: returns its exit code, once no command it started is left; an error ends it with one `ERROR:` line. */
 async function main(argv: string[]): Promise<number> {
   const invocation = new Invocation()
+  try {
+    return await invoke(invocation, argv)
+  } finally {
+    await invocation.finish()
+  }
+}
+
+async function invoke(invocation: Invocation, argv: string[]): Promise<number> {
   const { log } = invocation
   invocation.trapCrashes()
   try {
     const args = parseArgs(argv)
     if (args.help || args.version) {
-      log.print(args.help ? USAGE : `deploy.ts ${version()}`)
+      await writeResult(`${args.help ? USAGE : `deploy.ts ${version()}`}\n`)
       return EXIT.ok
     }
     invocation.verbose = args.verbose
@@ -318,7 +336,7 @@ async function main(argv: string[]): Promise<number> {
     invocation.secrets.addFromEnv(config.env)
     if (args.list && !args.json) {
       if (charts.length === 0) log.warn(noChartsHere())
-      else log.print(charts.join('\n'))
+      else await writeResult(charts.map((c) => `${c}\n`).join(''))
       for (const chart of charts) {
         const { source, unused } = chartFiles(chart, config)
         if (unused) log.warn(unusedNote(chart, source, unused))
@@ -339,8 +357,8 @@ async function main(argv: string[]): Promise<number> {
   } catch (e) {
     const err = asDeployError(e, invocation.secrets)
     const message = invocation.secrets.redact(err.message)
-    if (!err.reported) process.stderr.write(`ERROR: ${message}\n`)
-    if (invocation.ci.github) process.stdout.write(`::error::${message.split('\n')[0]}\n`)
+    if (!err.reported) emit('stderr', `ERROR: ${message}\n`)
+    if (invocation.ci.github) emit('stdout', `::error::${message.split('\n')[0]}\n`)
     return err.exitCode
   }
 }

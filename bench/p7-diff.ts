@@ -5,6 +5,7 @@
 // and our own comparison (parse both manifests, diff, format), timed in process.
 import { commit, git, makeRepo } from '../test/support/harness.ts'
 import { diffManifests } from '../deploy.ts'
+import { TOOLCHAINS, toolchainLabel } from '../test/support/tools.ts'
 import { cluster, deployTs, phaseSeconds } from './fixtures.ts'
 import { type Bench, fmtMs, fmtRatio, max, median, min, scratch, table } from './lib.ts'
 
@@ -88,8 +89,9 @@ metadata:
 export const p7: Bench = {
   id: 'P7',
   title: '`--diff` of a chart with 20 objects',
-  async run() {
-    const c = await cluster(0)
+  toolchains: TOOLCHAINS,
+  async run(toolchain) {
+    const c = await cluster(0, toolchain)
     try {
       const repo = makeRepo({ hubs: [HUB], noSetupSecrets: true })
       scratch.add(repo)
@@ -167,7 +169,7 @@ export const p7: Bench = {
         `Chart: ${objects} objects (${DEPLOYMENTS.length} Deployments, ${DEPLOYMENTS.length} Services, ${CONFIGMAPS.length} ConfigMaps,`,
         `${SECRETS.length} Secrets, ${ACCOUNTS.length} ServiceAccounts), installed with \`deploy.ts --deploy\`, then a commit that changes`,
         `the user image and a value: \`${summary}\`. ${ROUNDS} rounds, each command once per round, interleaved,`,
-        'after one warm-up run of --diff. Real helm 3.17 against the simulated API; deploy.ts under `node --import tsx`.',
+        `after one warm-up run of --diff. Real ${toolchainLabel(toolchain)} against the simulated API; deploy.ts under \`node --import tsx\`.`,
         '',
         table(['what', 'median', 'range', '÷ helm template'], [
           row('`helm template` of the chart, same values (baseline)', times.template),

@@ -61,9 +61,33 @@ const FLAGS = {
   string: ['env-file', 'plugin', 'parallel', 'changed', 'cluster', 'observed'],
 }
 
+/** What each flag that takes a value takes, for its messages. */
+const VALUES: Record<string, string> = {
+  'env-file': 'a file',
+  dotenv: 'a file',
+  plugin: 'a plugin name or path',
+  parallel: 'a whole number of charts, 1 or more',
+  changed: 'a commit range such as main..HEAD',
+}
+
+/**
+ * `--parallel -1` as `--parallel=-1`: minimist would read `-1` as an option of its own and the
+ * message would name `-1`, not the flag whose value it is.
+ */
+function joinValues(argv: string[]): string[] {
+  const joined: string[] = []
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--') return [...joined, ...argv.slice(i)]
+    const flag = /^--([a-z-]+)$/.exec(argv[i])?.[1]
+    if (flag && Object.hasOwn(VALUES, flag) && /^-[^-]/.test(argv[i + 1] ?? '')) joined.push(`--${flag}=${argv[++i]}`)
+    else joined.push(argv[i])
+  }
+  return joined
+}
+
 export function parseArgs(argv: string[]) {
   const unknown: string[] = []
-  const args = minimist(argv, {
+  const args = minimist(joinValues(argv), {
     ...FLAGS,
     default: { setup: true },
     alias: { 'env-file': 'dotenv' },
@@ -72,10 +96,15 @@ export function parseArgs(argv: string[]) {
   if (unknown.length) throw usageError(`unknown option ${unknown[0]}; see deploy.ts --help`)
   for (const key of ['env-file', 'parallel', 'changed', 'cluster', 'observed']) {
     if (Array.isArray(args[key])) throw usageError(`--${key} given twice; give it once`)
-    if (args[key] === '') throw usageError(`--${key} needs a value`)
+    if (args[key] === '') throw usageError(`--${key} needs a value: ${VALUES[key]}`)
   }
-  if (args.parallel !== undefined && !/^[1-9]\d*$/.test(args.parallel)) throw usageError(`--parallel ${args.parallel}: give a whole number of charts, 1 or more`)
-  if ([args.plugin ?? []].flat().some((p: string) => !p.trim())) throw usageError('--plugin needs a value: a plugin name or path')
+  if (args.parallel !== undefined && !/^[1-9]\d*$/.test(args.parallel)) throw usageError(`--parallel ${args.parallel}: give ${VALUES.parallel}`)
+  if ([args.plugin ?? []].flat().some((p: string) => !p.trim())) throw usageError(`--plugin needs a value: ${VALUES.plugin}`)
+  // A file or plugin named like an option is written as a path (./-x.ts), so a typo is never taken for one.
+  for (const key of ['env-file', 'plugin']) {
+    const odd = [args[key] ?? []].flat().find((v: string) => v.startsWith('-'))
+    if (odd) throw usageError(`--${key} ${odd}: give ${VALUES[key]}, not an option (a file named so is ./${odd})`)
+  }
   checkCombination(args)
   return args
 }
@@ -115,10 +144,10 @@ function checkFleetFlags(args: minimist.ParsedArgs, phaseFlags: string[]) {
   if (args.waves && !args.deploy) throw usageError('--waves deploys the hubs whose wave is open: add --deploy (or look first with --plan)')
 }
 
+/** package.json's version; `unknown` where there is none to read (Deno running deploy.ts from an https: URL). */
 export function version(): string {
-  const pkg = fileURLToPath(new URL('../package.json', import.meta.url))
   try {
-    return JSON.parse(fs.readFileSync(pkg, 'utf8')).version
+    return JSON.parse(fs.readFileSync(fileURLToPath(new URL('../package.json', import.meta.url)), 'utf8')).version
   } catch {
     return 'unknown'
   }

@@ -56,6 +56,8 @@ export type Config = typeof DEFAULTS & {
   rollbackOnFailure: boolean
   /** Everything from .env and the environment, for plugins' own keys. */
   env: Record<string, string | undefined>
+  /** Where each key of DEFAULTS that is set was set: `the environment`, or the env file's name. */
+  setIn: Readonly<Partial<Record<keyof typeof DEFAULTS, string>>>
 }
 
 /** Seconds in a duration such as `600`, `90s`, `10m`, `1h30m`, however large; NaN when it does not parse. */
@@ -163,7 +165,8 @@ function readEnvFile(file: string, { required }: { required: boolean }): Record<
     return {}
   }
   if (!fs.statSync(file).isFile()) throw usageError(`${file}: not a file; ${required ? 'give --env-file a file' : 'remove it or make it a KEY=VALUE file'}`)
-  const text = fs.readFileSync(file, 'utf8')
+  // CRLF (a file saved on Windows) and CR line ends read as dotenv reads them.
+  const text = fs.readFileSync(file, 'utf8').replace(/\r\n?/g, '\n')
   let quote = ''
   text.split('\n').forEach((line, i) => {
     if (quote) {
@@ -194,13 +197,17 @@ export function loadConfig(envFile: string | undefined, environment = process.en
   if (runsCode) throw usageError(`${file}: ${runsCode} would make the commands deploy.ts starts run other code or read elsewhere; remove it from ${file} (set it in the environment if you really mean it)`)
   const env = { ...fromFile, ...environment }
   const values = { ...DEFAULTS }
+  const setIn: Partial<Record<keyof typeof DEFAULTS, string>> = {}
   for (const key of Object.keys(DEFAULTS) as (keyof typeof DEFAULTS)[]) {
     // Empty is the default of some keys (DOCKER_REGISTRY: Docker Hub); set empty, any other key is a mistake.
     if (env[key] === '' && DEFAULTS[key] !== '') {
       const where = environment[key] === '' ? 'in the environment' : `in ${file}`
       throw usageError(`${key} is set but empty (${where}): give it a value, or remove it to use the default (${DEFAULTS[key]})`)
     }
-    if (env[key] !== undefined && env[key] !== '') values[key] = env[key]!
+    if (env[key] !== undefined && env[key] !== '') {
+      values[key] = env[key]!
+      setIn[key] = environment[key] ? 'the environment' : file
+    }
   }
   checkToolValues(values)
   const seconds = (key: keyof typeof DURATION_RANGES) => checkDuration(key, values[key], DURATION_RANGES[key])
@@ -219,5 +226,6 @@ export function loadConfig(envFile: string | undefined, environment = process.en
     lockTimeoutSeconds: seconds('LOCK_TIMEOUT'),
     rollbackOnFailure: flag('ROLLBACK_ON_FAILURE'),
     env,
+    setIn,
   }
 }

@@ -82,6 +82,10 @@ export interface CommandResult {
   stdout: string
   stderr: string
   exitCode: number
+  /** Set when deploy.ts stopped the command because it outlived its `timeout`. */
+  timedOut?: boolean
+  /** How long it ran, in seconds. */
+  seconds?: number
 }
 
 export interface ExecOptions {
@@ -102,6 +106,10 @@ export interface ExecOptions {
   readOnly?: boolean
   /** Runs even after SIGINT/SIGTERM, within its timeout (how a cancelled run releases the deploy lock). */
   cleanup?: boolean
+  /** Stops the command (SIGTERM, SIGKILL 10 s later) when this aborts; `ctx.run` passes the hook's `ctx.signal`. */
+  signal?: AbortSignal
+  /** What the command waits for on the cluster (`helm upgrade`): a failure without the API server's answer then names the cluster and how long it waited. */
+  cluster?: string
 }
 
 /** Runs one command: the only way deploy.ts and its plugins start a process. */
@@ -147,8 +155,8 @@ export interface Helm {
   readonly serverDryRun: boolean
   /** `helm rollback` to `revision` (waiting for it), or, with none deployed, uninstall. */
   repairArgs(release: string, revision: number | undefined, timeoutSeconds: number): string[]
-  /** The release's revisions, oldest first, or why helm could not list them. */
-  history(release: string): Promise<{ revisions: ReleaseRevision[] } | { error: string }>
+  /** The release's revisions, oldest first, or why helm could not list them (`missing`: helm said the release does not exist). */
+  history(release: string): Promise<{ revisions: ReleaseRevision[] } | { error: string; missing?: boolean }>
   /** The revision `helm upgrade` printed. */
   revision(upgradeOutput: string): number | undefined
   /** Whether a failed upgrade's output says another operation holds the release. */

@@ -14,7 +14,7 @@ import { CHART_NAME, DEFAULTS, loadConfig, toolValueProblem, type Config } from 
 import { CLUSTERS } from './providers.ts'
 import { closest } from './hooks.ts'
 import { changedCharts, checkRange, type Watched } from './git.ts'
-import { makeExec, type Invocation } from './process.ts'
+import { makeExec, writeResult, type Invocation } from './process.ts'
 import { chartNames, type Args } from './cli.ts'
 import { chartFiles, noChartsHere } from './plan.ts'
 import { watchedWithLocal } from './localcharts.ts'
@@ -398,6 +398,5 @@ export async function printCharts(invocation: Invocation, args: Args, config: Co
     if (fleet) for (const hub of await fleetChanges(exec, fleet, await rangeBase(exec, range), invocation.runtime.YAML)) changed.add(hub)
     names = charts.filter((c) => changed.has(c))
   } else if (!charts.length) log.warn(noChartsHere())
-  if (!args.json) process.stdout.write(names.map((c) => c + '\n').join(''))
-  else process.stdout.write(JSON.stringify(fleet ? fleetMatrix(fleet, names) : names) + '\n')
+  await writeResult(args.json ? JSON.stringify(fleet ? fleetMatrix(fleet, names) : names) + '\n' : names.map((c) => c + '\n').join(''))
 }

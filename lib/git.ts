@@ -1,8 +1,9 @@
 /** Git: image tags, the commit range, and what is committed. */
 import process from 'node:process'
 import fs from 'node:fs'
-import { usageError, type Exec, type Logger } from './contract.ts'
+import { RefusedError, usageError, type Exec, type Logger } from './contract.ts'
 import { INSTALL_HINTS, onPath, type Output } from './process.ts'
+import { notAFile } from './secrets.ts'
 import type { Request, Tools } from './plan.ts'
 
 /**
@@ -39,10 +40,13 @@ export function commitRange(env: NodeJS.ProcessEnv, out: Logger): string | undef
   if (env.TRAVIS_COMMIT_RANGE) return checkRange(env.TRAVIS_COMMIT_RANGE, 'TRAVIS_COMMIT_RANGE')
   if (env.GITHUB_EVENT_NAME === 'push' && env.GITHUB_EVENT_PATH) {
     let event: { before?: unknown; after?: unknown }
+    // Never opened unless a regular file: a FIFO would wait for a writer for ever.
+    const kind = notAFile(env.GITHUB_EVENT_PATH)
     try {
+      if (kind) throw new Error(kind)
       event = JSON.parse(fs.readFileSync(env.GITHUB_EVENT_PATH, 'utf8'))
     } catch {
-      out.warn(`GITHUB_EVENT_PATH=${env.GITHUB_EVENT_PATH}: not a readable JSON event, so the pushed range is unknown: an image is rebuilt only when its tag is missing from the registry`)
+      out.warn(`GITHUB_EVENT_PATH=${env.GITHUB_EVENT_PATH}: ${kind ? `${kind}, ` : ''}not a readable JSON event, so the pushed range is unknown: an image is rebuilt only when its tag is missing from the registry`)
       return undefined
     }
     if (event && typeof event.before === 'string' && typeof event.after === 'string' && event.before && event.after) {
@@ -135,6 +139,40 @@ export async function checkGit(request: Request, { exec, env }: Tools): Promise<
     throw usageError('this is a shallow clone, so image tags would be wrong: run `git fetch --unshallow` (in CI, clone with full depth)')
   }
   return commit
+}
+
+/** How git-crypt's clean filter begins every blob it encrypts. */
+const GIT_CRYPT_HEADER = '\0GITCRYPT\0'
+
+/**
+ * The files of HEAD that .gitattributes gives to git-crypt (filter=git-crypt) but whose
+ * committed blob is not encrypted: added before git-crypt was set up. The work tree cannot
+ * tell (an unlocked clone shows clear text either way); the blob can, without git-crypt.
+ */
+async function committedInClear(exec: Exec): Promise<string[]> {
+  const quiet = { capture: true, show: 'silent', readOnly: true, timeout: GIT_TIMEOUT } as const
+  const files = (await exec('git', ['ls-tree', '-r', '-z', '--name-only', 'HEAD'], quiet)).stdout.split('\0').filter(Boolean)
+  if (files.length === 0) return []
+  // -z: `<path> NUL filter NUL <value> NUL` for each path.
+  const attrs = (await exec('git', ['check-attr', '-z', '--stdin', 'filter'], { ...quiet, input: files.join('\0') })).stdout.split('\0')
+  const crypted: string[] = []
+  for (let i = 0; i + 2 < attrs.length; i += 3) if (attrs[i + 2] === 'git-crypt') crypted.push(attrs[i])
+  // A submodule is no blob: cat-file fails, and it is left out.
+  const blobs = await Promise.all(crypted.map((file) => exec('git', ['cat-file', 'blob', `HEAD:${file}`], { ...quiet, nothrow: true })))
+  return crypted.filter((_, i) => blobs[i].exitCode === 0 && !blobs[i].stdout.startsWith(GIT_CRYPT_HEADER))
+}
+
+/**
+ * Secrets committed in clear are refused (exit 3) before anything runs, with what happened
+ * and the fix; a dry run notes it in its plan.
+ */
+export async function refuseClearSecrets(request: Request, { exec, out }: Tools) {
+  const clear = await committedInClear(exec)
+  if (clear.length === 0) return
+  const [one, it, its] = clear.length === 1 ? ['is', 'it', 'its'] : ['are', 'them', 'their']
+  const error = new RefusedError(`${clear.join(', ')} ${one} committed in clear although .gitattributes gives ${it} to git-crypt (added before git-crypt was set up?): ${its} secrets are in the git history, so rotate them; then, in a clone where git-crypt is unlocked, run \`git-crypt status -f\` (or \`git rm --cached\` and \`git add\` ${it} again) and commit`)
+  if (!request.dryRun) throw error
+  out.print(`# ${error.message} (a real run stops here, exit 3)`)
 }
 
 /** Why git cannot read the repository here, in git's own words, with the fix. */

@@ -2,9 +2,10 @@
  * The Helm adapter (what differs between Helm 2, 3 and 4, as data), and what deploy.ts does
  * to a release beyond the upgrade: --recover, --rollback-on-failure, diagnostics.
  */
-import { DeployError, type Exec, type Helm, type HelmMajor, type ReleaseRevision } from './contract.ts'
-import { inGroup, onPath } from './process.ts'
-import type { ChartRun } from './plan.ts'
+import { DeployError, EXIT, type Exec, type Helm, type HelmMajor, type ReleaseRevision } from './contract.ts'
+import { findOnPath, inGroup, onPath } from './process.ts'
+import { REACH_THE_CLUSTER, clusterFault } from './cluster.ts'
+import type { ChartRun, Tools } from './plan.ts'
 
 /** Helm 3, which Helm 4 follows but for its --wait. */
 const HELM3 = {
@@ -57,7 +58,7 @@ export const HELM_VERSIONS = {
 /** The Helm versions deploy.ts knows, as a refusal names them. */
 const SUPPORTED = `Helm ${Object.keys(HELM_VERSIONS).join(', ').replace(/, (\d)$/, ' or $1')}`
 
-export function makeHelm(major: HelmMajor, exec: Exec): Helm {
+export function makeHelm(major: HelmMajor, tools: Pick<Tools, 'exec' | 'env' | 'invocation'>): Helm {
   const v = HELM_VERSIONS[major]
   const ns = (release: string) => (v.namespaced ? ['--namespace', release] : [])
   return {
@@ -75,7 +76,7 @@ export function makeHelm(major: HelmMajor, exec: Exec): Helm {
     repairArgs: (release, revision, timeoutSeconds) => revision === undefined
       ? [...v.uninstall, release, ...ns(release)]
       : ['rollback', release, String(revision), ...ns(release), ...v.wait, '--timeout', v.seconds(timeoutSeconds)],
-    history: (release) => releaseHistory(exec, ['history', release, ...ns(release), '-o', 'json'], release),
+    history: (release) => releaseHistory(tools, ['history', release, ...ns(release), '-o', 'json'], release),
     revision: (output) => {
       const found = /^REVISION: (\d+)$/m.exec(output)?.[1]
       return found ? Number(found) : undefined
@@ -84,12 +85,19 @@ export function makeHelm(major: HelmMajor, exec: Exec): Helm {
   }
 }
 
-/** `helm history -o json` of either version, oldest first, statuses as Helm 3 spells them. */
-async function releaseHistory(exec: Exec, args: string[], release: string): ReturnType<Helm['history']> {
-  const r = await exec('helm', args, { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: 60 })
+/** How helm says a release does not exist: `release: not found` (Helm 3 and 4), `release: "x" not found` (Helm 2). */
+const NO_RELEASE = /release: ("[^"]*" )?not found/
+
+/**
+ * `helm history -o json` of either version, oldest first, statuses as Helm 3 spells them; an
+ * error says why not (`missing` when helm said the release does not exist).
+ */
+async function releaseHistory(tools: Pick<Tools, 'exec' | 'env' | 'invocation'>, args: string[], release: string): ReturnType<Helm['history']> {
+  const r = await tools.exec('helm', args, { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: 60 })
   if (r.exitCode !== 0) {
-    const why = (r.stderr || r.stdout).trim().split('\n').at(-1) || `exit ${r.exitCode}`
-    return { error: `could not read the history of ${release} (${why})` }
+    const fault = clusterFault(r, 'helm history', tools)
+    const why = fault ?? ((r.stderr || r.stdout).trim().split('\n').at(-1) || `exit ${r.exitCode}`)
+    return { error: `could not read the history of ${release} (${why})`, ...(!fault && NO_RELEASE.test(why) ? { missing: true } : {}) }
   }
   let list: unknown
   try {
@@ -110,11 +118,14 @@ const LOCAL_PROBE_SECONDS = 15
  * Helm 4, which has no tiller and no `--client`, is asked again without it. Undefined when
  * helm is not on PATH; `major` unset when helm printed a version deploy.ts does not know.
  */
-export async function helmVersion(exec: Exec, env: NodeJS.ProcessEnv): Promise<{ major?: HelmMajor; said: string } | undefined> {
+export async function helmVersion(exec: Exec, env: NodeJS.ProcessEnv): Promise<{ major?: HelmMajor; said: string; problem?: string } | undefined> {
   if (!onPath('helm', env)) return undefined
   const probe = (args: string[]) => exec('helm', args, { capture: true, nothrow: true, show: 'probe', readOnly: true, timeout: LOCAL_PROBE_SECONDS })
   let r = await probe(['version', '--client', '--short'])
   if (r.exitCode !== 0 && /unknown flag: --client/.test(r.stderr)) r = await probe(['version', '--short'])
+  if (r.timedOut) {
+    return { said: '', problem: `helm version (a local command that answers at once) did not answer within ${LOCAL_PROBE_SECONDS}s: check the helm on PATH, ${findOnPath('helm', env)}` }
+  }
   const said = (r.stdout.trim() || r.stderr.trim() || `exit ${r.exitCode}`).split('\n')[0].slice(0, 200)
   const major = /^(?:Client: )?v(\d+)\.\d+/m.exec(r.stdout)?.[1]
   return { major: major && Object.hasOwn(HELM_VERSIONS, major) ? (Number(major) as HelmMajor) : undefined, said }
@@ -143,7 +154,7 @@ export async function handlePendingRelease({ plan, exec, out, helm }: ChartRun):
     throw new DeployError(`release ${chart} is stuck in ${last.status} (revision ${last.revision}, an earlier run was interrupted): repair with \`helm ${repair.join(' ')}\` or rerun with --recover`)
   }
   out.warn(`release ${chart} is stuck in ${last.status}: recovering with helm ${repair.join(' ')}`)
-  await exec('helm', repair, { timeout: deployed ? plan.config.helmTimeoutSeconds + 120 : 300 })
+  await exec('helm', repair, { timeout: deployed ? plan.config.helmTimeoutSeconds + 120 : 300, cluster: `helm ${repair[0]}` })
   return true
 }
 
@@ -151,9 +162,13 @@ export async function handlePendingRelease({ plan, exec, out, helm }: ChartRun):
  * One line when kubectl is more than one minor version away from the cluster's (kubectl's
  * supported skew): helm and kubectl then talk to an API they were not tested against.
  */
-export async function warnVersionSkew({ plan, exec, out }: ChartRun) {
+export async function warnVersionSkew(run: ChartRun) {
+  const { plan, exec, out } = run
   if (plan.dryRun) return // a probe, not a step of the plan
   const r = await exec('kubectl', ['version', '-o', 'json'], { capture: true, nothrow: true, show: 'probe', timeout: 60 })
+  // The first word with the cluster: one that does not answer stops the deploy here, before the lock.
+  const fault = clusterFault(r, 'kubectl version', run)
+  if (fault) throw new DeployError(`${fault}: not deploying ${plan.chart}; ${REACH_THE_CLUSTER}`)
   let versions: { clientVersion?: { minor?: string }; serverVersion?: { minor?: string } } = {}
   try {
     versions = JSON.parse(r.stdout)
@@ -166,19 +181,27 @@ export async function warnVersionSkew({ plan, exec, out }: ChartRun) {
 }
 
 /** What the cluster says about the namespace, printed after a failed upgrade or rollout (not when cancelled). */
-export async function printDiagnostics({ plan, exec, out, helm, invocation }: ChartRun) {
+export async function printDiagnostics(run: ChartRun) {
+  const { plan, exec, out, helm, invocation } = run
   if (invocation.cancelled) return
   const ns = plan.chart
   out.error(`diagnostics for namespace ${ns}:`)
   const opts = { nothrow: true, timeout: 60 } as const
-  await exec('kubectl', ['get', 'events', '--namespace', ns, '--sort-by=.lastTimestamp'], opts)
-  await exec('kubectl', ['get', 'pods', '--namespace', ns], opts)
-  await exec('helm', helm.statusArgs(ns), opts)
+  for (const [tool, args] of [['kubectl', ['get', 'events', '--namespace', ns, '--sort-by=.lastTimestamp']], ['kubectl', ['get', 'pods', '--namespace', ns]], ['helm', helm.statusArgs(ns)]] as const) {
+    const r = await exec(tool, [...args], opts)
+    // A cluster that does not answer one question answers none: the rest would wait as long.
+    const fault = clusterFault(r, `${tool} ${args.slice(0, 2).join(' ')}`, run)
+    if (fault) return out.warn(`diagnostics stopped: ${fault}`)
+  }
 }
 
 /** Just before the upgrade: the revision live now, to go back to, and the newest, to tell whether the upgrade made one. */
 export async function recordLiveRevision({ plan, state, helm }: ChartRun) {
   const history = await helm.history(plan.chart)
+  // Not knowing the release is not a first install: without a revision to go back to, the flag's promise cannot be kept.
+  if ('error' in history && !history.missing) {
+    throw new DeployError(`${plan.chart}: not deploying under --rollback-on-failure without the revision to go back to: ${history.error}; without --rollback-on-failure it would deploy, with no rollback if it fails`, EXIT.refused)
+  }
   const revisions = 'revisions' in history ? history.revisions : []
   state.before = {
     live: [...revisions].reverse().find((rev) => rev.status === 'deployed')?.revision,
@@ -203,18 +226,23 @@ export async function rollBack(r: ChartRun, rollout: (r: ChartRun) => Promise<vo
     return
   }
   const history = state.revision === undefined ? await helm.history(chart) : undefined
-  const made = state.revision ?? (history && 'revisions' in history ? history.revisions.at(-1)?.revision ?? 0 : 0)
-  if (made <= before.newest) {
-    out.info(`${chart} is still on revision ${before.live} (the upgrade made no new revision): nothing to roll back`)
-    return
-  }
   const to = before.live
-  out.warn(`${chart} failed after helm upgrade made revision ${made}: rolling back to revision ${to}, the one live before this run`)
+  if (history && 'error' in history) {
+    // Whether the upgrade made a revision is unknown: going back to the known one is safe either way.
+    out.warn(`${chart} failed, and whether helm upgrade made a new revision is unknown (${history.error}): rolling back to revision ${to}, the one live before this run`)
+  } else {
+    const made = state.revision ?? (history?.revisions.at(-1)?.revision ?? 0)
+    if (made <= before.newest) {
+      out.info(`${chart} is still on revision ${before.live} (the upgrade made no new revision): nothing to roll back`)
+      return
+    }
+    out.warn(`${chart} failed after helm upgrade made revision ${made}: rolling back to revision ${to}, the one live before this run`)
+  }
   try {
     await inGroup(out, 'rollback', `rollback ${chart}`, async () => {
       const seconds = plan.config.helmTimeoutSeconds
       // helm stops waiting at its own --timeout; ours is only a backstop.
-      await r.exec('helm', helm.repairArgs(chart, to, seconds), { timeout: seconds + 120 })
+      await r.exec('helm', helm.repairArgs(chart, to, seconds), { timeout: seconds + 120, cluster: 'helm rollback' })
       await rollout(r)
     })
     state.rolledBackTo = to

@@ -4,8 +4,8 @@ import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { DeployError, EXIT, HOOKS, HOOK_STEPS, RefusedError, isRefusal, usageError, type BaseContext, type FailContext, type HookContext, type HookContexts, type HookName, type HookStep, type Logger, type Plugin } from './contract.ts'
 import { checkDuration, parseDuration } from './config.ts'
-import { errorLine, type Secrets } from './secrets.ts'
-import { abortableSleep, ciRunUrl, signalWithin } from './process.ts'
+import { errorLine, notAFile, type Secrets } from './secrets.ts'
+import { ExitCalled, abortableSleep, ciRunUrl, signalWithin } from './process.ts'
 import type { ChartRun } from './plan.ts'
 
 /** The plugins shipped beside deploy.ts (a file: URL, or an https: one when Deno runs deploy.ts from a URL). */
@@ -64,6 +64,8 @@ export async function loadPlugins(names: string[], secrets: Secrets): Promise<Pl
     if (url.startsWith('file:') && !fs.existsSync(fileURLToPath(url))) {
       throw usageError(`${file}: plugin not found here nor shipped with deploy.ts (shipped: ${shippedPluginNames()}); check --plugin / DEPLOY_PLUGINS`)
     }
+    const kind = url.startsWith('file:') ? notAFile(fileURLToPath(url)) : undefined
+    if (kind) throw usageError(`${file}: the plugin is ${kind}, not a file; check --plugin / DEPLOY_PLUGINS`)
     let mod: { default?: unknown }
     try {
       mod = await import(url)
@@ -137,7 +139,8 @@ function baseContext({ plan, state, exec, out, helm, invocation }: ChartRun, plu
     timings: state.timings,
     startedAt: state.startedAt ?? Date.now(),
     log: pluginLog(out, plugin.name),
-    run: exec,
+    // A command the hook started ends with the hook (its timeout, a cancel), unless given its own signal.
+    run: (tool, args, options) => exec(tool, args, { signal, ...options }),
     ciRunUrl: ciRunUrl(plan.config.env),
     signal,
     deadline,
@@ -216,7 +219,8 @@ export async function runHook(r: ChartRun, hook: HookName, failure?: FailureFact
       }
       if (r.invocation.cancelled) throw e
       // exitCode 2 marks a configuration error (a bad ctx.duration, a file or key the plugin reads), whatever the hook.
-      const code = (e as { exitCode?: unknown })?.exitCode === EXIT.usage ? EXIT.usage : isRefusal(e) ? step.refusal : step.throws
+      // A plugin that tried to end the run gets its own non-zero code, 1 for an exit 0 (nothing was deployed).
+      const code = e instanceof ExitCalled ? e.exitCode : (e as { exitCode?: unknown })?.exitCode === EXIT.usage ? EXIT.usage : isRefusal(e) ? step.refusal : step.throws
       throw new DeployError(`plugin ${plugin.name} ${hook}: ${message}`, code, { phase: step.phase })
     }
   }

@@ -8,7 +8,8 @@
  */
 import process from 'node:process'
 import os from 'node:os'
-import { DeployError } from './contract.ts'
+import { DeployError, type CommandResult } from './contract.ts'
+import { REACH_THE_CLUSTER, clusterFault } from './cluster.ts'
 import { abortableSleep, ciRunUrl, tail } from './process.ts'
 import type { ChartRun } from './plan.ts'
 
@@ -51,24 +52,32 @@ function leaseObject(chart: string, data: LeaseData, resourceVersion?: string): 
 
 const lockCommand = { capture: true, nothrow: true, show: 'probe', timeout: 60 } as const
 
-/** kubectl create or replace of the lease: the resourceVersion it got, or kubectl's error line. */
-async function writeLease({ plan, exec }: ChartRun, verb: 'create' | 'replace', data: LeaseData, { resourceVersion, cleanup = false }: { resourceVersion?: string; cleanup?: boolean } = {}) {
+/** Why a lock command failed: the cluster named when it gave no answer, else kubectl's error line. */
+function lockError(r: ChartRun, done: CommandResult, what: string): string {
+  const fault = clusterFault(done, what, r)
+  return fault ? `${fault}; ${REACH_THE_CLUSTER}` : tail(done.stderr || done.stdout, 1) || `${what} exited with ${done.exitCode}`
+}
+
+/** kubectl create or replace of the lease: the resourceVersion it got, or why not. */
+async function writeLease(r: ChartRun, verb: 'create' | 'replace', data: LeaseData, { resourceVersion, cleanup = false }: { resourceVersion?: string; cleanup?: boolean } = {}) {
+  const { plan, exec } = r
   const input = leaseObject(plan.chart, data, resourceVersion)
-  const r = await exec('kubectl', [verb, '--namespace', plan.chart, '-o', 'json', '-f', '-'], { ...lockCommand, input, cleanup })
-  if (r.exitCode !== 0) return { error: tail(r.stderr || r.stdout, 1) || `kubectl ${verb} exited with ${r.exitCode}` }
+  const done = await exec('kubectl', [verb, '--namespace', plan.chart, '-o', 'json', '-f', '-'], { ...lockCommand, input, cleanup })
+  if (done.exitCode !== 0) return { error: lockError(r, done, `kubectl ${verb} (the lease)`) }
   let version: string | undefined
   try {
-    version = JSON.parse(r.stdout).metadata?.resourceVersion
+    version = JSON.parse(done.stdout).metadata?.resourceVersion
   } catch {
     // A kubectl wrapper printed something else: renewals then go unconditional.
   }
   return { resourceVersion: version }
 }
 
-async function readLease({ plan, exec }: ChartRun): Promise<{ data: Partial<LeaseData>; resourceVersion: string } | undefined> {
+async function readLease(run: ChartRun): Promise<{ data: Partial<LeaseData>; resourceVersion: string } | undefined> {
+  const { plan, exec } = run
   const r = await exec('kubectl', ['get', 'configmap', LOCK_NAME, '--namespace', plan.chart, '-o', 'json', '--ignore-not-found'], { ...lockCommand, readOnly: true })
   const unreadable = (why: string) => new DeployError(`could not read the deploy lock configmap/${LOCK_NAME} in namespace ${plan.chart}: ${why}`)
-  if (r.exitCode !== 0) throw unreadable(tail(r.stderr, 1))
+  if (r.exitCode !== 0) throw unreadable(lockError(run, r, 'kubectl get (the lease)'))
   if (!r.stdout.trim()) return undefined
   try {
     const object = JSON.parse(r.stdout)
@@ -107,7 +116,7 @@ export async function acquireLock(r: ChartRun) {
       // A first install: the namespace helm would create holds the lease from the start.
       const namespace = JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: chart } })
       const ns = await exec('kubectl', ['create', '-o', 'name', '-f', '-'], { ...lockCommand, input: namespace })
-      if (ns.exitCode !== 0 && !/AlreadyExists/.test(ns.stderr)) throw new DeployError(`could not create namespace ${chart} for the deploy lock: ${tail(ns.stderr, 1)}`)
+      if (ns.exitCode !== 0 && !/AlreadyExists/.test(ns.stderr)) throw new DeployError(`could not create namespace ${chart} for the deploy lock: ${lockError(r, ns, 'kubectl create (the namespace)')}`)
       continue
     }
     if (!/AlreadyExists/.test(created.error)) throw new DeployError(`could not take the deploy lock configmap/${LOCK_NAME} in namespace ${chart}: ${created.error}`)

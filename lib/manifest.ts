@@ -40,11 +40,43 @@ export function parseManifest(text: string, namespace: string, YAML: typeof YAML
     const group = String(body.apiVersion ?? '').includes('/') ? String(body.apiVersion).split('/')[0] : ''
     objects.push({ key: `${group}|${body.kind}|${ns}|${body.metadata.name}`, kind: body.kind, namespace: ns, name: body.metadata.name, body: body as Record<string, unknown> })
   }
-  for (const doc of YAML.parseAllDocuments(text)) {
+  // A key written twice is read as Kubernetes reads it, the last one winning (duplicateKeys names it).
+  for (const doc of YAML.parseAllDocuments(text, { uniqueKeys: false })) {
     if (doc.errors.length) throw new DeployError(`manifest is not valid YAML: ${doc.errors[0].message.split('\n')[0]}`)
     add(doc.toJS())
   }
   return objects
+}
+
+/** A key written twice in one map of a rendered manifest. */
+export interface DuplicateKey {
+  /** The template it came from, as helm's `# Source:` line names it (`staginghub/templates/hub.yaml`). */
+  source?: string
+  /** `ConfigMap/hub-config`, when the document says. */
+  object?: string
+  /** The key (never its value: a Secret's values are secret). */
+  key: string
+}
+
+/**
+ * Keys written twice in one map (helm renders them; Kubernetes keeps the last silently, so
+ * what is deployed is not what the template seems to say).
+ */
+export function duplicateKeys(text: string, YAML: typeof YAMLModule): DuplicateKey[] {
+  const lines = text.split('\n')
+  const found: DuplicateKey[] = []
+  for (const doc of YAML.parseAllDocuments(text)) {
+    for (const error of doc.errors.filter((e) => e.code === 'DUPLICATE_KEY')) {
+      const at = error.linePos?.[0]
+      if (!at) continue
+      const key = /^\s*(?:-\s+)?["']?([^"':]+)/.exec(lines[at.line - 1].slice(at.col - 1))?.[1]?.trim() ?? '?'
+      const source = lines.slice(0, at.line).reverse().find((l) => l.startsWith('# Source: '))?.slice('# Source: '.length).trim()
+      const body = doc.toJS() as { kind?: unknown; metadata?: { name?: unknown } } | null
+      const object = body && typeof body.kind === 'string' && typeof body.metadata?.name === 'string' ? `${body.kind}/${body.metadata.name}` : undefined
+      found.push({ key, ...(source ? { source } : {}), ...(object ? { object } : {}) })
+    }
+  }
+  return found
 }
 
 /** A Secret's values by key (stringData over data, both as bytes), and the object without them. */

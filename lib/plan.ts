@@ -10,10 +10,10 @@ import os from 'node:os'
 import path from 'node:path'
 import { DeployError, usageError, type HelmMajor, type ChartDiff, type ChartSource, type ChartValidation, type Exec, type Helm, type ImageInfo, type Phase, type Phases, type Plugin } from './contract.ts'
 import type { Config } from './config.ts'
-import { checkSecretsYaml, readIfPlain, readSecretFile, secretFileFor, type Secrets } from './secrets.ts'
+import { checkSecretsYaml, notAFile, readIfPlain, readSecretFile, secretFileFor, type Secrets } from './secrets.ts'
 import { INSTALL_HINTS, onPath, type Invocation, type Output } from './process.ts'
 import { HELM_VERSIONS, helmVersion, unsupportedHelm } from './helm.ts'
-import { checkGit, commitRange, dirtyFiles, gitModified } from './git.ts'
+import { checkGit, commitRange, dirtyFiles, gitModified, refuseClearSecrets } from './git.ts'
 import { CLUSTERS, LOGINS, REGISTRIES, pickProvider, planSetup, setupSteps, type SetupPlan } from './providers.ts'
 import type { HeldLease } from './lock.ts'
 import { LAYOUTS, hubsFound, layoutOf, unusedLayout, unusedNote } from './layout.ts'
@@ -202,9 +202,10 @@ function checkTools({ phases, config }: Request, env: NodeJS.ProcessEnv, setupPl
   for (const tool of needed) if (!onPath(tool, env)) throw usageError(`${tool} not found on PATH: ${INSTALL_HINTS[tool]}`)
 }
 
-/** Checks that hold for the whole invocation: git and the repository, setup's providers and files, the tools, Helm's version. */
+/** Checks that hold for the whole invocation: git and the repository (no secret committed in clear), setup's providers and files, the tools, Helm's version. */
 export async function checkRepository(request: Request, tools: Tools): Promise<RepositoryFacts> {
   const commit = await checkGit(request, tools)
+  await refuseClearSecrets(request, tools)
   pickProvider(CLUSTERS, 'CLUSTER_PROVIDER', request.config)
   pickProvider(REGISTRIES, 'REGISTRY_PROVIDER', request.config)
   if (request.phases.build) commitRange(tools.env, tools.out)
@@ -214,7 +215,7 @@ export async function checkRepository(request: Request, tools: Tools): Promise<R
   const major = version?.major
   const { phases } = request
   if (!major) {
-    const why = version ? unsupportedHelm(version.said) : 'helm not found'
+    const why = version ? version.problem ?? unsupportedHelm(version.said) : 'helm not found'
     if (request.dryRun) tools.out.print(`# ${why}: planning for Helm 3`)
     else if (phases.setup || phases.deploy || phases.validate || phases.diff) throw usageError(why)
   }
@@ -227,11 +228,31 @@ export async function checkRepository(request: Request, tools: Tools): Promise<R
   return { commit, helmMajor: major ?? 3, setupPlan }
 }
 
-/** The chart's own checks (its Chart.yaml, its secret values, its image tags), giving its plan. */
+/** A path in `dir` (links to dirs not followed) that is not a file nor a directory, with what it is. */
+function oddFile(dir: string): string | undefined {
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, entry.name)
+    const kind = entry.name === '.git' ? undefined : notAFile(p)
+    if (kind === 'a directory') {
+      const inner = entry.isSymbolicLink() ? undefined : oddFile(p)
+      if (inner) return inner
+    } else if (kind) return `${p} is ${kind}`
+  }
+  return undefined
+}
+
+/** The chart's own checks (its Chart.yaml, its files, its secret values, its image tags), giving its plan. */
 export async function planChart(chart: string, request: Request, facts: RepositoryFacts, tools: Tools): Promise<ChartPlan> {
   const files = chartFiles(chart, request.config)
   checkChartYaml(files, tools.invocation.runtime.YAML)
   const { phases } = request
+  // helm (and plugins) read every file of the chart: a FIFO would keep them waiting for a writer.
+  const odd = phases.deploy || phases.validate || phases.diff ? oddFile(files.chartDir) : undefined
+  if (odd) {
+    const error = usageError(`${odd}, not a file: helm reads every file of the chart and would wait on it for ever; remove it`)
+    if (!request.dryRun) throw error
+    tools.out.print(`# ${error.message} (a real run stops here, exit 2)`)
+  }
   // Its values were registered as secrets before anything ran (collectFileSecrets); here it is checked.
   const { secretsFile } = chartSecrets(files, request, tools)
   const needsImages = phases.build || phases.deploy || phases.validate || phases.diff
@@ -308,7 +329,7 @@ function pulledIn(dir: string, YAML: typeof YAMLModule, found: { paths: Set<stri
   // A file that does not say its dependencies as a list is reported by helm and the plugins that read it.
   const listed = (file: string): unknown[] => {
     try {
-      const deps = fs.existsSync(path.join(dir, file)) ? YAML.parse(fs.readFileSync(path.join(dir, file), 'utf8'))?.dependencies : undefined
+      const deps = fs.existsSync(path.join(dir, file)) && !notAFile(path.join(dir, file)) ? YAML.parse(fs.readFileSync(path.join(dir, file), 'utf8'))?.dependencies : undefined
       return Array.isArray(deps) ? deps : []
     } catch {
       return []

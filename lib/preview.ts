@@ -5,11 +5,12 @@
  */
 import fs from 'node:fs'
 import { DeployError, type ChartValidation, type CommandResult, type ImageInfo, type ValidationProblem } from './contract.ts'
-import { redactDeep, type Secrets } from './secrets.ts'
+import { notAFile, redactDeep, type Secrets } from './secrets.ts'
 import { tail, wholeReason } from './process.ts'
 import { imageValuesPath, noClusterAccess, valuesArgs, type ChartPlan, type ChartRun } from './plan.ts'
-import { diffManifests, imageUse, parseManifest, type ManifestObject } from './manifest.ts'
-import { pulledChart } from './layout.ts'
+import { diffManifests, duplicateKeys, imageUse, parseManifest, type DuplicateKey, type ManifestObject } from './manifest.ts'
+import { pulledChart, resolvedVersion } from './layout.ts'
+import { REACH_THE_CLUSTER, clusterFault } from './cluster.ts'
 import { fetchedFirst } from './localcharts.ts'
 
 /** helm's error blocks: `Error: ...` and lint's `[ERROR] ...`, each with its continuation lines. */
@@ -32,16 +33,23 @@ function errorBlocks(output: string): string[] {
 
 type Found = (p: Omit<ValidationProblem, 'check' | 'message'>, reason: string) => void
 
+/** Where a schema item is: Helm 3 says `hub.image` or `(root)`, Helm 4 a JSON pointer, `at '/hub/image'`. */
+function schemaPath(where: string): string {
+  const pointer = /^at '(.*)'$/.exec(where)?.[1]
+  if (pointer === undefined) return where === '(root)' ? '' : where
+  return pointer.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~')).join('.')
+}
+
 /** A values.schema.json failure: a problem per item, with its values path (a subchart's prefixed). */
 function schemaProblems(chart: string, dir: string, list: string, found: Found) {
   let sub = ''
   for (const line of list.split('\n')) {
     const name = /^(\S+):$/.exec(line.trim())?.[1]
     if (name) sub = name
-    const item = /^- (.+?): (.+)$/.exec(line.trim())
+    const item = /^- (at '[^']*'|.+?): (.+)$/.exec(line.trim())
     if (!item) continue
     const own = sub === chart || sub === ''
-    const at = item[1] === '(root)' ? '' : item[1]
+    const at = schemaPath(item[1])
     const valuesPath = [own ? '' : sub, at].filter(Boolean).join('.') || '(root)'
     // A dependency's schema is inside its archive in charts/: name it instead of a path.
     found(own ? { file: `${dir}/values.schema.json`, valuesPath } : { valuesPath }, own ? item[2] : `${item[2]} (values.schema.json of ${sub})`)
@@ -125,16 +133,24 @@ function chartLabel({ files }: ChartPlan): string {
   return files.source.layout === 'wrapper-chart' ? files.chartDir : `${files.source.chart}@${files.source.version}`
 }
 
+/** Whether charts/ holds `name`'s archive at `version`, a `v` prefix on either side or not (helm resolves `v1.2.3` to 1.2.3). */
+function archived(dir: string, name: string, version: string): boolean {
+  const bare = resolvedVersion(version)
+  return [bare, `v${bare}`].some((v) => fs.existsSync(`${dir}/charts/${name}-${v}.tgz`))
+}
+
 /**
  * A wrapper chart's dependencies: none to fetch when charts/ holds every archive Chart.lock
  * names; `helm dep build` from the lock; `helm dep up` without one (or when the lock no
- * longer matches Chart.yaml). With a local (`file://`) dependency that has dependencies of its
- * own, those first (lib/localcharts.ts), then always `helm dep up`: the archive must hold them.
+ * longer matches Chart.yaml); versions compare as helm resolves them. With a local (`file://`)
+ * dependency that has dependencies of its own, those first (lib/localcharts.ts), then always
+ * `helm dep up`: the archive must hold them.
  */
 async function chartDependencies({ plan, exec, out, invocation }: ChartRun) {
   const dir = plan.files.chartDir
   const { YAML } = invocation.runtime
-  const read = (file: string) => (fs.existsSync(`${dir}/${file}`) ? YAML.parse(fs.readFileSync(`${dir}/${file}`, 'utf8')) ?? {} : {})
+  // Only regular files (a dry run goes on past a FIFO in the chart, noted in its plan).
+  const read = (file: string) => (fs.existsSync(`${dir}/${file}`) && !notAFile(`${dir}/${file}`) ? YAML.parse(fs.readFileSync(`${dir}/${file}`, 'utf8')) ?? {} : {})
   type Dependency = { name: string; version?: string }
   const wanted: Dependency[] = read('Chart.yaml').dependencies ?? read('requirements.yaml').dependencies ?? []
   if (wanted.length === 0) return
@@ -147,8 +163,8 @@ async function chartDependencies({ plan, exec, out, invocation }: ChartRun) {
   const locked: Dependency[] = lockFile ? read(lockFile).dependencies ?? [] : []
   const cached = lockFile && wanted.every((d) => {
     const l = locked.find((x) => x.name === d.name)
-    const pinned = d.version && /^\d+\.\d+\.\d+$/.test(d.version) ? d.version === l?.version : true
-    return l && pinned && fs.existsSync(`${dir}/charts/${d.name}-${l.version}.tgz`)
+    const pinned = d.version && /^v?\d+\.\d+\.\d+$/.test(d.version) ? resolvedVersion(d.version) === resolvedVersion(String(l?.version)) : true
+    return l && pinned && archived(dir, d.name, String(l.version))
   })
   if (cached) {
     out.info(`${dir}: dependencies already in ${dir}/charts/ as ${lockFile} names them`)
@@ -165,6 +181,8 @@ export interface Preview {
   stderr: string
   /** The manifest the upgrade would apply. */
   manifest: string
+  /** The cluster gave no answer: which, to what, how long it was waited for (lib/cluster.ts). */
+  fault?: string
 }
 
 /**
@@ -179,7 +197,7 @@ function upgradePreview(r: ChartRun): Promise<Preview> {
     const args = ['upgrade', '--install', '--namespace', chart, chart, await previewChart(r), '--dry-run=server', '--output', 'json', ...valuesArgs(r)]
     // The output holds every rendered Secret and the values: captured, parsed, never printed.
     const done = await exec('helm', args, { capture: true, nothrow: true, timeout: plan.config.helmTimeoutSeconds })
-    if (done.exitCode !== 0 || plan.dryRun) return { exitCode: done.exitCode, stderr: done.stderr, manifest: '' }
+    if (done.exitCode !== 0 || plan.dryRun) return { exitCode: done.exitCode, stderr: done.stderr, manifest: '', fault: clusterFault(done, 'helm upgrade --dry-run=server', r) }
     try {
       return { exitCode: 0, stderr: done.stderr, manifest: String(JSON.parse(done.stdout).manifest ?? '') }
     } catch {
@@ -188,9 +206,6 @@ function upgradePreview(r: ChartRun): Promise<Preview> {
   })()
   return r.preview.upgrade
 }
-
-/** Helm's words when it could not reach the API server at all (as opposed to a refused object). */
-const UNREACHABLE = /Kubernetes cluster unreachable|connection refused|no such host|i\/o timeout|dial tcp/
 
 /** What helm found wrong in a failed command's output; its last line when nothing more precise. */
 function commandProblems(chart: string, dir: string, check: ValidationProblem['check'], done: CommandResult): ValidationProblem[] {
@@ -207,10 +222,15 @@ async function lintAndRender(r: ChartRun, result: ChartValidation): Promise<Mani
   const args = ['--namespace', chart, ...valuesArgs(r)]
   const quiet = { capture: true, nothrow: true, timeout: 300 } as const
   const lint = await exec('helm', ['lint', dir, ...args], quiet)
-  for (const m of lint.stdout.matchAll(/^\[WARNING\] (.*)$/gm)) result.warnings.push(`${chart}: ${label}/${m[1]}`)
+  for (const m of lint.stdout.matchAll(/^\[WARNING\] (.*)$/gm)) {
+    // Helm 4 warns about a chart with no templates of its own, which is what a wrapper chart is
+    // (its objects come from its dependencies); the count of objects rendered says whether any do.
+    if (m[1] !== 'templates/: directory does not exist') result.warnings.push(`${chart}: ${label}/${m[1]}`)
+  }
   const template = await exec('helm', [...helm.templateArgs(chart, dir), ...args], quiet)
   const objects = template.exitCode === 0 && !plan.dryRun ? parseManifest(template.stdout, chart, r.invocation.runtime.YAML) : []
   result.objects = objects.length
+  if (template.exitCode === 0 && !plan.dryRun) result.errors.push(...duplicateKeys(template.stdout, r.invocation.runtime.YAML).map((d) => duplicateProblem(chart, dir, d)))
   result.errors.push(...commandProblems(chart, label, 'lint', lint), ...commandProblems(chart, label, 'render', template))
   return objects
 }
@@ -245,6 +265,13 @@ function imageFix({ config, files }: ChartPlan, image: ImageInfo, valuesPath: st
   return `set ${key} (deploy.ts then sets ${valuesPath}), or name ${image.name} there in ${where}`
 }
 
+/** A key the chart renders twice: helm renders it, Kubernetes keeps the last one silently. */
+function duplicateProblem(chart: string, dir: string, d: DuplicateKey): ValidationProblem {
+  const file = d.source ? locate(dir, d.source).file : undefined
+  const where = [file, d.object].filter(Boolean).join(': ')
+  return { check: 'render', ...(file ? { file } : {}), message: `${chart}: ${where ? `${where}: ` : ''}the key "${d.key}" is written twice in one map; Kubernetes would keep only the last one: remove the other` }
+}
+
 /** The API server's check of every object (the server-side dry run), when the cluster can be reached. */
 async function serverCheck(r: ChartRun, result: ChartValidation) {
   const { plan, helm, env } = r
@@ -258,8 +285,9 @@ async function serverCheck(r: ChartRun, result: ChartValidation) {
     return
   }
   const preview = await upgradePreview(r)
-  if (preview.exitCode !== 0 && UNREACHABLE.test(preview.stderr)) {
-    result.serverSideNote = `cluster unreachable: ${tail(preview.stderr, 1).replace(/^Error: /, '')}`
+  // The docs' promise: a cluster that cannot be reached skips the check (named, with how long it was waited for).
+  if (preview.fault) {
+    result.serverSideNote = preview.fault
     return
   }
   result.serverSide = 'checked'
@@ -334,17 +362,26 @@ interface Release {
  * revision an upgrade compares against: the last deployed one (the last one when none is).
  * Undefined when the chart is not installed.
  */
-async function currentRelease({ plan, exec, helm }: ChartRun): Promise<Release | undefined> {
+async function currentRelease(r: ChartRun): Promise<Release | undefined> {
+  const { plan, exec, helm } = r
   const { chart } = plan
   const status = (extra: string[]) =>
-    exec('helm', [...helm.statusArgs(chart), ...extra, '--output', 'json'], { capture: true, nothrow: true, timeout: 120 })
+    exec('helm', [...helm.statusArgs(chart), ...extra, '--output', 'json'], { capture: true, nothrow: true, timeout: 60 })
   const parse = (done: CommandResult, what: string) => {
-    if (done.exitCode !== 0) throw new DeployError(`${chart}: could not read ${what}: ${tail(done.stderr, 1).replace(/^Error: /, '')}`)
+    const fault = clusterFault(done, 'helm status', r)
+    if (fault) throw new DeployError(`${chart}: could not read ${what}: ${fault}; ${REACH_THE_CLUSTER}`)
+    if (done.exitCode !== 0) throw new DeployError(`${chart}: could not read ${what}: ${tail(done.stderr || done.stdout, 1).replace(/^Error: /, '') || `helm status exited with ${done.exitCode}`}`)
+    let release: unknown
     try {
-      return JSON.parse(done.stdout)
+      release = JSON.parse(done.stdout)
     } catch {
       throw new DeployError(`${chart}: could not read ${what}: \`helm status --output json\` printed no JSON`)
     }
+    // `null`, a list, an object without a revision: JSON, but no release.
+    if (!release || typeof release !== 'object' || typeof (release as { version?: unknown }).version !== 'number') {
+      throw new DeployError(`${chart}: could not read ${what}: \`helm status --output json\` printed ${JSON.stringify(release).slice(0, 40)}, not a release`)
+    }
+    return release as { version: number; manifest?: string; config?: Record<string, unknown>; info?: { status?: string } }
   }
   const last = await status([])
   if (last.exitCode !== 0 && /release: not found/.test(last.stderr)) return undefined
@@ -354,7 +391,7 @@ async function currentRelease({ plan, exec, helm }: ChartRun): Promise<Release |
     const deployed = 'revisions' in history ? [...history.revisions].reverse().find((h) => h.status === 'deployed') : undefined
     if (deployed && deployed.revision !== release.version) release = parse(await status(['--revision', String(deployed.revision)]), `revision ${deployed.revision}`)
   }
-  return { revision: release.version, manifest: release.manifest ?? '', config: release.config ?? {} }
+  return { revision: release.version, manifest: String(release.manifest ?? ''), config: release.config && typeof release.config === 'object' ? release.config : {} }
 }
 
 /** The values a deploy sets that are no secret: the images' tags and names (imageSetArgs). */
@@ -399,10 +436,12 @@ export async function diffChart(r: ChartRun) {
   const current = await currentRelease(r)
   if (current) addOldSecrets(r, current.config)
   const preview = await upgradePreview(r)
+  if (preview.fault) throw new DeployError(`${chart}: could not compute the diff: ${preview.fault}; ${REACH_THE_CLUSTER}`)
   if (preview.exitCode !== 0) {
     const first = helmProblems(chart, chartLabel(plan), 'server', preview.stderr)[0]?.message ?? `${chart}: ${tail(preview.stderr, 1)}`
     throw new DeployError(`helm upgrade --dry-run=server failed: ${first}`)
   }
+  for (const d of duplicateKeys(preview.manifest, r.invocation.runtime.YAML)) out.warn(duplicateProblem(chart, plan.files.chartDir, d).message)
   const labels: [string, string] = [current ? `(revision ${current.revision})` : '(not installed)', `(${plan.commit.slice(0, 7)})`]
   const found = await diffManifests(current?.manifest, preview.manifest, chart, labels)
   state.diff = redactDeep({ chart, namespace: chart, revision: current?.revision, ...found }, r.invocation.secrets.redact)

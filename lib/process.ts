@@ -9,6 +9,7 @@ import type YAMLModule from 'yaml'
 import { DeployError, EXIT, type CommandResult, type Exec, type ExecOptions, type HookContext, type Logger } from './contract.ts'
 import { MAX_DURATION_SECONDS, SHELL_STARTUP, formatDuration, parseDuration } from './config.ts'
 import { Secrets, errorLine } from './secrets.ts'
+import { REACH_THE_CLUSTER, clusterFault } from './cluster.ts'
 
 /** Which CI runs us: its collapsible log sections and error annotations. */
 export interface Ci {
@@ -40,6 +41,36 @@ export interface OutputOptions {
 }
 
 /**
+ * Writes a log line. A reader that went away or a full disk drops the log, never the run
+ * (Node reports the failed write as an event, Deno throws it).
+ */
+export function emit(stream: 'stdout' | 'stderr', text: string) {
+  try {
+    process[stream].write(text)
+  } catch {
+    // Dropped, as with EPIPE (docs/reliability.md).
+  }
+}
+
+/**
+ * What the invocation was asked to print (a chart list, a JSON document, --help): a write that
+ * fails is exit 1 with one line on stderr, never exit 0 with nothing written.
+ */
+export function writeResult(text: string): Promise<void> {
+  const failed = (e: unknown) => {
+    const { code, message } = (e ?? {}) as { code?: string; message?: string }
+    return new DeployError(`could not write the result to standard output (${code ?? String(message).split('\n')[0]}): nothing, or only part of it, was written`)
+  }
+  return new Promise((resolve, reject) => {
+    try {
+      process.stdout.write(text, (e) => (e ? reject(failed(e)) : resolve()))
+    } catch (e) {
+      reject(failed(e))
+    }
+  })
+}
+
+/**
  * Where one chart's lines go: redacted, each line prefixed, and, for a chart deployed
  * alongside others, held back and printed as one block when it finishes. Heartbeats bypass
  * the hold: CI must see output while it waits.
@@ -63,7 +94,7 @@ export class Output implements Logger {
     const out = lines.map((l) => `${this.prefix}${prefix}${l}\n`).join('') + (last ? `${this.prefix}${prefix}${last}` : '')
     const to = stream === 'stdout' ? this.stdout : stream
     if (this.held) this.held.push([to, out])
-    else process[to].write(out)
+    else emit(to, out)
   }
 
   print(text: string) {
@@ -83,13 +114,13 @@ export class Output implements Logger {
   }
 
   live(text: string) {
-    process[this.stdout].write(this.secrets.redact(`${this.prefix}${text}\n`))
+    emit(this.stdout, this.secrets.redact(`${this.prefix}${text}\n`))
   }
 
   /** Opens or closes a collapsible section: travis_fold on Travis, ::group:: on GitHub Actions. */
   group(edge: 'start' | 'end', title: string, id = title.replace(/\W+/g, '-')) {
-    if (this.ci.travis) process.stdout.write(`travis_fold:${edge}:${id}\n`)
-    if (this.ci.github) process.stdout.write(edge === 'start' ? `::group::${title}\n` : '::endgroup::\n')
+    if (this.ci.travis) emit('stdout', `travis_fold:${edge}:${id}\n`)
+    if (this.ci.github) emit('stdout', edge === 'start' ? `::group::${title}\n` : '::endgroup::\n')
   }
 
   /** Prints what was held, as one collapsible group in CI logs. */
@@ -98,7 +129,7 @@ export class Output implements Logger {
     if (!held) return
     this.held = undefined
     this.group('start', title)
-    for (const [stream, text] of held) process[stream].write(text)
+    for (const [stream, text] of held) emit(stream, text)
     this.group('end', title)
   }
 }
@@ -136,7 +167,11 @@ export class Invocation {
   cancelled: NodeJS.Signals | undefined
   /** Private credentials dirs of runs not cleaned up yet: removed at exit, however the process ends. */
   readonly privateDirs = new Set<string>()
+  /** The commands still running (lib/process.ts, spawn): none outlives the invocation. */
+  readonly children = new Set<Child>()
   private loaded: Runtime | undefined
+  /** Puts process.exit (and Deno.exit) back, while guardExit() holds them. */
+  private unguard: (() => void) | undefined
 
   constructor(env: NodeJS.ProcessEnv = process.env) {
     this.ci = ciOf(env)
@@ -177,15 +212,54 @@ export class Invocation {
    */
   trapCrashes() {
     process.once('exit', () => {
+      // Whatever ends the process, no command it started runs on.
+      for (const child of this.children) signalGroup(child.pid, 'SIGKILL')
       for (const dir of this.privateDirs) fs.rmSync(dir, { recursive: true, force: true })
     })
     const crash = (e: unknown) => {
-      process.stderr.write(`ERROR: unexpected error (an unawaited promise or a callback, e.g. in a plugin): ${errorLine(e, this.secrets)}\n`)
+      emit('stderr', `ERROR: unexpected error (an unawaited promise or a callback, e.g. in a plugin): ${errorLine(e, this.secrets)}\n`)
       this.controller.abort(new DeployError('stopped by an unexpected error'))
-      process.exit(EXIT.failed)
+      this.exit(EXIT.failed)
     }
     process.on('uncaughtException', crash)
     process.on('unhandledRejection', crash)
+  }
+
+  /**
+   * Until the invocation ends, process.exit() and Deno.exit() throw an ExitCalled instead of
+   * ending the run: plugins run in this process, and a plugin that exits would end the run
+   * with its code, whatever was deployed, the lock held and the fail hooks not called.
+   */
+  guardExit() {
+    const deno = (globalThis as { Deno?: { exit: (code?: number) => never } }).Deno
+    const saved = { process: process.exit, deno: deno?.exit }
+    const refuse = (code?: number | string | null): never => {
+      throw new ExitCalled(Number(code ?? process.exitCode ?? 0) || 0)
+    }
+    process.exit = refuse as typeof process.exit
+    if (deno) deno.exit = refuse
+    this.unguard = () => {
+      process.exit = saved.process
+      if (deno && saved.deno) deno.exit = saved.deno
+      this.unguard = undefined
+    }
+  }
+
+  /** Ends the process with `code` (the guard lifted first). */
+  exit(code: number): never {
+    this.unguard?.()
+    return process.exit(code)
+  }
+
+  /**
+   * Once the invocation's work is done: the guard lifted, and every command still running (a
+   * hook's that outlived it, one a plugin never awaited) stopped, SIGTERM, then SIGKILL after
+   * its grace period, before the process ends.
+   */
+  async finish() {
+    this.unguard?.()
+    for (const child of this.children) stopChild(child, 'SIGTERM', KILL_GRACE_SECONDS)
+    await Promise.all([...this.children].map((child) => child.ended))
   }
 
   /** Cancels on SIGINT and SIGTERM until the returned function is called. */
@@ -195,6 +269,13 @@ export class Invocation {
     return () => {
       for (const [signal, handler] of handlers) process.off(signal, handler)
     }
+  }
+}
+
+/** A plugin called process.exit(code) during the run: its hook fails with this (exit 1 for a `code` of 0). */
+export class ExitCalled extends DeployError {
+  constructor(readonly code: number) {
+    super(`called process.exit(${code}) before the run ended, so nothing after it would have run (the deploy, the lock's release, the fail hooks): a plugin must not end the run; throw an error, or ctx.refuse(reason) to refuse`, code || EXIT.failed)
   }
 }
 
@@ -237,29 +318,36 @@ function heartbeat(out: Output, what: string, seconds: number) {
 }
 
 /**
- * On cancellation, passes the signal on to the child, and kills it if it is still there
- * 30 s later. The shell zx starts execs the tool, so the child's pid is the tool's; zx's
- * own kill signals a process group, which under Deno takes this process down too.
+ * A command deploy.ts started, in its own process group (spawned detached): a signal reaches
+ * the tool and whatever it started (a plugin's `sh -c` and its children). The shell zx starts
+ * execs the tool, so the group's id is the tool's pid.
  */
-function stopOnCancel(invocation: Invocation, pid: number | undefined): () => void {
-  let timer: NodeJS.Timeout | undefined
-  const send = (sig: NodeJS.Signals) => {
+export interface Child {
+  readonly pid: number
+  /** Settles when the command has ended. */
+  readonly ended: Promise<unknown>
+  /** Set once a stop began: SIGKILL follows when the grace period ends. */
+  killTimer?: NodeJS.Timeout
+}
+
+/** Signals the child's process group (the child alone if it has none); a child already gone is fine. */
+function signalGroup(pid: number, signal: NodeJS.Signals) {
+  try {
+    process.kill(-pid, signal)
+  } catch {
     try {
-      if (pid) process.kill(pid, sig)
+      process.kill(pid, signal)
     } catch {
       // Already gone.
     }
   }
-  const stop = () => {
-    send(invocation.cancelled ?? 'SIGTERM')
-    timer = setTimeout(() => send('SIGKILL'), 30_000).unref()
-  }
-  if (invocation.signal.aborted) stop()
-  else invocation.signal.addEventListener('abort', stop, { once: true })
-  return () => {
-    invocation.signal.removeEventListener('abort', stop)
-    clearTimeout(timer)
-  }
+}
+
+/** Stops a child: `signal` now, SIGKILL after `graceSeconds` unless it ended (a stop already begun keeps its own deadline). */
+export function stopChild(child: Child, signal: NodeJS.Signals, graceSeconds: number) {
+  if (child.killTimer) return
+  signalGroup(child.pid, signal)
+  child.killTimer = setTimeout(() => signalGroup(child.pid, 'SIGKILL'), graceSeconds * 1000)
 }
 
 /** Last lines of a failed command's output, for the error message and notifications. */
@@ -283,8 +371,10 @@ export interface ExecSettings {
 
 /** The bound of a command that has none of its own (plugins' commands, for instance). */
 const DEFAULT_COMMAND_TIMEOUT = '30m'
-/** How long a command that outlived its limit gets to stop on SIGTERM before SIGKILL. */
-const KILL_GRACE_SECONDS = 10
+/** How long a command that outlived its limit (or its hook, or the run) gets to stop on SIGTERM before SIGKILL. */
+export const KILL_GRACE_SECONDS = 10
+/** How long the commands get for their own shutdown after SIGINT/SIGTERM, before SIGKILL. */
+const CANCEL_GRACE_SECONDS = 30
 
 /** A command's bound in seconds: its own (seconds, or a duration such as `90s`), or DEFAULT_COMMAND_TIMEOUT's. */
 function commandLimit(tool: string, timeout: ExecOptions['timeout']): number {
@@ -302,11 +392,16 @@ interface Started {
   heartbeatSeconds: number
 }
 
-/** Runs one command under zx to its end: relayed line by line, bounded, stopped with the invocation. */
+/**
+ * Runs one command under zx to its end: relayed line by line, bounded, stopped with the
+ * invocation (SIGTERM or SIGINT, SIGKILL CANCEL_GRACE_SECONDS later) and with `options.signal`.
+ * `timedOut`: stopped because it outlived its limit.
+ */
 async function spawn(tool: string, args: string[], options: ExecOptions, { env, out, invocation, limit, heartbeatSeconds }: Started) {
   const { capture = false, prefix = '' } = options
   const beat = heartbeat(out, `${prefix}${tool} ${args.slice(0, 2).join(' ')}`, capture ? 0 : heartbeatSeconds)
   const { $ } = await invocation.load()
+  const started = Date.now()
   const p = $({
     // zx would otherwise use the directory it was first loaded in.
     cwd: options.cwd ?? process.cwd(),
@@ -314,26 +409,38 @@ async function spawn(tool: string, args: string[], options: ExecOptions, { env, 
     input: options.input,
     // A child that reads stdin must not wait on ours: it gets stdin only when we feed it.
     stdio: options.input === undefined ? ['ignore', 'pipe', 'pipe'] : 'pipe',
+    detached: true,
     quiet: capture,
     verbose: !capture,
     nothrow: true,
-    timeout: `${limit}s`,
     log: relay(out, prefix, beat.reset) as never,
   })`${tool} ${args}`
-  const release = options.cleanup ? () => undefined : stopOnCancel(invocation, p.pid)
-  // zx sends SIGTERM at the limit; a child that ignores it is killed KILL_GRACE_SECONDS later.
-  const hardStop = setTimeout(() => {
-    try {
-      if (p.pid) process.kill(p.pid, 'SIGKILL')
-    } catch {
-      // Already gone.
-    }
-  }, (limit + KILL_GRACE_SECONDS) * 1000)
-  return p.finally(() => {
-    clearTimeout(hardStop)
-    release()
+  const child: Child = { pid: p.pid!, ended: p.catch(() => undefined) }
+  invocation.children.add(child)
+  let timedOut = false
+  const limitTimer = setTimeout(() => {
+    timedOut = true
+    stopChild(child, 'SIGTERM', KILL_GRACE_SECONDS)
+  }, limit * 1000)
+  const cancel = () => stopChild(child, invocation.cancelled ?? 'SIGTERM', CANCEL_GRACE_SECONDS)
+  // The hook's signal also aborts on a cancel: that stop is the cancel's.
+  const hookEnded = () => (invocation.signal.aborted && !options.cleanup ? cancel() : stopChild(child, 'SIGTERM', KILL_GRACE_SECONDS))
+  // A cleanup command (releasing the lock) runs on after a cancel, within its own limit.
+  const stops: Array<[AbortSignal, () => void]> = [...(options.cleanup ? [] : [[invocation.signal, cancel] as [AbortSignal, () => void]]), ...(options.signal ? [[options.signal, hookEnded] as [AbortSignal, () => void]] : [])]
+  for (const [signal, stop] of stops) {
+    if (signal.aborted) stop()
+    else signal.addEventListener('abort', stop, { once: true })
+  }
+  try {
+    const done = await p
+    return { done, timedOut, seconds: (Date.now() - started) / 1000 }
+  } finally {
+    clearTimeout(limitTimer)
+    clearTimeout(child.killTimer)
+    for (const [signal, stop] of stops) signal.removeEventListener('abort', stop)
+    invocation.children.delete(child)
     beat.stop()
-  })
+  }
 }
 
 export function makeExec({ env: given, dryRun, out, heartbeatSeconds, invocation }: ExecSettings): Exec {
@@ -353,16 +460,18 @@ export function makeExec({ env: given, dryRun, out, heartbeatSeconds, invocation
     }
     if (invocation.signal.aborted && !options.cleanup) throw invocation.signal.reason
     if (show === 'announce' || (show === 'probe' && invocation.verbose)) announce()
-    const done = await spawn(tool, args, options, { env, out, invocation, limit, heartbeatSeconds })
-    const result = { stdout: done.stdout, stderr: done.stderr, exitCode: done.exitCode ?? 1 }
-    if (result.exitCode !== 0 && !options.nothrow) throw commandError(line, { ...result, signal: done.signal, capture }, limit, redact)
-    return result
+    const { done, timedOut, seconds } = await spawn(tool, args, options, { env, out, invocation, limit, heartbeatSeconds })
+    const result: CommandResult = { stdout: done.stdout, stderr: done.stderr, exitCode: done.exitCode ?? 1, seconds, ...(timedOut ? { timedOut } : {}) }
+    if (result.exitCode === 0 || options.nothrow) return result
+    const error = commandError(line, { ...result, signal: done.signal, capture }, limit, redact)
+    const fault = options.cluster ? clusterFault(result, options.cluster, { env, invocation }) : undefined
+    throw fault ? new DeployError(redact(`${fault}: ${REACH_THE_CLUSTER}`), EXIT.failed, { command: error.command, output: error.output }) : error
   }
 }
 
 /** A failed command as one line (what, how it ended, with captured output its last line), plus its output's tail. */
 function commandError(line: string, done: CommandResult & { signal: NodeJS.Signals | null; capture?: boolean }, limit: number, redact: Secrets['redact']): DeployError {
-  const why = done.signal ? `was stopped by ${done.signal} (limit ${formatDuration(limit)})` : `exited with ${done.exitCode}`
+  const why = done.timedOut ? `was stopped by ${done.signal ?? 'SIGTERM'} (limit ${formatDuration(limit)})` : done.signal ? `was stopped by ${done.signal}` : `exited with ${done.exitCode}`
   const detail = done.capture ? `: ${tail(done.stderr || done.stdout, 1)}` : ''
   // Masked before it is shortened, so the cut cannot leave part of a secret.
   return new DeployError(`${redact(line, 100)} ${redact(`${why}${detail}`)}`, EXIT.failed, {
@@ -371,17 +480,20 @@ function commandError(line: string, done: CommandResult & { signal: NodeJS.Signa
   })
 }
 
-/** Whether `tool` is an executable in one of the PATH directories. */
-export function onPath(tool: string, env: NodeJS.ProcessEnv): boolean {
-  return (env.PATH ?? '').split(path.delimiter).some((dir) => {
+/** The executable `tool` of the first PATH directory that has one. */
+export function findOnPath(tool: string, env: NodeJS.ProcessEnv): string | undefined {
+  return (env.PATH ?? '').split(path.delimiter).map((dir) => path.join(dir, tool)).find((file) => {
     try {
-      fs.accessSync(path.join(dir, tool), fs.constants.X_OK)
+      fs.accessSync(file, fs.constants.X_OK)
       return true
     } catch {
       return false
     }
   })
 }
+
+/** Whether `tool` is an executable in one of the PATH directories. */
+export const onPath = (tool: string, env: NodeJS.ProcessEnv): boolean => findOnPath(tool, env) !== undefined
 
 export const INSTALL_HINTS: Record<string, string> = {
   git: 'install git (apt-get install git)',

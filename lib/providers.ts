@@ -62,6 +62,8 @@ interface Provider {
   cli?: CloudCli
   /** Keys that must be set. */
   keys: Key[]
+  /** Keys it reads when they are set. */
+  optional?: Key[]
   files: SecretFile[]
   steps: SetupStep[]
 }
@@ -74,8 +76,22 @@ interface ClusterProvider extends Provider {
 }
 
 interface RegistryProvider extends Provider {
-  /** Logs in to a registry host, which the image prefixes must name. */
-  needsHost?: boolean
+  /** Logs in with a user and password, to DOCKER_REGISTRY or Docker Hub. */
+  passwordLogin?: boolean
+  /** Logs in with a token issued for these registry hosts only, which the image prefixes must name. */
+  tokenHosts?: TokenHosts
+}
+
+/** The registry hosts a provider's token is issued for: docker logs in to no other host with it. */
+interface TokenHosts {
+  /** Such a registry, in a message: `an Amazon ECR registry`. */
+  kind: string
+  /** Any registry host of this kind, whoever's (to recognise one under another provider). */
+  any: RegExp
+  /** Whether this run's token is valid for `host` (lower case), and how such hosts look. */
+  issued: (config: Config) => { fits: (host: string) => boolean; looks: string }
+  /** Whether such a registry also takes a user and password (dockerhub's login). */
+  takesPassword: boolean
 }
 
 type CloudCli = 'gcloud' | 'aws' | 'az'
@@ -234,6 +250,7 @@ export const CLUSTERS: Record<string, ClusterProvider> = {
   aks: {
     cli: 'az',
     keys: ['AKS_RESOURCE_GROUP', 'AKS_CLUSTER'],
+    optional: ['AKS_KUBELOGIN'],
     files: [],
     steps: [
       // Older az versions ignore KUBECONFIG and write ~/.kube/config: name the private file.
@@ -250,13 +267,20 @@ export const CLUSTERS: Record<string, ClusterProvider> = {
   },
 }
 
+/** Registry hosts by their owner: `LOCATION-docker.pkg.dev`, `gcr.io`, `REGION.gcr.io`; `ACCOUNT.dkr.ecr.REGION.amazonaws.com`; `NAME.azurecr.io`. */
+const GOOGLE_REGISTRY = /^(?:[a-z0-9-]+-docker\.pkg\.dev|(?:[a-z]+\.)?gcr\.io)$/
+const ECR_REGISTRY = /^\d{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$/
+const AZURE_REGISTRY = /^([a-z0-9]+)\.azurecr\.(?:io|cn|us)$/
+
 /** `docker login` with a token from `yields`, on stdin. */
 const tokenLogin = (user: string): SetupStep => ({ tool: 'docker', args: (f) => ['login', '--username', user, '--password-stdin', f.host], capture: true, stdin: 'token' })
 
 /** Registry providers (REGISTRY_PROVIDER): tokens pass from the cloud CLI to docker on stdin. */
 export const REGISTRIES: Record<string, RegistryProvider> = {
   dockerhub: {
+    passwordLogin: true,
     keys: ['DOCKER_USERNAME'],
+    optional: ['DOCKER_REGISTRY'],
     files: [{ key: 'DOCKER_PASSWORD_FILE', what: 'the Docker Hub password' }],
     steps: [{
       tool: 'docker',
@@ -268,8 +292,15 @@ export const REGISTRIES: Record<string, RegistryProvider> = {
   gar: {
     cli: 'gcloud',
     keys: [],
+    optional: ['DOCKER_REGISTRY'],
     files: [],
-    needsHost: true,
+    tokenHosts: {
+      kind: 'a Google Artifact Registry or Container Registry',
+      any: GOOGLE_REGISTRY,
+      // A Google access token works for every Google registry the account may use.
+      issued: () => ({ fits: (host) => GOOGLE_REGISTRY.test(host), looks: 'Google Artifact Registry or Container Registry: LOCATION-docker.pkg.dev, gcr.io, REGION.gcr.io' }),
+      takesPassword: true,
+    },
     steps: [
       { tool: 'gcloud', args: () => ['auth', 'print-access-token'], capture: true, yields: 'token' },
       tokenLogin('oauth2accesstoken'),
@@ -278,8 +309,15 @@ export const REGISTRIES: Record<string, RegistryProvider> = {
   ecr: {
     cli: 'aws',
     keys: ['AWS_REGION'],
+    optional: ['DOCKER_REGISTRY'],
     files: [],
-    needsHost: true,
+    tokenHosts: {
+      kind: 'an Amazon ECR registry',
+      any: ECR_REGISTRY,
+      // get-login-password's token is for the registries of its --region.
+      issued: (c) => ({ fits: (host) => ECR_REGISTRY.exec(host)?.[1] === c.AWS_REGION, looks: `an Amazon ECR registry in ${c.AWS_REGION}, ACCOUNT.dkr.ecr.${c.AWS_REGION}.amazonaws.com` }),
+      takesPassword: false,
+    },
     steps: [
       { tool: 'aws', args: ({ config: c }) => ['ecr', 'get-login-password', '--region', c.AWS_REGION], capture: true, yields: 'token' },
       tokenLogin('AWS'),
@@ -288,8 +326,15 @@ export const REGISTRIES: Record<string, RegistryProvider> = {
   acr: {
     cli: 'az',
     keys: ['ACR_NAME'],
+    optional: ['DOCKER_REGISTRY'],
     files: [],
-    needsHost: true,
+    tokenHosts: {
+      kind: 'an Azure Container Registry',
+      any: AZURE_REGISTRY,
+      // `az acr login --name` issues a token for that one registry.
+      issued: (c) => ({ fits: (host) => AZURE_REGISTRY.exec(host)?.[1] === c.ACR_NAME.toLowerCase(), looks: `the registry ACR_NAME=${c.ACR_NAME}, ${c.ACR_NAME.toLowerCase()}.azurecr.io` }),
+      takesPassword: true,
+    },
     steps: [
       {
         tool: 'az',
@@ -305,11 +350,126 @@ export const REGISTRIES: Record<string, RegistryProvider> = {
   none: { keys: [], files: [], steps: [] },
 }
 
-/** The registry host in an image prefix (`us-docker.pkg.dev/p/r/user-` → `us-docker.pkg.dev`); Docker Hub names have none. */
+/** The registry host an image prefix names (`us-docker.pkg.dev/p/r/user-` → `us-docker.pkg.dev`), lower case; Docker Hub names have none. */
+function prefixHost(prefix: string): string | undefined {
+  const first = prefix.split('/')[0]
+  return prefix.includes('/') && /[.:]|^localhost$/.test(first) ? first.toLowerCase() : undefined
+}
+
+/** The registry docker logs in to: DOCKER_REGISTRY, else the host of USER_IMAGE_PREFIX. */
 function registryHost(config: Config): string | undefined {
-  if (config.DOCKER_REGISTRY) return config.DOCKER_REGISTRY
-  const first = config.USER_IMAGE_PREFIX.split('/')[0]
-  return config.USER_IMAGE_PREFIX.includes('/') && /[.:]|^localhost$/.test(first) ? first : undefined
+  return config.DOCKER_REGISTRY || prefixHost(config.USER_IMAGE_PREFIX)
+}
+
+type ProviderKey = 'CLUSTER_PROVIDER' | 'REGISTRY_PROVIDER'
+
+/** Every key a provider reads: its own, its secret files', and those of its cloud CLI's logins. */
+function usedKeys(provider: Provider): Key[] {
+  const logins = provider.cli ? LOGINS[provider.cli].flatMap((form) => [...form.keys, ...form.files.map((f) => f.key)]) : []
+  return [...provider.keys, ...(provider.optional ?? []), ...provider.files.map((f) => f.key), ...logins]
+}
+
+/** The providers that read `key`, as `CLUSTER_PROVIDER=eks`. */
+function owners(key: Key): string[] {
+  const tables: Array<[ProviderKey, Record<string, Provider>]> = [['CLUSTER_PROVIDER', CLUSTERS], ['REGISTRY_PROVIDER', REGISTRIES]]
+  return tables.flatMap(([by, table]) => Object.entries(table).filter(([, p]) => usedKeys(p).includes(key)).map(([name]) => `${by}=${name}`))
+}
+
+/** `a`, `a or b`, `a, b or c`. */
+const orList = (items: string[]) => (items.length > 1 ? `${items.slice(0, -1).join(', ')} or ${items.at(-1)}` : items[0])
+
+/** `CLUSTER_PROVIDER=eks or REGISTRY_PROVIDER=ecr`; `REGISTRY_PROVIDER=dockerhub, gar, ecr or acr`. */
+function ownersText(list: string[]): string {
+  const by = (key: ProviderKey) => list.filter((o) => o.startsWith(`${key}=`)).map((o) => o.slice(key.length + 1))
+  return (['CLUSTER_PROVIDER', 'REGISTRY_PROVIDER'] as const).filter((key) => by(key).length).map((key) => `${key}=${orList(by(key))}`).join(' or ')
+}
+
+/** `CLUSTER_PROVIDER=gke (the default)`. */
+const chosen = (config: Config, key: ProviderKey) => `${key}=${config[key]}${config.setIn[key] ? '' : ' (the default)'}`
+
+/**
+ * The cloud tools' own variables (the AWS CLI's, the Azure SDKs'): a CI or a cloud machine may
+ * set them in the environment for other tools, so there they only get a warning.
+ */
+const CLOUD_TOOL_VARIABLES: Key[] = ['AWS_REGION', 'AZURE_CLIENT_ID', 'AZURE_TENANT_ID', 'AZURE_FEDERATED_TOKEN_FILE', 'AZURE_CLIENT_CERTIFICATE_PATH']
+
+/**
+ * Keys of a provider that is not set up (EKS_CLUSTER under the default gke) are refused: the
+ * run would set up another cluster or registry than the one they describe.
+ */
+function checkProviderKeys(config: Config, cluster: Provider, registry: Provider, out: Output) {
+  const used = new Set([...usedKeys(cluster), ...usedKeys(registry)])
+  const misplaced = (Object.keys(config.setIn) as Key[]).filter((k) => owners(k).length && !used.has(k))
+  const ambient = (k: Key) => CLOUD_TOOL_VARIABLES.includes(k) && config.setIn[k] === 'the environment'
+  const setUp = (kinds: ProviderKey[]) => {
+    const list = kinds.map((kind) => chosen(config, kind))
+    return `${list.join(' and ')} ${list.length > 1 ? 'are' : 'is'} set up`
+  }
+  const where = (keys: Key[]) => {
+    const places = new Set(keys.map((k) => config.setIn[k]))
+    return places.size === 1 ? `in ${[...places][0]}` : keys.map((k) => `${k} in ${config.setIn[k]}`).join(', ')
+  }
+  const first = misplaced.find((k) => !ambient(k))
+  if (!first) {
+    if (misplaced.length) out.warn(`${misplaced.join(', ')} (${where(misplaced)}) ${misplaced.length > 1 ? 'are' : 'is'} not used: ${setUp(['CLUSTER_PROVIDER', 'REGISTRY_PROVIDER'])}; left to the tools that read ${misplaced.length > 1 ? 'them' : 'it'} (set CLUSTER_PROVIDER or REGISTRY_PROVIDER if you meant another provider; ${CLUSTERS_DOC})`)
+    return
+  }
+  // The keys that one provider would all read, in that provider's order: the fix is to choose it.
+  let common = owners(first)
+  const keys = [first]
+  for (const k of misplaced.filter((m) => m !== first)) {
+    const both = common.filter((o) => owners(k).includes(o))
+    if (!both.length) continue
+    common = both
+    keys.push(k)
+  }
+  const [by, name] = common[0].split('=') as [ProviderKey, string]
+  const order = usedKeys((by === 'CLUSTER_PROVIDER' ? CLUSTERS : REGISTRIES)[name])
+  keys.sort((a, b) => order.indexOf(a) - order.indexOf(b))
+  const kinds = (['CLUSTER_PROVIDER', 'REGISTRY_PROVIDER'] as const).filter((kind) => common.some((o) => o.startsWith(`${kind}=`)))
+  const many = keys.length > 1
+  throw usageError(`${keys.join(', ')} (${where(keys)}) ${many ? 'are keys' : 'is a key'} of ${ownersText(common)}, but ${setUp(kinds)}: set ${ownersText(common)}, or remove ${many ? 'them' : 'it'} (${CLUSTERS_DOC})`)
+}
+
+/** The registry provider whose token hosts `host` is one of, with its name. */
+function tokenProviderOf(host: string): [string, TokenHosts] | undefined {
+  for (const [name, p] of Object.entries(REGISTRIES)) if (p.tokenHosts?.any.test(host)) return [name, p.tokenHosts]
+  return undefined
+}
+
+/**
+ * A token goes only to the host it was issued for, and the images go where docker logs in:
+ * with gar, ecr or acr, DOCKER_REGISTRY and the image prefixes' hosts must be hosts of the
+ * token; with dockerhub, an image prefix on a cloud registry needs that registry's provider.
+ */
+function checkRegistryHosts(config: Config, registry: RegistryProvider) {
+  const by = `REGISTRY_PROVIDER=${config.REGISTRY_PROVIDER}`
+  const prefixes = (['USER_IMAGE_PREFIX', 'HUB_IMAGE_PREFIX'] as const).map((key) => [key, prefixHost(config[key])] as const)
+  const named = config.DOCKER_REGISTRY.toLowerCase()
+  const token = registry.tokenHosts
+  if (token) {
+    const login = named || prefixes[0][1]
+    if (!login) throw usageError(`USER_IMAGE_PREFIX=${config.USER_IMAGE_PREFIX} names no registry host, which ${by} logs in to: begin both image prefixes with it (or set DOCKER_REGISTRY)`)
+    const { fits, looks } = token.issued(config)
+    if (named && !fits(named)) {
+      throw usageError(`DOCKER_REGISTRY=${config.DOCKER_REGISTRY} is not a registry ${by} issues tokens for (${looks}), so its token would go elsewhere: remove DOCKER_REGISTRY (docker then logs in to the host of USER_IMAGE_PREFIX), or set REGISTRY_PROVIDER to that registry's own (${CLUSTERS_DOC})`)
+    }
+    for (const [key, host] of prefixes) {
+      if (!host) continue
+      if (!fits(host)) throw usageError(`${key}=${config[key]} names ${host}, not a registry ${by} issues tokens for (${looks}): begin the image prefixes with such a host, or set REGISTRY_PROVIDER to ${host}'s own (${CLUSTERS_DOC})`)
+      if (host !== login) throw usageError(`${key}=${config[key]} names ${host}, but docker logs in to ${login} only: begin both image prefixes with the same registry host`)
+    }
+    return
+  }
+  if (!registry.passwordLogin) return
+  const cloud = named ? tokenProviderOf(named) : undefined
+  if (cloud && !cloud[1].takesPassword) {
+    throw usageError(`DOCKER_REGISTRY=${config.DOCKER_REGISTRY} is ${cloud[1].kind}, which takes no password, only the token REGISTRY_PROVIDER=${cloud[0]} gets: set REGISTRY_PROVIDER=${cloud[0]} (${CLUSTERS_DOC})`)
+  }
+  for (const [key, host] of prefixes) {
+    const owner = host && host !== named ? tokenProviderOf(host) : undefined
+    if (owner) throw usageError(`${key}=${config[key]} names ${host}, ${owner[1].kind}, but ${chosen(config, 'REGISTRY_PROVIDER')} logs docker in to ${named || 'Docker Hub'}: set REGISTRY_PROVIDER=${owner[0]} (${CLUSTERS_DOC})`)
+  }
 }
 
 /** The chosen providers, checked, with their secrets in memory: what setup needs and nothing else. */
@@ -340,6 +500,7 @@ export function planSetup(request: { readonly config: Config; readonly dryRun: b
   const { config } = request
   const cluster = pickProvider(CLUSTERS, 'CLUSTER_PROVIDER', config)
   const registry = pickProvider(REGISTRIES, 'REGISTRY_PROVIDER', config)
+  checkProviderKeys(config, cluster, registry, out)
   const secrets: Record<string, string | undefined> = {}
   const read = (file: SecretFile) => {
     if (file.key in secrets) return
@@ -360,10 +521,8 @@ export function planSetup(request: { readonly config: Config; readonly dryRun: b
     provider.files.forEach(read)
     if (provider.cli && !logins[provider.cli]) logins[provider.cli] = pickLogin(provider.cli, key, config, read, secrets)
   }
+  checkRegistryHosts(config, registry)
   const host = registryHost(config)
-  if (registry.needsHost && !host) {
-    throw usageError(`USER_IMAGE_PREFIX=${config.USER_IMAGE_PREFIX} names no registry host, which REGISTRY_PROVIDER=${config.REGISTRY_PROVIDER} logs in to: begin both image prefixes with it (or set DOCKER_REGISTRY)`)
-  }
   return { cluster, registry, logins, secrets, host: host ?? '' }
 }
 

@@ -24,6 +24,8 @@ export interface DeployRecord {
 
 /** A chart's YAML file, parsed; a file that does not parse is a configuration error naming it and its line. */
 function chartFile(full: string, YAML: typeof YAMLModule): unknown {
+  // A FIFO would wait for a writer for ever.
+  if (!fs.statSync(full).isFile()) throw usageError(`${full}: not a file; fix the chart`)
   try {
     return YAML.parse(fs.readFileSync(full, 'utf8'))
   } catch (e) {

@@ -205,7 +205,23 @@ export class Secrets {
 }
 
 /** A secret file's text, or undefined when it is missing, unreadable or still encrypted. */
+/**
+ * What `file` is when it exists but is not a regular file (`a FIFO (named pipe)`, `a
+ * directory`); undefined for a regular file or none. Reading a FIFO waits for a writer for ever.
+ */
+export function notAFile(file: string): string | undefined {
+  let stat: fs.Stats
+  try {
+    stat = fs.statSync(file)
+  } catch {
+    return undefined
+  }
+  if (stat.isFile()) return undefined
+  return stat.isDirectory() ? 'a directory' : stat.isFIFO() ? 'a FIFO (named pipe)' : stat.isSocket() ? 'a socket' : 'a device'
+}
+
 export function readIfPlain(file: string): string | undefined {
+  if (notAFile(file)) return undefined
   try {
     const bytes = fs.readFileSync(file)
     return bytes.subarray(0, 9).toString('latin1') === '\0GITCRYPT' ? undefined : bytes.toString('utf8')
@@ -217,7 +233,8 @@ export function readIfPlain(file: string): string | undefined {
 /** Reads a secret file, refusing one that git-crypt has not unlocked. */
 export function readSecretFile(file: string, what: string, fix: string): string {
   if (!fs.existsSync(file)) throw usageError(`${file}: ${what} not found; ${fix}`)
-  if (fs.statSync(file).isDirectory()) throw usageError(`${file}: ${what} is a directory, not a file; ${fix}`)
+  const kind = notAFile(file)
+  if (kind) throw usageError(`${file}: ${what} is ${kind}, not a file; ${fix}`)
   const bytes = fs.readFileSync(file)
   if (bytes.subarray(0, 9).toString('latin1') === '\0GITCRYPT') {
     throw usageError(`${file} is encrypted: run \`git-crypt unlock\` first`)

@@ -14,7 +14,7 @@ import { DeployError, EXIT, usageError, type Exec, type HelmMajor, type ReleaseR
 import { DEFAULT_PARALLEL, pluginNames, type Args } from './cli.ts'
 import { chartFiles } from './plan.ts'
 import type { Config } from './config.ts'
-import { INSTALL_HINTS, makeExec, type Invocation, type Output } from './process.ts'
+import { INSTALL_HINTS, makeExec, writeResult, type Invocation, type Output } from './process.ts'
 import { changedCharts, type Watched } from './git.ts'
 import { helmVersion, makeHelm, unsupportedHelm } from './helm.ts'
 import { planSetup, privateConfigDir, quietly, setupSteps } from './providers.ts'
@@ -387,7 +387,7 @@ async function observeCluster(invocation: Invocation, args: Args, fleet: Fleet, 
   try {
     // A dry run only announced the login: without credentials there is nothing to read.
     if (dir && args['dry-run']) return new Map()
-    const helm = makeHelm(major, exec)
+    const helm = makeHelm(major, { exec, env, invocation })
     const cap = Number(args.parallel ?? fleet.clusters.get(cluster)!.parallel ?? DEFAULT_PARALLEL)
     const histories = await atMost(hubs, cap, (hub) => helm.history(hub))
     return new Map(hubs.map((hub, i) => [hub, histories[i]]))
@@ -457,7 +457,7 @@ export async function runWaves(invocation: Invocation, args: Args, config: Confi
   if (pluginNames(args, config).includes('health-check')) await checkHealth(invocation, args, fleet, [...views.values()].filter((v) => v.state === 'current' && scope.includes(v.cluster)))
   const plan = evaluate(fleet, views, commit, Date.now())
   if (json) {
-    process.stdout.write(JSON.stringify(planJson(fleet, plan, scope), null, 2) + '\n')
+    await writeResult(JSON.stringify(planJson(fleet, plan, scope), null, 2) + '\n')
     return EXIT.ok
   }
   out.print(planText(fleet, plan))

@@ -28,6 +28,8 @@ type HubValues = { ingress?: { enabled?: boolean; hosts?: unknown[] }; hub?: { b
 
 /** The jupyterhub chart's values a file gives: under `jupyterhub:` in a wrapper chart's values.yaml, at the top in hub-configs/<hub>.yaml. */
 function hubValues(ctx: HubFacts, file: string): HubValues | undefined {
+  // A FIFO would wait for a writer for ever.
+  if (!fs.statSync(file).isFile()) throw configError(`${file}: not a file; make it the hub's values, or set ${urlKey(ctx.chart)} to the hub's URL`)
   let values: Record<string, unknown> | null
   try {
     values = YAML.parse(fs.readFileSync(file, 'utf8'))

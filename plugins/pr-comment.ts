@@ -57,6 +57,8 @@ let commentId: number | undefined
 function pullRequest(env: Record<string, string | undefined>): { repo?: string; pr?: number } {
   if (env.GITHUB_EVENT_PATH) {
     try {
+      // Only a regular file is read: a FIFO would wait for a writer for ever.
+      if (!fs.statSync(env.GITHUB_EVENT_PATH).isFile()) throw new Error('not a file')
       const event = JSON.parse(fs.readFileSync(env.GITHUB_EVENT_PATH, 'utf8'))
       const pr = Number(event?.pull_request?.number ?? NaN)
       return { repo: env.GITHUB_REPOSITORY, pr: Number.isInteger(pr) && pr > 0 ? pr : undefined }

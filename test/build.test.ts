@@ -93,6 +93,34 @@ test('range did not touch the dir but the tag was never pushed: rebuild', { time
   assert.match(r.stderr, /is not in the registry: building it/)
 })
 
+test('a tag the registry lacks is built, and is no cache candidate: asked once, the previous tags searched', { timeout: 15_000 }, async () => {
+  const { repo, t1, t2, t3 } = repoWithHistory()
+  const r = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], { rules: [HELM3, present(`${USER}:${t2}`), missing] })
+  assert.equal(r.code, 0, r.stderr)
+  assert.deepEqual(dockerCalls(r.commands), [
+    ...lookups(`${USER}:${t3}`, `${USER}:${t2}`, `${USER}:${t1}`),
+    `docker pull ${USER}:${t2}`,
+    `docker build --cache-from ${USER}:${t2} -t ${USER}:${t3} user-images/staginghub`,
+  ])
+  assert.equal(r.commands.filter((c) => c === `docker manifest inspect ${USER}:${t3}`).length, 1)
+})
+
+test('the dry run plans a new tag: its cache is the newest previous tag, never the tag it builds', { timeout: 20_000 }, async () => {
+  const { repo, t2, t3 } = repoWithHistory()
+  const [plain, touched] = await Promise.all([
+    runDeploy(repo, ['--dry-run', '--no-setup', '--build', 'staginghub'], { rules: [HELM3] }),
+    runDeploy(repo, ['--dry-run', '--no-setup', '--build', 'staginghub'], { env: { TRAVIS_COMMIT_RANGE: `${t2}..${t3}` }, rules: [HELM3] }),
+  ])
+  for (const r of [plain, touched]) {
+    assert.equal(r.code, 0, r.stderr)
+    const planned = r.stderr.split('\n').filter((l) => /Executing docker (pull|build)/.test(l))
+    assert.deepEqual(planned, [
+      `INFO:root:Executing docker pull ${USER}:${t2}`,
+      `INFO:root:Executing docker build --cache-from ${USER}:${t2} -t ${USER}:${t3} user-images/staginghub`,
+    ])
+  }
+})
+
 test('no commit range: rebuild only when the registry lacks the tag', { timeout: 40_000 }, async () => {
   const { repo, t3 } = repoWithHistory()
   const have = await runDeploy(repo, ['--no-setup', '--build', 'staginghub'], { rules: [HELM3, present(`${USER}:${t3}`), missing] })

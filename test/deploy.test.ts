@@ -212,13 +212,16 @@ const announced = (stderr: string) => stderr.split('\n').filter((l) => l.startsW
 
 test('--dry-run announces every command in order as a real run does (stderr, INFO:root:Executing), redacted, and runs nothing but read-only probes', { timeout: 15_000 }, async () => {
   const repo = makeRepo()
+  const previous = userTag(repo)
+  commit(repo, { 'user-images/staginghub/Dockerfile': 'FROM scratch\nLABEL v=2\n' })
   const r = await runDeploy(repo, ['--dry-run', '--build', '--push', '--deploy', 'staginghub'], { rules: [HELM2] })
   assert.equal(r.code, 0, r.stderr)
   assert.deepEqual(r.commands, ['helm version --client --short'])
   const plan = announced(r.stderr).map((l) => l.replace(/^Executing (and capturing )?/, '').split(' ').slice(0, 3).join(' '))
+  // The plan builds a new tag: its cache is the previous one, never the tag it builds.
   assert.deepEqual(plan, [
     'gcloud auth activate-service-account', 'gcloud container clusters', 'helm init --upgrade', 'kubectl rollout status',
-    'docker login -u', 'docker manifest inspect', 'docker pull earthlabhubops/ea-k8s-user-staginghub:' + userTag(repo),
+    'docker login -u', 'docker manifest inspect', 'docker pull earthlabhubops/ea-k8s-user-staginghub:' + previous,
     'docker build --cache-from', 'docker push earthlabhubops/ea-k8s-user-staginghub:' + userTag(repo),
     'helm dep up', 'helm upgrade --install', 'kubectl --namespace staginghub', 'kubectl rollout status',
   ])
@@ -231,10 +234,14 @@ test('--dry-run announces every command in order as a real run does (stderr, INF
 
 test('a real run announces the same lines as its dry run (which also lists setup\'s unannounced commands)', { timeout: 20_000 }, async () => {
   const repo = makeRepo({ hubImages: ['staginghub'] })
+  commit(repo, { 'user-images/staginghub/Dockerfile': 'FROM scratch\nLABEL v=2\n' })
   const args = ['--build', '--push', '--deploy', 'staginghub']
-  // Both images changed in the range and their cache images exist: the real run does what the plan assumes.
+  // Both images changed in the range, their new tags are not in the registry and the previous
+  // user image is: the real run does what the plan assumes (the newest previous tag as cache).
   const env = { TRAVIS_COMMIT_RANGE: `${git(repo, 'rev-list', '--max-parents=0', 'HEAD')}..HEAD` }
-  const rules: Rule[] = [HELM3, deployments]
+  const hubTag = git(repo, 'log', '-n', '1', '--pretty=format:%h', '--', 'hub-images/staginghub')
+  const newTags: Rule = { tool: 'docker', match: `^manifest inspect .*:(${userTag(repo)}|${hubTag})$`, exit: 1, stderr: 'manifest unknown\n' }
+  const rules: Rule[] = [HELM3, deployments, newTags]
   const [dry, real] = await Promise.all([runDeploy(repo, ['--dry-run', ...args], { rules, env }), runDeploy(repo, args, { rules, env })])
   assert.equal(dry.code, 0, dry.stderr)
   assert.equal(real.code, 0, real.stderr)

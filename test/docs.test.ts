@@ -11,7 +11,7 @@ import { execFileSync, spawnSync } from 'node:child_process'
 import { YAML } from 'zx'
 import { startServer, stopServers } from './support/http.ts'
 import { FIXTURES, migrationFixture, type FixtureName } from './support/migrating.ts'
-import { ROOT, HELM3, PASSWORD, PLANTED, PRIVATE_KEY_LINE, SECRET_TOKEN, GRAFANA_PASSWORD, commit, findLeak, git, makeRepo, runDeploy, standinBin, tempDir, type Rule, type RunResult } from './support/harness.ts'
+import { ROOT, HELM3, PASSWORD, PLANTED, PRIVATE_KEY_LINE, SECRET_TOKEN, GRAFANA_PASSWORD, commit, findLeak, git, gitCryptFilter, makeRepo, runDeploy, standinBin, tempDir, type Rule, type RunResult } from './support/harness.ts'
 
 const read = (file: string) => fs.readFileSync(path.join(ROOT, file), 'utf8')
 /** deploy.ts and the modules beside it in lib/. */
@@ -143,10 +143,40 @@ test('CI deploys monitoring after the production hubs and installs the runtime o
   assert.ok(travis.indexOf('--deploy monitoring') > travis.indexOf('--deploy ea-hub'), '.travis.yml: monitoring after the production hubs')
 })
 
+test('every page that runs deploy.ts from a URL under Deno gives deno.json of the same commit as the import map', { timeout: 5_000 }, () => {
+  const pages = new Set<string>()
+  for (const file of markdown) {
+    // A command: its lines joined where they end in a backslash.
+    for (const command of read(file).replace(/\\\n\s*/g, ' ').split('\n').filter((l) => /deno run .*https?:\/\/\S*deploy\.ts/.test(l))) {
+      const map = /--import-map=(\S+)\/deno\.json/.exec(command)
+      assert.ok(map, `${file}: runs deploy.ts from a URL without --import-map: ${command.trim()}`)
+      assert.ok(command.includes(`${map[1]}/deploy.ts`), `${file}: the import map and deploy.ts from different places: ${command.trim()}`)
+      pages.add(file)
+    }
+  }
+  assert.deepEqual([...pages].sort(), ['README.md', 'docs/workflow.md'])
+})
+
+/** The deploy commands of a `- >-` entry: one command per line, joined by `&&`. */
+const chain = (entry: string) => entry.split('&&').map((c) => c.trim())
+
+test('Travis deploys in one && chain, staging first, and docs/adding-a-hub.md adds a hub inside it, before monitoring', { timeout: 5_000 }, () => {
+  const deploys = (YAML.parse(read('.travis.yml')).before_deploy as string[]).filter((entry) => entry.includes('deploy.ts'))
+  assert.equal(deploys.length, 1, '.travis.yml: the deploys must be one chained command, so production never follows a failed staging')
+  const travis = chain(deploys[0])
+  assert.match(travis[0], /--deploy staginghub$/)
+  assert.match(travis.at(-1)!, /--deploy monitoring$/)
+  // The page's advice, as YAML: the same chain with the new hub's line before monitoring.
+  const advice = fenced(read('docs/adding-a-hub.md')).find((b) => b.lang === 'yaml' && b.lines.some((l) => l.includes('--deploy <hub>')))!
+  const [entry] = YAML.parse(advice.lines.join('\n')) as string[]
+  assert.deepEqual(chain(entry), [...travis.slice(0, -1), 'npx tsx deploy.ts --build --push --deploy <hub>', travis.at(-1)])
+})
+
 // Every shell example runs as written. Each fenced `sh` block of README.md and docs/*.md is
 // run line by line (a doc's blocks in order, in one fixture) with bash, and must exit 0:
 // - the fixture is a git repository holding this repository's files, with planted secrets
-//   (the real ones are git-crypt'ed) and node_modules linked to this checkout's;
+//   (the real ones are git-crypt'ed; here committed through a stand-in of git-crypt's filter,
+//   as in an unlocked clone) and node_modules linked to this checkout's;
 // - the cloud CLIs, helm, kubectl and docker are the recording stand-ins (no cluster here), `npm`
 //   is a stand-in whose `npm ci` only checks that node_modules is there: tests reach no
 //   registry and must never re-install the shared node_modules;
@@ -225,6 +255,11 @@ function docsFixture(files: Record<string, string>): string {
     fs.copyFileSync(from, path.join(repo, file))
   }
   git(repo, 'init', '-q', '-b', 'main')
+  // Whoever follows the docs can commit (docs/adding-a-hub.md commits the new hub).
+  git(repo, 'config', 'user.name', 'docs')
+  git(repo, 'config', 'user.email', 'docs@example.org')
+  // An unlocked clone, as CI has it: .gitattributes gives secrets/ to git-crypt, so the planted secrets are committed encrypted.
+  gitCryptFilter(repo)
   commit(repo, {
     'secrets/dockerhub': `${PASSWORD}\n`,
     'secrets/gke-auth-key.json': JSON.stringify({ type: 'service_account', private_key: `-----BEGIN PRIVATE KEY-----\n${PRIVATE_KEY_LINE}\n-----END PRIVATE KEY-----\n` }),
@@ -340,14 +375,39 @@ test('docs/port.md covers every function of deploy.py and names only functions d
   }
 })
 
-test('CI: a pull request validates the changed charts, diffs them with read-only credentials, and comments once', { timeout: 5_000 }, () => {
-  const plan = YAML.parse(read('.github/workflows/deploy.yml')).jobs.plan
+test('CI: a pull request validates the changed charts, diffs them with read-only access through the configured provider, and comments once', { timeout: 5_000 }, () => {
+  const jobs = YAML.parse(read('.github/workflows/deploy.yml')).jobs
+  const plan = jobs.plan
+  type Step = { id?: string; if?: string; run?: string; uses?: string; with?: Record<string, string> }
   assert.match(plan.if, /github\.event_name == 'pull_request'/)
-  assert.deepEqual(plan.permissions, { contents: 'read', 'pull-requests': 'write' })
-  const run = plan.steps.map((s: { run?: string }) => s.run ?? '').join('\n')
-  assert.match(run, /deploy\.ts --no-setup --validate \$DIFF --plugin pr-comment \$CHARTS/)
-  // --diff only where the read-only key is configured; that step never deploys.
-  const access = plan.steps.find((s: { run?: string }) => s.run?.includes('DIFF=--diff'))
-  assert.match(access.if, /READONLY_KEY != ''/)
+  assert.deepEqual(plan.permissions, { contents: 'read', 'pull-requests': 'write', 'id-token': 'write' })
+  const run = plan.steps.map((s: Step) => s.run ?? '').join('\n')
+  assert.match(run, /deploy\.ts --validate \$ACCESS --plugin pr-comment \$CHARTS/)
+  assert.equal(plan.env.ACCESS, '--no-setup', 'without read-only access: validation alone')
+  // --diff only where read-only access is configured (a key or a keyless identity); that step never deploys.
+  const access = plan.steps.find((s: Step) => s.id === 'access')
+  assert.match(access.if, /READONLY_KEY != '' \|\| env\.READONLY_LOGIN != ''/)
+  assert.match(access.if, /hashFiles\('fleet\.yaml'\) == ''/)
+  const diff = plan.steps.find((s: Step) => s.run?.includes('ACCESS=--diff'))
+  assert.equal(diff.if, "steps.access.outputs.diff == 'true'")
+  // The cluster as the deploy jobs reach it: the tools action (keyless login), then deploy.ts's
+  // own setup with .env's provider; no cluster, zone or login of its own, no registry login.
+  const tools = plan.steps.find((s: Step) => s.uses === './.github/actions/tools')
+  assert.equal(tools.if, "steps.access.outputs.diff == 'true'")
+  const deployTools = jobs.staging.steps.find((s: Step) => s.uses === './.github/actions/tools')
+  assert.deepEqual(Object.keys(tools.with), Object.keys(deployTools.with))
+  assert.doesNotMatch(run, /get-credentials|activate-service-account|--zone|--project|gcloud|aws |az /)
+  assert.match(run, /GCLOUD_KEY_FILE=\$key/, 'the read-only key reaches setup as GCLOUD_KEY_FILE')
+  assert.equal(plan.env.REGISTRY_PROVIDER, 'none')
   assert.doesNotMatch(run, /--deploy|--push/)
+})
+
+test('CI: the monitoring job logs in as the deploy jobs do (keyless when configured)', { timeout: 5_000 }, () => {
+  const { jobs } = YAML.parse(read('.github/workflows/deploy.yml'))
+  const tools = (job: { steps: Array<{ uses?: string; with?: object }> }) => job.steps.find((s) => s.uses === './.github/actions/tools')!.with
+  for (const name of ['production', 'monitoring']) {
+    assert.deepEqual(jobs[name].permissions, jobs.staging.permissions, `${name}: permissions`)
+    assert.deepEqual(tools(jobs[name]), tools(jobs.staging), `${name}: the tools action's login`)
+  }
+  assert.equal(jobs.staging.permissions['id-token'], 'write')
 })

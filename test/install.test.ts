@@ -6,8 +6,10 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import { execFileSync } from 'node:child_process'
-import { ROOT } from './support/harness.ts'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { execFile, execFileSync } from 'node:child_process'
+import { ROOT, denoBinary, makeRepo, tempDir } from './support/harness.ts'
 
 const json = (file: string) => JSON.parse(fs.readFileSync(path.join(ROOT, file), 'utf8'))
 const pkg = json('package.json')
@@ -67,4 +69,62 @@ test('deploy.ts is executable: its #! line runs it', { timeout: 15_000 }, () => 
   assert.match(execFileSync('git', ['ls-files', '-s', 'deploy.ts'], { cwd: ROOT, encoding: 'utf8' }), /^100755 /)
   assert.match(fs.readFileSync(path.join(ROOT, 'deploy.ts'), 'utf8'), /^#!\/usr\/bin\/env -S npx tsx\n/)
   assert.equal(execFileSync(path.join(ROOT, 'deploy.ts'), ['--version'], { cwd: ROOT, encoding: 'utf8' }).trim(), `deploy.ts ${pkg.version}`)
+})
+
+/** This checkout's files over HTTP, as raw.githubusercontent.com serves them (text/plain); 127.0.0.1 only. */
+async function serveCheckout(): Promise<{ origin: string; close: () => void }> {
+  const server = http.createServer((req, res) => {
+    const file = path.join(ROOT, decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname))
+    if (!file.startsWith(ROOT) || !fs.existsSync(file) || !fs.statSync(file).isFile()) return res.writeHead(404).end()
+    res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8' }).end(fs.readFileSync(file))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, close: () => server.close() }
+}
+
+test('from a URL, Deno runs deploy.ts with deno.json as its import map (README); without the flag it stops at the first package', { timeout: 60_000 }, async () => {
+  const served = await serveCheckout()
+  try {
+    // An ops repository without deploy.ts; the packages from the node_modules npm ci installed (tests reach no registry);
+    // a DENO_DIR of its own, so no module cached from another run is used.
+    const repo = makeRepo()
+    fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(repo, 'node_modules'))
+    const env = { ...process.env, DENO_DIR: tempDir('deploy-deno-dir-'), NO_COLOR: '1' }
+    const deno = (...args: string[]) => new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
+      execFile(denoBinary(), ['run', '-A', '--quiet', '--node-modules-dir=manual', ...args], { cwd: repo, env, timeout: 50_000 }, (e, stdout, stderr) =>
+        resolve({ code: e ? Number((e as { code?: unknown }).code ?? 1) : 0, stdout, stderr })))
+    const url = `${served.origin}/deploy.ts`
+    const importMap = `--import-map=${served.origin}/deno.json`
+    const [plan, version, without] = await Promise.all([
+      deno(importMap, url, '--dry-run', '--no-setup', '--deploy', '--plugin', 'health-check', 'staginghub'),
+      deno(importMap, url, '--version'),
+      deno(url, '--version'),
+    ])
+    assert.equal(plan.code, 0, plan.stderr)
+    assert.match(plan.stdout, /^staginghub\s+rollout\s+planned/m)
+    // No package.json beside a deploy.ts read over https: or http:, and no crash for it.
+    assert.equal(version.code, 0, version.stderr)
+    assert.equal(version.stdout, 'deploy.ts unknown\n')
+    assert.notEqual(without.code, 0)
+    assert.match(without.stderr, /Import "\w+" not a dependency/)
+  } finally {
+    served.close()
+  }
+})
+
+test('HUBOPS_NO_INSTALL=1: test/services.sh installs nothing; a missing package stops it with one line naming it', { timeout: 30_000, skip: process.getuid?.() !== 0 && 'test/services.sh start runs as root only' }, async () => {
+  // Stand-ins: dpkg-query says no package is installed; apt-get and apt-cache record that they ran.
+  const bin = tempDir('deploy-apt-bin-')
+  const log = path.join(tempDir(), 'apt.log')
+  fs.writeFileSync(path.join(bin, 'dpkg-query'), '#!/bin/sh\nprintf "unknown ok not-installed"\n', { mode: 0o755 })
+  for (const tool of ['apt-get', 'apt-cache']) fs.writeFileSync(path.join(bin, tool), `#!/bin/sh\necho "${tool} $*" >> '${log}'\n`, { mode: 0o755 })
+  const run = (extra: Record<string, string>) => new Promise<{ code: number; stderr: string }>((resolve) =>
+    execFile('bash', [path.join(ROOT, 'test/services.sh'), 'start'], {
+      env: { ...process.env, PATH: `${bin}${path.delimiter}${process.env.PATH}`, HUBOPS_SERVICES_DIR: tempDir('deploy-services-'), ...extra },
+      timeout: 20_000,
+    }, (e, _stdout, stderr) => resolve({ code: e ? Number((e as { code?: unknown }).code ?? 1) : 0, stderr })))
+  const r = await run({ HUBOPS_NO_INSTALL: '1' })
+  assert.equal(r.code, 1, r.stderr)
+  assert.equal(r.stderr, 'services.sh: error: HUBOPS_NO_INSTALL=1: not installing docker.io docker-registry busybox-static with apt; install them yourself, or unset HUBOPS_NO_INSTALL\n')
+  assert.ok(!fs.existsSync(log), 'apt ran')
 })

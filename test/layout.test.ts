@@ -66,8 +66,7 @@ test('earthlab/hub-ops at 108871a: --no-setup --build --push --deploy ea-hub run
   const commands = withoutLock(r.commands)
   assert.deepEqual([...commands.slice(0, -2), ...commands.slice(-2).sort()], [
     'helm version --client --short',
-    // Is it in the registry? (deploy.py pulls to find out; we ask without downloading), then the cache lookup.
-    `docker manifest inspect ${USER('ea-hub')}:${tag}`,
+    // Is it in the registry? (deploy.py pulls to find out; we ask without downloading) No: built, and no cache candidate.
     `docker manifest inspect ${USER('ea-hub')}:${tag}`,
     `docker build -t ${USER('ea-hub')}:${tag} user-images/ea-hub`,
     `docker push ${USER('ea-hub')}:${tag}`,

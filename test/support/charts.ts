@@ -9,8 +9,6 @@ export interface DeploymentsOptions {
   env?: Record<string, string>
   /** A containerPort named http in every container. */
   port?: number
-  /** Per-deployment `strategy.rollingUpdate.maxUnavailable` from `.Values.maxUnavailable.<name>`. */
-  maxUnavailableFromValues?: boolean
   /** Template variables set before the range: name (without `$`) → expression. */
   vars?: Record<string, string>
 }
@@ -20,9 +18,6 @@ export function deploymentsTemplate(o: DeploymentsOptions): string {
   const vars = Object.entries(o.vars ?? {}).map(([name, expr]) => `{{- $${name} := ${expr} }}\n`).join('')
   const dict = Object.entries(o.images).map(([name, expr]) => `${JSON.stringify(name)} ${expr}`).join(' ')
   const labels = '{app: jupyterhub, component: {{ $name }}, release: {{ $.Release.Name }}}'
-  const strategy = o.maxUnavailableFromValues
-    ? '\n  {{- with index $.Values.maxUnavailable $name }}\n  strategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: {{ . }}}}\n  {{- end }}'
-    : ''
   const ports = o.port ? `\n          ports:\n            - {containerPort: ${o.port}, name: http}` : ''
   const env = Object.entries(o.env ?? {}).map(([name, expr]) => `\n            - {name: ${name}, value: {{ ${expr} | quote }}}`).join('')
   return `${vars}{{- range $name, $image := dict ${dict} }}
@@ -33,7 +28,7 @@ metadata:
   name: {{ $name }}
   labels: ${labels}
 spec:
-  replicas: 1${strategy}
+  replicas: 1
   selector:
     matchLabels: ${labels}
   template:

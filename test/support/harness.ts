@@ -49,6 +49,8 @@ export interface RepoOptions {
   /** Contents of secrets/<name>: every hub gets `secrets/<hub>.yaml` unless listed here. */
   secrets?: Record<string, string>
   noSetupSecrets?: boolean
+  /** secrets/ given to git-crypt in .gitattributes, and the clone unlocked (gitCryptFilter) before the first commit. */
+  gitCrypt?: boolean
 }
 
 /** Writes files (relative path → content) into the repo and commits them. */
@@ -79,6 +81,20 @@ export const CLOUD_TOKENS = {
 /** Secret values planted in every fixture: no run may print them or pass them in argv. */
 export const PLANTED = [PASSWORD, SECRET_TOKEN, PRIVATE_KEY_LINE, GRAFANA_PASSWORD, ...Object.values(CLOUD_TOKENS)]
 
+/** The ops repository's .gitattributes: everything under secrets/ goes to git-crypt, but its README. */
+export const GIT_CRYPT_ATTRIBUTES = 'secrets/** filter=git-crypt diff=git-crypt\nsecrets/README.md !filter !diff\n'
+
+/**
+ * git-crypt's filter as an unlocked clone has it, without the cipher (git-crypt is not
+ * installed here): a committed blob starts with git-crypt's header, the work tree shows
+ * clear text. Like git-crypt's, the smudge leaves a blob without the header as it is.
+ */
+export function gitCryptFilter(repo: string) {
+  git(repo, 'config', 'filter.git-crypt.clean', "printf '\\000GITCRYPT\\000'; cat")
+  git(repo, 'config', 'filter.git-crypt.smudge', 'f=$(mktemp); cat >"$f"; if [ "$(head -c 9 "$f" | tail -c 8)" = GITCRYPT ]; then tail -c +11 "$f"; else cat "$f"; fi; rm -f "$f"')
+  git(repo, 'config', 'filter.git-crypt.required', 'true')
+}
+
 /** A real git repository shaped like the ops repo, one commit per part. */
 export function makeRepo(options: RepoOptions = {}): string {
   const repo = tempDir('deploy-repo-')
@@ -86,6 +102,10 @@ export function makeRepo(options: RepoOptions = {}): string {
   const hubs = options.hubs ?? ['staginghub']
   // Like the ops repo: plugins/*.ts are ES modules.
   const files: Record<string, string> = { 'package.json': '{ "type": "module" }\n' }
+  if (options.gitCrypt) {
+    gitCryptFilter(repo)
+    files['.gitattributes'] = GIT_CRYPT_ATTRIBUTES
+  }
   for (const hub of hubs) {
     files[`hub-charts/${hub}/Chart.yaml`] = `apiVersion: v2\nname: ${hub}\nversion: 0.1.0\n`
     files[`hub-charts/${hub}/values.yaml`] = `jupyterhub:\n  singleuser:\n    image:\n      tag: set-on-deployment\n`
@@ -118,6 +138,8 @@ export interface Rule {
   touch?: string
   /** Wait, without a clock, until this many matching calls run at once (standin.mjs, barrier()). */
   barrier?: number
+  /** Answer only the first this many matching calls; later ones go to the next matching rule. */
+  upTo?: number
 }
 
 export interface Call {
@@ -194,6 +216,8 @@ export interface RunOptions {
    * test runner's stdin never reaches deploy.ts or its commands).
    */
   openStdin?: boolean
+  /** A file descriptor deploy.ts writes its stdout to (e.g. /dev/full's) instead of a pipe; `stdout` is then ''. */
+  stdoutFd?: number
 }
 
 /** The secret scan every scenario gets: output and every recorded argv. */
@@ -215,12 +239,16 @@ export function assertUsageError(r: RunResult, text: string | RegExp) {
   assert.deepEqual(r.commands.filter((c) => !c.startsWith('helm version')), [], 'nothing may run')
 }
 
+/** The deno binary npm ci installed: the binary itself, as node_modules/.bin/deno is a Node shim that would swallow signals. */
+export function denoBinary(): string {
+  return ['node_modules/deno/deno', `node_modules/@deno/${process.platform}-${process.arch}-glibc/deno`]
+    .map((p) => path.join(ROOT, p)).find((p) => fs.existsSync(p)) ?? path.join(ROOT, 'node_modules/.bin/deno')
+}
+
 /** The command that starts deploy.ts under the runtime the suite runs for. */
 export function deployCommand(): string[] {
   if (process.env.DEPLOY_RUNTIME === 'deno') {
-    // The binary itself: node_modules/.bin/deno is a Node shim that would swallow signals.
-    const binary = ['node_modules/deno/deno', `node_modules/@deno/${process.platform}-${process.arch}-glibc/deno`]
-      .map((p) => path.join(ROOT, p)).find((p) => fs.existsSync(p)) ?? path.join(ROOT, 'node_modules/.bin/deno')
+    const binary = denoBinary()
     // The packages npm ci installed (the versions deno.json pins; test/install.test.ts checks):
     // tests reach no registry. .ci/run proves that Deno alone resolves them without node_modules.
     return [binary, 'run', '-A', '--quiet', '--node-modules-dir=manual', DEPLOY]
@@ -250,10 +278,10 @@ export function runDeploy(repo: string, args: string[], options: RunOptions = {}
   for (const [k, v] of Object.entries(options.env ?? {})) if (v !== undefined) env[k] = v
   const [cmd, ...pre] = deployCommand()
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, [...pre, ...args], { cwd: repo, env, stdio: [options.openStdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] })
+    const child = spawn(cmd, [...pre, ...args], { cwd: repo, env, stdio: [options.openStdin ? 'pipe' : 'ignore', options.stdoutFd ?? 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
-    child.stdout!.on('data', (d) => (stdout += d))
+    child.stdout?.on('data', (d) => (stdout += d))
     child.stderr!.on('data', (d) => (stderr += d))
     child.on('error', reject)
     options.onSpawn?.(child)

@@ -10,6 +10,8 @@
 // (a number N: wait, without a clock, until N such calls are running at once, or until a
 // call arrives after N others came: how a test sees concurrency whatever the load; the log
 // line is then written on leaving, with `peak` and `departedBefore`: see barrier()).
+// upTo (a number N: the rule answers only the first N calls it matches, counted in
+// $STANDIN_LOG.upto; later calls go to the next rule that matches: a history that changes).
 // A SIGINT or SIGTERM it gets is appended to $STANDIN_LOG.signals as { tool, pid, signal }
 // before it dies of that signal, as it would without the record.
 import fs from 'node:fs'
@@ -44,7 +46,7 @@ const entry = {
 }
 const rules = process.env.STANDIN_RULES ? JSON.parse(fs.readFileSync(process.env.STANDIN_RULES, 'utf8')) : []
 const joined = argv.join(' ')
-const rule = rules.find((r) => r.tool === tool && (!r.match || new RegExp(r.match).test(joined))) ?? {}
+const rule = pickRule()
 const record = () => process.env.STANDIN_LOG && fs.appendFileSync(process.env.STANDIN_LOG, JSON.stringify(entry) + '\n')
 if (rule.barrier && process.env.STANDIN_LOG) await barrier(rule.barrier, `${process.env.STANDIN_LOG}.barrier`)
 record()
@@ -64,6 +66,15 @@ if (rule.sleepMs) {
     finish()
   }, rule.sleepMs)
 } else finish()
+
+/** The first rule for this call; a rule with `upTo` only while it has answered fewer calls. */
+function pickRule() {
+  const counts = `${process.env.STANDIN_LOG}.upto`
+  const used = (i) => (fs.existsSync(counts) ? fs.readFileSync(counts, 'utf8').split('\n').filter((l) => l === String(i)).length : 0)
+  const i = rules.findIndex((r) => r.tool === tool && (!r.match || new RegExp(r.match).test(joined)) && (r.upTo === undefined || used(rules.indexOf(r)) < r.upTo))
+  if (i >= 0 && rules[i].upTo !== undefined && process.env.STANDIN_LOG) fs.appendFileSync(counts, `${i}\n`)
+  return rules[i] ?? {}
+}
 
 /**
  * What the caller gave on stdin: `none` (no stdin, or /dev/null), `read` (a file, or a pipe

@@ -13,6 +13,17 @@ export interface OwnerReference {
   blockOwnerDeletion?: boolean
 }
 
+/** Which fields one manager set, and how (apply.ts). */
+export interface ManagedFieldsEntry {
+  manager: string
+  operation: 'Apply' | 'Update'
+  apiVersion?: string
+  time: string
+  fieldsType: 'FieldsV1'
+  /** `f:<field>` and `k:<list item key as JSON>` nodes; `{}` a field, `.` a list item as a whole. */
+  fieldsV1: JsonObject
+}
+
 export interface ObjectMeta {
   name: string
   namespace?: string
@@ -24,6 +35,7 @@ export interface ObjectMeta {
   labels?: Labels
   annotations?: Labels
   ownerReferences?: OwnerReference[]
+  managedFields?: ManagedFieldsEntry[]
   [field: string]: unknown
 }
 

@@ -1,6 +1,6 @@
 // Patches. Helm 3.17 sends client-side three-way strategic merge patches for built-in kinds;
 // kubectl sends strategic merge patches for rollout restart / patch. JSON merge patch and JSON
-// patch are served too; server-side apply is not.
+// patch are served too; server-side apply (Helm 4) is apply.ts, which merges with strategicMerge.
 import { ApiError, clone, isObj, same, type JsonObject } from './objects.ts'
 
 // Lists merged by key (the patchMergeKey of the Kubernetes types we serve); all other lists are
@@ -42,13 +42,17 @@ export function strategicMerge(target: unknown, patch: unknown): unknown {
   return out
 }
 
+/** The key a list named `field` is merged by (its items as hints), if it is merged by key. */
+export function listKey(field: string, hints: unknown[]): string | undefined {
+  if (field === 'ports' && hints.some((i) => isObj(i) && 'containerPort' in i)) return 'containerPort'
+  return MERGE_KEYS[field]
+}
+
 function mergeList(field: string, current: unknown, patch: unknown[], order?: JsonObject[]): unknown {
   const replaces = (i: unknown) => isObj(i) && i.$patch === 'replace'
   if (patch.some(replaces)) return stripDirectives(patch.filter((i) => !replaces(i)))
   if (field === 'finalizers' && Array.isArray(current)) return [...new Set([...current, ...patch])]
-  let key = MERGE_KEYS[field]
-  const hints = [...patch, ...(order ?? [])]
-  if (field === 'ports' && hints.some((i) => isObj(i) && 'containerPort' in i)) key = 'containerPort'
+  const key = listKey(field, [...patch, ...(order ?? [])])
   const items = patch.filter(isObj)
   if (!key || !Array.isArray(current) || patch.length === 0 || items.length !== patch.length) return stripDirectives(patch)
   const out = current.map((x) => clone(x))

@@ -67,7 +67,7 @@ const resourceList = (gv: string) => ({
 // OpenAPI v3: helm downloads it to decide between client-side schema validation (which would
 // need the full schema) and server-side validation; these documents say "the server supports
 // ?fieldValidation" for every kind, so helm validates nothing itself.
-function openApiDocument(gv: string) {
+function openApiDocument(gv: string, version: string) {
   const paths: JsonObject = {}
   for (const t of TYPES.filter((x) => gvOf(x) === gv)) {
     paths[`/${gvPath(gv)}${t.namespaced ? '/namespaces/{namespace}' : ''}/${t.resource}/{name}`] = {
@@ -78,13 +78,14 @@ function openApiDocument(gv: string) {
       },
     }
   }
-  return { openapi: '3.0.0', info: { title: 'Kubernetes (simulated)', version: 'v1.32.0' }, paths, components: { schemas: {} } }
+  return { openapi: '3.0.0', info: { title: 'Kubernetes (simulated)', version: `v${version}.0` }, paths, components: { schemas: {} } }
 }
 
-/** The discovery or OpenAPI document at `path` (legacy, non-aggregated discovery), if any. */
-export function discovery(path: string, host: string): unknown {
+/** The discovery or OpenAPI document at `path` (legacy, non-aggregated discovery) of a Kubernetes `version` (`1.32`), if any. */
+export function discovery(path: string, host: string, version: string): unknown {
   if (path === '/version') {
-    return { major: '1', minor: '32', gitVersion: 'v1.32.0-sim', gitCommit: 'sim', gitTreeState: 'clean', platform: 'linux/amd64' }
+    const [major, minor] = version.split('.')
+    return { major, minor, gitVersion: `v${version}.0-sim`, gitCommit: 'sim', gitTreeState: 'clean', platform: 'linux/amd64' }
   }
   if (path === '/api') return { kind: 'APIVersions', versions: ['v1'], serverAddressByClientCIDRs: [{ clientCIDR: '0.0.0.0/0', serverAddress: host }] }
   if (path === '/apis') return { kind: 'APIGroupList', apiVersion: 'v1', groups: groups() }
@@ -96,7 +97,7 @@ export function discovery(path: string, host: string): unknown {
     return { paths: Object.fromEntries(GROUP_VERSIONS.map((v) => [gvPath(v), { serverRelativeURL: `/openapi/v3/${gvPath(v)}?hash=SIM` }])) }
   }
   const doc = GROUP_VERSIONS.find((v) => path === `/openapi/v3/${gvPath(v)}`)
-  return doc ? openApiDocument(doc) : undefined
+  return doc ? openApiDocument(doc, version) : undefined
 }
 
 /** The resource a request path names: /api/v1/... or /apis/GROUP/VERSION/..., optionally namespaced. */

@@ -4,6 +4,7 @@
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { writeFile } from 'node:fs/promises'
+import YAML from 'yaml'
 import { Controllers, type ControllerOptions, type NeverReady } from './controllers.ts'
 import { decodeRelease, isRelease, releaseSecret, type HelmRelease, type SeedReleaseOptions } from './helm.ts'
 import { ApiError, clone, isObj, type Kinds, type KubeObject, type Resource } from './objects.ts'
@@ -14,7 +15,10 @@ import { queryMatcher } from './selectors.ts'
 import { Store } from './store.ts'
 import { toTable } from './tables.ts'
 
-export type KubeApiOptions = ControllerOptions
+export interface KubeApiOptions extends ControllerOptions {
+  /** The Kubernetes version /version reports, `major.minor` (default 1.32). */
+  kubernetesVersion?: string
+}
 
 /** The methods that change state. */
 export const WRITE_METHODS = ['POST', 'PUT', 'PATCH', 'DELETE']
@@ -25,6 +29,8 @@ export interface RequestRecord {
   /** The raw query string, with its leading `?` (empty when none). */
   query: string
   params: URLSearchParams
+  /** The body's media type, e.g. `application/apply-patch+yaml` (empty when none). */
+  contentType: string
   /** A write verb (POST, PUT, PATCH, DELETE). */
   write: boolean
   /** A server-side dry run (`?dryRun=All`, or in a DELETE's options): answered, nothing stored. Set once the body is read. */
@@ -70,6 +76,8 @@ interface Call {
   q: URLSearchParams
   dryRun: boolean
   wantsTable: boolean
+  /** The field manager of a write: `?fieldManager`, else the client's name from its User-Agent, as the API server does. */
+  manager: string
 }
 
 const send = (res: http.ServerResponse, code: number, body: unknown) => {
@@ -100,11 +108,40 @@ function parseBody(c: Call): unknown {
   throw unsupported(type, 'application/json, application/vnd.kubernetes.protobuf (Secret only)')
 }
 
-function objectBody(c: Call): KubeObject {
-  const obj = parseBody(c)
+function objectBody(c: Call, obj = parseBody(c)): KubeObject {
   if (!isObj(obj)) throw new ApiError(400, 'BadRequest', 'the body is not an object')
   return { ...obj, metadata: isObj(obj.metadata) ? { name: '', ...obj.metadata } : { name: '' } }
 }
+
+/** A server-side apply's configuration: YAML (JSON is YAML too). */
+function applyBody(c: Call): KubeObject {
+  try {
+    return objectBody(c, YAML.parse(c.body.toString('utf8') || '{}'))
+  } catch (e) {
+    if (e instanceof ApiError) throw e
+    throw new ApiError(400, 'BadRequest', `error decoding YAML: ${(e as Error).message}`)
+  }
+}
+
+const APPLY = 'application/apply-patch+yaml'
+
+/** Server-side apply: PATCH with the apply content type creates or updates the object (apply.ts). */
+function serverSideApply(c: Call, store: Store) {
+  const manager = c.q.get('fieldManager')
+  if (!manager) throw new ApiError(422, 'Invalid', 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch')
+  const existed = !!store.find(c.type.resource, c.namespace, c.name!)
+  const obj = store.apply(c.type.resource, c.namespace, c.name!, applyBody(c), { manager, force: c.q.get('force') === 'true', dryRun: c.dryRun })
+  send(c.res, existed ? 200 : 201, obj)
+}
+
+/**
+ * The end of a watch-list's initial events (`sendInitialEvents=true`): a BOOKMARK whose object
+ * carries only the resourceVersion and the annotation clients wait for.
+ */
+const initialEventsEnd = (t: ResourceType, resourceVersion: number) => ({
+  kind: t.kind, apiVersion: gvOf(t),
+  metadata: { resourceVersion: String(resourceVersion), annotations: { 'k8s.io/initial-events-end': 'true' } },
+})
 
 /** The verbs on resources, by `METHOD item|collection`; a watch is a GET with ?watch=true. */
 type Verb = (c: Call, store: Store, watches: Set<http.ServerResponse>) => void
@@ -121,24 +158,25 @@ const VERBS: Record<string, Verb> = {
     else send(c.res, 200, { kind: `${c.type.kind}List`, apiVersion: gvOf(c.type), metadata: { resourceVersion: rv }, items })
   },
   'POST collection'(c, store) {
-    send(c.res, 201, store.create(c.type.resource, c.namespace, objectBody(c), { dryRun: c.dryRun }))
+    send(c.res, 201, store.create(c.type.resource, c.namespace, objectBody(c), { dryRun: c.dryRun, manager: c.manager }))
   },
   'PUT item'(c, store) {
-    send(c.res, 200, store.update(c.type.resource, c.namespace, c.name!, objectBody(c), { dryRun: c.dryRun }))
+    send(c.res, 200, store.update(c.type.resource, c.namespace, c.name!, objectBody(c), { dryRun: c.dryRun, manager: c.manager }))
   },
   'PATCH item'(c, store) {
+    if (contentType(c.req) === APPLY) return serverSideApply(c, store)
     const current = clone(store.find(c.type.resource, c.namespace, c.name!)) // the patch must not touch the stored object
     if (!current) throw notFound(c.type, c.name!)
     const type = contentType(c.req)
     const apply = PATCHES[type]
-    if (!apply) throw unsupported(type, `${Object.keys(PATCHES).join(', ')} (no apply)`)
+    if (!apply) throw unsupported(type, [...Object.keys(PATCHES), APPLY].join(', '))
     const patch = parseJson(c.body)
     const patched = apply(current, patch)
     if (!isObj(patched) || !isObj(patched.metadata)) throw new ApiError(422, 'Invalid', 'the patch removed metadata')
     const obj = patched as KubeObject
     // only a resourceVersion the patch itself sets is a precondition
     if (!(isObj(patch) && isObj(patch.metadata) && patch.metadata.resourceVersion !== undefined)) obj.metadata.resourceVersion = ''
-    send(c.res, 200, store.update(c.type.resource, c.namespace, c.name!, obj, { dryRun: c.dryRun }))
+    send(c.res, 200, store.update(c.type.resource, c.namespace, c.name!, obj, { dryRun: c.dryRun, manager: c.manager }))
   },
   'DELETE item'(c, store) {
     const policy = deleteOptions(c.body).propagationPolicy ?? c.q.get('propagationPolicy')
@@ -155,8 +193,10 @@ const VERBS: Record<string, Verb> = {
     const write = (type: string, obj: KubeObject) => // `kubectl get -w` wants each object as a one-row Table
       res.write(`${JSON.stringify({ type, object: c.wantsTable ? toTable(t, [obj], obj.metadata.resourceVersion ?? '') : obj })}\n`)
     const from = Number(c.q.get('resourceVersion') || 0)
-    if (!from) for (const o of store.list(t.resource, ns).filter(match)) write('ADDED', o)
+    const watchList = c.q.get('sendInitialEvents') === 'true' // kubectl 1.35, Helm 4: the current state, then the bookmark ending it
+    if (watchList || !from) for (const o of store.list(t.resource, ns).filter(match)) write('ADDED', o)
     else for (const e of store.eventsSince(from, t.resource)) if (match(e.object)) write(e.type, e.object)
+    if (watchList) res.write(`${JSON.stringify({ type: 'BOOKMARK', object: initialEventsEnd(t, store.resourceVersion) })}\n`)
     const unsubscribe = store.subscribe((e) => {
       if (e.resource === t.resource && match(e.object)) write(e.type, e.object)
     })
@@ -197,6 +237,7 @@ function route(req: http.IncomingMessage, res: http.ServerResponse, url: URL, bo
     req, res, url, body, ...target, q,
     dryRun: isDryRun(req.method ?? 'GET', q, body),
     wantsTable: /as=Table/.test(req.headers.accept ?? ''),
+    manager: q.get('fieldManager') || (req.headers['user-agent'] ?? 'unknown').split('/')[0],
   }
 }
 
@@ -215,7 +256,7 @@ async function readBody(req: http.IncomingMessage): Promise<Buffer> {
 function record(req: http.IncomingMessage, url: URL): RequestRecord {
   const method = req.method ?? 'GET'
   const params = new URLSearchParams(url.searchParams)
-  return { method, path: url.pathname, query: url.search, params, write: WRITE_METHODS.includes(method), dryRun: false }
+  return { method, path: url.pathname, query: url.search, params, contentType: contentType(req), write: WRITE_METHODS.includes(method), dryRun: false }
 }
 
 function kubeconfig(url: string, token: string, namespace: string) {
@@ -231,7 +272,7 @@ function kubeconfig(url: string, token: string, namespace: string) {
 const log = (line: string) => process.stderr.write(`[kube-api] ${line}\n`)
 
 /** The HTTP server: logs each request in `requests`, answers discovery, then the verbs. */
-function createServer(store: Store, token: string, requests: RequestRecord[], watches: Set<http.ServerResponse>) {
+function createServer(store: Store, token: string, version: string, requests: RequestRecord[], watches: Set<http.ServerResponse>) {
   const debug = !!process.env.KUBE_API_DEBUG
   async function handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL, entry: RequestRecord) {
     // client-go never sends credentials over plain http (kubernetes/kubectl#744), so the
@@ -241,7 +282,7 @@ function createServer(store: Store, token: string, requests: RequestRecord[], wa
     const body = await readBody(req)
     entry.dryRun = isDryRun(entry.method, url.searchParams, body)
     if (debug && body.length && !req.headers['content-type']?.includes('protobuf')) log(`  body ${body.toString('utf8').slice(0, 2000)}`)
-    const doc = req.method === 'GET' ? discovery(url.pathname, req.headers.host ?? '') : undefined
+    const doc = req.method === 'GET' ? discovery(url.pathname, req.headers.host ?? '', version) : undefined
     if (doc) return send(res, 200, doc)
     const call = route(req, res, url, body)
     if (!call) throw new ApiError(404, 'NotFound', 'the server could not find the requested resource')
@@ -275,7 +316,7 @@ export async function startKubeApi(opts: KubeApiOptions = {}): Promise<KubeApi> 
   const controllers = new Controllers(store, opts)
   const requests: RequestRecord[] = []
   const watches = new Set<http.ServerResponse>()
-  const server = createServer(store, token, requests, watches)
+  const server = createServer(store, token, opts.kubernetesVersion ?? '1.32', requests, watches)
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
   const helmReleases = (name: string, namespace: string) =>

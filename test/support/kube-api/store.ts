@@ -1,7 +1,9 @@
 // The object store: what etcd plus the API server's defaulting do. Every change goes through
 // `commit`, which bumps the one global resourceVersion and feeds the watches; `create`,
-// `update` and `remove` validate first, and with `dryRun` answer as if applied but store nothing.
+// `update`, `apply` and `remove` validate first, and with `dryRun` answer as if applied but
+// store nothing. Writes made for a field manager record its fields (apply.ts).
 import { randomUUID } from 'node:crypto'
+import { applyConfig, recordUpdate, type ApplyOptions } from './apply.ts'
 import {
   ApiError, clone, now, same,
   type Deployment, type Kinds, type KubeObject, type Namespace, type Resource, type Secret, type Service,
@@ -20,6 +22,8 @@ export interface WatchEvent {
 export interface WriteOptions {
   /** `?dryRun=All`: validate and answer, store nothing, start no controller. */
   dryRun?: boolean
+  /** The field manager of an update (`?fieldManager`, else the client's name): gets the fields it changed. */
+  manager?: string
 }
 
 /** Defaults and server-owned fields of one kind, on create (no `old`) and on update. */
@@ -149,6 +153,7 @@ export class Store {
     const name = obj.metadata.name
     if (this.find(resource, ns, name)) throw new ApiError(409, 'AlreadyExists', `${t.resource} "${name}" already exists`, { name, kind: t.resource })
     const prepared = this.prepare(t, obj)
+    if (opts.manager) recordUpdate(undefined, prepared, opts.manager)
     if (opts.dryRun) return clone(prepared)
     const created = clone(this.commit(resource, 'ADDED', prepared))
     for (const hook of this.#writeHooks) hook(resource, created)
@@ -166,10 +171,23 @@ export class Store {
     }
     obj.metadata = { ...obj.metadata, name, ...(t.namespaced ? { namespace: ns } : {}) }
     const prepared = this.prepare(t, obj, old)
+    if (opts.manager) recordUpdate(old, prepared, opts.manager)
+    else prepared.metadata.managedFields ??= old.metadata.managedFields
     if (opts.dryRun) return clone({ ...prepared, metadata: { ...prepared.metadata, resourceVersion: old.metadata.resourceVersion } })
     const updated = clone(this.commit(resource, 'MODIFIED', prepared))
     for (const hook of this.#writeHooks) hook(resource, updated)
     return updated
+  }
+
+  /** Server-side apply of `config` to `name`: creates it or updates it (apply.ts); conflicts refused unless `force`. */
+  apply<T extends KubeObject>(resource: Resource, ns: string | undefined, name: string, config: T, opts: WriteOptions & ApplyOptions): T {
+    if (config.metadata.name && config.metadata.name !== name) {
+      throw new ApiError(400, 'BadRequest', `the name of the object (${config.metadata.name}) does not match the name on the URL (${name})`)
+    }
+    const live = this.find(resource, ns, name)
+    const obj = applyConfig(live, { ...config, metadata: { ...config.metadata, name } }, opts) as T
+    const write = { dryRun: opts.dryRun }
+    return live ? this.update(resource, ns, name, obj, write) : this.create(resource, ns, obj, write)
   }
 
   /** Deletes, then garbage-collects: dependents (unless !cascade, i.e. Orphan) and a namespace's contents. */
