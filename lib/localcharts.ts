@@ -12,12 +12,14 @@ import process from 'node:process'
 import path from 'node:path'
 import type YAMLModule from 'yaml'
 import type { ChartFiles } from './plan.ts'
+import { notAFile } from './secrets.ts'
 
 /** The dependencies a chart directory declares (Chart.yaml; requirements.yaml for a Helm 2 chart); unreadable, none (helm reports it). */
 function declared(dir: string, YAML: typeof YAMLModule): unknown[] {
   return ['Chart.yaml', 'requirements.yaml'].flatMap((file) => {
     try {
-      const deps = fs.existsSync(path.join(dir, file)) ? YAML.parse(fs.readFileSync(path.join(dir, file), 'utf8'))?.dependencies : undefined
+      // Only regular files: a FIFO would wait for a writer for ever (the plan notes it).
+      const deps = fs.existsSync(path.join(dir, file)) && !notAFile(path.join(dir, file)) ? YAML.parse(fs.readFileSync(path.join(dir, file), 'utf8'))?.dependencies : undefined
       return Array.isArray(deps) ? deps : []
     } catch {
       return []

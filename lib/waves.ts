@@ -14,6 +14,7 @@ import { DeployError, EXIT, usageError, type Exec, type HelmMajor, type ReleaseR
 import { DEFAULT_PARALLEL, pluginNames, type Args } from './cli.ts'
 import { chartFiles } from './plan.ts'
 import type { Config } from './config.ts'
+import { notAFile } from './secrets.ts'
 import { INSTALL_HINTS, makeExec, writeResult, type Invocation, type Output } from './process.ts'
 import { changedCharts, type Watched } from './git.ts'
 import { helmVersion, makeHelm, unsupportedHelm } from './helm.ts'
@@ -324,6 +325,9 @@ function readObserved(where: string, fleet: Fleet, commit: string, scope: string
   const found = new Map<string, HubView>()
   for (const file of files) {
     let doc: { commit?: unknown; clusters?: unknown; hubs?: unknown }
+    // A FIFO would wait for a writer for ever.
+    const odd = notAFile(file)
+    if (odd) throw usageError(`--observed ${file} is ${odd}, not a file; give the JSON files the clusters' --plan jobs wrote`)
     try {
       doc = JSON.parse(fs.readFileSync(file, 'utf8'))
     } catch (e) {

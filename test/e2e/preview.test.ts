@@ -138,11 +138,12 @@ await forEachToolchain('deploy.ts --validate and --diff with real helm and kubec
     assert.doesNotMatch(r.stderr, /^WARNING/m, 'nothing to warn about (a wrapper chart has no templates of its own)')
     assert.match(r.stdout, new RegExp(`^${f.hub}: valid \\(helm lint, 5 objects rendered, server-side check skipped: no cluster access \\(--no-setup and no kubeconfig\\)\\)$`, 'm'))
 
-    // dependencies are cached: the second run fetches nothing
+    // A local (file://) dependency is packaged afresh on every run: its directory may have
+    // changed since charts/ was written (lib/localcharts.ts), so a lock is no cache for it.
     const again = await deploy(f, ['--validate', f.hub], { KUBECONFIG: path.join(tempDir(), 'none') })
     exits(again, 0)
-    assert.doesNotMatch(again.stderr, /helm dep (up|build)/)
-    assert.match(again.stderr, /dependencies already in hub-charts\/\w+\/charts\/ as Chart\.lock names them/)
+    assert.match(again.stderr, /helm dep up/)
+    assert.doesNotMatch(again.stderr, /helm dep build|dependencies already in/)
   })
 
   test('--validate names the file and the values path of each problem, exits 1, and --json carries them', { timeout: 60_000 }, async (t) => {
