@@ -11,7 +11,7 @@ import { imageValuesPath, noClusterAccess, valuesArgs, type ChartPlan, type Char
 import { diffManifests, duplicateKeys, imageUse, parseManifest, type DuplicateKey, type ManifestObject } from './manifest.ts'
 import { pulledChart, resolvedVersion } from './layout.ts'
 import { REACH_THE_CLUSTER, clusterFault } from './cluster.ts'
-import { fetchedFirst } from './localcharts.ts'
+import { fetchedFirst, localDependencies } from './localcharts.ts'
 
 /** helm's error blocks: `Error: ...` and lint's `[ERROR] ...`, each with its continuation lines. */
 function errorBlocks(output: string): string[] {
@@ -142,9 +142,9 @@ function archived(dir: string, name: string, version: string): boolean {
 /**
  * A wrapper chart's dependencies: none to fetch when charts/ holds every archive Chart.lock
  * names; `helm dep build` from the lock; `helm dep up` without one (or when the lock no
- * longer matches Chart.yaml); versions compare as helm resolves them. With a local (`file://`)
- * dependency that has dependencies of its own, those first (lib/localcharts.ts), then always
- * `helm dep up`: the archive must hold them.
+ * longer matches Chart.yaml); versions compare as helm resolves them. With local (`file://`)
+ * dependencies, always `helm dep up`, after theirs (lib/localcharts.ts): an archive in charts/
+ * may be older than their directory.
  */
 async function chartDependencies({ plan, exec, out, invocation }: ChartRun) {
   const dir = plan.files.chartDir
@@ -154,12 +154,11 @@ async function chartDependencies({ plan, exec, out, invocation }: ChartRun) {
   type Dependency = { name: string; version?: string }
   const wanted: Dependency[] = read('Chart.yaml').dependencies ?? read('requirements.yaml').dependencies ?? []
   if (wanted.length === 0) return
-  const first = fetchedFirst(dir, YAML)
-  for (const local of first) {
-    const r = await exec('helm', ['dep', 'up', local], { timeout: 300, capture: true, nothrow: true })
-    if (r.exitCode !== 0) throw new DeployError(`${plan.chart}: ${local}: could not fetch the chart's dependencies: ${wholeReason(r.stderr || r.stdout)}`)
+  for (const first of fetchedFirst(dir, YAML)) {
+    const r = await exec('helm', ['dep', 'up', first], { timeout: 300, capture: true, nothrow: true })
+    if (r.exitCode !== 0) throw new DeployError(`${plan.chart}: ${first}: could not fetch the chart's dependencies: ${wholeReason(r.stderr || r.stdout)}`)
   }
-  const lockFile = first.length ? undefined : ['Chart.lock', 'requirements.lock'].find((f) => fs.existsSync(`${dir}/${f}`))
+  const lockFile = localDependencies(dir, YAML).length ? undefined : ['Chart.lock', 'requirements.lock'].find((f) => fs.existsSync(`${dir}/${f}`))
   const locked: Dependency[] = lockFile ? read(lockFile).dependencies ?? [] : []
   const cached = lockFile && wanted.every((d) => {
     const l = locked.find((x) => x.name === d.name)

@@ -1,7 +1,7 @@
 // Moving in (docs/migrating.md), with stand-ins: what the moves rely on beyond the commands
 // test/docs.test.ts runs on each repository. A wrapper chart with a local (file://)
 // dependency, as mybinder.org-deploy's environments become: the dependency's own dependencies
-// fetched first (deploy and --validate, then no cached archive trusted), --changed counting the
+// fetched first (deploy and --validate, no cached archive trusted), --changed counting the
 // shared chart's files; chartpress's uncommitted values refused; a sops-encrypted secrets
 // file (hubploy's) refused; the workflow the page gives the upstream deploy.py's repository.
 // test/e2e/migrating.test.ts deploys such a chart with the real helm.
@@ -87,7 +87,7 @@ test('--changed: a change of mybinder/ changes every environment; one environmen
   assert.deepEqual(JSON.parse(both.stdout), ['prod', 'staging'])
 })
 
-test('--validate with a local dependency that has dependencies of its own trusts no cached archive: helm dep up mybinder, then helm dep up, even with Chart.lock and charts/ in place', { timeout: 30_000 }, async () => {
+test('--validate with local dependencies trusts no cached archive: helm dep up mybinder, then helm dep up, even with Chart.lock and charts/ in place', { timeout: 30_000 }, async () => {
   const repo = mybinderMoved()
   for (const env of ['staging', 'prod']) {
     fs.mkdirSync(path.join(repo, `hub-charts/${env}/charts`))
