@@ -204,7 +204,7 @@ test('--plan reads and changes nothing; a release left pending or a history that
   assert.equal(pending.code, 3, pending.stderr)
   assert.deepEqual(errors(pending), [`ERROR: the change ${head.slice(0, 12)} stops at wave staging: staginghub: revision 1 is pending-upgrade (a deploy is under way, or one was interrupted: deploy.ts --recover --deploy staginghub)`])
   assert.equal(unread.code, 3, unread.stderr)
-  assert.match(errors(unread)[0], /^ERROR: the change [0-9a-f]{12} stops at wave staging: west-staging: could not read the history of west-staging \(Error: Kubernetes cluster unreachable/)
+  assert.match(errors(unread)[0], /^ERROR: the change [0-9a-f]{12} stops at wave staging: west-staging: could not read the history of west-staging \(the cluster of context west \(https:\/\/west\.k8s\.example\.org\) could not be reached for helm history/)
   for (const r of [pending, unread]) assertDeployed(r, {}, head)
 })
 
